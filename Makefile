@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make demo   set up (a virtualenv in .venv) and run `dnnlens demo` offline
+#   make test   set up (plus test tools and Debian test data) and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup setup-test test-data benchmarks
+
+demo: setup
+	$(BIN)/dnnlens demo
+
+test: setup-test test-data
+	$(BIN)/python -m pytest -q
+
+setup: $(VENV)/.installed-base
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Full-size real data (Fashion-MNIST) and a headless browser for the report test, from Debian.
+test-data:
+	./scripts/install-test-deps.sh
+
+benchmarks: setup-test test-data
+	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/analysis.py

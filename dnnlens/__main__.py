@@ -1,0 +1,5 @@
+import sys
+
+from dnnlens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,17 @@
+"""Operators, one module per family; importing this package fills the registry.
+
+Pipeline order: importers -> IR (:mod:`dnnlens.ir`) -> ops (here) -> engine / analysis -> report.
+"""
+
+from dnnlens.ops.base import REGISTRY, Op, Unknown, infer_shape, register
+from dnnlens.ops.conv import Conv
+from dnnlens.ops.elementwise import Activation, Binary, Softmax
+from dnnlens.ops.linear import Linear
+from dnnlens.ops.pool import AdaptivePool, Pool
+from dnnlens.ops.shape import Concat, Copy, Dropout, Expand, Permute, Reshape, Slice
+
+__all__ = [
+    "REGISTRY", "Op", "Unknown", "infer_shape", "register",
+    "Conv", "Linear", "Pool", "AdaptivePool", "Activation", "Binary", "Softmax",
+    "Reshape", "Permute", "Slice", "Expand", "Concat", "Copy", "Dropout",
+]

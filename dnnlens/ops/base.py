@@ -1,0 +1,130 @@
+"""What every operator provides, and the registry that refuses duplicates.
+
+An operator is a frozen dataclass whose fields are its attributes (stride, padding, ...).
+Its methods are the operator's shape rule, its cost formulas and, where dnnlens has them, its
+loop-nest kernels. The formulas take *shapes*, never tensors, so they are tested with tuples.
+
+Counting conventions (stated once, here, and in docs/units.md):
+
+* shapes include the batch dimension, ``(N, C, H, W)``;
+* ``macs``: multiply-accumulates for the whole batch, multiplications by padding zeros
+  included (FLOPs, where shown, are 2 x MACs);
+* weights exclude biases: a parameter whose role is ``bias`` is a bias, any other is a weight;
+* ``values_moved``: activation values read + values written + weight values read, each once
+  from main memory; weights once per batch, activations once per image (biases excluded, as
+  in the course notebook); views (reshape, flatten, dropout in eval) move nothing;
+* element-wise, normalisation and pooling operators do no MACs; they still move memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from dnnlens.errors import ShapeError
+from dnnlens.ir import Shape
+
+#: Every operator class by its ``KIND``; filled by :func:`register`.
+REGISTRY: dict[str, type["Op"]] = {}
+
+
+def register(cls: type["Op"]) -> type["Op"]:
+    """Class decorator adding an operator to :data:`REGISTRY`; a second ``KIND`` is a bug."""
+    kind = cls.KIND
+    if not kind:
+        raise TypeError(f"{cls.__name__} has no KIND")
+    if kind in REGISTRY and REGISTRY[kind] is not cls:
+        raise TypeError(f"operator kind {kind!r} registered twice ({REGISTRY[kind].__name__}, {cls.__name__})")
+    REGISTRY[kind] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base operator. Subclasses are frozen dataclasses and set ``KIND``."""
+
+    KIND: ClassVar[str] = ""
+    #: True for operators that only re-label memory (reshape, flatten, eval dropout).
+    IS_VIEW: ClassVar[bool] = False
+
+    @property
+    def kind(self) -> str:
+        """The type shown in tables (``conv``, ``relu``, ``flatten``, ...)."""
+        return self.KIND
+
+    # --- shape rule -------------------------------------------------------------------
+    def output_shape(self, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> Shape:
+        """Output shape from input shapes and parameter shapes (by role); ShapeError if they do not fit."""
+        raise NotImplementedError
+
+    # --- costs ------------------------------------------------------------------------
+    def macs(self, input_shapes: Sequence[Shape], output_shape: Shape,
+             params: Mapping[str, Shape]) -> int:
+        """Multiply-accumulates for the whole batch (an exact Python int)."""
+        return 0
+
+    def descriptor(self, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> tuple:
+        """The course notebook's layer tuple: conv (Kw,Kh,Cin,Cout), pool (xw,yw,xs,ys), fc (out,in)."""
+        return ()
+
+    def values_moved(self, input_shapes: Sequence[Shape], output_shape: Shape,
+                     params: Mapping[str, Shape]) -> int:
+        """Activation values read + written, plus weight values read (biases excluded)."""
+        if self.IS_VIEW:
+            return 0
+        activations = sum(prod(s) for s in input_shapes) + prod(output_shape)
+        return activations + weight_count(params)
+
+    # --- kernels ----------------------------------------------------------------------
+    def reference(self, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The readable loop-nest kernel (plain Python/NumPy)."""
+        raise NotImplementedError(f"no kernel for operator {self.kind!r}")
+
+    def compiled(self, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The same loop nest compiled with Numba; defaults to the reference kernel."""
+        return self.reference(inputs, weights)
+
+    @classmethod
+    def has_kernel(cls) -> bool:
+        return cls.reference is not Op.reference
+
+
+def weight_count(params: Mapping[str, Shape]) -> int:
+    """Values in every parameter whose role is not ``bias``."""
+    return sum(prod(shape) for role, shape in params.items() if role != "bias")
+
+
+def bias_count(params: Mapping[str, Shape]) -> int:
+    return sum(prod(shape) for role, shape in params.items() if role == "bias")
+
+
+def infer_shape(layer: str, op: Op, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> Shape:
+    """``op.output_shape`` with the layer's name and operator put in front of any ShapeError."""
+    try:
+        return tuple(int(d) for d in op.output_shape(input_shapes, params))
+    except ShapeError as exc:
+        raise ShapeError(f"layer {layer!r} ({op.kind}): {exc}") from None
+
+
+def expect_rank(shape: Shape, rank: int | tuple[int, ...], what: str) -> None:
+    ranks = (rank,) if isinstance(rank, int) else rank
+    if len(shape) not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ShapeError(f"{what} must have {want} dimensions, got shape {tuple(shape)}")
+
+
+@register
+@dataclass(frozen=True)
+class Unknown(Op):
+    """An operator dnnlens has no rule for. It keeps the shapes the importer observed and is
+    listed in a warning; its MACs are unknown (reported as 0 *and* flagged, never silently)."""
+
+    KIND: ClassVar[str] = "unknown"
+    target: str = ""  # what it was: "aten.foo", "onnx:Bar", "nn.MyLayer"
+    observed_shape: Shape = ()
+
+    def output_shape(self, input_shapes, params):
+        return self.observed_shape

@@ -1,0 +1,167 @@
+"""Shape operators: reshape/flatten/view, transpose/permute, slicing, expand, concat, copies,
+and dropout (identity at inference).
+
+Views re-label memory and move nothing (0 values moved); concat and explicit copies read
+their inputs and write their output. None does MACs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import ClassVar
+
+from dnnlens.errors import ShapeError
+from dnnlens.ops.base import Op, register
+
+
+def resolve_shape(target: tuple[int, ...], numel: int, source: tuple[int, ...]) -> tuple[int, ...]:
+    """Fill a single ``-1`` in a reshape target; ShapeError if the element counts differ."""
+    if list(target).count(-1) > 1:
+        raise ShapeError(f"reshape target {tuple(target)} has more than one -1")
+    known = prod(d for d in target if d != -1)
+    if -1 in target:
+        if known == 0 or numel % known:
+            raise ShapeError(f"cannot reshape {tuple(source)} ({numel} values) to {tuple(target)}")
+        return tuple(numel // known if d == -1 else d for d in target)
+    if known != numel:
+        raise ShapeError(f"cannot reshape {tuple(source)} ({numel} values) to {tuple(target)}")
+    return tuple(target)
+
+
+@register
+@dataclass(frozen=True)
+class Reshape(Op):
+    """A reshape/view. ``flatten`` marks the common ``(N, C, H, W) -> (N, C*H*W)`` case, shown
+    as the notebook's ``flatten`` layer. ``shape`` is the target as traced (batch included);
+    a kernel running a different batch keeps dimension 0 when ``keeps_batch``."""
+
+    KIND: ClassVar[str] = "reshape"
+    IS_VIEW: ClassVar[bool] = True
+
+    shape: tuple[int, ...] = (-1,)
+    flatten: bool = False
+    keeps_batch: bool = True
+
+    @property
+    def kind(self) -> str:
+        return "flatten" if self.flatten else "reshape"
+
+    def output_shape(self, input_shapes, params):
+        x = input_shapes[0]
+        return resolve_shape(self.shape, prod(x), x)
+
+    @classmethod
+    def between(cls, source: tuple[int, ...], target: tuple[int, ...]) -> "Reshape":
+        """The reshape taking ``source`` to ``target``, recognising a flatten."""
+        flatten = (len(source) > 2 and len(target) == 2 and target[0] == source[0])
+        keeps_batch = bool(source) and bool(target) and source[0] == target[0]
+        return cls(shape=tuple(target), flatten=flatten, keeps_batch=keeps_batch)
+
+
+@register
+@dataclass(frozen=True)
+class Permute(Op):
+    """transpose/permute: a view in PyTorch (the copy, if any, shows as ``copy``)."""
+
+    KIND: ClassVar[str] = "permute"
+    IS_VIEW: ClassVar[bool] = True
+    dims: tuple[int, ...] = (0,)
+
+    def output_shape(self, input_shapes, params):
+        x = input_shapes[0]
+        if sorted(self.dims) != list(range(len(x))):
+            raise ShapeError(f"permutation {self.dims} does not fit shape {tuple(x)}")
+        return tuple(x[d] for d in self.dims)
+
+
+@register
+@dataclass(frozen=True)
+class Slice(Op):
+    """``x[..., start:stop:step, ...]`` along one axis (a view). ``keep_dim=False`` is a select."""
+
+    KIND: ClassVar[str] = "slice"
+    IS_VIEW: ClassVar[bool] = True
+    axis: int = 0
+    start: int = 0
+    stop: int = 1
+    step: int = 1
+    keep_dim: bool = True
+
+    def output_shape(self, input_shapes, params):
+        x = list(input_shapes[0])
+        if not -len(x) <= self.axis < len(x):
+            raise ShapeError(f"axis {self.axis} out of range for shape {tuple(x)}")
+        axis = self.axis % len(x)
+        length = len(range(*slice(self.start, self.stop, self.step).indices(x[axis])))
+        if self.keep_dim:
+            x[axis] = length
+        else:
+            del x[axis]
+        return tuple(x)
+
+
+@register
+@dataclass(frozen=True)
+class Expand(Op):
+    """Broadcast a tensor to a larger shape without copying (a view)."""
+
+    KIND: ClassVar[str] = "expand"
+    IS_VIEW: ClassVar[bool] = True
+    shape: tuple[int, ...] = ()
+
+    def output_shape(self, input_shapes, params):
+        x = input_shapes[0] if input_shapes else next(iter(params.values()))
+        lead = len(self.shape) - len(x)
+        if lead < 0:
+            raise ShapeError(f"cannot expand {tuple(x)} to fewer dimensions {self.shape}")
+        out = list(self.shape[:lead])
+        for size, want in zip(x, self.shape[lead:]):
+            if want != -1 and size not in (1, want):
+                raise ShapeError(f"cannot expand {tuple(x)} to {self.shape}")
+            out.append(size if want == -1 else want)
+        return tuple(out)
+
+
+@register
+@dataclass(frozen=True)
+class Concat(Op):
+    """Concatenate along ``axis``; inputs may be activations and/or parameters (ViT's class token)."""
+
+    KIND: ClassVar[str] = "concat"
+    axis: int = 1
+
+    def output_shape(self, input_shapes, params):
+        shapes = [*input_shapes, *params.values()]
+        rank = len(shapes[0])
+        axis = self.axis % rank
+        for s in shapes:
+            if len(s) != rank or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis):
+                raise ShapeError(f"cannot concatenate shapes {[tuple(s) for s in shapes]} along axis {self.axis}")
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        return tuple(out)
+
+
+@register
+@dataclass(frozen=True)
+class Copy(Op):
+    """An explicit copy (``contiguous`` after a permute, ``clone``): reads and writes every value."""
+
+    KIND: ClassVar[str] = "copy"
+
+    def output_shape(self, input_shapes, params):
+        return tuple(input_shapes[0])
+
+
+@register
+@dataclass(frozen=True)
+class Dropout(Op):
+    """Dropout: the identity at inference, so a view that moves nothing."""
+
+    KIND: ClassVar[str] = "dropout"
+    IS_VIEW: ClassVar[bool] = True
+    p: float = 0.5
+
+    def output_shape(self, input_shapes, params):
+        return tuple(input_shapes[0])
