@@ -128,3 +128,23 @@ class Unknown(Op):
 
     def output_shape(self, input_shapes, params):
         return self.observed_shape
+
+
+# --- compiled kernels (added for the loop-nest engine, issue 3) ---------------------------
+_COMPILED: dict[object, object] = {}
+
+
+def compiled_kernel(fn, parallel: bool = False):
+    """``fn`` compiled with Numba on first use (Numba imported only then, machine code cached on
+    disk). The loop-nest modules write parallel loops with a module-level ``prange = range``
+    so they also run uncompiled; it becomes ``numba.prange`` here, before compilation."""
+    kernel = _COMPILED.get(fn)
+    if kernel is None:
+        import numba
+
+        fn.__globals__["prange"] = numba.prange
+        # reassoc lets LLVM vectorise sums; contract lets it fuse multiply-adds (FMA).
+        kernel = numba.njit(cache=True, parallel=parallel, fastmath={"reassoc", "contract"},
+                            error_model="numpy", boundscheck=False)(fn)
+        _COMPILED[fn] = kernel
+    return kernel

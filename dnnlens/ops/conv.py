@@ -18,10 +18,14 @@ from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
 
+import numpy as np
+
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, expect_rank, register
+from dnnlens.ops.base import Op, compiled_kernel, expect_rank, register
 
 Pads = tuple[tuple[int, int], ...]
+
+prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
 
 def symmetric_padding(padding: tuple[int, ...]) -> Pads:
@@ -107,3 +111,134 @@ class Conv(Op):
         x = input_shapes[0]
         cin, cout, kernel = self._channels(x, params["weight"])
         return (*reversed(kernel), cin, cout)
+
+    # --- kernels ----------------------------------------------------------------------
+    def kernel_args(self, inputs, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                    Conv2dAttrs]:
+        """Checked ``(x, weight, bias, attrs)`` as a 2-d convolution: a 1-d one runs over a
+        height of 1. ShapeError (naming both shapes) if the input does not fit the weight."""
+        if self.transposed or self.spatial_dims not in (1, 2):
+            raise NotImplementedError(
+                f"no kernel for {self.spatial_dims}-d {self.kind} (only 1-d/2-d convolution)")
+        x, weight = np.asarray(inputs[0]), np.asarray(weights["weight"])
+        bias = weights.get("bias")
+        shapes = {role: tuple(array.shape) for role, array in weights.items()}
+        self.output_shape([tuple(x.shape)], shapes)  # raises ShapeError on a mismatch
+        attrs = Conv2dAttrs(tuple(self.stride), tuple(self.padding), tuple(self.dilation),
+                            self.groups)
+        if self.spatial_dims == 1:  # (N, C, L) -> (N, C, 1, L)
+            x, weight = x[:, :, None, :], weight[:, :, None, :]
+            attrs = Conv2dAttrs((1, *attrs.stride), ((0, 0), *attrs.padding),
+                                (1, *attrs.dilation), self.groups)
+        return x, weight, bias, attrs
+
+    def _finish(self, out: np.ndarray) -> np.ndarray:
+        return out[:, :, 0, :] if self.spatial_dims == 1 else out
+
+    def reference(self, inputs, weights):
+        x, weight, bias, attrs = self.kernel_args(inputs, weights)
+        return self._finish(conv2d_reference(x, weight, bias, attrs))
+
+    def compiled(self, inputs, weights):
+        x, weight, bias, attrs = self.kernel_args(inputs, weights)
+        return self._finish(conv2d_compiled(x, weight, bias, attrs))
+
+
+@dataclass(frozen=True)
+class Conv2dAttrs:
+    """A 2-d convolution's attributes as the kernels take them (pairs: height, width)."""
+
+    stride: tuple[int, int] = (1, 1)
+    padding: Pads = ((0, 0), (0, 0))  # ((top, bottom), (left, right))
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def output_size(self, height: int, width: int, kh: int, kw: int) -> tuple[int, int]:
+        """``Ho = (H + top + bottom - dilation*(Kh-1) - 1) // stride + 1``, same for ``Wo``."""
+        (top, bottom), (left, right) = self.padding
+        ho = (height + top + bottom - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (width + left + right - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        return ho, wo
+
+
+def pad_input(x: np.ndarray, padding: Pads, value: float = 0.0) -> np.ndarray:
+    """``(N, C, H, W)`` -> ``(N, C, top+H+bottom, left+W+right)`` with ``value`` around it."""
+    (top, bottom), (left, right) = padding
+    n, c, h, w = x.shape
+    padded = np.full((n, c, top + h + bottom, left + w + right), value, dtype=x.dtype)
+    padded[:, :, top:top + h, left:left + w] = x
+    return padded
+
+
+def conv2d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                     attrs: Conv2dAttrs) -> np.ndarray:
+    """The readable loop nest: x ``(N, Cin, H, W)``, weight ``(Cout, Cin/groups, Kh, Kw)``,
+    bias ``(Cout,)`` or None -> ``(N, Cout, Ho, Wo)``.
+
+    ``out[n, co, oh, ow] = bias[co] + sum over ci, kh, kw of
+    weight[co, ci, kh, kw] * x_padded[n, group(co)*Cin/groups + ci, oh*sh + kh*dh, ow*sw + kw*dw]``.
+
+    The loops run over the output channel and the reduction indices (ci, kh, kw); each step is
+    one multiply-accumulate for every image and every output pixel at once, so the Python loop
+    runs Cout * Cin/groups * Kh * Kw times whatever the batch and image size.
+    """
+    n, _, height, width = x.shape
+    cout, cin_per_group, kh_size, kw_size = weight.shape
+    (sh, sw), (dh, dw) = attrs.stride, attrs.dilation
+    ho, wo = attrs.output_size(height, width, kh_size, kw_size)
+    x_padded = pad_input(x, attrs.padding)
+    cout_per_group = cout // attrs.groups
+    out = np.zeros((n, cout, ho, wo), dtype=np.result_type(x, weight))
+    for co in range(cout):
+        first_input_channel = (co // cout_per_group) * cin_per_group
+        for ci in range(cin_per_group):
+            for kh in range(kh_size):
+                for kw in range(kw_size):
+                    # rows oh*sh + kh*dh for oh = 0..Ho-1, columns ow*sw + kw*dw likewise
+                    rows = slice(kh * dh, kh * dh + sh * (ho - 1) + 1, sh)
+                    cols = slice(kw * dw, kw * dw + sw * (wo - 1) + 1, sw)
+                    window = x_padded[:, first_input_channel + ci, rows, cols]  # (N, Ho, Wo)
+                    out[:, co] += weight[co, ci, kh, kw] * window
+        if bias is not None:
+            out[:, co] += bias[co]
+    return out
+
+
+def conv2d_loops(x_padded, weight, bias, out, sh, sw, dh, dw, groups):  # pragma: no cover
+    """The same loop nest, scalar, for Numba: (image, output channel) pairs shared out over
+    the cores; ``out`` (N, Cout, Ho, Wo) is written; ``bias`` is all zeros when there is none.
+    The innermost loop runs along an output row so it vectorises."""
+    n_images, cout, ho, wo = out.shape
+    cin_per_group, kh_size, kw_size = weight.shape[1], weight.shape[2], weight.shape[3]
+    cout_per_group = cout // groups
+    for job in prange(n_images * cout):
+        n, co = job // cout, job % cout
+        first_input_channel = (co // cout_per_group) * cin_per_group
+        for oh in range(ho):
+            for ow in range(wo):
+                out[n, co, oh, ow] = bias[co]
+        for ci in range(cin_per_group):
+            for kh in range(kh_size):
+                for kw in range(kw_size):
+                    w = weight[co, ci, kh, kw]
+                    for oh in range(ho):
+                        row = oh * sh + kh * dh
+                        for ow in range(wo):
+                            out[n, co, oh, ow] += (
+                                w * x_padded[n, first_input_channel + ci, row, ow * sw + kw * dw])
+
+
+def conv2d_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                    attrs: Conv2dAttrs) -> np.ndarray:
+    """:func:`conv2d_loops` compiled with Numba; same contract as :func:`conv2d_reference`."""
+    n, _, height, width = x.shape
+    cout, _, kh_size, kw_size = weight.shape
+    dtype = np.result_type(x, weight)
+    ho, wo = attrs.output_size(height, width, kh_size, kw_size)
+    out = np.empty((n, cout, ho, wo), dtype=dtype)
+    bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+    kernel = compiled_kernel(conv2d_loops, parallel=True)
+    kernel(pad_input(x.astype(dtype, copy=False), attrs.padding),
+           np.ascontiguousarray(weight, dtype), bias, out, *attrs.stride, *attrs.dilation,
+           attrs.groups)
+    return out

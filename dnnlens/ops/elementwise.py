@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import Op, register
 
@@ -35,6 +37,43 @@ def broadcast(shapes) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def _hardsigmoid(x: np.ndarray) -> np.ndarray:
+    return np.clip(x / 6 + 0.5, 0, 1)
+
+
+#: Kernels of the activations whose result needs no attribute beyond the function's name
+#: (leaky_relu, elu, hardtanh, softplus, clamp carry parameters the IR does not keep).
+ACTIVATION_KERNELS = {
+    "relu": _relu,
+    "relu6": lambda x: np.clip(x, 0, 6),
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "silu": lambda x: x * _sigmoid(x),
+    "hardsigmoid": _hardsigmoid,
+    "hardswish": lambda x: x * _hardsigmoid(x),
+    "exp": np.exp,
+    "log": np.log,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1 / np.sqrt(x),
+    "neg": np.negative,
+    "abs": np.abs,
+    "reciprocal": lambda x: 1 / x,
+}
+
+BINARY_KERNELS = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+    "pow": np.power, "maximum": np.maximum, "minimum": np.minimum,
+}
+
+
 @register
 @dataclass(frozen=True)
 class Activation(Op):
@@ -53,6 +92,14 @@ class Activation(Op):
 
     def output_shape(self, input_shapes, params):
         return tuple(input_shapes[0])
+
+    def reference(self, inputs, weights):
+        """Any shape -> the same shape, the function applied to every value."""
+        function = ACTIVATION_KERNELS.get(self.function)
+        if function is None:
+            raise NotImplementedError(f"no kernel for activation {self.function!r}")
+        x = np.asarray(inputs[0])
+        return function(x).astype(x.dtype, copy=False)
 
 
 @register
@@ -78,6 +125,18 @@ class Binary(Op):
     def output_shape(self, input_shapes, params):
         return broadcast([*input_shapes, *params.values()])
 
+    def reference(self, inputs, weights):
+        """Operands (the inputs, then any parameters) broadcast against each other."""
+        function = BINARY_KERNELS.get(self.function)
+        if function is None:
+            raise NotImplementedError(f"no kernel for binary operator {self.function!r}")
+        operands = [np.asarray(a) for a in (*inputs, *weights.values())]
+        broadcast([a.shape for a in operands])  # ShapeError naming the shapes
+        result = operands[0]
+        for operand in operands[1:]:
+            result = function(result, operand)
+        return result
+
 
 @register
 @dataclass(frozen=True)
@@ -95,3 +154,11 @@ class Softmax(Op):
         if not -len(x) <= self.axis < len(x):
             raise ShapeError(f"softmax axis {self.axis} is out of range for shape {tuple(x)}")
         return tuple(x)
+
+    def reference(self, inputs, weights):
+        """``exp(x - max) / sum(exp(x - max))`` along ``axis`` (the max keeps exp finite)."""
+        x = np.asarray(inputs[0])
+        self.output_shape([x.shape], {})
+        shifted = x - x.max(axis=self.axis, keepdims=True)
+        total = np.exp(shifted).sum(axis=self.axis, keepdims=True)
+        return shifted - np.log(total) if self.log else np.exp(shifted) / total

@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
 
+import numpy as np
+
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, register
+from dnnlens.ops.base import Op, compiled_kernel, register
+
+prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
 
 @register
@@ -37,3 +41,68 @@ class Linear(Op):
     def descriptor(self, input_shapes, params):
         out_features, in_features = params["weight"]
         return (out_features, in_features)
+
+    # --- kernels ----------------------------------------------------------------------
+    def _kernel_args(self, inputs, weights):
+        """``(x as (M, in), weight, bias, leading dims)``; ShapeError naming both shapes."""
+        x, weight = np.asarray(inputs[0]), np.asarray(weights["weight"])
+        shapes = {role: tuple(array.shape) for role, array in weights.items()}
+        self.output_shape([tuple(x.shape)], shapes)  # raises ShapeError on a mismatch
+        return x.reshape(-1, x.shape[-1]), weight, weights.get("bias"), x.shape[:-1]
+
+    def reference(self, inputs, weights):
+        x, weight, bias, lead = self._kernel_args(inputs, weights)
+        return linear_reference(x, weight, bias).reshape(*lead, weight.shape[0])
+
+    def compiled(self, inputs, weights):
+        x, weight, bias, lead = self._kernel_args(inputs, weights)
+        return linear_compiled(x, weight, bias).reshape(*lead, weight.shape[0])
+
+
+def linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """The readable loop nest: x ``(M, in)``, weight ``(out, in)``, bias ``(out,)`` or None
+    -> ``(M, out)`` with ``out[m, o] = bias[o] + sum over i of weight[o, i] * x[m, i]``.
+
+    The loop runs over the reduction index ``i``; each step is one multiply-accumulate for
+    every (row, output) pair at once: column ``i`` of x times column ``i`` of the weight.
+    """
+    rows, in_features = x.shape
+    out = np.zeros((rows, weight.shape[0]), dtype=np.result_type(x, weight))
+    for i in range(in_features):
+        out += x[:, i, None] * weight[None, :, i]  # (M, 1) * (1, out) -> (M, out)
+    if bias is not None:
+        out += bias
+    return out
+
+
+#: Rows (images) computed together by the compiled kernel: each weight row read from cache
+#: serves the whole block.
+ROW_BLOCK = 8
+
+
+def linear_loops(x, weight, bias, out):  # pragma: no cover
+    """The same loop nest, scalar, for Numba: blocks of ``ROW_BLOCK`` rows shared out over
+    the cores; for each output, the dot product with each row of the block (the inner loop
+    over ``in`` is contiguous in x and weight, so it vectorises)."""
+    rows, in_features = x.shape
+    out_features = weight.shape[0]
+    n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    for block in prange(n_blocks):
+        first = block * ROW_BLOCK
+        last = min(first + ROW_BLOCK, rows)
+        for o in range(out_features):
+            for m in range(first, last):
+                total = 0.0
+                for i in range(in_features):
+                    total += weight[o, i] * x[m, i]
+                out[m, o] = total + bias[o]
+
+
+def linear_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """:func:`linear_loops` compiled with Numba; same contract as :func:`linear_reference`."""
+    dtype = np.result_type(x, weight)
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=dtype)
+    bias = np.zeros(weight.shape[0], dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+    kernel = compiled_kernel(linear_loops, parallel=True)
+    kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype), bias, out)
+    return out

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
 
+import numpy as np
+
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import Op, register
 
@@ -51,6 +53,15 @@ class Reshape(Op):
         x = input_shapes[0]
         return resolve_shape(self.shape, prod(x), x)
 
+    def reference(self, inputs, weights):
+        """The traced target shape; when ``keeps_batch``, dimension 0 follows the input's
+        batch, so a graph traced at batch 1 runs at any batch."""
+        x = np.asarray(inputs[0])
+        target = self.shape
+        if self.keeps_batch and x.ndim and target:
+            target = (x.shape[0], *(-1 if d == -1 else d for d in target[1:]))
+        return x.reshape(resolve_shape(tuple(target), x.size, x.shape))
+
     @classmethod
     def between(cls, source: tuple[int, ...], target: tuple[int, ...]) -> "Reshape":
         """The reshape taking ``source`` to ``target``, recognising a flatten."""
@@ -73,6 +84,11 @@ class Permute(Op):
         if sorted(self.dims) != list(range(len(x))):
             raise ShapeError(f"permutation {self.dims} does not fit shape {tuple(x)}")
         return tuple(x[d] for d in self.dims)
+
+    def reference(self, inputs, weights):
+        x = np.asarray(inputs[0])
+        self.output_shape([x.shape], {})
+        return x.transpose(self.dims)
 
 
 @register
@@ -100,6 +116,14 @@ class Slice(Op):
             del x[axis]
         return tuple(x)
 
+    def reference(self, inputs, weights):
+        x = np.asarray(inputs[0])
+        self.output_shape([x.shape], {})
+        index: list[object] = [slice(None)] * x.ndim
+        axis = self.axis % x.ndim
+        index[axis] = slice(self.start, self.stop, self.step) if self.keep_dim else self.start
+        return x[tuple(index)]
+
 
 @register
 @dataclass(frozen=True)
@@ -122,6 +146,10 @@ class Expand(Op):
             out.append(size if want == -1 else want)
         return tuple(out)
 
+    def reference(self, inputs, weights):
+        x = np.asarray(inputs[0] if inputs else next(iter(weights.values())))
+        return np.broadcast_to(x, self.output_shape([x.shape], {}))
+
 
 @register
 @dataclass(frozen=True)
@@ -142,6 +170,11 @@ class Concat(Op):
         out[axis] = sum(s[axis] for s in shapes)
         return tuple(out)
 
+    def reference(self, inputs, weights):
+        operands = [np.asarray(a) for a in (*inputs, *weights.values())]
+        self.output_shape([a.shape for a in operands], {})  # ShapeError naming the shapes
+        return np.concatenate(operands, axis=self.axis)
+
 
 @register
 @dataclass(frozen=True)
@@ -152,6 +185,9 @@ class Copy(Op):
 
     def output_shape(self, input_shapes, params):
         return tuple(input_shapes[0])
+
+    def reference(self, inputs, weights):
+        return np.array(inputs[0], copy=True)
 
 
 @register
@@ -165,3 +201,6 @@ class Dropout(Op):
 
     def output_shape(self, input_shapes, params):
         return tuple(input_shapes[0])
+
+    def reference(self, inputs, weights):
+        return np.asarray(inputs[0])  # inference: nothing is dropped
