@@ -1,0 +1,281 @@
+"""Every loop-nest kernel, both ways (readable reference and Numba-compiled), against
+``torch.nn.functional`` computed in float64 (the better truth when summation orders differ).
+
+Hypothesis draws shapes, strides, paddings, dilations, groups and batch sizes; the awkward
+cases (1x1 kernels, kernel as large as the padded input, stride larger than the kernel, odd
+sizes, a single channel, batch 1) are also pinned as explicit examples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from dnnlens.errors import ShapeError
+from dnnlens.ops import Activation, AdaptivePool, Binary, Conv, Linear, Pool, Reshape, Softmax
+from dnnlens.ops.base import Op
+
+PATHS = ("reference", "compiled")
+FAST = settings(max_examples=30, deadline=None)
+
+
+def run(op: Op, path: str, inputs: list[np.ndarray], weights: dict | None = None) -> np.ndarray:
+    return getattr(op, path)(inputs, weights or {})
+
+
+def assert_matches(op: Op, inputs: list[np.ndarray], weights: dict, truth: torch.Tensor,
+                   atol: float = 1e-10) -> None:
+    """The oracle: both kernel paths on the same float64 arrays equal torch's result."""
+    expected = truth.detach().numpy()
+    for path in PATHS:
+        got = run(op, path, inputs, weights)
+        assert got.shape == expected.shape, (path, got.shape, expected.shape)
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=atol, err_msg=path)
+
+
+def random(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape)
+
+
+# --- convolution --------------------------------------------------------------------------
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cin = groups * draw(st.integers(1, 3))
+    depthwise = groups > 1 and draw(st.booleans())
+    if depthwise:  # one input channel per group
+        cin = groups
+    cout = groups * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
+    sizes = []
+    for k, d, (pb, pe) in zip((kh, kw), dilation, padding):
+        reach = d * (k - 1) + 1
+        sizes.append(draw(st.integers(max(1, reach - pb - pe), max(1, reach - pb - pe) + 6)))
+    batch = draw(st.integers(1, 3))
+    return dict(batch=batch, cin=cin, cout=cout, kernel=(kh, kw), size=tuple(sizes),
+                stride=stride, dilation=dilation, padding=padding, groups=groups,
+                bias=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+
+
+def check_conv(case: dict) -> None:
+    rng = np.random.default_rng(case["seed"])
+    x = random(rng, case["batch"], case["cin"], *case["size"])
+    weight = random(rng, case["cout"], case["cin"] // case["groups"], *case["kernel"])
+    weights = {"weight": weight}
+    if case["bias"]:
+        weights["bias"] = random(rng, case["cout"])
+    op = Conv(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+              groups=case["groups"])
+    (top, bottom), (left, right) = case["padding"]
+    padded = F.pad(torch.from_numpy(x), (left, right, top, bottom))  # F.pad: last dim first
+    bias = torch.from_numpy(weights["bias"]) if case["bias"] else None
+    truth = F.conv2d(padded, torch.from_numpy(weight), bias, stride=case["stride"],
+                     dilation=case["dilation"], groups=case["groups"])
+    assert_matches(op, [x], weights, truth)
+
+
+def conv_case(**overrides) -> dict:
+    case = dict(batch=1, cin=1, cout=1, kernel=(3, 3), size=(5, 5), stride=(1, 1),
+                dilation=(1, 1), padding=((0, 0), (0, 0)), groups=1, bias=True, seed=0)
+    case.update(overrides)
+    return case
+
+
+@FAST
+@given(conv_cases())
+@example(conv_case(kernel=(1, 1), cin=3, cout=2, size=(4, 7)))  # 1x1 kernel
+@example(conv_case(kernel=(5, 3), size=(3, 1), padding=((1, 1), (1, 1))))  # kernel = padded input
+@example(conv_case(kernel=(2, 2), stride=(3, 4), size=(9, 11)))  # stride larger than the kernel
+@example(conv_case(kernel=(5, 5), padding=((2, 2), (2, 2)), size=(28, 28), cout=4))  # conv1
+@example(conv_case(cin=4, cout=4, groups=4, size=(7, 6), stride=(2, 2)))  # depthwise, strided
+@example(conv_case(batch=3, kernel=(3, 2), dilation=(2, 3), size=(9, 8), bias=False))
+def test_conv2d_matches_torch(case):
+    check_conv(case)
+
+
+def test_conv1d_matches_torch():
+    rng = np.random.default_rng(1)
+    x, weight, bias = random(rng, 2, 4, 13), random(rng, 6, 2, 3), random(rng, 6)
+    op = Conv(stride=(2,), padding=((1, 1),), dilation=(2,), groups=2)
+    truth = F.conv1d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
+                     stride=2, padding=1, dilation=2, groups=2)
+    assert_matches(op, [x], {"weight": weight, "bias": bias}, truth)
+
+
+def test_conv_float32_stays_float32_and_close():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 3, 12, 12)).astype(np.float32)
+    weight = rng.standard_normal((5, 3, 5, 5)).astype(np.float32)
+    op = Conv(padding=((2, 2), (2, 2)))
+    truth = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(), padding=2)
+    for path in PATHS:
+        got = run(op, path, [x], {"weight": weight})
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, truth.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_conv_channel_mismatch_names_both_shapes(path):
+    op = Conv(padding=((1, 1), (1, 1)))
+    with pytest.raises(ShapeError, match=r"\(2, 3, 8, 8\).*\(4, 2, 3, 3\)"):
+        run(op, path, [np.zeros((2, 3, 8, 8))], {"weight": np.zeros((4, 2, 3, 3))})
+
+
+def test_transposed_conv_has_no_kernel():
+    op = Conv(transposed=True)
+    with pytest.raises(NotImplementedError, match="convtranspose"):
+        op.reference([np.zeros((1, 2, 4, 4))], {"weight": np.zeros((2, 3, 3, 3))})
+
+
+# --- linear -------------------------------------------------------------------------------
+@FAST
+@given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=2),
+       batch=st.integers(1, 20), features=st.tuples(st.integers(1, 40), st.integers(1, 12)),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+@example(lead=[], batch=1, features=(1, 1), bias=True, seed=0)
+@example(lead=[], batch=17, features=(392, 10), bias=True, seed=0)  # more rows than a block
+def test_linear_matches_torch(lead, batch, features, bias, seed):
+    rng = np.random.default_rng(seed)
+    in_features, out_features = features
+    x = random(rng, batch, *lead, in_features)
+    weights = {"weight": random(rng, out_features, in_features)}
+    if bias:
+        weights["bias"] = random(rng, out_features)
+    truth = F.linear(torch.from_numpy(x), torch.from_numpy(weights["weight"]),
+                     torch.from_numpy(weights["bias"]) if bias else None)
+    assert_matches(Linear(), [x], weights, truth)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_linear_length_mismatch_names_both_shapes(path):
+    with pytest.raises(ShapeError, match=r"\(3, 391\).*\(256, 392\)"):
+        run(Linear(), path, [np.zeros((3, 391))], {"weight": np.zeros((256, 392))})
+
+
+# --- pooling ------------------------------------------------------------------------------
+@st.composite
+def pool_cases(draw):
+    mode = draw(st.sampled_from(["max", "avg"]))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)  # PyTorch: pad <= k/2
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if mode == "max" else (1, 1)
+    sizes = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), 11))
+                  for k, d, p in zip(kernel, dilation, padding))
+    return dict(mode=mode, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                size=sizes, batch=draw(st.integers(1, 3)), channels=draw(st.integers(1, 3)),
+                ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@FAST
+@given(pool_cases())
+@example(dict(mode="max", kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1),
+              size=(28, 28), batch=2, channels=4, ceil_mode=False, count_include_pad=True,
+              seed=0))  # the reference network's pooling
+@example(dict(mode="avg", kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1),
+              size=(6, 5), batch=1, channels=1, ceil_mode=True, count_include_pad=False,
+              seed=0))  # a ceil-mode window past the end padding
+@example(dict(mode="max", kernel=(1, 1), stride=(3, 3), padding=(0, 0), dilation=(1, 1),
+              size=(7, 7), batch=1, channels=1, ceil_mode=True, count_include_pad=True,
+              seed=0))  # stride larger than the window
+def test_pool2d_matches_torch(case):
+    rng = np.random.default_rng(case["seed"])
+    x = random(rng, case["batch"], case["channels"], *case["size"])
+    op = Pool(mode=case["mode"], kernel=case["kernel"], stride=case["stride"],
+              padding=tuple((p, p) for p in case["padding"]), dilation=case["dilation"],
+              ceil_mode=case["ceil_mode"], count_include_pad=case["count_include_pad"])
+    tx = torch.from_numpy(x)
+    if case["mode"] == "max":
+        truth = F.max_pool2d(tx, case["kernel"], case["stride"], case["padding"],
+                             case["dilation"], ceil_mode=case["ceil_mode"])
+    else:
+        truth = F.avg_pool2d(tx, case["kernel"], case["stride"], case["padding"],
+                             ceil_mode=case["ceil_mode"],
+                             count_include_pad=case["count_include_pad"])
+    assert_matches(op, [x], {}, truth)
+
+
+def test_pool1d_matches_torch():
+    x = random(np.random.default_rng(3), 2, 3, 10)
+    op = Pool(mode="avg", kernel=(3,), stride=(2,), padding=((1, 1),), dilation=(1,))
+    assert_matches(op, [x], {}, F.avg_pool1d(torch.from_numpy(x), 3, 2, 1))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_pool_window_larger_than_input_names_shapes(path):
+    with pytest.raises(ShapeError, match=r"\(3, 3\).*\(1, 2, 2, 2\)"):
+        run(Pool(kernel=(3, 3), stride=(1, 1)), path, [np.zeros((1, 2, 2, 2))])
+
+
+@FAST
+@given(size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+       out=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       mode=st.sampled_from(["avg", "max"]), seed=st.integers(0, 2**16))
+def test_adaptive_pool_matches_torch(size, out, mode, seed):
+    x = random(np.random.default_rng(seed), 2, 3, *size)
+    function = F.adaptive_avg_pool2d if mode == "avg" else F.adaptive_max_pool2d
+    assert_matches(AdaptivePool(mode=mode, output_size=out), [x], {},
+                   function(torch.from_numpy(x), out))
+
+
+# --- element-wise and shape ---------------------------------------------------------------
+TORCH_ACTIVATIONS = {
+    "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+    "silu": F.silu, "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish, "exp": torch.exp,
+    "neg": torch.neg, "abs": torch.abs,
+    # defined only for positive inputs: checked on |x| + 0.5
+    "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "reciprocal": torch.reciprocal,
+}
+
+
+@pytest.mark.parametrize("function", sorted(TORCH_ACTIVATIONS))
+def test_activation_matches_torch(function):
+    x = random(np.random.default_rng(4), 3, 4, 5) * 4
+    if function in ("log", "sqrt", "rsqrt", "reciprocal"):
+        x = np.abs(x) + 0.5
+    assert_matches(Activation(function), [x], {},
+                   TORCH_ACTIVATIONS[function](torch.from_numpy(x)))
+
+
+def test_activation_without_kernel_says_so():
+    with pytest.raises(NotImplementedError, match="gelu"):
+        Activation("gelu").reference([np.zeros(3)], {})
+
+
+@FAST
+@given(shapes=st.sampled_from([((2, 3, 4, 4), (2, 3, 4, 4)), ((2, 3, 4, 4), (1, 3, 1, 1)),
+                               ((5,), (3, 1)), ((1,), (2, 2))]),
+       function=st.sampled_from(["add", "sub", "mul", "maximum"]), seed=st.integers(0, 99))
+def test_binary_broadcasts_like_torch(shapes, function, seed):
+    rng = np.random.default_rng(seed)
+    a, b = random(rng, *shapes[0]), random(rng, *shapes[1])
+    torch_fn = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "maximum": torch.maximum}
+    truth = torch_fn[function](torch.from_numpy(a), torch.from_numpy(b))
+    assert_matches(Binary(function), [a, b], {}, truth)
+
+
+def test_binary_mismatch_names_both_shapes():
+    with pytest.raises(ShapeError, match=r"\(2, 3\).*\(4, 3\)"):
+        Binary("add").reference([np.zeros((2, 3)), np.zeros((4, 3))], {})
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_matches_torch(log):
+    x = random(np.random.default_rng(5), 3, 10) * 10
+    truth = (F.log_softmax if log else F.softmax)(torch.from_numpy(x), dim=-1)
+    assert_matches(Softmax(axis=-1, log=log), [x], {}, truth)
+
+
+def test_flatten_traced_at_batch_one_runs_at_any_batch():
+    x = random(np.random.default_rng(6), 5, 8, 7, 7)
+    op = Reshape.between((1, 8, 7, 7), (1, 392))
+    assert op.flatten and op.keeps_batch
+    assert_matches(op, [x], {}, torch.from_numpy(x).flatten(1))
