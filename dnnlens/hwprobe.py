@@ -1,0 +1,343 @@
+"""Measure this machine: peak FP32 MACs/s and main-memory bandwidth, as a roofline spec.
+
+* Compute: every core runs our own Numba loop of fused multiply-adds ``x[j] = x[j]*a + b``
+  over ``NACC`` independent accumulators. With ``NACC`` a compile-time constant LLVM unrolls
+  and vectorises the inner loop and keeps every accumulator in a register for the whole outer
+  loop: on AVX-512 the loop body is 16 ``vfmadd213ps zmm`` and no load or store (checked in
+  the compiled assembly, see :func:`fma_assembly`). 16 independent chains cover the FMA
+  latency (4 cycles) x pipes (2) with room to spare, so the pipes never wait.
+  ``fastmath={"contract"}`` lets LLVM fuse the multiply and add but not reassociate the
+  recurrence, so it cannot skip iterations.
+* Memory: a STREAM triad ``a[i] = b[i] + s*c[i]`` on all cores over three float64 arrays, each
+  at least 4x the last-level cache, counted as STREAM counts it: 24 bytes per element (two
+  reads, one write; the write-allocate read is not counted). Best of several passes.
+* Timings take the best of several repetitions, the one least disturbed by other processes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from numba import njit, prange
+
+from dnnlens.errors import UsageError
+from dnnlens.roofline import Figure, HardwareSpec
+
+#: Accumulators per core: 16 AVX-512 registers of 16 fp32 lanes.
+NACC = 256
+#: Accumulators per core without AVX-512: 12 AVX2 registers of 8 lanes (16 exist; 2 hold a, b).
+NACC_NARROW = 96
+#: Factor between each array of the triad and the last-level cache.
+TRIAD_CACHE_FACTOR = 4
+#: Least size of each triad array even on a machine reporting a small cache.
+TRIAD_MIN_BYTES = 64 * 2**20
+
+
+# --------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------
+@njit(fastmath={"contract"}, cache=True)
+def _fma_chain(x, a, b, reps):  # pragma: no cover - compiled
+    """``reps`` rounds of ``x[j] = x[j]*a + b`` over the NACC accumulators of ``x``."""
+    for _ in range(reps):
+        for j in range(NACC):
+            x[j] = x[j] * a + b
+
+
+@njit(fastmath={"contract"}, cache=True)
+def _fma_chain_narrow(x, a, b, reps):  # pragma: no cover - compiled
+    for _ in range(reps):
+        for j in range(NACC_NARROW):
+            x[j] = x[j] * a + b
+
+
+@njit(fastmath={"contract"}, parallel=True, cache=True)
+def _fma_all_cores(xs, a, b, reps):  # pragma: no cover - compiled
+    """One row of ``xs`` (threads, NACC) per thread."""
+    for t in prange(xs.shape[0]):
+        _fma_chain(xs[t], a, b, reps)
+
+
+@njit(fastmath={"contract"}, parallel=True, cache=True)
+def _fma_all_cores_narrow(xs, a, b, reps):  # pragma: no cover - compiled
+    for t in prange(xs.shape[0]):
+        _fma_chain_narrow(xs[t], a, b, reps)
+
+
+@njit(fastmath={"contract"}, cache=True)
+def _fma_dependent(x, a, b, reps):  # pragma: no cover - compiled
+    """One dependent FMA chain: each iteration waits for the previous one (latency-bound)."""
+    for _ in range(reps):
+        x = x * a + b
+    return x
+
+
+@njit(parallel=True, cache=True)
+def _triad(a, b, c, s):  # pragma: no cover - compiled
+    for i in prange(a.shape[0]):
+        a[i] = b[i] + s * c[i]
+
+
+@njit(parallel=True, cache=True)
+def _fill(a, value):  # pragma: no cover - compiled
+    """First touch on all cores, so pages land near the threads that use them."""
+    for i in prange(a.shape[0]):
+        a[i] = value
+
+
+# --------------------------------------------------------------------------------------
+# This CPU
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CpuInfo:
+    """What Linux tells about the CPU (``/proc/cpuinfo``, sysfs), as lscpu shows it."""
+
+    model: str
+    vendor: str
+    family: int
+    cores: int
+    clock_hz: float
+    flags: frozenset[str] = field(default_factory=frozenset)
+    llc_bytes: int = 32 * 2**20
+    memory_bytes: int = 0
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _size(text: str) -> int:
+    """``32768K`` / ``2M`` (sysfs cache sizes) -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", text)
+    if not match:
+        return 0
+    return int(match.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)]
+
+
+def cpu_info() -> CpuInfo:
+    """This machine's CPU: model, usable cores, nominal clock, flags, LLC and RAM sizes."""
+    text = _read("/proc/cpuinfo")
+
+    def first(key: str, default: str = "") -> str:
+        match = re.search(rf"^{key}\s*:\s*(.*)$", text, re.MULTILINE)
+        return match.group(1).strip() if match else default
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").strip()
+    clock = float(max_khz) * 1e3 if max_khz.isdigit() else float(first("cpu MHz", "0")) * 1e6
+    llc = max((_size(_read(f"{d}/size")) for d in Path("/sys/devices/system/cpu/cpu0/cache")
+               .glob("index*")), default=0)
+    mem = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
+    family = first("cpu family", "0")
+    return CpuInfo(
+        model=first("model name", platform.processor() or "unknown CPU"),
+        vendor=first("vendor_id", "unknown"),
+        family=int(family) if family.isdigit() else 0,
+        cores=int(cores or 1),
+        clock_hz=clock,
+        flags=frozenset(first("flags").split()),
+        llc_bytes=llc or 32 * 2**20,
+        memory_bytes=int(mem.group(1)) * 1024 if mem else 0,
+    )
+
+
+@dataclass(frozen=True)
+class Theoretical:
+    """Peak FP32 MACs/s from the datasheet formula cores x FMA lanes per cycle x clock."""
+
+    macs_per_s: float
+    cores: int
+    lanes_per_cycle: int
+    clock_hz: float
+    reason: str
+
+
+def fp32_fma_lanes(info: CpuInfo) -> tuple[int, str]:
+    """FP32 FMAs one core can start per cycle, and why.
+
+    The usual rule (AVX-512: one 16-lane FMA pipe, or AVX2: two 8-lane pipes) gives 16; AMD
+    Zen 5 (family 26) has two full-width 512-bit FMA pipes, so 32.
+    """
+    if "avx512f" in info.flags and info.vendor == "AuthenticAMD" and info.family >= 26:
+        return 32, "AMD Zen 5: 2 FMA pipes x 16 fp32 lanes (512-bit datapath)"
+    if "avx512f" in info.flags:
+        return 16, "AVX-512: 16 fp32 lanes per FMA (one full-width pipe assumed)"
+    if "avx2" in info.flags and "fma" in info.flags:
+        return 16, "AVX2: 2 FMA pipes x 8 fp32 lanes"
+    if platform.machine() in ("aarch64", "arm64"):
+        return 8, "Arm NEON: 2 FMA pipes x 4 fp32 lanes"
+    return 4, "SSE: 4 fp32 lanes, no FMA pipe assumed"
+
+
+def theoretical_peak(info: CpuInfo | None = None) -> Theoretical:
+    """cores x FP32 FMA lanes per cycle x the nominal clock (lscpu's, not the boost clock)."""
+    info = info or cpu_info()
+    lanes, reason = fp32_fma_lanes(info)
+    return Theoretical(info.cores * lanes * info.clock_hz, info.cores, lanes, info.clock_hz,
+                       reason)
+
+
+# --------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------
+def _wide() -> bool:
+    return "avx512f" in cpu_info().flags
+
+
+def _best_rate(run, work_per_call: float, seconds: float, min_calls: int = 3) -> float:
+    """Work per second of the fastest of the calls of ``run()`` that fit in ``seconds``."""
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    calls = 0
+    while calls < min_calls or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+        calls += 1
+    return work_per_call / best
+
+
+def measure_fma(seconds: float = 1.0, threads: int | None = None) -> float:
+    """Peak FP32 MACs/s of this machine on ``threads`` cores (default: all usable)."""
+    import numba
+
+    threads = threads or numba.config.NUMBA_NUM_THREADS
+    wide = _wide()
+    nacc = NACC if wide else NACC_NARROW
+    kernel = _fma_all_cores if wide else _fma_all_cores_narrow
+    xs = np.ones((threads, nacc), np.float32)
+    # a*1 + b = 1 exactly: x stays at the fixed point 1.0, never denormal or overflowing.
+    a, b = np.float32(0.5), np.float32(0.5)
+    kernel(xs, a, b, 1)  # compile (or load from cache) and start the thread pool
+    # Size one call to ~1/8 of the budget, at least 20 ms, so the few microseconds of waking
+    # the threads do not count; calibrate on a call of at least 10 ms.
+    reps = 65536
+    while True:
+        start = time.perf_counter()
+        kernel(xs, a, b, reps)
+        elapsed = time.perf_counter() - start
+        if elapsed > 0.01:
+            break
+        reps *= 2
+    reps = max(1, int(reps * max(seconds / 8, 0.02) / elapsed))
+    rate = _best_rate(lambda: kernel(xs, a, b, reps), threads * nacc * reps, seconds)
+    if not np.all(xs == 1.0):  # pragma: no cover - would mean the kernel computed garbage
+        raise RuntimeError("FMA probe kernel left its accumulators away from 1.0")
+    return rate
+
+
+def measure_clock(seconds: float = 0.2, fma_latency_cycles: int = 4) -> float:
+    """The running core clock, from one dependent FMA chain (``fma_latency_cycles`` each;
+    4 on Intel since Skylake and AMD since Zen 4). Shows the boost clock under load, which
+    can be well above the nominal clock lscpu reports."""
+    _fma_dependent(1.0, 0.5, 0.5, 1)
+    reps = 2_000_000
+    rate = _best_rate(lambda: _fma_dependent(1.0, 0.5, 0.5, reps), reps, seconds)
+    return rate * fma_latency_cycles
+
+
+def triad_elements(info: CpuInfo | None = None) -> int:
+    """float64 elements per triad array: >= 4x the LLC and >= 64 MiB, <= 1/8 of RAM."""
+    info = info or cpu_info()
+    size = max(TRIAD_CACHE_FACTOR * info.llc_bytes, TRIAD_MIN_BYTES)
+    if info.memory_bytes:
+        size = min(size, info.memory_bytes // 24)
+    return size // 8
+
+
+def measure_bandwidth(seconds: float = 1.0, elements: int | None = None) -> float:
+    """Main-memory bytes/s of a STREAM triad on all cores (24 bytes per element)."""
+    n = elements or triad_elements()
+    a, b, c = np.empty(n), np.empty(n), np.empty(n)
+    _fill(a, 0.0)
+    _fill(b, 1.0)
+    _fill(c, 2.0)
+    _triad(a, b, c, 3.0)  # compile, and touch every page once more
+    rate = _best_rate(lambda: _triad(a, b, c, 3.0), 24.0 * n, seconds)
+    if a[0] != 7.0 or a[-1] != 7.0:  # pragma: no cover - 1 + 3*2
+        raise RuntimeError("triad probe computed a wrong value")
+    return rate
+
+
+def fma_assembly() -> str:
+    """The compiled assembly of the per-core FMA loop, for checking its vectorisation
+    (compiled afresh: Numba shows no assembly for a function loaded from its cache)."""
+    wide = _wide()
+    kernel = njit(fastmath={"contract"})((_fma_chain if wide else _fma_chain_narrow).py_func)
+    kernel(np.ones(NACC if wide else NACC_NARROW, np.float32), np.float32(0.5),
+           np.float32(0.5), 1)
+    return kernel.inspect_asm(kernel.signatures[0])
+
+
+# --------------------------------------------------------------------------------------
+# The probe
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProbeResult:
+    """Measured figures of this machine and the CPU they were measured on."""
+
+    fp32_macs_per_s: float
+    bandwidth: float
+    clock_hz: float
+    threads: int
+    seconds: float
+    cpu: CpuInfo
+    when: str
+
+    @property
+    def theoretical(self) -> Theoretical:
+        return theoretical_peak(self.cpu)
+
+    def to_spec(self, name: str | None = None) -> HardwareSpec:
+        """The probed figures as a roofline spec (``dnnlens hw probe --save``)."""
+        how = f"measured by `dnnlens hw probe` on {self.when}, {self.threads} threads"
+        theory = self.theoretical
+        memory = Figure(float(self.cpu.memory_bytes), "MemTotal in /proc/meminfo") \
+            if self.cpu.memory_bytes else None
+        return HardwareSpec(
+            name=name or f"probed-{socket.gethostname()}",
+            title=f"{self.cpu.model}, {self.cpu.cores} cores (probed)",
+            peak_macs={"fp32": Figure(self.fp32_macs_per_s, (
+                f"{how}: Numba FMA loop, {NACC} register accumulators per core; theoretical "
+                f"{theory.macs_per_s / 1e9:.1f} GMAC/s = {theory.cores} cores x "
+                f"{theory.lanes_per_cycle} lanes x {theory.clock_hz / 1e9:.2f} GHz nominal"))},
+            bandwidth=Figure(self.bandwidth, (
+                f"{how}: STREAM triad, 3 x {triad_elements(self.cpu) * 8 / 2**20:.0f} MiB "
+                "float64 arrays, 24 bytes per element")),
+            on_chip_memory=Figure(float(self.cpu.llc_bytes), "last-level cache size (sysfs)"),
+            main_memory=memory,
+            notes=f"core clock under load about {self.clock_hz / 1e9:.2f} GHz "
+                  "(dependent FMA chain, 4-cycle latency assumed)",
+        )
+
+
+def probe(seconds: float = 2.0, threads: int | None = None) -> ProbeResult:
+    """Measure this machine for about ``seconds`` (compute 40%, memory 50%, clock 10%)."""
+    import numba
+
+    if not seconds > 0:
+        raise UsageError(f"--seconds must be positive, got {seconds}")
+    available = numba.config.NUMBA_NUM_THREADS
+    if threads is not None and not 1 <= threads <= available:
+        raise UsageError(f"--threads must be between 1 and {available}, got {threads}")
+    threads = threads or available
+    numba.set_num_threads(threads)
+    try:
+        fma = measure_fma(0.4 * seconds, threads)
+        bandwidth = measure_bandwidth(0.5 * seconds)
+        clock = measure_clock(0.1 * seconds)
+    finally:
+        numba.set_num_threads(available)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return ProbeResult(fma, bandwidth, clock, threads, seconds, cpu_info(), when)
