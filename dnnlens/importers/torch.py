@@ -1,0 +1,850 @@
+"""Import any ``nn.Module`` into the IR by tracing it on the meta device.
+
+How (in pipeline order):
+
+1. **Meta copy.** The model is deep-copied with every parameter and buffer replaced by a meta
+   tensor of the same shape (the user's model is never touched, no weight is allocated or
+   run), put in eval mode (we analyse inference).
+2. **Trace.** The copy runs on meta inputs under a ``TorchDispatchMode`` that sees every aten
+   operator, so functional calls, ``@``, ``bmm`` and views are all seen. Forward hooks keep a
+   module stack, so each operator is attributed to the qualified name of the module that ran
+   it (``layer1.0.conv2``), in execution order.
+3. **Leaf modules** whose cost is well known (conv, linear, norms, pooling, activations,
+   dropout, flatten, embedding, softmax; :data:`LEAF_RULES`) become one node each, their inner
+   aten operators suppressed. A subclass counts only if it keeps the base class's ``forward``
+   (so ``class MyConv(nn.Conv2d)`` with its own forward is traced operator by operator).
+4. **Aten rules** (:data:`ATEN_RULES`) turn every other operator into one of our ops.
+   ``F.scaled_dot_product_attention`` is caught one level up (a ``TorchFunctionMode``) and
+   becomes one ``attention`` node: on CPU and GPU it runs as a fused kernel, while on meta
+   PyTorch would decompose it into its math path (``bmm``, softmax, ``bmm``); the MACs are the
+   same, the memory traffic is not. ``nn.MultiheadAttention`` takes its "slow" path on meta
+   (the fast path needs CPU or CUDA tensors); that path does the same products as the fused
+   ``_native_multi_head_attention`` (in-projections, attention, out-projection).
+5. **Parameters** are recognised by identity: a parameter (or a view of one: ``W.t()``, a slice
+   of ``in_proj_weight``) used by an operator becomes that node's ``params`` entry, never a
+   graph input. Tied modules name the same parameter: totals count it once.
+6. **Checks.** Every node's shape from our operator rule must equal the traced shape (a
+   mismatch is a dnnlens bug and raises). Operators without a rule become
+   ``Unknown(target, observed_shape)`` and are listed by :func:`unknown_ops`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from dnnlens.errors import ModelError, UsageError
+from dnnlens.ir import Graph, Node, Param, Shape, unique_name
+from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Conv, Copy, Dropout,
+                         Embedding, Expand, Linear, MatMul, Norm, Op, Permute, Pool, Reduce,
+                         Reshape, Slice, Softmax, Unknown, infer_shape)
+from dnnlens.ops.conv import symmetric_padding
+from dnnlens.ops.elementwise import ACTIVATIONS
+
+__all__ = ["import_torch", "unknown_ops", "LEAF_RULES", "ATEN_RULES"]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a rule returns
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A parameter, or a view of one, as an operator uses it.
+
+    ``name`` is the state-dict name (``fc.weight``, or ``attn.in_proj_weight[0:768]`` for a
+    slice); ``shape`` the shape as used; ``untransposed`` the shape before a 2-d transpose
+    (``W.t()``), else None.
+    """
+
+    name: str
+    shape: Shape
+    untransposed: Shape | None = None
+
+    def param(self) -> Param:
+        return Param(self.name, self.shape)
+
+
+@dataclass
+class Built:
+    """A node to add: its operator, its activation inputs (tensors), its parameters by role
+    and the traced output tensor."""
+
+    op: Op
+    inputs: list[torch.Tensor]
+    out: torch.Tensor
+    params: dict[str, Param] = field(default_factory=dict)
+
+
+def shape_of(t: torch.Tensor) -> Shape:
+    return tuple(int(d) for d in t.shape)
+
+
+def _tuple(value: Any, rank: int) -> tuple[int, ...]:
+    """PyTorch's int-or-list arguments (``stride=2`` or ``[2, 2]``) as a tuple of ``rank``."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1 and rank > 1:
+            return tuple(int(value[0]) for _ in range(rank))
+        return tuple(int(v) for v in value)
+    return tuple(int(value) for _ in range(rank))
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaf modules: one node each
+
+
+def _leaf_conv(tr: "Tracer", m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Built:
+    rank = len(m.kernel_size)
+    if isinstance(m.padding, str):  # 'same' / 'valid'
+        pads = []
+        for k, d in zip(m.kernel_size, m.dilation):
+            total = d * (k - 1) if m.padding == "same" else 0
+            pads.append((total // 2, total - total // 2))
+        padding = tuple(pads)
+    else:
+        padding = symmetric_padding(_tuple(m.padding, rank))
+    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+    op = Conv(stride=_tuple(m.stride, rank), padding=padding, dilation=_tuple(m.dilation, rank),
+              groups=int(m.groups), transposed=transposed,
+              output_padding=_tuple(m.output_padding, rank))
+    return Built(op, [x], out, tr.module_params(m, ("weight", "bias")))
+
+
+def _leaf_linear(tr, m, x, out):
+    return Built(Linear(), [x], out, tr.module_params(m, ("weight", "bias")))
+
+
+def _leaf_norm(function: str):
+    def build(tr, m, x, out):
+        stats: tuple[str, ...] = ()
+        if function == "batchnorm" and m.running_mean is not None and not m.training:
+            stats = tuple(tr.names.get(id(b), "") for b in (m.running_mean, m.running_var))
+        if function == "instancenorm" and m.track_running_stats and not m.training:
+            stats = tuple(tr.names.get(id(b), "") for b in (m.running_mean, m.running_var))
+        op = Norm(function=function, eps=float(m.eps),
+                  normalized_shape=tuple(getattr(m, "normalized_shape", ())),
+                  groups=int(getattr(m, "num_groups", 1)), stats=stats)
+        return Built(op, [x], out, tr.module_params(m, ("weight", "bias")))
+    return build
+
+
+def _leaf_pool(mode: str):
+    def build(tr, m, x, out):
+        rank = x.dim() - 2
+        kernel = _tuple(m.kernel_size, rank)
+        stride = _tuple(m.stride if m.stride is not None else m.kernel_size, rank)
+        padding = symmetric_padding(_tuple(m.padding, rank))
+        dilation = _tuple(getattr(m, "dilation", 1), rank)
+        op = Pool(mode=mode, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                  ceil_mode=bool(m.ceil_mode),
+                  count_include_pad=bool(getattr(m, "count_include_pad", True)))
+        return Built(op, [x], out)
+    return build
+
+
+def _leaf_adaptive(mode: str):
+    def build(tr, m, x, out):
+        return Built(AdaptivePool(mode=mode, output_size=shape_of(out)[2:]), [x], out)
+    return build
+
+
+def _leaf_activation(function: str):
+    def build(tr, m, x, out):
+        return Built(Activation(function=function), [x], out)
+    return build
+
+
+def _leaf_softmax(log: bool):
+    def build(tr, m, x, out):
+        dim = m.dim if m.dim is not None else (0 if x.dim() in (0, 1, 3) else 1)
+        return Built(Softmax(axis=int(dim), log=log), [x], out)
+    return build
+
+
+def _leaf_dropout(tr, m, x, out):
+    return Built(Dropout(p=float(m.p)), [x], out)
+
+
+def _leaf_reshape(tr, m, x, out):
+    return Built(Reshape.between(shape_of(x), shape_of(out)), [x], out)
+
+
+def _leaf_embedding(tr, m, x, out):
+    op = Embedding(padding_idx=m.padding_idx)
+    return Built(op, [x], out, tr.module_params(m, ("weight",)))
+
+
+LeafRule = Callable[["Tracer", nn.Module, torch.Tensor, torch.Tensor], Built]
+
+#: Module class -> rule; a module counts as a leaf when its class's ``forward`` is the
+#: ``forward`` of one of these classes (so subclasses that only change ``__init__`` count).
+LEAF_RULES: dict[type[nn.Module], LeafRule] = {
+    **{cls: _leaf_conv for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                                   nn.ConvTranspose2d, nn.ConvTranspose3d)},
+    nn.Linear: _leaf_linear,
+    **{cls: _leaf_norm("batchnorm") for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
+    nn.LayerNorm: _leaf_norm("layernorm"),
+    nn.GroupNorm: _leaf_norm("groupnorm"),
+    **{cls: _leaf_norm("instancenorm")
+       for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
+    **{cls: _leaf_pool("max") for cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)},
+    **{cls: _leaf_pool("avg") for cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)},
+    **{cls: _leaf_adaptive("avg")
+       for cls in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)},
+    **{cls: _leaf_adaptive("max")
+       for cls in (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)},
+    nn.ReLU: _leaf_activation("relu"),
+    nn.ReLU6: _leaf_activation("relu6"),
+    nn.LeakyReLU: _leaf_activation("leaky_relu"),
+    nn.ELU: _leaf_activation("elu"),
+    nn.SELU: _leaf_activation("selu"),
+    nn.GELU: _leaf_activation("gelu"),
+    nn.SiLU: _leaf_activation("silu"),
+    nn.Sigmoid: _leaf_activation("sigmoid"),
+    nn.Tanh: _leaf_activation("tanh"),
+    nn.Hardswish: _leaf_activation("hardswish"),
+    nn.Hardsigmoid: _leaf_activation("hardsigmoid"),
+    nn.Hardtanh: _leaf_activation("hardtanh"),
+    nn.Mish: _leaf_activation("mish"),
+    nn.Softplus: _leaf_activation("softplus"),
+    nn.Softmax: _leaf_softmax(False),
+    nn.LogSoftmax: _leaf_softmax(True),
+    **{cls: _leaf_dropout for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                                      nn.AlphaDropout)},
+    nn.Flatten: _leaf_reshape,
+    nn.Unflatten: _leaf_reshape,
+    nn.Embedding: _leaf_embedding,
+}
+
+
+def leaf_rule(module: nn.Module) -> LeafRule | None:
+    """The rule for ``module`` if its ``forward`` is one :data:`LEAF_RULES` knows."""
+    forward = type(module).forward
+    for cls in type(module).__mro__:
+        rule = LEAF_RULES.get(cls)
+        if rule is not None:
+            return rule if cls.forward is forward else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Aten operators
+
+
+class Call:
+    """One aten call as a rule sees it: arguments, output, and how each tensor is classified."""
+
+    def __init__(self, tracer: "Tracer", func: Any, args: tuple, kwargs: dict, out: Any):
+        self.tracer, self.func, self.args, self.kwargs, self.out = tracer, func, args, kwargs, out
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        if index < len(self.args):
+            return self.args[index]
+        return self.kwargs.get(name, default)
+
+    def pref(self, t: Any) -> ParamRef | None:
+        return self.tracer.params.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    @property
+    def out0(self) -> torch.Tensor:
+        return self.out[0] if isinstance(self.out, (tuple, list)) else self.out
+
+    def generic(self, op: Op, tensors: Iterable[Any], role: str = "weight") -> Built:
+        """Activation tensors become inputs, parameters become params (``weight``,
+        ``weight2``, ...), anything else (scalars, masks we did not see made) is ignored."""
+        inputs, params = [], {}
+        for t in tensors:
+            ref = self.pref(t)
+            if ref is not None:
+                key = role if role not in params else f"{role}{len(params) + 1}"
+                params[key] = ref.param()
+            elif self.tracer.known(t):
+                inputs.append(t)
+        return Built(op, inputs, self.out0, params)
+
+
+AtenRule = Callable[[Call], "Built | list[Built]"]
+
+
+def _conv(c: Call) -> Built:
+    x, weight, bias = c.args[:3]
+    stride, padding, dilation, transposed, output_padding, groups = c.args[3:9]
+    rank = x.dim() - 2
+    ref = c.pref(weight)
+    if ref is None:  # a weight computed at run time: no rule (rare; reported as unknown)
+        return _unknown(c)
+    op = Conv(stride=_tuple(stride, rank), padding=symmetric_padding(_tuple(padding, rank)),
+              dilation=_tuple(dilation, rank), groups=int(groups), transposed=bool(transposed),
+              output_padding=_tuple(output_padding, rank))
+    params = {"weight": ref.param()}
+    if c.pref(bias) is not None:
+        params["bias"] = c.pref(bias).param()
+    return Built(op, [x], c.out0, params)
+
+
+def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
+    """mm/bmm/addmm/baddbmm: ``x @ W.t() (+ b)`` with a parameter W is a ``fc``."""
+    ref_a, ref_b, ref_c = c.pref(a), c.pref(b), c.pref(addend)
+    if ref_b is not None and ref_b.untransposed is not None and ref_a is None:
+        params = {"weight": Param(ref_b.name, ref_b.untransposed)}
+        if ref_c is not None and len(ref_c.shape) == 1:
+            params["bias"] = ref_c.param()
+        return Built(Linear(), [a], c.out0, params)
+    inputs = [t for t in (a, b) if c.tracer.known(t) and c.pref(t) is None]
+    params: dict[str, Param] = {}
+    operand = None
+    transposed = False
+    for index, ref in ((0, ref_a), (1, ref_b)):
+        if ref is not None:
+            operand = index
+            if ref.untransposed is not None:
+                transposed = True
+                params["weight"] = Param(ref.name, ref.untransposed)
+            else:
+                params["weight"] = ref.param()
+    if ref_a is not None and ref_b is not None:
+        return _unknown(c)  # a product of two parameters: constant folding, not a layer
+    if ref_c is not None:
+        params["bias"] = ref_c.param()
+    return Built(MatMul(weight_operand=operand, weight_transposed=transposed), inputs,
+                 c.out0, params)
+
+
+def _mm(c):
+    return _matmul_like(c, c.args[0], c.args[1])
+
+
+def _addmm(c):
+    return _matmul_like(c, c.args[1], c.args[2], addend=c.args[0])
+
+
+def _attention(c: Call) -> Built:
+    q, k, v = c.args[:3]
+    mask = c.arg(3, "attn_mask")
+    op = Attention(causal=bool(c.kwargs.get("is_causal", False)), has_mask=mask is not None)
+    inputs = [q, k, v] + ([mask] if mask is not None and c.tracer.known(mask) else [])
+    return Built(op, inputs, c.out0)
+
+
+def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = None):
+    def build(c: Call) -> Built:
+        x = c.args[0]
+        params = {}
+        for role, at in (("weight", weight_at), ("bias", bias_at)):
+            ref = c.pref(c.arg(at, role))
+            if ref is not None:
+                params[role] = ref.param()
+        stats: tuple[str, ...] = ()
+        if stats_at is not None:
+            refs = [c.pref(c.arg(stats_at + i, "")) for i in range(2)]
+            stats = tuple(r.name for r in refs if r is not None)
+        kwargs: dict[str, Any] = {}
+        if function == "layernorm":
+            kwargs["normalized_shape"] = tuple(int(d) for d in c.args[1])
+        if function == "groupnorm":
+            kwargs["groups"] = int(c.args[6])
+        op = Norm(function=function, stats=stats, **kwargs)
+        return Built(op, [x], c.out0, params)
+    return build
+
+
+def _max_pool(c: Call) -> Built:
+    x = c.args[0]
+    rank = x.dim() - 2
+    kernel = _tuple(c.arg(1, "kernel_size"), rank)
+    stride = c.arg(2, "stride") or kernel
+    op = Pool(mode="max", kernel=kernel, stride=_tuple(stride, rank),
+              padding=symmetric_padding(_tuple(c.arg(3, "padding", 0), rank)),
+              dilation=_tuple(c.arg(4, "dilation", 1), rank),
+              ceil_mode=bool(c.arg(5, "ceil_mode", False)))
+    return Built(op, [x], c.out0)
+
+
+def _avg_pool(c: Call) -> Built:
+    x = c.args[0]
+    rank = x.dim() - 2
+    kernel = _tuple(c.arg(1, "kernel_size"), rank)
+    stride = c.arg(2, "stride") or kernel
+    op = Pool(mode="avg", kernel=kernel, stride=_tuple(stride, rank),
+              padding=symmetric_padding(_tuple(c.arg(3, "padding", 0), rank)),
+              dilation=(1,) * rank, ceil_mode=bool(c.arg(4, "ceil_mode", False)),
+              count_include_pad=bool(c.arg(5, "count_include_pad", True)))
+    return Built(op, [x], c.out0)
+
+
+def _adaptive(mode: str) -> AtenRule:
+    def build(c: Call) -> Built:
+        return Built(AdaptivePool(mode=mode, output_size=shape_of(c.out0)[2:]), [c.args[0]],
+                     c.out0)
+    return build
+
+
+def _activation(function: str) -> AtenRule:
+    def build(c: Call) -> Built:
+        return c.generic(Activation(function=function), [c.args[0]])
+    return build
+
+
+def _binary(function: str) -> AtenRule:
+    def build(c: Call) -> Built:
+        tensors = [a for a in c.args if isinstance(a, torch.Tensor)]
+        # A 1-d parameter added to activations is a bias (MultiheadAttention's in_proj_bias).
+        role = "bias" if (function == "add" and any(
+            c.pref(t) is not None and len(c.pref(t).shape) == 1 for t in tensors)) else "weight"
+        return c.generic(Binary(function=function), tensors, role)
+    return build
+
+
+def _softmax(log: bool) -> AtenRule:
+    def build(c: Call) -> Built:
+        return Built(Softmax(axis=int(c.args[1]), log=log), [c.args[0]], c.out0)
+    return build
+
+
+def _reduce(function: str) -> AtenRule:
+    def build(c: Call) -> Built:
+        x = c.args[0]
+        dims = c.arg(1, "dim")
+        dims = () if dims is None else _tuple(dims, 1) if isinstance(dims, int) else tuple(dims)
+        op = Reduce(function=function, dims=tuple(int(d) for d in dims),
+                    keepdim=bool(c.arg(2, "keepdim", False)))
+        return Built(op, [x], c.out0)
+    return build
+
+
+def _view(c: Call) -> Built:
+    return c.generic(Reshape.between(shape_of(c.args[0]), shape_of(c.out0)), [c.args[0]])
+
+
+def _permute(c: Call) -> Built:
+    rank = c.args[0].dim()
+    name = c.func.overloadpacket.__name__
+    if name == "t":
+        dims = (1, 0) if rank == 2 else (0,)
+    elif name == "permute":
+        dims = tuple(int(d) % rank for d in c.args[1])
+    else:  # transpose(a, b)
+        a, b = int(c.args[1]) % rank, int(c.args[2]) % rank
+        order = list(range(rank))
+        order[a], order[b] = order[b], order[a]
+        dims = tuple(order)
+    return c.generic(Permute(dims=dims), [c.args[0]])
+
+
+def _expand(c: Call) -> Built:
+    return c.generic(Expand(shape=shape_of(c.out0)), [c.args[0]])
+
+
+def _slice(c: Call) -> Built:
+    x = c.args[0]
+    dim = int(c.arg(1, "dim", 0))
+    size = x.shape[dim]
+    start = c.arg(2, "start", None)
+    end = c.arg(3, "end", None)
+    start, stop, step = slice(start, end, int(c.arg(4, "step", 1))).indices(int(size))
+    return c.generic(Slice(axis=dim, start=start, stop=stop, step=step), [x])
+
+
+def _select(c: Call) -> Built:
+    x, dim, index = c.args[0], int(c.args[1]), int(c.args[2])
+    index %= int(x.shape[dim])
+    return c.generic(Slice(axis=dim, start=index, stop=index + 1, keep_dim=False), [x])
+
+
+def _split(c: Call) -> list[Built]:
+    """split / split_with_sizes / unbind: one slice node per piece."""
+    x = c.args[0]
+    name = c.func.overloadpacket.__name__
+    dim = int(c.arg(1, "dim", 0)) if name == "unbind" else int(c.arg(2, "dim", 0))
+    built, start = [], 0
+    for piece in c.out:
+        length = 1 if name == "unbind" else int(piece.shape[dim])
+        op = Slice(axis=dim, start=start, stop=start + length, keep_dim=name != "unbind")
+        built.append(Built(op, [x], piece))
+        start += length
+    return built
+
+
+def _cat(c: Call) -> Built:
+    tensors = list(c.args[0])
+    dim = int(c.arg(1, "dim", 0))
+    return c.generic(Concat(axis=dim), [t for t in tensors if t.numel() or t.dim() > 1])
+
+
+def _copy(c: Call) -> Built:
+    return c.generic(Copy(), [c.args[0]])
+
+
+def _embedding(c: Call) -> Built:
+    weight, indices = c.args[:2]
+    ref = c.pref(weight)
+    if ref is None:
+        return _unknown(c)
+    return Built(Embedding(), [indices], c.out0, {"weight": ref.param()})
+
+
+def _unknown(c: Call) -> Built:
+    tensors = [t for t in tree_flatten((c.args, c.kwargs))[0] if isinstance(t, torch.Tensor)]
+    built = c.generic(Unknown(target=f"aten.{c.func.overloadpacket.__name__}",
+                              observed_shape=shape_of(c.out0)), tensors)
+    return built
+
+
+def _act_table() -> dict[str, AtenRule]:
+    table: dict[str, AtenRule] = {}
+    for name in ACTIVATIONS:
+        table[name] = _activation(name)
+        table[f"{name}_"] = _activation(name)
+    for alias, name in (("clamp_min", "clamp"), ("clamp_max", "clamp"), ("relu6", "relu6")):
+        table[alias] = table[f"{alias}_"] = _activation(name)
+    return table
+
+
+def _binary_table() -> dict[str, AtenRule]:
+    table: dict[str, AtenRule] = {}
+    for name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "where"):
+        table[name] = table[f"{name}_"] = _binary(name)
+    table["rsub"] = _binary("sub")
+    return table
+
+
+#: aten operator name (overload packet) -> rule. Names absent here become ``unknown``.
+ATEN_RULES: dict[str, AtenRule] = {
+    "convolution": _conv,
+    "mm": _mm, "bmm": _mm, "mv": _mm, "dot": _mm,
+    "addmm": _addmm, "baddbmm": _addmm, "addmv": _addmm,
+    "native_batch_norm": _norm("batchnorm", 1, 2),
+    "_native_batch_norm_legit_no_training": _norm("batchnorm", 1, 2, stats_at=3),
+    "native_layer_norm": _norm("layernorm", 2, 3),
+    "native_group_norm": _norm("groupnorm", 1, 2),
+    "max_pool2d_with_indices": _max_pool, "max_pool3d_with_indices": _max_pool,
+    "max_pool2d": _max_pool, "max_pool1d": _max_pool,
+    "avg_pool2d": _avg_pool, "avg_pool3d": _avg_pool,
+    "_adaptive_avg_pool2d": _adaptive("avg"), "_adaptive_avg_pool3d": _adaptive("avg"),
+    "adaptive_max_pool2d": _adaptive("max"), "adaptive_max_pool3d": _adaptive("max"),
+    **_act_table(),
+    "gelu": _activation("gelu"), "gelu_": _activation("gelu"),
+    **_binary_table(),
+    "_softmax": _softmax(False), "_safe_softmax": _softmax(False),
+    "_log_softmax": _softmax(True),
+    **{name: _reduce(name) for name in ("mean", "sum", "amax", "amin", "var", "std")},
+    "view": _view, "_unsafe_view": _view, "reshape": _view, "unsqueeze": _view,
+    "squeeze": _view, "flatten": _view, "unflatten": _view, "view_as": _view,
+    "permute": _permute, "transpose": _permute, "t": _permute,
+    "expand": _expand,
+    "slice": _slice, "select": _select,
+    "split": _split, "split_with_sizes": _split, "unbind": _split,
+    "cat": _cat,
+    "clone": _copy, "_to_copy": _copy,
+    "embedding": _embedding,
+    "_scaled_dot_product_flash_attention_for_cpu": _attention,
+    "_scaled_dot_product_flash_attention": _attention,
+    "_scaled_dot_product_efficient_attention": _attention,
+    "_scaled_dot_product_cudnn_attention": _attention,
+}
+
+#: Operators that return their input unchanged (no node: the value keeps its producer).
+PASSTHROUGH = frozenset({"alias", "detach", "lift_fresh", "dropout", "feature_dropout",
+                         "contiguous", "_conj", "resolve_conj", "resolve_neg"})
+
+#: View operators: applied to a parameter they give a view of it (no node).
+PARAM_VIEWS = frozenset({"t", "transpose", "permute", "view", "_unsafe_view", "reshape",
+                         "unsqueeze", "squeeze", "flatten", "unflatten", "alias", "detach",
+                         "slice", "select", "split", "split_with_sizes", "unbind", "clone",
+                         "_to_copy", "lift_fresh"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The tracer
+
+
+class Tracer(TorchDispatchMode):
+    """Records nodes while the meta copy runs.
+
+    ``values`` maps ``id(tensor)`` to the IR value that holds it (graph input or node name);
+    ``params`` maps ``id(tensor)`` to the parameter (or view of one) it is. ``keep`` holds every
+    traced tensor so that ids are not reused while tracing (meta tensors cost no memory).
+    """
+
+    def __init__(self, names: dict[int, str]):
+        super().__init__()
+        self.names = names
+        self.values: dict[int, str] = {}
+        self.params: dict[int, ParamRef] = {}
+        self.keep: list[Any] = []
+        self.nodes: list[Node] = []
+        self.taken: set[str] = set()
+        self.stack: list[tuple[str, str]] = []  # (qualified name, class name) of running modules
+        self.suppress = 0  # > 0 while inside a leaf module or a fused function
+
+    # --- bookkeeping -----------------------------------------------------------------------
+    def known(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and id(t) in self.values
+
+    def value_of(self, t: torch.Tensor) -> str:
+        return self.values[id(t)]
+
+    def bind(self, t: torch.Tensor, value: str) -> None:
+        self.keep.append(t)
+        self.values[id(t)] = value
+        self.params.pop(id(t), None)  # an in-place op turned a parameter view into a value
+
+    def module_params(self, m: nn.Module, roles: Sequence[str]) -> dict[str, Param]:
+        params = {}
+        for role in roles:
+            t = getattr(m, role, None)
+            if isinstance(t, torch.Tensor) and id(t) in self.params:
+                params[role] = self.params[id(t)].param()
+        return params
+
+    def add(self, built: Built, source: str, base: str) -> None:
+        """Check the operator's shape rule against the traced shape, then append the node."""
+        module, module_type = self.stack[-1] if self.stack else ("", "")
+        name = unique_name(base, self.taken)
+        self.taken.add(name)
+        input_shapes = [shape_of(t) for t in built.inputs]
+        output_shape = shape_of(built.out)
+        param_shapes = {role: p.shape for role, p in built.params.items()}
+        inferred = infer_shape(name, built.op, input_shapes, param_shapes)
+        if inferred != output_shape:
+            raise RuntimeError(
+                f"dnnlens bug: layer {name!r} ({built.op.kind}, from {source}): our shape rule "
+                f"gives {inferred} but PyTorch traced {output_shape}; please report it")
+        self.nodes.append(Node(name=name, op=built.op,
+                               inputs=[self.value_of(t) for t in built.inputs],
+                               input_shapes=input_shapes, output_shape=output_shape,
+                               params=dict(built.params), module=module,
+                               module_type=module_type, source=source))
+        self.bind(built.out, name)
+
+    # --- aten level ------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.suppress == 0:
+            self.record(func, args, kwargs, out)
+        return out
+
+    def record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        name = func.overloadpacket.__name__
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if not outs:
+            return
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        first = tensors[0] if tensors else None
+        if first is not None and id(first) in self.params and name in PARAM_VIEWS:
+            self.derive(name, first, args, out)
+            return
+        if name in PASSTHROUGH and self.known(first) and isinstance(out, torch.Tensor):
+            self.bind(out, self.value_of(first))
+            return
+        if not any(self.known(t) or id(t) in self.params for t in tensors) and name != "expand":
+            return  # made from constants only (zeros, arange, a mask): not a layer
+        call = Call(self, func, args, kwargs, out)
+        rule = ATEN_RULES.get(name, _unknown)
+        built = rule(call)
+        module = self.stack[-1][0] if self.stack else ""
+        for b in built if isinstance(built, list) else [built]:
+            base = f"{module}.{b.op.kind}" if module else b.op.kind
+            self.add(b, f"aten.{name}", base)
+
+    def derive(self, name: str, t: torch.Tensor, args: tuple, out: Any) -> None:
+        """A view of a parameter is the parameter (sliced: the slice gets its own name)."""
+        ref = self.params[id(t)]
+        pieces = out if isinstance(out, (tuple, list)) else [out]
+        if name in ("slice", "select", "split", "split_with_sizes", "unbind"):
+            dim = int(args[1]) if len(args) > 1 and name in ("slice", "select", "unbind") else 0
+            if name in ("split", "split_with_sizes") and len(args) > 2:
+                dim = int(args[2])
+            start = int(args[2]) if name in ("slice", "select") and len(args) > 2 else 0
+            for piece in pieces:
+                length = 1 if name in ("select", "unbind") else int(piece.shape[dim])
+                index = ":, " * (dim % len(ref.shape)) + f"{start}:{start + length}"
+                self.keep.append(piece)
+                self.params[id(piece)] = ParamRef(f"{ref.name}[{index}]", shape_of(piece))
+                start += length
+            return
+        shape = shape_of(out)
+        untransposed = None
+        if name in ("t", "transpose", "permute") and len(shape) == 2 and len(ref.shape) == 2:
+            untransposed = None if ref.untransposed is not None else ref.shape
+        self.keep.append(out)
+        self.params[id(out)] = ParamRef(ref.name, shape, untransposed)
+
+    # --- module level ----------------------------------------------------------------------
+    def pre_hook(self, qualname: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            leaf = self.suppress == 0 and leaf_rule(module) is not None
+            self.stack.append((qualname, type(module).__name__))
+            module._dnnlens_leaf = leaf  # type: ignore[attr-defined]
+            if leaf:
+                module._dnnlens_input = args[0] if args else next(iter(kwargs.values()))
+                self.suppress += 1
+        return hook
+
+    def post_hook(self, qualname: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            self.stack.pop()
+            if not getattr(module, "_dnnlens_leaf", False):
+                return
+            self.suppress -= 1
+            x = module._dnnlens_input
+            module._dnnlens_input = None
+            if isinstance(out, (tuple, list)) and out:  # MaxPool2d(return_indices=True)
+                out = out[0]
+            if not isinstance(out, torch.Tensor):
+                return  # forward raised (always_call hooks still run): nothing to record
+            rule = leaf_rule(module)
+            built = rule(self, module, x, out)
+            self.stack.append((qualname, type(module).__name__))
+            try:
+                self.add(built, f"nn.{type(module).__name__}", qualname or built.op.kind)
+            finally:
+                self.stack.pop()
+        return hook
+
+
+class _FusedFunctions(TorchFunctionMode):
+    """Catches ``F.scaled_dot_product_attention`` before it decomposes (see module docs)."""
+
+    def __init__(self, tracer: Tracer):
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.scaled_dot_product_attention or self.tracer.suppress:
+            return func(*args, **kwargs)
+        self.tracer.suppress += 1
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.tracer.suppress -= 1
+        call = Call(self.tracer, func, args, kwargs, out)
+        module = self.tracer.stack[-1][0] if self.tracer.stack else ""
+        self.tracer.add(_attention(call), "F.scaled_dot_product_attention",
+                        f"{module}.attention" if module else "attention")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def meta_copy(model: nn.Module) -> tuple[nn.Module, dict[int, str]]:
+    """A deep copy of ``model`` whose parameters and buffers are meta tensors, in eval mode,
+    and ``id(tensor) -> state-dict name`` for the copy's parameters and buffers."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    try:
+        copied = copy.deepcopy(model, memo)
+    except Exception as exc:  # noqa: BLE001 - any failure to copy is the model's
+        raise ModelError(f"cannot copy the model to the meta device ({exc}); build it under "
+                         "`with torch.device('meta'):` and pass that instead") from None
+    copied.eval()
+    names: dict[int, str] = {}
+    for name, p in copied.named_parameters():
+        names.setdefault(id(p), name)
+    for name, b in copied.named_buffers():
+        names.setdefault(id(b), name)
+    return copied, names
+
+
+def _meta_inputs(input_shape: Sequence[int] | None, example_inputs: Any,
+                 kwargs: dict | None) -> tuple[tuple, dict]:
+    """Positional and keyword meta inputs from a shape or from example tensors."""
+    if input_shape is None and example_inputs is None and not kwargs:
+        raise UsageError("give input_shape (e.g. (1, 3, 224, 224)) or example_inputs")
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise UsageError(f"input shape must be positive integers, got {input_shape!r}")
+        args: tuple = (torch.empty(shape, device="meta"),)
+    elif example_inputs is None:
+        args = ()
+    else:
+        args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
+            else (example_inputs,)
+
+    def to_meta(v: Any) -> Any:
+        return torch.empty_like(v, device="meta") if isinstance(v, torch.Tensor) else v
+
+    return tuple(to_meta(a) for a in args), {k: to_meta(v) for k, v in (kwargs or {}).items()}
+
+
+def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
+                 example_inputs: Any = None, kwargs: dict | None = None) -> Graph:
+    """Trace ``model`` on the meta device into a :class:`~dnnlens.ir.Graph`.
+
+    ``input_shape`` gives one float input ``(N, C, H, W)`` (batch included); or pass
+    ``example_inputs`` (a tensor or a tuple of them, any device: only shapes and dtypes are
+    used) and/or ``kwargs`` (keyword tensors). Graph inputs are named ``input`` (one positional
+    input) or ``input0``, ``input1``, ... and keyword inputs by their keyword.
+    Raises ModelError if the model rejects the input.
+    """
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    args, kw = _meta_inputs(input_shape, example_inputs, kwargs)
+    copied, names = meta_copy(model)
+    tracer = Tracer(names)
+    for t in [*copied.parameters(), *copied.buffers()]:
+        tracer.params[id(t)] = ParamRef(names[id(t)], shape_of(t))
+    graph_inputs: dict[str, Shape] = {}
+    tensor_args = [a for a in args if isinstance(a, torch.Tensor)]
+    for i, t in enumerate(tensor_args):
+        value = "input" if len(tensor_args) == 1 and not kw else f"input{i}"
+        graph_inputs[value] = shape_of(t)
+        tracer.bind(t, value)
+    for key, t in kw.items():
+        if isinstance(t, torch.Tensor):
+            graph_inputs[key] = shape_of(t)
+            tracer.bind(t, key)
+    handles = []
+    for qualname, module in copied.named_modules():
+        handles.append(module.register_forward_pre_hook(tracer.pre_hook(qualname),
+                                                        with_kwargs=True))
+        handles.append(module.register_forward_hook(tracer.post_hook(qualname),
+                                                    with_kwargs=True, always_call=True))
+    try:
+        with torch.no_grad(), _FusedFunctions(tracer), tracer:
+            out = copied(*args, **kw)
+    except RuntimeError as exc:
+        if str(exc).startswith("dnnlens bug"):
+            raise
+        raise ModelError(_first_line(f"the model rejects input {_describe(args, kw)}: {exc}"))
+    except (TypeError, ValueError, IndexError, AssertionError) as exc:
+        raise ModelError(_first_line(f"the model rejects input {_describe(args, kw)}: "
+                                     f"{type(exc).__name__}: {exc}")) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    outputs = [tracer.value_of(t) for t in tree_flatten(out)[0] if tracer.known(t)]
+    return Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
+                 name=type(model).__name__)
+
+
+def unknown_ops(graph: Graph) -> list[Node]:
+    """Nodes without a rule (their MACs are unknown)."""
+    return [node for node in graph if isinstance(node.op, Unknown)]
+
+
+def _describe(args: tuple, kwargs: dict) -> str:
+    parts = [str(shape_of(a)) if isinstance(a, torch.Tensor) else repr(a) for a in args]
+    parts += [f"{k}={shape_of(v) if isinstance(v, torch.Tensor) else v!r}"
+              for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line[:300]

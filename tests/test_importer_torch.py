@@ -1,0 +1,71 @@
+"""The torch importer: the reference network's ten layers, parameters by state-dict name,
+shapes checked against PyTorch actually running the model on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from dnnlens.errors import ModelError, UsageError
+from dnnlens.importers.torch import import_torch, unknown_ops
+from dnnlens.ir import Param
+from dnnlens.models import Net
+
+
+def test_reference_net_has_the_ten_correct_layers():
+    graph = import_torch(Net(), (1, 1, 28, 28))
+    # The notebook's list labels the flatten "relu" and misses the ReLU after fc1.
+    assert [n.kind for n in graph] == ["conv", "relu", "maxpool", "conv", "relu", "maxpool",
+                                       "flatten", "fc", "relu", "fc"]
+    assert [n.name for n in graph] == ["conv1", "relu", "pool", "conv2", "relu#2", "pool#2",
+                                       "flatten", "fc1", "relu#3", "fc2"]
+    assert graph.inputs == {"input": (1, 1, 28, 28)}
+    assert graph.outputs == ["fc2"]
+    conv1 = graph.node("conv1")
+    assert conv1.params == {"weight": Param("conv1.weight", (4, 1, 5, 5)),
+                            "bias": Param("conv1.bias", (4,))}
+    assert conv1.module == "conv1" and conv1.module_type == "Conv2d"
+    assert graph.node("relu#3").inputs == ["fc1"]
+    assert graph.node("flatten").module == ""  # the view in Net.forward belongs to the root
+
+
+def test_reference_net_shapes_match_pytorch_running_it():
+    net = Net().eval()
+    seen = []
+    x = torch.zeros(2, 1, 28, 28)
+    # Independent truth: the real CPU forward, step by step as Net.forward writes it.
+    with torch.no_grad():
+        for f in (net.conv1, F.relu, net.pool, net.conv2, F.relu, net.pool,
+                  lambda t: t.view(-1, 392), net.fc1, F.relu, net.fc2):
+            x = f(x)
+            seen.append(tuple(x.shape))
+    graph = import_torch(net, (2, 1, 28, 28))
+    assert [n.output_shape for n in graph] == seen
+
+
+def test_user_model_is_not_touched():
+    net = Net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()
+    import_torch(net, (1, 1, 28, 28))
+    assert net.training and all(p.device.type == "cpu" for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not net._forward_hooks and not net.conv1._forward_pre_hooks
+
+
+def test_model_built_on_meta_is_imported_without_weights():
+    with torch.device("meta"):
+        net = Net()
+    graph = import_torch(net, (1, 1, 28, 28))
+    assert len(graph) == 10
+
+
+def test_rejected_input_shape_is_a_model_error():
+    with pytest.raises(ModelError, match="rejects input"):
+        import_torch(Net(), (1, 3, 28, 28))
+    with pytest.raises(UsageError):
+        import_torch(Net())
+    with pytest.raises(UsageError):
+        import_torch(Net(), (1, 0, 28, 28))
