@@ -1,0 +1,49 @@
+"""Shared fixtures: the bundled sample, a network trained on it once per session, and the
+Debian Fashion-MNIST folder (skipped, with the reason, where it is not installed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dnnlens.data import Dataset, load_data
+
+#: Where Debian's dataset-fashion-mnist package puts the IDX files (`make test-data`).
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def sample_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of the reference network trained on the sample for 10 epochs (seed 0).
+
+    Trained once per test session (about 10 s on two cores); a plain state dict that loads
+    with ``torch.load(..., weights_only=True)``.
+    """
+    from dnnlens.train import train
+
+    out = tmp_path_factory.mktemp("sample_checkpoint") / "my_mnist_net.pth"
+    result = train(data="sample", epochs=10, out=out, seed=0, progress=False)
+    return result.checkpoint
+
+
+@pytest.fixture(scope="session")
+def sample_test_data() -> Dataset:
+    """The 1,000 test images of the bundled sample (100 per digit)."""
+    return load_data("sample", "test")
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The Fashion-MNIST IDX folder, or a skip saying how to install it."""
+    from dnnlens.data import find_idx_file
+    from dnnlens.errors import DataError
+
+    try:
+        for split in ("train", "test"):
+            for kind in ("images", "labels"):
+                find_idx_file(FASHION_MNIST_DIR, split, kind)
+    except DataError:
+        pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: run `make test-data` "
+                    "(apt-get install dataset-fashion-mnist)")
+    return FASHION_MNIST_DIR
