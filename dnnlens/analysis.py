@@ -59,7 +59,7 @@ class LayerRow:
     name: str
     module: str
     type: str  # the operator kind: conv, relu, maxpool, fc, flatten, matmul, ...
-    descriptor: tuple  # the notebook's tuple: conv (Kw,Kh,Cin,Cout), pool (xw,yw,xs,ys), fc (out,in)
+    descriptor: tuple  # notebook's: conv (Kw,Kh,Cin,Cout), pool (xw,yw,xs,ys), fc (out,in)
     input_shape: Shape  # the first activation input, () when there is none
     input_shapes: tuple[Shape, ...]
     output_shape: Shape
@@ -187,7 +187,8 @@ def unknown_warnings(graph: Graph) -> list[str]:
     if not unknown:
         return []
     listed = "; ".join(f"{target} ({len(names)}x: {', '.join(names[:3])}"
-                       f"{', ...' if len(names) > 3 else ''})" for target, names in unknown.items())
+                       f"{', ...' if len(names) > 3 else ''})"
+                       for target, names in unknown.items())
     count = sum(len(v) for v in unknown.values())
     return [f"{count} operator(s) have no rule, their MACs are unknown and counted as 0: {listed}"]
 

@@ -583,6 +583,7 @@ class Tracer(TorchDispatchMode):
         self.taken: set[str] = set()
         self.stack: list[tuple[str, str]] = []  # (qualified name, class name) of running modules
         self.suppress = 0  # > 0 while inside a leaf module or a fused function
+        self.failed_in: str | None = None  # the innermost module whose forward raised
 
     # --- bookkeeping -----------------------------------------------------------------------
     def known(self, t: Any) -> bool:
@@ -692,6 +693,8 @@ class Tracer(TorchDispatchMode):
     def post_hook(self, qualname: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             self.stack.pop()
+            if out is None and self.failed_in is None and qualname:
+                self.failed_in = qualname  # always_call: forward raised inside this module
             if not getattr(module, "_dnnlens_leaf", False):
                 return
             self.suppress -= 1
@@ -700,6 +703,7 @@ class Tracer(TorchDispatchMode):
             if isinstance(out, (tuple, list)) and out:  # MaxPool2d(return_indices=True)
                 out = out[0]
             if not isinstance(out, torch.Tensor):
+                self.failed_in = self.failed_in or qualname
                 return  # forward raised (always_call hooks still run): nothing to record
             rule = leaf_rule(module)
             built = rule(self, module, x, out)
@@ -821,10 +825,9 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
     except RuntimeError as exc:
         if str(exc).startswith("dnnlens bug"):
             raise
-        raise ModelError(_first_line(f"the model rejects input {_describe(args, kw)}: {exc}"))
-    except (TypeError, ValueError, IndexError, AssertionError) as exc:
-        raise ModelError(_first_line(f"the model rejects input {_describe(args, kw)}: "
-                                     f"{type(exc).__name__}: {exc}")) from None
+        raise ModelError(_rejected(args, kw, tracer, exc)) from None
+    except (TypeError, ValueError, IndexError, AssertionError, NotImplementedError) as exc:
+        raise ModelError(_rejected(args, kw, tracer, exc)) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -836,6 +839,12 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
 def unknown_ops(graph: Graph) -> list[Node]:
     """Nodes without a rule (their MACs are unknown)."""
     return [node for node in graph if isinstance(node.op, Unknown)]
+
+
+def _rejected(args: tuple, kwargs: dict, tracer: Tracer, exc: BaseException) -> str:
+    where = f" in module {tracer.failed_in!r}" if tracer.failed_in else ""
+    return _first_line(f"the model rejects input {_describe(args, kwargs)}{where}: "
+                       f"{type(exc).__name__}: {exc}")
 
 
 def _describe(args: tuple, kwargs: dict) -> str:

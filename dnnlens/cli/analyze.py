@@ -1,0 +1,127 @@
+"""``dnnlens analyze [MODEL] [--input N,C,H,W] [--batch B] [--dtype D] [--depth K]
+[--json | --csv FILE]``: the per-layer table of any network.
+
+MODEL is ``seed`` (the course's MNIST network, the default), a torchvision model name
+(``resnet18``, ``vit_b_16``, ...; built with ``weights=None`` on the meta device, nothing is
+downloaded or allocated) or ``package.module:factory`` (a function returning an ``nn.Module``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any
+
+from dnnlens.errors import ModelError, UsageError
+
+#: Input shapes for models that do not take the usual (1, 3, 224, 224).
+_TORCHVISION_INPUTS = {"inception_v3": (1, 3, 299, 299)}
+SEED_INPUT = (1, 1, 28, 28)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "analyze", help="per-layer shapes, weights, MACs, memory traffic and intensity",
+        description="Trace a network on the meta device (no weights allocated) and print, per "
+                    "layer, its shapes, weights, MACs, values moved and compute intensity.")
+    parser.add_argument("model", nargs="?", default="seed", metavar="MODEL",
+                        help="seed (default), a torchvision model name, or package.module:factory")
+    parser.add_argument("--input", metavar="N,C,H,W", default=None,
+                        help="input shape with the batch (default: the model's usual input)")
+    parser.add_argument("--batch", type=int, default=None, metavar="B",
+                        help="batch size; replaces N of the input shape")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16", "int8"),
+                        help="bytes per value for weight bytes and bytes moved (default fp32)")
+    parser.add_argument("--depth", type=int, default=None, metavar="K",
+                        help="merge rows by the first K parts of their module name")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    out.add_argument("--csv", metavar="FILE", help="also write the rows to FILE as CSV")
+    parser.set_defaults(func=run)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` -> ``(1, 3, 224, 224)``; UsageError on anything else."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise UsageError(f"--input must be positive integers separated by commas, like "
+                         f"1,3,224,224; got {text!r}")
+    return shape
+
+
+def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
+    """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown).
+
+    Raises ModelError for an unknown name or a factory that fails.
+    """
+    import torch
+
+    if spec == "seed":
+        from dnnlens.models import Net
+
+        with torch.device("meta"):
+            return Net(), SEED_INPUT
+    if ":" in spec:
+        return _from_factory(spec), None
+    import torchvision
+
+    if spec not in torchvision.models.list_models():
+        raise ModelError(f"unknown model {spec!r}: use seed, a torchvision model name such as "
+                         "resnet18, or package.module:factory")
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(spec, weights=None)
+    except Exception as exc:  # noqa: BLE001 - report any build failure as one line
+        raise ModelError(f"torchvision cannot build {spec!r}: {exc}") from None
+    return model, _TORCHVISION_INPUTS.get(spec, (1, 3, 224, 224))
+
+
+def _from_factory(spec: str) -> Any:
+    import torch
+    from torch import nn
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot find factory {spec!r}: {exc}") from None
+    try:
+        with torch.device("meta"):  # build without allocating weights where the factory can
+            model = factory()
+    except Exception:  # noqa: BLE001 - some factories need real tensors: try on CPU
+        try:
+            model = factory()
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"factory {spec!r} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    from dnnlens.analysis import analyze
+
+    shape = parse_shape(args.input) if args.input is not None else None
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(f"--batch must be a positive integer, got {args.batch}")
+    model, default = resolve_model(args.model)
+    shape = shape or default
+    if shape is None:
+        raise UsageError(f"give --input N,C,H,W for {args.model!r}")
+    result = analyze(model, shape, batch=args.batch, dtype=args.dtype)
+    result.graph.name = args.model
+    if args.json:
+        print(result.to_json(args.depth))
+    else:
+        print(result.render(args.depth))
+        if args.csv:
+            result.to_csv(args.csv, args.depth)
+            print(f"wrote {args.csv}")
+    if args.json:  # the table already lists them; keep stdout pure JSON
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return 0
