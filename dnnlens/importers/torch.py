@@ -843,6 +843,9 @@ def unknown_ops(graph: Graph) -> list[Node]:
 
 def _rejected(args: tuple, kwargs: dict, tracer: Tracer, exc: BaseException) -> str:
     where = f" in module {tracer.failed_in!r}" if tracer.failed_in else ""
+    if "device meta" in str(exc):
+        where += (" (it uses a tensor or module that is not registered as a parameter, buffer "
+                  "or sub-module, so it was not moved to the meta device; register it)")
     return _first_line(f"the model rejects input {_describe(args, kwargs)}{where}: "
                        f"{type(exc).__name__}: {exc}")
 
