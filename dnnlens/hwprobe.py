@@ -341,3 +341,189 @@ def probe(seconds: float = 2.0, threads: int | None = None) -> ProbeResult:
         numba.set_num_threads(available)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return ProbeResult(fma, bandwidth, clock, threads, seconds, cpu_info(), when)
+
+
+# --------------------------------------------------------------------------------------
+# Per-layer timing next to the roofline (``dnnlens analyze --measure``)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerTiming:
+    """One layer: the roofline estimate and the measured seconds per batch (None: not run)."""
+
+    index: int
+    name: str
+    type: str
+    macs: int
+    bound: str
+    estimate_s: float
+    ours_s: float | None
+    torch_s: float | None
+
+    def of_roof(self, measured: float | None) -> float | None:
+        """Estimate / measured: 1.0 means the layer runs at the roofline's attainable rate."""
+        if measured is None or measured <= 0 or self.estimate_s <= 0:
+            return None
+        return self.estimate_s / measured
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-layer timings of one network on this machine against a roofline."""
+
+    layers: list[LayerTiming]
+    device: HardwareSpec
+    batch: int
+    engine_covers: bool  # False when some layer has no kernel of ours (ours stop there)
+
+    def total(self, attr: str) -> float | None:
+        values = [getattr(t, attr) for t in self.layers]
+        return None if any(v is None for v in values) else sum(values)
+
+    def rows(self) -> list[list[str]]:
+        """Formatted rows: layer, type, bound, estimate, ours, torch, % of roof (ours, torch)."""
+        def us(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1e6:,.1f}"
+
+        def pct(value: float | None) -> str:
+            return "-" if value is None else f"{100 * value:.0f}%"
+
+        rows = [[t.name, t.type, t.bound, us(t.estimate_s), us(t.ours_s), us(t.torch_s),
+                 pct(t.of_roof(t.ours_s)), pct(t.of_roof(t.torch_s))] for t in self.layers]
+        est, ours, torch_ = (self.total(a) for a in ("estimate_s", "ours_s", "torch_s"))
+        rows.append(["total", "", "", us(est), us(ours), us(torch_),
+                     pct(est / ours if est and ours else None),
+                     pct(est / torch_ if est and torch_ else None)])
+        return rows
+
+    HEADERS = ("layer", "type", "bound", "roofline us", "ours us", "torch us",
+               "ours % of roof", "torch % of roof")
+
+    def render(self) -> str:
+        """A text table; times are per batch, in microseconds."""
+        table = [list(self.HEADERS), *self.rows()]
+        widths = [max(len(row[i]) for row in table) for i in range(len(self.HEADERS))]
+        lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(row, widths))) for row in table]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def measured_rates(self, which: str = "ours") -> dict[str, float]:
+        """Layer name -> measured MACs/s (for the roofline chart's hollow markers)."""
+        rates = {}
+        for t in self.layers:
+            seconds = t.ours_s if which == "ours" else t.torch_s
+            if seconds and t.macs:
+                rates[t.name] = t.macs / seconds
+        return rates
+
+
+def _best_time(call, seconds: float, max_calls: int = 200) -> float:
+    """Seconds of the fastest call of ``call()`` within about ``seconds`` (after one warm-up)."""
+    call()
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    calls = 0
+    while calls < 3 or (time.perf_counter() < deadline and calls < max_calls):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+        calls += 1
+    return best
+
+
+def materialise(model):
+    """A module built on the meta device, given real (seeded, freshly initialised) CPU
+    weights so it can run; a module already on the CPU is returned as is."""
+    import torch
+
+    if not any(p.is_meta for p in model.parameters()):
+        return model.eval()
+    torch.manual_seed(0)
+    model = model.to_empty(device="cpu")
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return model.eval()
+
+
+def _torch_layer(model, node, x):
+    """A callable running ``node`` in PyTorch on tensor ``x``, or None when there is none."""
+    import torch
+
+    from dnnlens.ops import Activation
+
+    if node.module and node.params:
+        try:
+            module = model.get_submodule(node.module)
+        except AttributeError:
+            return None
+        return lambda: module(x)
+    if isinstance(node.op, Activation) and hasattr(torch, node.op.function):
+        function = getattr(torch, node.op.function)
+        return lambda: function(x)
+    if node.module and not node.params and node.module_type:
+        try:
+            module = model.get_submodule(node.module)
+        except AttributeError:
+            return None
+        if not list(module.children()):  # a leaf module such as MaxPool2d
+            return lambda: module(x)
+    if node.op.IS_VIEW:
+        return lambda: x.reshape(node.output_shape)
+    return None
+
+
+def measure_layers(model, analysis, device: HardwareSpec, seconds_per_layer: float = 0.05,
+                   seed: int = 0) -> Measurement:
+    """Time each layer of our compiled engine and of PyTorch on this machine, per batch of
+    ``analysis.batch`` random inputs, next to the roofline estimate on ``device``.
+
+    Each layer runs on the activations our engine computed for the layer before, so both
+    libraries see the same inputs; our timings stop at the first layer we have no kernel for.
+    Nodes run one by one (no fusion), so the times are comparable layer by layer.
+    """
+    import torch
+
+    from dnnlens.engine import load_weights, node_weights, run_node
+    from dnnlens.roofline import roofline
+
+    model = materialise(model)
+    graph = analysis.graph
+    roof = {layer.name: layer for layer in roofline(analysis, device).layers}
+    weights = load_weights(model)
+    rng = np.random.default_rng(seed)
+    values: dict[str, np.ndarray] = {
+        name: rng.standard_normal(shape).astype(np.float32) for name, shape in graph.inputs.items()}
+    covers = True
+    timings = []
+    with torch.inference_mode():
+        for index, node in enumerate(graph.nodes, start=1):
+            layer = roof[node.name]
+            ours = torch_s = None
+            inputs = [values.get(v) for v in node.inputs]
+            if covers and all(v is not None for v in inputs) and type(node.op).has_kernel():
+                params = node_weights(node, weights)
+                values[node.name] = run_node(node, inputs, params)
+                ours = _best_time(lambda: run_node(node, inputs, params), seconds_per_layer)
+            else:
+                covers = False
+            if inputs and inputs[0] is not None and len(inputs) == 1:
+                call = _torch_layer(model, node, torch.from_numpy(np.ascontiguousarray(inputs[0])))
+                if call is not None:
+                    torch_s = _best_time(call, seconds_per_layer)
+            timings.append(LayerTiming(index, node.name, node.kind, layer.macs, layer.bound,
+                                       layer.time_s, ours, torch_s))
+    return Measurement(timings, device, analysis.batch, covers)
+
+
+def measurement_html(measurement: Measurement) -> str:
+    """The measurement table as HTML (for :func:`dnnlens.report.write_report`)."""
+    import html as html_mod
+
+    head = "".join(f"<th>{html_mod.escape(h)}</th>" for h in Measurement.HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{html_mod.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in measurement.rows())
+    note = ("<p class=\"note\">Seconds per batch of "
+            f"{measurement.batch}, best of repeated runs on this machine; roofline estimate on "
+            f"{html_mod.escape(measurement.device.name)}. % of roof = estimate / measured.</p>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"

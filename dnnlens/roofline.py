@@ -446,3 +446,50 @@ def memory_footprint(graph: "Graph", dtype: str = "fp32") -> Footprint:
         else:
             weights += param.numel * elem
     return Footprint(dtype, weights, biases, peak, peak_at, timeline)
+
+
+# --------------------------------------------------------------------------------------
+# Text views
+# --------------------------------------------------------------------------------------
+def _rate(value: float, unit: str) -> str:
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= factor:
+            return f"{value / factor:,.3g} {prefix}{unit}"
+    return f"{value:,.3g} {unit}"
+
+
+def _seconds(value: float) -> str:
+    return "0" if value == 0 else f"{value * 1e6:,.2f} us"
+
+
+def render_roofline(roof: Roofline, foot: Footprint | None = None) -> str:
+    """The roofline columns per layer, the totals and, if given, the memory footprint."""
+    header = ("#", "name", "type", "MAC/byte", "attainable", "bound", "est. time")
+    table = [header]
+    for layer in roof.layers:
+        table.append((str(layer.index), layer.name, layer.type,
+                      f"{layer.intensity:.3g}" if layer.bytes_moved else "-",
+                      _rate(layer.attainable, "MAC/s") if layer.macs else "-", layer.bound,
+                      _seconds(layer.time_s)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"Roofline on {roof.device.name} ({roof.device.title}): peak "
+             f"{_rate(roof.peak, 'MAC/s')} {roof.dtype}, {_rate(roof.bandwidth, 'B/s')}, "
+             f"ridge {roof.ridge:.3g} MAC/byte"]
+    for n, row in enumerate(table):
+        lines.append("  ".join(c.ljust(w) if 0 < i < 3 or i == 5 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append(f"estimated latency {_seconds(roof.latency_s)} per batch of {roof.batch}, "
+                 f"throughput {roof.throughput:,.0f} images/s, "
+                 f"{100 * roof.attainable / roof.peak:.1f}% of peak")
+    if foot is not None:
+        lines.append(f"memory: weights {foot.weight_bytes:,} B + biases {foot.bias_bytes:,} B "
+                     f"+ peak activations {foot.peak_activation_bytes:,} B (at {foot.peak_at})"
+                     f" = {foot.total_bytes:,} B")
+        for label, fits in (("main memory", foot.fits(roof.device)),
+                            ("on-chip memory", foot.fits_on_chip(roof.device))):
+            if fits is not None:
+                lines.append(f"  {'fits' if fits else 'does not fit'} in {roof.device.name} "
+                             f"{label}")
+    return "\n".join(lines)

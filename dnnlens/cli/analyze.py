@@ -35,6 +35,11 @@ def add_parser(subparsers: Any) -> None:
                         help="bytes per value for weight bytes and bytes moved (default fp32)")
     parser.add_argument("--depth", type=int, default=None, metavar="K",
                         help="merge rows by the first K parts of their module name")
+    parser.add_argument("--device", metavar="NAME|FILE", default=None,
+                        help="add roofline columns for a device (dnnlens hw list) or spec file")
+    parser.add_argument("--measure", action="store_true",
+                        help="time each layer of our engine and PyTorch on this machine next "
+                             "to the roofline (of --device, else of a quick probe)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--csv", metavar="FILE", help="also write the rows to FILE as CSV")
@@ -121,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         if args.csv:
             result.to_csv(args.csv, args.depth)
             print(f"wrote {args.csv}")
+        if getattr(args, "device", None) or getattr(args, "measure", False):
+            from dnnlens.cli.hw import analyze_extras  # roofline and timing (issue 5)
+
+            analyze_extras(model, result, args.device, args.measure)
     if args.json:  # the table already lists them; keep stdout pure JSON
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -96,3 +96,31 @@ def run_list(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     print("\n".join(describe(load_spec(args.device))))
     return 0
+
+
+def analyze_extras(model, analysis, device: str | None, measure: bool,
+                   seconds: float = 1.0) -> None:
+    """What ``dnnlens analyze --device/--measure`` prints after the table: the roofline on
+    ``device`` and, with ``measure``, per-layer timings of our engine and PyTorch on this
+    machine next to the roofline of this machine's probed spec (``device`` if given)."""
+    from dnnlens.roofline import memory_footprint, render_roofline, roofline
+
+    spec = load_spec(device) if device else None
+    if measure and spec is None:
+        from dnnlens.hwprobe import probe
+
+        print(f"probing this machine ({seconds:g} s) for the roofline ...")
+        spec = probe(seconds=seconds).to_spec("this-machine")
+    if spec is not None:
+        print()
+        print(render_roofline(roofline(analysis, spec),
+                              memory_footprint(analysis.graph, analysis.dtype)))
+    if measure:
+        from dnnlens.hwprobe import measure_layers
+
+        measurement = measure_layers(model, analysis, spec)
+        print()
+        print(f"Measured on this machine, per batch of {analysis.batch} (best of repeats):")
+        print(measurement.render())
+        if not measurement.engine_covers:
+            print("our engine has no kernel for some layer: its timings stop there")
