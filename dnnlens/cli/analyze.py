@@ -40,6 +40,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--measure", action="store_true",
                         help="time each layer of our engine and PyTorch on this machine next "
                              "to the roofline (of --device, else of a quick probe)")
+    parser.add_argument("--scalesim", metavar="FILE",
+                        help="also write the conv and fc layers as a SCALE-Sim topology CSV")
+    parser.add_argument("--netron", metavar="FILE",
+                        help="ONNX models: also write a Netron attachment (.json) or an "
+                             "annotated copy of the model (.onnx)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--csv", metavar="FILE", help="also write the rows to FILE as CSV")
@@ -107,17 +112,41 @@ def _from_factory(spec: str) -> Any:
     return model
 
 
+def _write_extras(args: argparse.Namespace, result: Any) -> None:
+    """--scalesim and --netron (issue 6): files beside the table, reported on stderr."""
+    if getattr(args, "scalesim", None):
+        from dnnlens.scalesim import write_topology
+
+        for layer, reason in write_topology(result.graph, args.scalesim):
+            print(f"warning: SCALE-Sim topology skips {layer}: {reason}", file=sys.stderr)
+        print(f"wrote {args.scalesim}", file=sys.stderr)
+    if getattr(args, "netron", None):
+        from dnnlens import netron
+
+        if args.netron.lower().endswith(".onnx"):
+            netron.write_annotated_copy(args.model, result, args.netron)
+        else:
+            netron.write_attachment(result, args.netron)
+        print(f"wrote {args.netron}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
 
     shape = parse_shape(args.input) if args.input is not None else None
     if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {args.batch}")
-    model, default = resolve_model(args.model)
-    shape = shape or default
-    if shape is None:
-        raise UsageError(f"give --input N,C,H,W for {args.model!r}")
-    result = analyze(model, shape, batch=args.batch, dtype=args.dtype)
+    from dnnlens.importers.spec import graph_from_file  # issue 6: ONNX, spec, topology files
+
+    graph = graph_from_file(args.model, shape, args.batch)
+    if graph is not None:
+        result = analyze(graph, dtype=args.dtype)
+    else:
+        model, default = resolve_model(args.model)
+        shape = shape or default
+        if shape is None:
+            raise UsageError(f"give --input N,C,H,W for {args.model!r}")
+        result = analyze(model, shape, batch=args.batch, dtype=args.dtype)
     result.graph.name = args.model
     if args.json:
         print(result.to_json(args.depth))
@@ -130,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             from dnnlens.cli.hw import analyze_extras  # roofline and timing (issue 5)
 
             analyze_extras(model, result, args.device, args.measure)
+    _write_extras(args, result)
     if args.json:  # the table already lists them; keep stdout pure JSON
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -91,7 +91,10 @@ class _Ctx:
     alias: dict[str, str] = field(default_factory=dict)  # ONNX value -> IR value
     taken: set[str] = field(default_factory=set)
     dtypes: dict[str, Any] = field(default_factory=dict)  # value -> numpy dtype
-    fused: set[str] = field(default_factory=set)  # ONNX nodes absorbed by an earlier one
+    fused: set[int] = field(default_factory=set)  # ONNX nodes absorbed by an earlier one
+    # SplitToSequence outputs: value -> (input, axis, [(start, stop)], keep_dim)
+    sequences: dict[str, tuple[str, int, list[tuple[int, int]], bool]] = field(
+        default_factory=dict)
 
     def is_param(self, value: str) -> bool:
         const = self.consts.get(value)
@@ -189,6 +192,16 @@ def _fix_inputs(model, path: Path, input_shape: InputShapes) -> dict[str, Shape]
             dim.dim_value = size
         shapes[value.name] = want
     return shapes
+
+
+def onnx_input_dims(path: str | Path) -> list[int | str]:
+    """The dimensions of a one-input ONNX model's input (names for dynamic ones)."""
+    model = _load(Path(path))
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"{path} has {len(inputs)} inputs; give each shape by name")
+    return _dims(inputs[0])
 
 
 def _infer_shapes(model, path: Path):
@@ -759,6 +772,39 @@ def _split(ctx: _Ctx, node) -> None:
         start += size
 
 
+def _split_to_sequence(ctx: _Ctx, node) -> None:
+    """``x.chunk(2, dim=1)`` as the dynamo exporter writes it; SequenceAt takes the views."""
+    attrs = _attrs(node)
+    x = ctx.graph.shape_of(_ir(ctx, node.input[0]))
+    axis = int(attrs.get("axis", 0)) % len(x)
+    keep = bool(attrs.get("keepdims", 1))
+    split = node.input[1] if len(node.input) > 1 and node.input[1] else None
+    if split is not None:
+        if split not in ctx.consts:
+            return _unknown(ctx, node)
+        sizes = [int(v) for v in ctx.consts[split].array.reshape(-1)]
+        if ctx.consts[split].array.ndim == 0:
+            chunk = sizes[0]
+            sizes = [min(chunk, x[axis] - i) for i in range(0, x[axis], chunk)]
+        keep = True
+    else:
+        sizes = [1] * x[axis]
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    ctx.sequences[node.output[0]] = (node.input[0], axis, bounds, keep)
+
+
+def _sequence_at(ctx: _Ctx, node) -> None:
+    seq, index = node.input[0], node.input[1]
+    if seq not in ctx.sequences or index not in ctx.consts:
+        return _unknown(ctx, node)
+    source, axis, bounds, keep = ctx.sequences[seq]
+    start, stop = bounds[int(ctx.consts[index].array.reshape(-1)[0])]
+    _emit(ctx, node, Slice(axis=axis, start=start, stop=stop, keep_dim=keep), [source], {})
+
+
 def _expand(ctx: _Ctx, node) -> None:
     x, shape = node.input[0], node.input[1]
     target = ctx.shapes.get(node.output[0])
@@ -823,6 +869,10 @@ def _translate(ctx: _Ctx, node, users: dict[str, list]) -> None:
         _split(ctx, node)
     elif op == "Expand":
         _expand(ctx, node)
+    elif op == "SplitToSequence":
+        _split_to_sequence(ctx, node)
+    elif op == "SequenceAt":
+        _sequence_at(ctx, node)
     elif op == "Dropout":
         _dropout(ctx, node)
     elif op == "Attention":
@@ -867,3 +917,74 @@ def import_onnx(path: str | Path, input_shape: InputShapes = None
         else:
             raise ModelError(f"{path}: graph output {out.name!r} is not computed by any node")
     return graph, ctx.weights
+
+
+# --- running an ONNX file in our engine against onnxruntime -----------------------------------
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """Our engine against onnxruntime on the same images."""
+
+    images: int
+    differing_predictions: int
+    max_abs_diff: float  # largest |logit difference|
+    engine: str
+
+    def summary(self) -> str:
+        return (f"{self.images} images: {self.differing_predictions} differing predictions, "
+                f"max |logit difference| {self.max_abs_diff:.3g} ({self.engine} engine vs "
+                f"onnxruntime)")
+
+
+def _ort_logits(path: Path, images: np.ndarray, input_name: str, fixed_batch: int | None,
+                batch: int = 256) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    step = fixed_batch or batch
+    parts = []
+    for start in range(0, len(images), step):
+        chunk = images[start:start + step]
+        if fixed_batch and len(chunk) < fixed_batch:  # pad a last partial batch
+            pad = np.zeros((fixed_batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
+            out = session.run(None, {input_name: np.concatenate([chunk, pad])})[0][:len(chunk)]
+        else:
+            out = session.run(None, {input_name: chunk})[0]
+        parts.append(np.asarray(out))
+    return np.concatenate(parts)
+
+
+def verify_onnx(path: str | Path, data: Any = "sample", limit: int | None = 1000,
+                engine: str = "compiled") -> OnnxCheck:
+    """Run an ONNX classifier with our kernels and with onnxruntime on the same images.
+
+    ``data``: a :class:`dnnlens.data.Dataset`, an ``(N, C, H, W)`` float32 array, or a
+    :func:`dnnlens.data.load_data` source name (test split). ``limit``: the first images only.
+    """
+    from dnnlens.engine import predict
+
+    path = Path(path)
+    if isinstance(data, str):
+        from dnnlens.data import load_data
+
+        data = load_data(data, "test")
+    images = np.ascontiguousarray(getattr(data, "images", data), dtype=np.float32)
+    if limit is not None:
+        images = images[:limit]
+    model = _load(path)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"{path} has {len(inputs)} inputs; verify takes a one-input classifier")
+    dims = _dims(inputs[0])
+    fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    want = tuple(images.shape[1:])
+    if tuple(d for d in dims[1:]) != want and not all(isinstance(d, str) for d in dims[1:]):
+        raise ModelError(f"{path} takes input ({', '.join(map(str, dims))}); the images are "
+                         f"(N, {', '.join(map(str, want))})")
+    graph, weights = import_onnx(path, input_shape=(fixed or 1, *want))
+    ours = predict(graph, weights, images, engine=engine)
+    theirs = _ort_logits(path, images, inputs[0].name, fixed)
+    differing = int(np.sum(ours.argmax(axis=1) != theirs.argmax(axis=1)))
+    return OnnxCheck(images=len(images), differing_predictions=differing,
+                     max_abs_diff=float(np.max(np.abs(ours - theirs))), engine=engine)

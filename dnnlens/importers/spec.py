@@ -381,8 +381,10 @@ def spec_from_dict(doc: Raw, path: str = "<spec>") -> Graph:
     return graph
 
 
-def import_spec(path: str | Path) -> Graph:
+def import_spec(path: str | Path, batch: int | None = None) -> Graph:
     """Read a TOML spec file into a :class:`~dnnlens.ir.Graph` (shapes checked, no weights).
+
+    ``batch``, when given, replaces the batch size (the first number of ``input``).
 
     Raises :class:`~dnnlens.errors.SpecError` (one line, naming the file and the layer) for
     a missing or malformed file, an unknown layer type, a missing or negative size, or the
@@ -397,4 +399,39 @@ def import_spec(path: str | Path) -> Graph:
         doc = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: not a valid TOML spec file: {exc}") from None
+    if batch is not None and isinstance(doc.get("input"), list) and doc["input"]:
+        doc["input"] = [batch, *doc["input"][1:]]
     return spec_from_dict(doc, str(path))
+
+
+#: File endings :func:`graph_from_file` reads, besides ``spec:PATH``.
+FILE_SOURCES = (".onnx", ".toml", ".csv")
+
+
+def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
+                    batch: int | None = None) -> Graph | None:
+    """The graph of a model *file* named on the command line, or None for other sources.
+
+    ``model.onnx`` (ONNX; ``input_shape`` fills dynamic dimensions, ``batch`` replaces N),
+    ``net.toml`` or ``spec:PATH`` (a spec file), ``topology.csv`` (a SCALE-Sim topology).
+    """
+    if source.startswith("spec:"):
+        return import_spec(source[len("spec:"):], batch)
+    lower = source.lower()
+    if not lower.endswith(FILE_SOURCES):
+        return None
+    if lower.endswith(".toml"):
+        return import_spec(source, batch)
+    if lower.endswith(".csv"):
+        from dnnlens.scalesim import import_topology
+
+        return import_topology(source)
+    from dnnlens.importers.onnx import import_onnx, onnx_input_dims
+
+    shape = input_shape
+    if batch is not None:
+        base = shape or tuple(d if isinstance(d, int) and d > 0 else 1
+                              for d in onnx_input_dims(source))
+        shape = (batch, *base[1:])
+    graph, _ = import_onnx(source, input_shape=shape)
+    return graph
