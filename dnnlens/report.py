@@ -82,24 +82,30 @@ def roofline_figure(roof: Roofline, measured: dict[str, float] | None = None) ->
     ax.annotate(f"ridge {roof.ridge:.3g} MAC/B", (roof.ridge, roof.peak),
                 textcoords="offset points", xytext=(4, -14), fontsize=8, color="grey")
     colours = type_colours([p.type for p in points])
+    # Names when they can be read; with many points the index (the tables give its name).
+    short = len(points) > 12
     seen: set[str] = set()
-    for p in points:
+    for n, p in enumerate(points):
         label = p.type if p.type not in seen else None
         seen.add(p.type)
-        ax.plot([p.intensity], [p.attainable], "o", ms=8, color=colours[p.type], label=label,
+        ax.plot([p.intensity], [p.attainable], "o", ms=7, color=colours[p.type], label=label,
                 gid=f"layer-point-{p.index}")
-        ax.annotate(p.name, (p.intensity, p.attainable), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        ax.annotate(str(p.index) if short else p.name, (p.intensity, p.attainable),
+                    textcoords="offset points", xytext=(5, 4 if n % 2 else -11), fontsize=7)
         if measured and measured.get(p.name):
-            ax.plot([p.intensity], [measured[p.name]], "o", ms=8, mfc="none",
+            ax.plot([p.intensity], [measured[p.name]], "o", ms=7, mfc="none",
                     color=colours[p.type], gid=f"layer-measured-{p.index}")
-    skipped = [layer.name for layer in roof.layers if layer not in points]
-    if skipped:
-        ax.text(0.01, 0.01, "no MACs, not shown: " + ", ".join(skipped), fontsize=7,
-                transform=ax.transAxes, color="grey", wrap=True)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("compute intensity (MACs per byte, " + roof.dtype + ")")
+    xlabel = f"compute intensity (MACs per byte, {roof.dtype})"
+    skipped = [layer for layer in roof.layers if layer not in points]
+    if skipped:
+        counts: dict[str, int] = {}
+        for layer in skipped:
+            counts[layer.type] = counts.get(layer.type, 0) + 1
+        xlabel += "\nnot shown, no MACs: " + ", ".join(
+            f"{n} {kind}" for kind, n in counts.items())
+    ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("attainable MACs per second")
     ax.set_title(f"Roofline on {roof.device.title}, batch {roof.batch}"
                  + (" (hollow: measured)" if measured else ""), fontsize=10)
