@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     graph = graph_from_file(args.model, shape, args.batch)
     if graph is not None:
+        model = None  # a file, not an nn.Module: nothing for PyTorch to time
         result = analyze(graph, dtype=args.dtype)
     else:
         model, default = resolve_model(args.model)
@@ -158,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "device", None) or getattr(args, "measure", False):
             from dnnlens.cli.hw import analyze_extras  # roofline and timing (issue 5)
 
-            analyze_extras(model, result, args.device, args.measure)
+            analyze_extras(None if graph is not None else model, result, args.device,
+                           args.measure)
     _write_extras(args, result)
     if args.json:  # the table already lists them; keep stdout pure JSON
         for warning in result.warnings:

@@ -103,8 +103,12 @@ def analyze_extras(model, analysis, device: str | None, measure: bool,
     """What ``dnnlens analyze --device/--measure`` prints after the table: the roofline on
     ``device`` and, with ``measure``, per-layer timings of our engine and PyTorch on this
     machine next to the roofline of this machine's probed spec (``device`` if given)."""
+    from dnnlens.errors import UsageError
     from dnnlens.roofline import memory_footprint, render_roofline, roofline
 
+    if measure and model is None:
+        raise UsageError("--measure times a PyTorch model against our engine; give a model "
+                         "name or package.module:factory instead of a file")
     spec = load_spec(device) if device else None
     if measure and spec is None:
         from dnnlens.hwprobe import probe
