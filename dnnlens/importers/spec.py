@@ -32,8 +32,8 @@ from typing import Any
 
 from dnnlens.errors import ShapeError, SpecError
 from dnnlens.ir import Graph, Node, Param, Shape
-from dnnlens.ops import (Activation, AdaptivePool, Binary, Concat, Conv, Dropout, Linear, Op,
-                         Permute, Pool, Reshape, Softmax, infer_shape)
+from dnnlens.ops import (Activation, AdaptivePool, Binary, Concat, Conv, Dropout, Linear, Norm,
+                         Op, Permute, Pool, Reshape, Softmax, infer_shape)
 from dnnlens.ops.elementwise import ACTIVATIONS, BINARY
 
 #: Settings every layer accepts besides its layer key.
@@ -277,15 +277,27 @@ def _concat(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
 
 
 def _norm(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
-    """batchnorm / layernorm, through helper C's ops/norm.py (absent: a clear error)."""
-    _check_keys(where, raw, {key, "affine"})
-    _flag(where, key, raw[key])
-    try:
-        from dnnlens.ops import norm
-    except ImportError:
-        raise _fail(where, f"{key} needs dnnlens.ops.norm, which this build lacks") from None
+    """``batchnorm = true`` (over channels, with running statistics) or ``layernorm = true``
+    (over the last dimension; ``layernorm = [sizes]`` for several trailing ones)."""
+    _check_keys(where, raw, {key, "affine", "eps"})
     affine = _flag(where, "affine", raw.get("affine", True))
-    return norm.from_spec(key, x, affine)  # type: ignore[attr-defined]
+    eps = raw.get("eps", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+        raise _fail(where, f"eps must be a positive number, got {eps!r}")
+    name = raw.get("name", "")
+    if key == "batchnorm":
+        _flag(where, key, raw[key])
+        if len(x) < 2:
+            raise _fail(where, f"batchnorm needs an input (N, C, ...), got {tuple(x)}")
+        shape: Shape = (x[1],)
+        op: Op = Norm(function="batchnorm", eps=float(eps),
+                      stats=(f"{name}.running_mean", f"{name}.running_var") if name else ())
+    else:
+        value = raw[key]
+        shape = (x[-1],) if value is True else _positive_ints(where, key, value)
+        op = Norm(function="layernorm", normalized_shape=tuple(shape), eps=float(eps))
+    params = {"weight": shape, "bias": shape} if affine else {}
+    return op, params, [st.current]
 
 
 Builder = Callable[[str, Raw, _State, str, Shape], Built]
@@ -320,7 +332,7 @@ def _layer_key(where: str, raw: Raw) -> str:
 
 NORM_KEYS = frozenset({"batchnorm", "layernorm"})
 OPTION_KEYS = frozenset({"stride", "padding", "groups", "dilation", "bias", "output_padding",
-                         "mode", "ceil_mode", "count_include_pad", "axis", "affine"})
+                         "mode", "ceil_mode", "count_include_pad", "axis", "affine", "eps"})
 
 
 def _add_layer(index: int, raw: Any, st: _State) -> None:
@@ -340,7 +352,7 @@ def _add_layer(index: int, raw: Any, st: _State) -> None:
         st.current = _reference(where, st, raw["from"])
     x = st.shape(st.current)
     build = _norm if key in NORM_KEYS else BUILDERS[key]
-    op, param_shapes, inputs = build(where, raw, st, key, x)
+    op, param_shapes, inputs = build(where, {**raw, "name": name}, st, key, x)
     input_shapes = [st.shape(v) for v in inputs]
     try:
         out = infer_shape(name, op, input_shapes, param_shapes)
