@@ -1,0 +1,198 @@
+"""Speed and memory of ``dnnlens.analyze`` against torchinfo's ``summary`` and fvcore's
+``FlopCountAnalysis`` on the same models, in the same run (issue 4), plus a 7-billion-parameter
+transformer built on the meta device.
+
+Each measurement runs in a fresh Python process (so one tool's caches and allocations do not
+help or hurt another): the process builds the model on CPU (weights allocated, as a user of
+torchinfo or fvcore has them), then times one call of the tool. Peak memory is the process's
+maximum resident set size (``ru_maxrss``), and the growth of it during the call (peak minus the
+resident size just before the call). Times are the median of ``--repeat`` processes.
+
+    .venv/bin/python benchmarks/analysis.py [--repeat 3] [--models vit_b_16,resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+TOOLS = ("dnnlens", "torchinfo", "fvcore")
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(tool: str, name: str) -> None:
+    """Build ``name`` on CPU, time one call of ``tool`` on it, print JSON."""
+    import resource
+
+    import torch
+    import torchvision
+
+    torch.set_num_threads(1)  # the machine is shared; same for every tool
+    model = torchvision.models.get_model(name, weights=None).eval()
+    shape = (1, 3, 224, 224)
+    if tool == "dnnlens":
+        from dnnlens.analysis import analyze
+
+        def call() -> float:
+            return analyze(model, shape).totals.macs
+    elif tool == "torchinfo":
+        import torchinfo
+
+        def call() -> float:
+            return torchinfo.summary(model, input_size=shape, verbose=0).total_mult_adds
+    else:
+        import logging
+
+        from fvcore.nn import FlopCountAnalysis
+
+        logging.disable(logging.WARNING)  # fvcore warns about every op it skips
+
+        def call() -> float:
+            with torch.no_grad():
+                return FlopCountAnalysis(model, torch.zeros(shape)).total()
+    before = rss_bytes()
+    start = time.perf_counter()
+    macs = call()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak": peak, "growth": max(0, peak - before),
+                      "macs": float(macs)}))
+
+
+def llm_7b() -> None:
+    """Analyse a LLaMA-7B-shaped transformer built on meta; print JSON."""
+    import resource
+
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    from dnnlens.analysis import analyze
+
+    dim, layers, heads, hidden, vocab = 4096, 32, 32, 11008, 32000
+
+    class RMSNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(dim))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn_norm, self.mlp_norm = RMSNorm(), RMSNorm()
+            self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+            self.gate, self.up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, False)
+            self.down = nn.Linear(hidden, dim, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, _ = x.shape
+            h = self.attn_norm(x)
+            q, k, v = (p(h).view(b, t, heads, dim // heads).transpose(1, 2)
+                       for p in (self.q, self.k, self.v))  # (B, heads, T, head_dim)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.o(a.transpose(1, 2).reshape(b, t, dim))
+            h = self.mlp_norm(x)
+            return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+    class LLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            self.blocks = nn.ModuleList(Block() for _ in range(layers))
+            self.norm = RMSNorm()
+            self.head = nn.Linear(dim, vocab, bias=False)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            x = self.embed(tokens)
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.norm(x))
+
+    with torch.device("meta"):
+        model = LLM()
+    tokens = torch.zeros(1, 2048, dtype=torch.long, device="meta")
+    before = rss_bytes()
+    start = time.perf_counter()
+    result = analyze(model, example_inputs=tokens)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t = result.totals
+    print(json.dumps({"seconds": seconds, "peak": peak, "growth": max(0, peak - before),
+                      "params": t.weights + t.biases, "macs": t.macs, "rows": len(result.rows),
+                      "warnings": result.warnings,
+                      "weights_fp16_bytes": 2 * (t.weights + t.biases)}))
+
+
+def run_child(*argv: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--models", default="vit_b_16,resnet50")
+    parser.add_argument("--child", nargs=2, metavar=("TOOL", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--llm", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    if args.llm:
+        llm_7b()
+        return
+    print(f"# {machine()}; {time.strftime('%Y-%m-%d')}; one thread per tool; "
+          f"median of {args.repeat} fresh processes\n")
+    print("| model | tool | time (s) | peak RSS (MB) | RSS growth in call (MB) | MACs (G) "
+          "| time / dnnlens | growth / dnnlens |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name in args.models.split(","):
+        results = {}
+        for tool in TOOLS:
+            runs = [run_child("--child", tool, name) for _ in range(args.repeat)]
+            results[tool] = {key: statistics.median(r[key] for r in runs)
+                             for key in ("seconds", "peak", "growth", "macs")}
+        ours = results["dnnlens"]
+        for tool, r in results.items():
+            print(f"| {name} | {tool} | {r['seconds']:.3f} | {r['peak'] / 1e6:.0f} | "
+                  f"{r['growth'] / 1e6:.1f} | {r['macs'] / 1e9:.3f} | "
+                  f"{r['seconds'] / ours['seconds']:.1f}x | "
+                  f"{r['growth'] / max(ours['growth'], 1):.1f}x |")
+    llm = run_child("--llm")
+    print(f"\n7B transformer on meta (LLaMA-7B shapes, 2,048 tokens): {llm['params']:,} "
+          f"parameters ({llm['weights_fp16_bytes'] / 1e9:.1f} GB in fp16, never allocated), "
+          f"{llm['macs'] / 1e12:.2f} TMACs, {llm['rows']} rows in {llm['seconds']:.2f} s, "
+          f"peak RSS {llm['peak'] / 1e6:.0f} MB (growth {llm['growth'] / 1e6:.0f} MB), "
+          f"warnings: {llm['warnings'] or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
