@@ -69,3 +69,42 @@ def test_rejected_input_shape_is_a_model_error():
         import_torch(Net())
     with pytest.raises(UsageError):
         import_torch(Net(), (1, 0, 28, 28))
+
+
+def test_keyword_inputs_and_residual_wiring():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x, *, scale):
+            return self.fc(x) + x * scale
+
+    graph = import_torch(Block(), example_inputs=torch.zeros(2, 6),
+                         kwargs={"scale": torch.zeros(2, 6)})
+    assert graph.inputs == {"input0": (2, 6), "scale": (2, 6)}
+    mul = next(n for n in graph if n.kind == "mul")
+    add = next(n for n in graph if n.kind == "add")
+    assert set(mul.inputs) == {"input0", "scale"}
+    assert add.inputs == ["fc", mul.name]  # both branches of the residual
+
+
+def test_subclass_with_its_own_forward_is_traced_not_trusted():
+    class ScaledConv(nn.Conv2d):
+        def forward(self, x):  # same weights, but a different computation
+            return super().forward(x) * 2
+
+    graph = import_torch(ScaledConv(1, 2, 3), (1, 1, 5, 5))
+    assert [n.kind for n in graph] == ["conv", "mul"]
+    assert graph.nodes[0].source == "aten.convolution"
+    assert graph.nodes[0].params["weight"] == Param("weight", (2, 1, 3, 3))
+
+
+def test_unknown_operator_keeps_its_shape():
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, dim=-1)
+
+    graph = import_torch(Odd(), (3, 4))
+    assert len(unknown_ops(graph)) == 1
+    assert unknown_ops(graph)[0].output_shape == (3, 4)
