@@ -1,0 +1,217 @@
+"""ONNX import: exported torchvision models give the PyTorch path's totals, the reference
+network runs in our engine with onnxruntime's predictions, bad files are one-line errors."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dnnlens.analysis import analyze
+from dnnlens.cli import main
+from dnnlens.errors import ModelError
+from dnnlens.importers.onnx import import_onnx, verify_onnx
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+#: Issue 4's cross-check list.
+TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "vgg11", "alexnet", "efficientnet_b0",
+               "squeezenet1_0", "shufflenet_v2_x1_0", "vit_b_16"]
+
+
+def export(model, shape, path: Path, dynamo: bool = True) -> Path:
+    """torch.onnx.export as the docs describe: the dynamo exporter (torch's default) with
+    ``optimize=False`` so batch norms stay batch norms (the optimizer folds them into the
+    convolutions, and their parameters with them)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(model, (torch.zeros(shape),), str(path), dynamo=True,
+                              optimize=False, verbose=False)
+        else:
+            raise ValueError("use export_torchscript_net")
+    return path
+
+
+def export_torchscript_net(path: Path) -> Path:
+    """The reference Net through the legacy TorchScript exporter, in a child process: that
+    exporter leaves global tracing state behind that breaks later meta-device tracing in the
+    same process (the PyTorch-path importer then recurses)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings, torch; warnings.simplefilter('ignore');"
+            "from dnnlens.models import Net;"
+            "torch.onnx.export(Net().eval(), (torch.zeros(1, 1, 28, 28),), sys.argv[1],"
+            " dynamo=False, input_names=['x'], output_names=['logits'])")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=300)
+    return path
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_round_trip_gives_the_pytorch_totals(onnx_dir, name):
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None).eval()
+    shape = (1, 3, 224, 224)
+    path = export(model, shape, onnx_dir / f"{name}.onnx")
+    graph, weights = import_onnx(path)
+    ours, theirs = analyze(graph), analyze(model, shape)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert ours.totals.params == theirs.totals.params == n_params  # exactly
+    assert ours.totals.macs == pytest.approx(theirs.totals.macs, rel=0.005)
+    assert ours.warnings == []  # every op translated, none unknown
+    # Parameters keep their state-dict names and values.
+    state = model.state_dict()
+    for param in graph.params().values():
+        assert param.name in state
+        assert weights[param.name].size == state[param.name].numel()
+    path.unlink()
+    for extra in onnx_dir.glob(f"{name}.onnx.data"):
+        extra.unlink()
+
+
+def test_reference_network_matches_onnxruntime_on_the_sample(tmp_path, sample_checkpoint,
+                                                             sample_test_data):
+    import torch
+
+    from dnnlens.models import Net
+
+    net = Net()
+    net.load_state_dict(torch.load(sample_checkpoint, weights_only=True))
+    path = export(net.eval(), (1, 1, 28, 28), tmp_path / "net.onnx")
+    check = verify_onnx(path, sample_test_data, limit=1000)
+    assert check.images == 1000
+    assert check.differing_predictions == 0
+    assert check.max_abs_diff < 1e-3
+
+
+def test_torchscript_export_keeps_module_paths_and_the_table(tmp_path):
+    """The TorchScript exporter names nodes /fc1/Gemm: same rows as the PyTorch path."""
+    from dnnlens.models import Net
+
+    path = export_torchscript_net(tmp_path / "ts.onnx")
+    ours = analyze(import_onnx(path)[0])
+    theirs = analyze(Net(), (1, 1, 28, 28))
+    pick = lambda a: [(r.type, r.macs, r.weights, r.output_shape)  # noqa: E731
+                      for r in a.rows if r.type in ("conv", "fc", "maxpool")]
+    assert pick(ours) == pick(theirs)
+    assert [r.module for r in ours.rows if r.type in ("conv", "fc")] == \
+        ["conv1", "conv2", "fc1", "fc2"]
+
+
+def _tiny_model(nodes, inputs, outputs, initializers=(), opset=17):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "tiny", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_gemm_alpha_beta_and_untransposed_weight_run_like_onnxruntime(tmp_path):
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4)).astype(np.float32)  # (K, N): transB = 0
+    b = rng.standard_normal((4,)).astype(np.float32)
+    model = _tiny_model(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], alpha=0.5, beta=2.0),
+         helper.make_node("Relu", ["y"], ["z"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    path = tmp_path / "gemm.onnx"
+    onnx.save(model, str(path))
+    graph, weights = import_onnx(path, input_shape=(3, 6))
+    assert [n.kind for n in graph] == ["fc", "relu"]
+    from dnnlens.engine import run
+
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    ours = run(graph, weights, x, engine="reference").logits
+    theirs = onnxruntime.InferenceSession(str(path)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_op_keeps_its_shapes_and_is_flagged(tmp_path):
+    from onnx import TensorProto, helper
+
+    model = _tiny_model(
+        [helper.make_node("LpNormalization", ["x"], ["y"], axis=1),
+         helper.make_node("Relu", ["y"], ["z"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 5])])
+    path = tmp_path / "unknown.onnx"
+    onnx.save(model, str(path))
+    a = analyze(import_onnx(path)[0])
+    assert [r.type for r in a.rows] == ["unknown", "relu"]
+    assert a.rows[0].output_shape == (2, 5)
+    assert a.warnings and "LpNormalization" in " ".join(a.warnings)
+
+
+# --- malformed files: one-line ModelErrors, exit code 2 on the CLI ---------------------------
+
+def assert_cli_error(capsys, argv, needle):
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+def test_truncated_file(tmp_path, capsys):
+    from dnnlens.models import Net
+
+    path = export(Net().eval(), (1, 1, 28, 28), tmp_path / "net.onnx")
+    data = path.read_bytes()
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelError, match="truncated or corrupt"):
+        import_onnx(bad)
+    assert_cli_error(capsys, ["analyze", str(bad)], "truncated")
+
+
+def test_dangling_input(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    model = _tiny_model(
+        [helper.make_node("Add", ["x", "ghost"], ["y"], name="add0")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "dangling.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="'ghost'"):
+        import_onnx(path)
+    assert_cli_error(capsys, ["analyze", str(path)], "ghost")
+
+
+def test_dynamic_dims_need_input(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    model = _tiny_model(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "h", "w"])])
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="--input"):
+        import_onnx(path)
+    assert_cli_error(capsys, ["analyze", str(path)], "dynamic dimensions")
+    graph, _ = import_onnx(path, input_shape=(2, 3, 8, 8))
+    assert graph.nodes[0].output_shape == (2, 3, 8, 8)
+    assert main(["analyze", str(path), "--input", "2,3,8,8"]) == 0
+    with pytest.raises(ModelError, match="does not fit"):
+        import_onnx(path, input_shape=(2, 4, 8, 8))  # the static channel count is 3
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        import_onnx(tmp_path / "absent.onnx")
