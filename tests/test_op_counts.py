@@ -250,3 +250,20 @@ def test_unknown_operator_is_listed_not_silent():
     assert row.output_shape == (2, 7)
     assert result.warnings and "aten.cumsum" in result.warnings[0]
     assert "warning:" in str(result)
+
+
+def test_attention_inside_multihead_attention_is_one_fused_node():
+    # vit-style self-attention: SDPA called from F.multi_head_attention_forward is still one
+    # attention row (2*4*5*5*(4+4) = 1,600 MACs), not its math decomposition.
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, t):
+            return self.mha(t, t, t, need_weights=False)[0]
+
+    result = analyze(SelfAttention(), (2, 5, 16))
+    assert only(result.rows, "attention").macs == 1_600
+    assert not [r for r in result.rows if r.type in ("softmax", "matmul")]
+    assert F.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention

@@ -30,9 +30,10 @@ How (in pipeline order):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -679,6 +680,19 @@ class Tracer(TorchDispatchMode):
         self.keep.append(out)
         self.params[id(out)] = ParamRef(ref.name, shape, untransposed)
 
+    def fused_attention(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """Run SDPA with its inner operators suppressed and record one attention node."""
+        self.suppress += 1
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.suppress -= 1
+        call = Call(self, func, args, kwargs, out)
+        module = self.stack[-1][0] if self.stack else ""
+        self.add(_attention(call), "F.scaled_dot_product_attention",
+                 f"{module}.attention" if module else "attention")
+        return out
+
     # --- module level ----------------------------------------------------------------------
     def pre_hook(self, qualname: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -715,8 +729,17 @@ class Tracer(TorchDispatchMode):
         return hook
 
 
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
 class _FusedFunctions(TorchFunctionMode):
-    """Catches ``F.scaled_dot_product_attention`` before it decomposes (see module docs)."""
+    """Catches ``F.scaled_dot_product_attention`` before it decomposes (see module docs).
+
+    A function mode is switched off while it handles a call, so it does not see SDPA called
+    from inside another handled function (``F.multi_head_attention_forward``, which every
+    ``nn.MultiheadAttention`` runs). For those, :func:`_patched_sdpa` replaces the module-level
+    name ``torch.nn.functional.scaled_dot_product_attention`` while tracing, and puts it back.
+    """
 
     def __init__(self, tracer: Tracer):
         super().__init__()
@@ -724,18 +747,27 @@ class _FusedFunctions(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not torch.nn.functional.scaled_dot_product_attention or self.tracer.suppress:
+        if func is not _SDPA or self.tracer.suppress:
             return func(*args, **kwargs)
-        self.tracer.suppress += 1
-        try:
-            out = func(*args, **kwargs)
-        finally:
-            self.tracer.suppress -= 1
-        call = Call(self.tracer, func, args, kwargs, out)
-        module = self.tracer.stack[-1][0] if self.tracer.stack else ""
-        self.tracer.add(_attention(call), "F.scaled_dot_product_attention",
-                        f"{module}.attention" if module else "attention")
-        return out
+        return self.tracer.fused_attention(func, args, kwargs)
+
+
+@contextlib.contextmanager
+def _patched_sdpa(tracer: Tracer) -> Iterator[None]:
+    """``torch.nn.functional.scaled_dot_product_attention`` recorded as one node while tracing
+    (see :class:`_FusedFunctions`); the original is restored on exit."""
+    functional = torch.nn.functional
+
+    def sdpa(*args: Any, **kwargs: Any) -> Any:
+        if tracer.suppress:
+            return _SDPA(*args, **kwargs)
+        return tracer.fused_attention(_SDPA, args, kwargs)
+
+    functional.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = _SDPA
 
 
 # ---------------------------------------------------------------------------------------------
@@ -820,7 +852,7 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
         handles.append(module.register_forward_hook(tracer.post_hook(qualname),
                                                     with_kwargs=True, always_call=True))
     try:
-        with torch.no_grad(), _FusedFunctions(tracer), tracer:
+        with torch.no_grad(), _patched_sdpa(tracer), _FusedFunctions(tracer), tracer:
             out = copied(*args, **kw)
     except RuntimeError as exc:
         if str(exc).startswith("dnnlens bug"):
