@@ -492,8 +492,8 @@ def measure_layers(model, analysis, device: HardwareSpec, seconds_per_layer: flo
     roof = {layer.name: layer for layer in roofline(analysis, device).layers}
     weights = load_weights(model)
     rng = np.random.default_rng(seed)
-    values: dict[str, np.ndarray] = {
-        name: rng.standard_normal(shape).astype(np.float32) for name, shape in graph.inputs.items()}
+    values: dict[str, np.ndarray] = {name: rng.standard_normal(shape).astype(np.float32)
+                                      for name, shape in graph.inputs.items()}
     covers = True
     timings = []
     with torch.inference_mode():
@@ -504,7 +504,8 @@ def measure_layers(model, analysis, device: HardwareSpec, seconds_per_layer: flo
             if covers and all(v is not None for v in inputs) and type(node.op).has_kernel():
                 params = node_weights(node, weights)
                 values[node.name] = run_node(node, inputs, params)
-                ours = _best_time(lambda: run_node(node, inputs, params), seconds_per_layer)
+                ours = _best_time(lambda n=node, i=inputs, p=params: run_node(n, i, p),
+                                  seconds_per_layer)
             else:
                 covers = False
             if inputs and inputs[0] is not None and len(inputs) == 1:

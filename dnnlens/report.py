@@ -374,9 +374,10 @@ def render_html(analysis: "Analysis", charts: dict[str, str], *, roof: Roofline 
     return "\n".join(parts)
 
 
-def write_report(analysis: "Analysis", out_dir: str | Path, device: HardwareSpec | str | None = None,
-                 verification: Any = None, *, sweep: Sequence[Roofline] = (),
-                 measured: dict[str, float] | None = None, measurement_html: str = "") -> Path:
+def write_report(analysis: "Analysis", out_dir: str | Path,
+                 device: HardwareSpec | str | None = None, verification: Any = None, *,
+                 sweep: Sequence[Roofline] = (), measured: dict[str, float] | None = None,
+                 measurement_html: str = "") -> Path:
     """Write ``report.html`` and the charts (PNG + SVG) into ``out_dir``; return the page.
 
     ``device`` (a spec or a name/path for :func:`~dnnlens.roofline.load_spec`) adds the

@@ -295,7 +295,8 @@ class Roofline:
         return self.macs / latency if latency > 0 else 0.0
 
 
-def layer_roof(macs: int, bytes_moved: int, peak: float, bandwidth: float) -> tuple[float, float, str, float]:
+def layer_roof(macs: int, bytes_moved: int, peak: float,
+               bandwidth: float) -> tuple[float, float, str, float]:
     """``(intensity MAC/byte, attainable MAC/s, bound, time s)`` of one layer."""
     if bytes_moved <= 0:
         # A view moves nothing; a layer with MACs but no traffic cannot be memory-bound.
