@@ -137,14 +137,34 @@ _COMPILED: dict[object, object] = {}
 def compiled_kernel(fn, parallel: bool = False):
     """``fn`` compiled with Numba on first use (Numba imported only then, machine code cached on
     disk). The loop-nest modules write parallel loops with a module-level ``prange = range``
-    so they also run uncompiled; it becomes ``numba.prange`` here, before compilation."""
-    kernel = _COMPILED.get(fn)
+    so they also run uncompiled; it becomes ``numba.prange`` here, before compilation, and
+    ``literally`` (a no-op uncompiled) becomes ``numba.literally``: the argument is then a
+    compile-time constant, so LLVM can unroll the loops it bounds.
+
+    ``parallel=False`` compiles a copy named ``<name>_serial`` (Numba's disk cache tells
+    functions apart by name, not by compile options): for work too small to share out, where
+    waking a second thread costs more than it saves."""
+    key = (fn, parallel)
+    kernel = _COMPILED.get(key)
     if kernel is None:
+        import types
+
         import numba
 
         fn.__globals__["prange"] = numba.prange
+        fn.__globals__["literally"] = numba.literally
+        source = fn
+        if not parallel:
+            source = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial",
+                                        fn.__defaults__, fn.__closure__)
+            source.__qualname__ = f"{fn.__qualname__}_serial"
+            source.__module__ = fn.__module__
         # reassoc lets LLVM vectorise sums; contract lets it fuse multiply-adds (FMA).
         kernel = numba.njit(cache=True, parallel=parallel, fastmath={"reassoc", "contract"},
-                            error_model="numpy", boundscheck=False)(fn)
-        _COMPILED[fn] = kernel
+                            error_model="numpy", boundscheck=False)(source)
+        _COMPILED[key] = kernel
     return kernel
+
+
+#: Work (multiply-accumulates or values) below which a kernel runs on one core.
+PARALLEL_MIN_WORK = 1_000_000

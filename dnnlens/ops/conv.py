@@ -21,11 +21,16 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, compiled_kernel, expect_rank, register
+from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, compiled_kernel, expect_rank, register
 
 Pads = tuple[tuple[int, int], ...]
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
+
+
+def literally(value: int) -> int:
+    """Uncompiled: nothing. Compiled: makes ``value`` a compile-time constant (numba.literally)."""
+    return value
 
 
 def symmetric_padding(padding: tuple[int, ...]) -> Pads:
@@ -237,8 +242,119 @@ def conv2d_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     ho, wo = attrs.output_size(height, width, kh_size, kw_size)
     out = np.empty((n, cout, ho, wo), dtype=dtype)
     bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
-    kernel = compiled_kernel(conv2d_loops, parallel=True)
+    macs = out.size * weight[0].size  # N*Cout*Ho*Wo * Cin/groups*Kh*Kw
+    kernel = compiled_kernel(conv2d_loops, parallel=macs >= PARALLEL_MIN_WORK)
     kernel(pad_input(x.astype(dtype, copy=False), attrs.padding),
            np.ascontiguousarray(weight, dtype), bias, out, *attrs.stride, *attrs.dilation,
            attrs.groups)
+    return out
+
+
+#: Images side by side in the lanes of one vector register in the fused kernel: 16 float32
+#: fill one AVX-512 register, so every multiply-add serves 16 images at once.
+LANES = 16
+
+
+def conv_relu_maxpool_loops(x, weight, bias, out, top, left, sh, dh, dw, pkh, pkw, psh, psw,
+                            wo, kw_size, tap_step):  # pragma: no cover - compiled
+    """Fused conv (width stride 1) -> relu -> max-pool for Numba, images in the vector lanes.
+
+    x ``(N, Cin, H, W)``, weight ``(Cout, Cin, Kh, Kw)``, bias ``(Cout,)`` -> out
+    ``(N, Cout, Po, Qo)``. Blocks of ``LANES`` images are shared out over the cores. Each block
+    is copied, padded, into ``x_block[ci, row, col*LANES + lane]``, so one conv output row of
+    all the block's images is one contiguous run of ``wo*LANES`` values: the loop along it
+    vectorises with every lane a different image. The sum over the ``kw_size`` taps (a
+    compile-time constant, so unrolled) stays in registers, and two output channels are
+    computed together so each input vector loaded serves two multiply-adds (an odd last
+    channel is computed twice). Only the ``pkh`` conv rows one pooled row needs are kept;
+    ReLU commutes with max, so it is applied after pooling.
+    """
+    literally(kw_size)
+    literally(tap_step)  # dw * LANES: constant offsets between the taps' loads
+    n_images, cin, height, width = x.shape
+    cout, _, kh_size, _ = weight.shape
+    _, _, po, qo = out.shape
+    rows_in = ((po - 1) * psh + pkh - 1) * sh + dh * (kh_size - 1) + 1
+    wp = wo + dw * (kw_size - 1)
+    run = wo * LANES  # one conv output row of the whole block
+    run_pooled = (wo - pkw + 1) * LANES  # columns where a pooling window can start
+    n_blocks = (n_images + LANES - 1) // LANES
+    for block in prange(n_blocks):
+        first = block * LANES
+        lanes = min(LANES, n_images - first)
+        x_block = np.zeros((cin, rows_in, wp * LANES), dtype=out.dtype)
+        for lane in range(lanes):
+            for ci in range(cin):
+                for h in range(max(0, -top), min(height, rows_in - top)):
+                    for w in range(max(0, -left), min(width, wp - left)):
+                        x_block[ci, top + h, (left + w) * LANES + lane] = x[first + lane, ci, h, w]
+        conv0 = np.empty((pkh, run), dtype=out.dtype)
+        conv1 = np.empty((pkh, run), dtype=out.dtype)
+        pooled = np.empty((cout, po, run_pooled), dtype=out.dtype)
+        for pair in range((cout + 1) // 2):
+            co0, co1 = 2 * pair, min(2 * pair + 1, cout - 1)
+            for pr in range(po):
+                for i in range(pkh):
+                    acc0, acc1 = conv0[i], conv1[i]
+                    for j in range(run):
+                        acc0[j] = bias[co0]
+                        acc1[j] = bias[co1]
+                    row = (pr * psh + i) * sh
+                    for ci in range(cin):
+                        for kh in range(kh_size):
+                            x_row = x_block[ci, row + kh * dh]
+                            w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
+                            for j in range(run):
+                                total0, total1 = acc0[j], acc1[j]
+                                for kw in range(kw_size):
+                                    value = x_row[j + kw * tap_step]
+                                    total0 += w0[kw] * value
+                                    total1 += w1[kw] * value
+                                acc0[j], acc1[j] = total0, total1
+                # max over the window for every conv column (not only every psw-th: the
+                # loop stays one contiguous, vectorised run); the scatter below picks them
+                wide0, wide1 = pooled[co0, pr], pooled[co1, pr]
+                for j in range(run_pooled):
+                    wide0[j] = conv0[0, j]
+                    wide1[j] = conv1[0, j]
+                for i in range(pkh):
+                    for k in range(pkw):
+                        offset = k * LANES
+                        for j in range(run_pooled):
+                            wide0[j] = max(wide0[j], conv0[i, j + offset])
+                            wide1[j] = max(wide1[j], conv1[i, j + offset])
+        for lane in range(lanes):  # back to (N, C, H, W), with the ReLU
+            for co in range(cout):
+                for pr in range(po):
+                    for pc in range(qo):
+                        value = pooled[co, pr, pc * psw * LANES + lane]
+                        out[first + lane, co, pr, pc] = value if value > 0 else 0
+
+
+def conv_relu_maxpool_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                               attrs: Conv2dAttrs, pool_kernel: tuple[int, ...],
+                               pool_stride: tuple[int, ...]) -> np.ndarray:
+    """``maxpool(relu(conv(x)))`` in one pass: x ``(N, Cin, H, W)`` -> ``(N, Cout, Po, Qo)``
+    with ``Po = (Ho - pool_kh) // pool_sh + 1`` (an unpadded, floor-mode pool).
+
+    Batches of fewer than ``LANES`` images would leave lanes empty: they run the three
+    unfused kernels instead (images side by side cannot fill a vector there)."""
+    n, _, height, width = x.shape
+    cout, _, kh_size, kw_size = weight.shape
+    ho, wo = attrs.output_size(height, width, kh_size, kw_size)
+    (pkh, pkw), (psh, psw) = tuple(pool_kernel), tuple(pool_stride)
+    po, qo = (ho - pkh) // psh + 1, (wo - pkw) // psw + 1
+    if n < LANES or attrs.stride[1] != 1 or attrs.groups != 1:
+        conv = np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)
+        from dnnlens.ops.pool import Pool
+
+        return Pool(kernel=(pkh, pkw), stride=(psh, psw)).compiled([conv], {})
+    dtype = np.result_type(x, weight)
+    out = np.empty((n, cout, po, qo), dtype=dtype)
+    bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+    (top, _), (left, _) = attrs.padding
+    kernel = compiled_kernel(conv_relu_maxpool_loops, parallel=True)
+    kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype), bias, out,
+           top, left, attrs.stride[0], *attrs.dilation, pkh, pkw, psh, psw, wo, kw_size,
+           attrs.dilation[1] * LANES)
     return out

@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, compiled_kernel, register
+from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, compiled_kernel, register
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
@@ -75,27 +75,41 @@ def linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None)
     return out
 
 
-#: Rows (images) computed together by the compiled kernel: each weight row read from cache
-#: serves the whole block.
-ROW_BLOCK = 8
+#: Rows (images) computed together by the compiled kernel: each weight value loaded serves
+#: all of them, and their sums run in separate registers.
+ROW_BLOCK = 4
 
 
-def linear_loops(x, weight, bias, out):  # pragma: no cover
+def linear_loops(x, weight, bias, out):  # pragma: no cover - compiled
     """The same loop nest, scalar, for Numba: blocks of ``ROW_BLOCK`` rows shared out over
-    the cores; for each output, the dot product with each row of the block (the inner loop
-    over ``in`` is contiguous in x and weight, so it vectorises)."""
+    the cores; for each output, the dot products of one weight row with the block's rows
+    (the loop over ``in`` is contiguous in x and in the weight, so it vectorises, its partial
+    sums in registers)."""
     rows, in_features = x.shape
     out_features = weight.shape[0]
     n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
     for block in prange(n_blocks):
         first = block * ROW_BLOCK
-        last = min(first + ROW_BLOCK, rows)
-        for o in range(out_features):
-            for m in range(first, last):
-                total = 0.0
+        if first + ROW_BLOCK <= rows:
+            for o in range(out_features):
+                total0 = total1 = total2 = total3 = bias[o]
                 for i in range(in_features):
-                    total += weight[o, i] * x[m, i]
-                out[m, o] = total + bias[o]
+                    w = weight[o, i]
+                    total0 += w * x[first, i]
+                    total1 += w * x[first + 1, i]
+                    total2 += w * x[first + 2, i]
+                    total3 += w * x[first + 3, i]
+                out[first, o] = total0
+                out[first + 1, o] = total1
+                out[first + 2, o] = total2
+                out[first + 3, o] = total3
+        else:  # the last, partial block: one row at a time
+            for m in range(first, rows):
+                for o in range(out_features):
+                    total = bias[o]
+                    for i in range(in_features):
+                        total += weight[o, i] * x[m, i]
+                    out[m, o] = total
 
 
 def linear_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -103,6 +117,7 @@ def linear_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) 
     dtype = np.result_type(x, weight)
     out = np.empty((x.shape[0], weight.shape[0]), dtype=dtype)
     bias = np.zeros(weight.shape[0], dtype) if bias is None else np.ascontiguousarray(bias, dtype)
-    kernel = compiled_kernel(linear_loops, parallel=True)
+    macs = out.size * weight.shape[1]  # M*out * in
+    kernel = compiled_kernel(linear_loops, parallel=macs >= PARALLEL_MIN_WORK)
     kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype), bias, out)
     return out

@@ -12,12 +12,13 @@ per output): 0 MACs, but it moves its input and output.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 from typing import ClassVar
 
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, compiled_kernel, register
+from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, compiled_kernel, register
 
 Pads = tuple[tuple[int, int], ...]
 
@@ -106,7 +107,8 @@ class Pool(Op):
             divisor = avg_divisor(x.shape[2:], window, out_size, self.count_include_pad)
             divisor = divisor.astype(x.dtype)
         out = np.empty((*x.shape[:2], *out_size), dtype=x.dtype)
-        kernel = compiled_kernel(pool_loops, parallel=True)
+        reads = out.size * prod(window.kernel)  # N*C*Ho*Wo * window
+        kernel = compiled_kernel(pool_loops, parallel=reads >= PARALLEL_MIN_WORK)
         kernel(padded, divisor, out, self.mode == "max", *window.kernel, *window.stride,
                *window.dilation)
         return self._finish(out)
