@@ -297,7 +297,8 @@ def _load_torchvision(source: str, split: str, cache_dir: Path) -> tuple[np.ndar
     try:
         dataset = cls(root=str(root), train=(split == "train"), download=True)
     except (OSError, RuntimeError) as exc:
-        raise DataError(f"{source}: download failed ({exc}); without internet use "
+        reason = " ".join(str(exc).split())  # torchvision's message spans several lines
+        raise DataError(f"{source}: download failed ({reason}); without internet use "
                         "--data sample or --data idx:PATH") from None
     return dataset.data.numpy().astype(np.uint8), dataset.targets.numpy().astype(np.int64)
 

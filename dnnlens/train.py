@@ -40,6 +40,11 @@ DEFAULT_CHECKPOINT = Path("my_mnist_net.pth")
 RESUME_SUFFIX = ".resume"
 #: Format tag of the resume file, checked on load so a foreign file is refused clearly.
 RESUME_FORMAT = "dnnlens-resume-1"
+#: Intra-op threads while training. This network is so small (batches of 32, 100k weights)
+#: that a second thread costs more in hand-offs than it saves, and on a busy machine
+#: oversubscribed threads slow training several-fold; one thread also makes the weights
+#: independent of the machine's core count.
+TRAIN_THREADS = 1
 #: Adam with lr 1e-3 and batches of 32: on the 4,000-image sample this reaches about 96% in
 #: 10 epochs within seconds, on full Fashion-MNIST about 89% (see BENCHMARKS.md).
 BATCH_SIZE = 32
@@ -220,7 +225,7 @@ def _run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, train_set: Data
 def train(data: str = "sample", epochs: int = 10, out: Path | None = None,
           resume: Path | None = None, seed: int | None = None, progress: bool = True, *,
           batch_size: int = BATCH_SIZE, lr: float = LEARNING_RATE,
-          cache_dir: Path | None = None) -> TrainResult:
+          cache_dir: Path | None = None, threads: int = TRAIN_THREADS) -> TrainResult:
     """Train the reference :class:`~dnnlens.models.Net` on ``data`` for ``epochs`` epochs.
 
     Args:
@@ -235,9 +240,24 @@ def train(data: str = "sample", epochs: int = 10, out: Path | None = None,
         progress: show a progress bar (stderr) and a test-accuracy line per epoch (stdout).
         batch_size, lr: Adam's mini-batch size and learning rate (stored for resuming).
         cache_dir: passed to :func:`~dnnlens.data.load_data`.
+        threads: torch intra-op threads during training (restored afterwards).
 
     Ctrl-C at any point leaves the last complete checkpoint intact.
     """
+    if threads < 1:
+        raise UsageError(f"threads must be at least 1, got {threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(data, epochs, out, resume, seed, progress, batch_size, lr, cache_dir)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(data: str, epochs: int, out: Path | None, resume: Path | None, seed: int | None,
+           progress: bool, batch_size: int, lr: float,
+           cache_dir: Path | None) -> TrainResult:
+    """:func:`train` with the thread count already set."""
     started = time.perf_counter()
     _check_options(epochs, seed, batch_size, lr)
     state = _load_resume(Path(resume)) if resume is not None else None
