@@ -150,6 +150,14 @@ def test_out_of_range_options(tmp_path: Path, options: dict[str, Any], message: 
     assert not (tmp_path / "x.pth").exists()
 
 
+def test_unwritable_output_fails_before_training(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="cannot create its folder"):
+        train(out=tmp_path / "file" / "net.pth", progress=False)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        train(out=tmp_path, progress=False)
+
+
 def test_labels_outside_the_ten_classes(tmp_path: Path) -> None:
     # IDX by the format's definition: 0, 0, type 0x08 (ubyte), ndim, big-endian dims, data.
     images = b"\x00\x00\x08\x03" + struct.pack(">III", 12, 28, 28) + bytes(12 * 28 * 28)
