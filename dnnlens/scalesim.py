@@ -3,7 +3,8 @@
 SCALE-Sim (the systolic-array simulator, ``pip install scalesim``) reads a CSV *topology*:
 a header line, then one line per layer, each ending in a comma::
 
-    Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,
+    Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels,
+    Num Filter, Strides,     (one line in the file)
 
 Its reader (``scalesim/topology_utils.py``, ``topologies.load_arrays_conv``) drops the field
 after the last comma, repeats the one stride for both directions, and computes the output size

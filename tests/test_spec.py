@@ -81,7 +81,8 @@ def test_conv_shapes_and_macs_match_torch(tmp_path, conv, options):
 
 
 def test_same_padding_is_the_notebooks_k_over_2(tmp_path):
-    graph = import_spec(write(tmp_path, "input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1, 4] }]"))
+    text = "input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1, 4] }]"
+    graph = import_spec(write(tmp_path, text))
     assert graph.nodes[0].op.padding == ((2, 2), (2, 2))  # notebook: np.pad(..., K//2)
     assert graph.nodes[0].output_shape == (1, 4, 28, 28)
 

@@ -35,9 +35,29 @@ import numpy as np
 
 from dnnlens.errors import ModelError, ShapeError
 from dnnlens.ir import Graph, Node, Param, Shape, unique_name
-from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Conv, Dropout,
-                         Embedding, Expand, Linear, MatMul, Norm, Op, Permute, Pool, Reduce,
-                         Reshape, Slice, Softmax, Unknown, infer_shape)
+from dnnlens.ops import (
+    Activation,
+    AdaptivePool,
+    Attention,
+    Binary,
+    Concat,
+    Conv,
+    Dropout,
+    Embedding,
+    Expand,
+    Linear,
+    MatMul,
+    Norm,
+    Op,
+    Permute,
+    Pool,
+    Reduce,
+    Reshape,
+    Slice,
+    Softmax,
+    Unknown,
+    infer_shape,
+)
 
 InputShapes = Shape | Sequence[int] | Mapping[str, Sequence[int]] | None
 
@@ -161,7 +181,7 @@ def _fix_inputs(model, path: Path, input_shape: InputShapes) -> dict[str, Shape]
         given = {k: tuple(int(d) for d in v) for k, v in input_shape.items()}
         unknown = set(given) - {i.name for i in inputs}
         if unknown:
-            raise ModelError(f"{path}: no graph input named {sorted(unknown)[0]!r} "
+            raise ModelError(f"{path}: no graph input named {min(unknown)!r} "
                              f"(inputs: {', '.join(i.name for i in inputs)})")
     elif input_shape is not None:
         if len(inputs) != 1:
@@ -176,9 +196,11 @@ def _fix_inputs(model, path: Path, input_shape: InputShapes) -> dict[str, Shape]
         if want is None:
             if not all(isinstance(d, int) and d > 0 for d in dims):
                 shown = ", ".join(str(d) for d in dims)
+                example = ",".join(str(d) if isinstance(d, int) and d > 0 else "1"
+                                   for d in dims)
                 raise ModelError(f"{path}: input {value.name!r} has dynamic dimensions "
                                  f"({shown}); give its shape with --input, e.g. "
-                                 f"--input {','.join(str(d) if isinstance(d, int) and d > 0 else '1' for d in dims)}")
+                                 f"--input {example}")
             want = tuple(int(d) for d in dims)
         elif len(want) != len(dims) or any(isinstance(d, int) and d > 0 and d != w
                                            for d, w in zip(dims, want)):
@@ -451,7 +473,8 @@ def _unknown(ctx: _Ctx, node) -> None:
         params = {f"input{i}": _param(ctx, v) for i, v in enumerate(node.input)
                   if v and ctx.is_param(v)}
         _emit(ctx, node, Unknown(target=f"onnx:{node.op_type}", observed_shape=shape),
-              _activations(ctx, node), params, output=out, suffix="" if index == 0 else f".{index}")
+              _activations(ctx, node), params, output=out,
+              suffix="" if index == 0 else f".{index}")
 
 
 def _spatial_pads(attrs: dict, x: Shape, kernel: Sequence[int], strides: Sequence[int],
@@ -464,7 +487,8 @@ def _spatial_pads(attrs: dict, x: Shape, kernel: Sequence[int], strides: Sequenc
         for size, k, s, dil in zip(x[2:], kernel, strides, dilations):
             total = max((-(-size // s) - 1) * s + (k - 1) * dil + 1 - size, 0)
             small = total // 2
-            pairs.append((small, total - small) if auto == "SAME_UPPER" else (total - small, small))
+            upper = auto == "SAME_UPPER"
+            pairs.append((small, total - small) if upper else (total - small, small))
         return tuple(pairs)
     if auto == "VALID":
         return tuple((0, 0) for _ in range(d))
@@ -750,7 +774,7 @@ def _slice(ctx: _Ctx, node) -> None:
     start, stop = int(starts[0]), int(ends[0])
     stop = min(stop, big)
     stop = max(stop, -big)
-    _emit(ctx, node, Slice(axis=int(list(axes)[0]), start=start, stop=stop,
+    _emit(ctx, node, Slice(axis=int(next(iter(axes))), start=start, stop=stop,
                            step=int(steps[0])), [node.input[0]], {})
 
 
@@ -806,7 +830,7 @@ def _sequence_at(ctx: _Ctx, node) -> None:
 
 
 def _expand(ctx: _Ctx, node) -> None:
-    x, shape = node.input[0], node.input[1]
+    x = node.input[0]
     target = ctx.shapes.get(node.output[0])
     if target is None:
         return _unknown(ctx, node)

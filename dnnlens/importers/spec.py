@@ -32,8 +32,22 @@ from typing import Any
 
 from dnnlens.errors import ShapeError, SpecError
 from dnnlens.ir import Graph, Node, Param, Shape
-from dnnlens.ops import (Activation, AdaptivePool, Binary, Concat, Conv, Dropout, Linear, Norm,
-                         Op, Permute, Pool, Reshape, Softmax, infer_shape)
+from dnnlens.ops import (
+    Activation,
+    AdaptivePool,
+    Binary,
+    Concat,
+    Conv,
+    Dropout,
+    Linear,
+    Norm,
+    Op,
+    Permute,
+    Pool,
+    Reshape,
+    Softmax,
+    infer_shape,
+)
 from dnnlens.ops.elementwise import ACTIVATIONS, BINARY
 
 #: Settings every layer accepts besides its layer key.
@@ -116,7 +130,8 @@ def _padding(where: str, value: Any, kernel: tuple[int, int],
         left, right, top, bottom = _positive_ints(where, "padding", value, 4, allow_zero=True)
         return (top, bottom), (left, right)
     if isinstance(value, str):
-        raise _fail(where, f"padding must be \"same\", \"valid\", a number or a list, got {value!r}")
+        raise _fail(where, f"padding must be \"same\", \"valid\", a number or a list, "
+                           f"got {value!r}")
     pw, ph = _pair(where, "padding", value, allow_zero=True)
     return (ph, ph), (pw, pw)
 
