@@ -12,6 +12,9 @@
   at least 4x the last-level cache, counted as STREAM counts it: 24 bytes per element (two
   reads, one write; the write-allocate read is not counted). Best of several passes.
 * Timings take the best of several repetitions, the one least disturbed by other processes.
+  The compute figure sums, over one thread per core running at the same time, each thread's
+  best 2 ms call: on a busy machine a descheduled call is just not the best one (a single
+  parallel region would instead wait for its slowest thread every time).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import platform
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,7 +48,7 @@ TRIAD_MIN_BYTES = 64 * 2**20
 # --------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------
-@njit(fastmath={"contract"}, cache=True)
+@njit(fastmath={"contract"}, nogil=True, cache=True)
 def _fma_chain(x, a, b, reps):  # pragma: no cover - compiled
     """``reps`` rounds of ``x[j] = x[j]*a + b`` over the NACC accumulators of ``x``."""
     for _ in range(reps):
@@ -52,24 +56,11 @@ def _fma_chain(x, a, b, reps):  # pragma: no cover - compiled
             x[j] = x[j] * a + b
 
 
-@njit(fastmath={"contract"}, cache=True)
+@njit(fastmath={"contract"}, nogil=True, cache=True)
 def _fma_chain_narrow(x, a, b, reps):  # pragma: no cover - compiled
     for _ in range(reps):
         for j in range(NACC_NARROW):
             x[j] = x[j] * a + b
-
-
-@njit(fastmath={"contract"}, parallel=True, cache=True)
-def _fma_all_cores(xs, a, b, reps):  # pragma: no cover - compiled
-    """One row of ``xs`` (threads, NACC) per thread."""
-    for t in prange(xs.shape[0]):
-        _fma_chain(xs[t], a, b, reps)
-
-
-@njit(fastmath={"contract"}, parallel=True, cache=True)
-def _fma_all_cores_narrow(xs, a, b, reps):  # pragma: no cover - compiled
-    for t in prange(xs.shape[0]):
-        _fma_chain_narrow(xs[t], a, b, reps)
 
 
 @njit(fastmath={"contract"}, cache=True)
@@ -208,33 +199,51 @@ def _best_rate(run, work_per_call: float, seconds: float, min_calls: int = 3) ->
     return work_per_call / best
 
 
-def measure_fma(seconds: float = 1.0, threads: int | None = None) -> float:
-    """Peak FP32 MACs/s of this machine on ``threads`` cores (default: all usable)."""
-    import numba
-
-    threads = threads or numba.config.NUMBA_NUM_THREADS
-    wide = _wide()
-    nacc = NACC if wide else NACC_NARROW
-    kernel = _fma_all_cores if wide else _fma_all_cores_narrow
-    xs = np.ones((threads, nacc), np.float32)
+def _fma_core(kernel, nacc: int, reps: int, seconds: float, start: threading.Barrier,
+              rates: list[float], slot: int) -> None:
+    """One core's best MACs/s over calls of ``reps`` rounds within ``seconds``."""
+    x = np.ones(nacc, np.float32)
     # a*1 + b = 1 exactly: x stays at the fixed point 1.0, never denormal or overflowing.
     a, b = np.float32(0.5), np.float32(0.5)
-    kernel(xs, a, b, 1)  # compile (or load from cache) and start the thread pool
-    # Size one call to ~1/8 of the budget, at least 20 ms, so the few microseconds of waking
-    # the threads do not count; calibrate on a call of at least 10 ms.
-    reps = 65536
-    while True:
-        start = time.perf_counter()
-        kernel(xs, a, b, reps)
-        elapsed = time.perf_counter() - start
-        if elapsed > 0.01:
+    start.wait()
+    rates[slot] = _best_rate(lambda: kernel(x, a, b, reps), nacc * reps, seconds, min_calls=5)
+    if not np.all(x == 1.0):  # pragma: no cover - would mean the kernel computed garbage
+        raise RuntimeError("FMA probe kernel left its accumulators away from 1.0")
+
+
+def measure_fma(seconds: float = 1.0, threads: int | None = None) -> float:
+    """Peak FP32 MACs/s of this machine: one thread per core (default: every usable core),
+    all running the FMA loop at the same time, each timing its own calls of about 2 ms.
+
+    The machine's figure is the sum of each core's best call. Short calls timed per core
+    make the figure robust to other processes: a call that was descheduled is simply not
+    the best one, where a single parallel region would wait for its slowest thread.
+    """
+    threads = threads or len(os.sched_getaffinity(0))
+    wide = _wide()
+    nacc = NACC if wide else NACC_NARROW
+    kernel = _fma_chain if wide else _fma_chain_narrow
+    x = np.ones(nacc, np.float32)
+    kernel(x, np.float32(0.5), np.float32(0.5), 1)  # compile (or load from the cache)
+    reps = 4096
+    while True:  # calibrate: double until a call takes 1 ms, then aim at 2 ms per call
+        begin = time.perf_counter()
+        kernel(x, np.float32(0.5), np.float32(0.5), reps)
+        elapsed = time.perf_counter() - begin
+        if elapsed > 1e-3:
             break
         reps *= 2
-    reps = max(1, int(reps * max(seconds / 8, 0.02) / elapsed))
-    rate = _best_rate(lambda: kernel(xs, a, b, reps), threads * nacc * reps, seconds)
-    if not np.all(xs == 1.0):  # pragma: no cover - would mean the kernel computed garbage
-        raise RuntimeError("FMA probe kernel left its accumulators away from 1.0")
-    return rate
+    reps = max(1, int(reps * 2e-3 / elapsed))
+    rates = [0.0] * threads
+    start = threading.Barrier(threads)
+    workers = [threading.Thread(target=_fma_core,
+                                args=(kernel, nacc, reps, seconds, start, rates, slot))
+               for slot in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(rates)
 
 
 def measure_clock(seconds: float = 0.2, fma_latency_cycles: int = 4) -> float:
