@@ -207,3 +207,30 @@ def test_cli_demo_matches_the_library(tmp_path: Path, sample_checkpoint: Path,
     assert "test accuracy" in printed
     # Same seed, same data, same epochs as the session fixture: the same weights, bit for bit.
     assert_same_weights(tmp_path / "demo" / "my_mnist_net.pth", sample_checkpoint)
+
+
+def test_real_sigint_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    """A real Ctrl-C (SIGINT) to a running `dnnlens train`: exit 130, the checkpoint of the
+    last complete epoch intact and no temporary file; resuming then matches a straight run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "net.pth"
+    process = subprocess.Popen([sys.executable, "-m", "dnnlens", "train", "--epochs", "40",
+                                "--out", str(out)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.rstrip().endswith("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pth", "net.pth.resume"]
+    done = torch.load(resume_path(out), weights_only=True)["epoch"]
+    assert 1 <= done < 40
+    load_checkpoint(out)  # loads and fits
+    train(epochs=done + 1, resume=out, progress=False)
+    train(epochs=done + 1, out=tmp_path / "straight" / "net.pth", progress=False)
+    assert_same_weights(out, tmp_path / "straight" / "net.pth")
