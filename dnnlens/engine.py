@@ -255,3 +255,212 @@ def predict(graph: Graph, weights: WeightSource, images: np.ndarray, engine: str
     parts = [run(graph, arrays, images[i:i + batch], engine).logits
              for i in range(0, len(images), batch)]
     return np.concatenate(parts)
+
+
+# --- PyTorch on the same IR: the per-layer truth ------------------------------------------
+def torch_node(node: Node, inputs: list["torch.Tensor"], weights: dict[str, "torch.Tensor"]
+               ) -> "torch.Tensor | None":
+    """The node's operator computed by ``torch.nn.functional`` (None where this function has no
+    translation: that layer's difference is then not reported)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dnnlens.ops import (AdaptivePool, Binary, Concat, Copy, Dropout, Expand, Linear,
+                             Permute, Reshape, Slice, Softmax)
+
+    op = node.op
+    x = inputs[0] if inputs else None
+    if isinstance(op, Conv) and not op.transposed:
+        pads = [p for pair in reversed(op.padding) for p in pair]  # F.pad: last dim first
+        conv = (F.conv1d, F.conv2d, F.conv3d)[op.spatial_dims - 1]
+        return conv(F.pad(x, pads), weights["weight"], weights.get("bias"), op.stride, 0,
+                    op.dilation, op.groups)
+    if isinstance(op, Linear):
+        return F.linear(x, weights["weight"], weights.get("bias"))
+    if isinstance(op, Pool) and all(b == e for b, e in op.padding) and len(op.kernel) <= 3:
+        dims = len(op.kernel)
+        padding = tuple(b for b, _ in op.padding)
+        if op.mode == "max":
+            pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
+            return pool(x, op.kernel, op.stride, padding, op.dilation, ceil_mode=op.ceil_mode)
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
+        return pool(x, op.kernel, op.stride, padding, ceil_mode=op.ceil_mode,
+                    count_include_pad=op.count_include_pad)
+    if isinstance(op, AdaptivePool) and len(op.output_size) <= 3:
+        dims = len(op.output_size)
+        name = f"adaptive_{op.mode}_pool{dims}d"
+        return getattr(F, name)(x, op.output_size)
+    if isinstance(op, Activation):
+        function = getattr(F, op.function, None) or getattr(torch, op.function, None)
+        return function(x) if function is not None else None
+    if isinstance(op, Binary) and op.function != "where":
+        function = getattr(torch, op.function)
+        result = inputs[0] if inputs else None
+        for operand in [*inputs[1:], *weights.values()]:
+            result = operand if result is None else function(result, operand)
+        return result
+    if isinstance(op, Softmax):
+        return (F.log_softmax if op.log else F.softmax)(x, dim=op.axis)
+    if isinstance(op, Reshape):
+        target = list(op.shape)
+        if op.keeps_batch and target:
+            target[0] = x.shape[0]
+        return x.reshape(target)
+    if isinstance(op, Permute):
+        return x.permute(op.dims)
+    if isinstance(op, Slice):
+        index: list[object] = [slice(None)] * x.dim()
+        index[op.axis % x.dim()] = slice(op.start, op.stop, op.step) if op.keep_dim else op.start
+        return x[tuple(index)]
+    if isinstance(op, (Copy, Dropout)):
+        return x.clone()
+    if isinstance(op, Expand):
+        return (x if x is not None else next(iter(weights.values()))).expand(op.shape)
+    if isinstance(op, Concat):
+        return torch.cat([*inputs, *weights.values()], dim=op.axis)
+    return None
+
+
+def torch_activations(graph: Graph, weights: Mapping[str, np.ndarray],
+                      inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+    """Every node's value computed by PyTorch from PyTorch's own earlier values (None for a
+    node torch_node cannot translate, and for everything that depends on it)."""
+    import torch
+
+    values: dict[str, Any] = {name: torch.from_numpy(np.asarray(v)) for name, v in inputs.items()}
+    result: dict[str, np.ndarray | None] = {}
+    with torch.inference_mode():
+        for node in graph:
+            args = [values.get(name) for name in node.inputs]
+            params = {role: torch.from_numpy(weights[p.name]) for role, p in node.params.items()}
+            value = None if any(a is None for a in args) else torch_node(node, args, params)
+            values[node.name] = value
+            result[node.name] = None if value is None else value.numpy()
+    return result
+
+
+# --- verify against PyTorch ---------------------------------------------------------------
+@dataclass
+class LayerDiff:
+    """Largest |ours - PyTorch's| over every value a layer produced (None: not compared)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    max_abs_diff: float | None
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify` measured; ``to_dict`` is the ``--json`` output."""
+
+    images: int
+    data: str
+    engine: str
+    accuracy: float
+    torch_accuracy: float
+    correct: int
+    torch_correct: int
+    mismatches: int
+    max_abs_diff: float
+    layers: list[LayerDiff]
+    images_per_s: float
+    torch_images_per_s: float
+    warmup_seconds: float  # the first call: compilation (or loading it from the disk cache)
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _load_model(checkpoint_or_module: Any) -> "torch.nn.Module":
+    import torch
+
+    if isinstance(checkpoint_or_module, torch.nn.Module):
+        return checkpoint_or_module.eval()
+    if isinstance(checkpoint_or_module, (str, os.PathLike)):
+        from dnnlens.models import load_checkpoint
+
+        return load_checkpoint(checkpoint_or_module)
+    raise UsageError(f"verify needs a checkpoint path or a PyTorch module, not "
+                     f"{type(checkpoint_or_module).__name__}")
+
+
+def _timed(function: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = function()
+    return value, time.perf_counter() - start
+
+
+def torch_predict(model: "torch.nn.Module", images: np.ndarray, batch: int = TORCH_BATCH
+                  ) -> np.ndarray:
+    """PyTorch eager logits, ``batch`` images per call (``(N, ...)`` -> ``(N, classes)``)."""
+    import torch
+
+    with torch.inference_mode():
+        parts = [model(torch.from_numpy(images[i:i + batch])).numpy()
+                 for i in range(0, len(images), batch)]
+    return np.concatenate(parts)
+
+
+def layer_differences(graph: Graph, weights: Mapping[str, np.ndarray], images: np.ndarray,
+                      engine: str, batch: int = 500) -> list[LayerDiff]:
+    """Each node's largest activation difference from PyTorch over ``images`` (in chunks)."""
+    input_name = next(iter(graph.inputs))
+    worst: dict[str, float | None] = {node.name: 0.0 for node in graph}
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        ours = run(graph, weights, chunk, engine, keep_activations=True).activations
+        theirs = torch_activations(graph, weights, {input_name: chunk})
+        for node in graph:
+            truth = theirs[node.name]
+            if truth is None or worst[node.name] is None:
+                worst[node.name] = None
+                continue
+            diff = float(np.max(np.abs(ours[node.name] - truth), initial=0.0))
+            worst[node.name] = max(worst[node.name] or 0.0, diff)
+    return [LayerDiff(node.name, node.kind, tuple(node.output_shape[1:]), worst[node.name])
+            for node in graph]
+
+
+def verify(checkpoint_or_module: Any, data: str = "sample", limit: int | None = None,
+           engine: str = "compiled", split: str = "test") -> VerifyResult:
+    """Run our engine and PyTorch on the same images and compare them.
+
+    ``checkpoint_or_module``: a checkpoint of the reference network, or any PyTorch module
+    taking the data's images. ``data``: a :func:`dnnlens.data.load_data` source. ``limit``:
+    the first N images only. Throughputs are measured after a warm-up call (whose time,
+    mostly compilation or loading it from Numba's disk cache, is reported on its own).
+    """
+    import torch
+
+    from dnnlens.data import load_data
+    from dnnlens.importers.torch import import_torch
+
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be a positive number of images, got {limit}")
+    model = _load_model(checkpoint_or_module)
+    dataset = load_data(data, split)
+    images, labels = dataset.images[:limit], dataset.labels[:limit]
+    graph = import_torch(model, (1, *images.shape[1:]))
+    weights = load_weights(model)
+
+    _, warmup = _timed(lambda: predict(graph, weights, images[:2 * 16], engine))
+    ours, seconds = _timed(lambda: predict(graph, weights, images, engine))
+    torch_predict(model, images[:TORCH_BATCH])  # warm-up
+    theirs, torch_seconds = _timed(lambda: torch_predict(model, images))
+
+    predicted, torch_predicted = ours.argmax(axis=1), theirs.argmax(axis=1)
+    return VerifyResult(
+        images=len(images), data=dataset.name, engine=engine,
+        accuracy=float(np.mean(predicted == labels)),
+        torch_accuracy=float(np.mean(torch_predicted == labels)),
+        correct=int(np.sum(predicted == labels)),
+        torch_correct=int(np.sum(torch_predicted == labels)),
+        mismatches=int(np.sum(predicted != torch_predicted)),
+        max_abs_diff=float(np.max(np.abs(ours - theirs))),
+        layers=layer_differences(graph, weights, images, engine),
+        images_per_s=len(images) / seconds, torch_images_per_s=len(images) / torch_seconds,
+        warmup_seconds=warmup, threads=torch.get_num_threads())

@@ -1,0 +1,73 @@
+"""``dnnlens verify CHECKPOINT``: our loop-nest engine against PyTorch on the same images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dnnlens.errors import UsageError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify", help="run a checkpoint through our engine and PyTorch and compare them",
+        description="Run the reference network's checkpoint through our own loop-nest kernels "
+                    "and through PyTorch on the same images: accuracy, differing predictions "
+                    "(should be 0), largest logit difference, per-layer activation "
+                    "differences and both throughputs.")
+    parser.add_argument("checkpoint", help="state-dict checkpoint of the reference network")
+    parser.add_argument("--data", default="sample",
+                        help="sample (default), idx:FOLDER, mnist or fashion-mnist")
+    parser.add_argument("--limit", default=None, metavar="N", help="only the first N images")
+    parser.add_argument("--engine", default="compiled", metavar="compiled|reference",
+                        help="compiled (Numba, default) or reference (readable NumPy loops)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run)
+
+
+def parse_limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        limit = int(text)
+    except ValueError:
+        raise UsageError(f"--limit must be a whole number of images, got {text!r}") from None
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    return limit
+
+
+def run(args: argparse.Namespace) -> int:
+    from dnnlens.engine import ENGINES, verify
+
+    if args.engine not in ENGINES:
+        raise UsageError(f"--engine must be {' or '.join(ENGINES)}, got {args.engine!r}")
+    result = verify(args.checkpoint, data=args.data, limit=parse_limit(args.limit),
+                    engine=args.engine)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(render(result))
+    return 0 if result.mismatches == 0 else 1
+
+
+def render(result) -> str:
+    """The human-readable report: totals, then one row per layer."""
+    lines = [
+        f"verify on {result.data}: {result.images:,} images, {result.engine} engine",
+        f"  accuracy              ours {result.correct}/{result.images} "
+        f"({result.accuracy:.2%})   PyTorch {result.torch_correct}/{result.images} "
+        f"({result.torch_accuracy:.2%})",
+        f"  differing predictions {result.mismatches}",
+        f"  max |logit diff|      {result.max_abs_diff:.3g}",
+        f"  throughput            ours {result.images_per_s:,.0f} images/s   PyTorch "
+        f"{result.torch_images_per_s:,.0f} images/s   ({result.threads} threads; warm-up "
+        f"{result.warmup_seconds:.2f} s)",
+        "",
+        f"  {'layer':<16} {'kind':<12} {'shape':<16} max |diff|",
+    ]
+    for layer in result.layers:
+        diff = "n/a" if layer.max_abs_diff is None else f"{layer.max_abs_diff:.3g}"
+        shape = "x".join(str(d) for d in layer.shape)
+        lines.append(f"  {layer.name:<16} {layer.kind:<12} {shape:<16} {diff}")
+    return "\n".join(lines)

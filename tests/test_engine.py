@@ -1,0 +1,239 @@
+"""The engine against PyTorch: the trained reference network prediction for prediction, other
+networks (residual, depthwise/strided) layer by layer, and the errors it reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dnnlens import engine
+from dnnlens.cli import main
+from dnnlens.errors import CheckpointError, ModelError, ShapeError, UsageError
+from dnnlens.importers.torch import import_torch
+from dnnlens.ir import Graph, Node, Param
+from dnnlens.models import Net, load_checkpoint
+from dnnlens.ops import Conv, Linear, Pool, Reshape, Unknown
+
+ENGINES = ("compiled", "reference")
+
+
+def torch_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model.eval()(torch.from_numpy(images)).numpy()
+
+
+# --- the trained reference network ---------------------------------------------------------
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_sample_test_set_agrees_with_torch_prediction_for_prediction(
+        sample_checkpoint, sample_test_data, engine_name):
+    result = engine.verify(sample_checkpoint, data="sample", engine=engine_name)
+    assert result.images == len(sample_test_data) == 1000
+    assert result.mismatches == 0
+    assert result.max_abs_diff <= 1e-4
+    assert result.correct == result.torch_correct
+    # independent truth for the accuracy: torch's own predictions on the labels
+    model = load_checkpoint(sample_checkpoint)
+    expected = torch_logits(model, sample_test_data.images).argmax(axis=1)
+    assert result.torch_correct == int(np.sum(expected == sample_test_data.labels))
+    assert result.accuracy > 0.8  # a trained network, not a constant guess
+    assert [layer.name for layer in result.layers] == [
+        "conv1", "relu", "pool", "conv2", "relu#2", "pool#2", "flatten", "fc1", "relu#3", "fc2"]
+    for layer in result.layers:
+        assert layer.max_abs_diff is not None and layer.max_abs_diff <= 1e-4, layer
+
+
+@pytest.mark.slow
+def test_fashion_mnist_test_set_agrees_with_torch(fashion_dir, tmp_path):
+    """A network trained on Fashion-MNIST for one epoch, all 10,000 test images."""
+    from dnnlens.data import load_data
+    from dnnlens.train import train
+
+    source = f"idx:{fashion_dir}"
+    checkpoint = train(data=source, epochs=1, out=tmp_path / "fashion.pth", seed=0,
+                       progress=False).checkpoint
+    model = load_checkpoint(checkpoint)
+    test = load_data(source, "test")
+    assert len(test) == 10_000
+    graph = import_torch(model, (1, 1, 28, 28))
+    ours = engine.predict(graph, model, test.images, "compiled")
+    theirs = torch_logits(model, test.images)
+    assert int(np.sum(ours.argmax(1) != theirs.argmax(1))) == 0
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+    assert np.mean(theirs.argmax(1) == test.labels) > 0.7  # it learned something
+
+
+def test_graph_traced_at_batch_one_runs_any_batch_and_keeps_activations():
+    torch.manual_seed(1)
+    model = Net().eval()
+    graph = import_torch(model, (1, 1, 28, 28))
+    images = torch.randn(37, 1, 28, 28).numpy()  # 37: two full blocks of 16 and a partial one
+    result = engine.run(graph, model, images, keep_activations=True)
+    assert list(result.activations) == [node.name for node in graph]
+    np.testing.assert_allclose(result.logits, torch_logits(model, images), atol=1e-5)
+    with torch.inference_mode():
+        conv1 = model.conv1(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(result.activations["conv1"], conv1, atol=1e-5)
+
+
+def test_conv_relu_pool_chains_are_fused_only_when_nothing_else_reads_them():
+    graph = import_torch(Net(), (1, 1, 28, 28))
+    kinds = [(step.kind, [n.name for n in step.nodes]) for step in engine.plan(graph)]
+    assert kinds[0] == ("conv_relu_maxpool", ["conv1", "relu", "pool"])
+    assert kinds[1] == ("conv_relu_maxpool", ["conv2", "relu#2", "pool#2"])
+    graph.outputs = ["relu", "fc2"]  # the relu's value is now wanted: no fusion for conv1
+    assert engine.plan(graph)[0].kind == "single"
+
+
+# --- other networks -------------------------------------------------------------------------
+class Residual(nn.Module):
+    """conv -> relu -> (conv -> relu -> conv) + skip -> relu -> global average -> fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.a = nn.Conv2d(6, 6, 3, padding=1)
+        self.b = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        x = F.relu(x + self.b(F.relu(self.a(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class DepthwiseStrided(nn.Module):
+    """Depthwise strided conv, pointwise 1x1, padded/ceil-mode pooling, fused chain, fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(1, 8, (3, 5), padding=(1, 2))
+        self.depthwise = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8)
+        self.pointwise = nn.Conv2d(8, 12, 1)
+        self.avg = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+        self.dilated = nn.Conv2d(12, 6, 3, dilation=2, padding=2)
+        self.max = nn.MaxPool2d(2)
+        self.fc = nn.Linear(6 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.expand(x))
+        x = torch.sigmoid(self.pointwise(self.depthwise(x)))
+        x = self.max(F.relu(self.dilated(self.avg(x))))
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("model_class", [Residual, DepthwiseStrided])
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_other_networks_match_torch(model_class, engine_name):
+    torch.manual_seed(2)
+    model = model_class().eval()
+    graph = import_torch(model, (1, 1, 28, 28))
+    images = torch.randn(20, 1, 28, 28).numpy()
+    result = engine.run(graph, model, images, engine_name)
+    np.testing.assert_allclose(result.logits, torch_logits(model, images), rtol=0, atol=1e-4)
+    layers = engine.layer_differences(graph, engine.load_weights(model), images, engine_name)
+    assert all(layer.max_abs_diff is not None and layer.max_abs_diff < 1e-4 for layer in layers)
+
+
+def test_residual_network_really_adds():
+    graph = import_torch(Residual(), (1, 1, 28, 28))
+    assert "add" in [node.kind for node in graph]
+
+
+# --- errors -------------------------------------------------------------------------------
+def one_layer_graph(op, input_shape, params, output_shape) -> Graph:
+    node = Node("layer1", op, ["input"], [input_shape], output_shape,
+                {role: Param(f"layer1.{role}", shape) for role, shape in params.items()})
+    return Graph([node], {"input": input_shape}, ["layer1"])
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_conv_channel_mismatch_names_layer_and_shapes(engine_name):
+    # traced with 3 channels but the weight expects 2
+    graph = one_layer_graph(Conv(), (1, 3, 8, 8), {"weight": (4, 2, 3, 3)}, (1, 4, 6, 6))
+    weights = {"layer1.weight": np.zeros((4, 2, 3, 3), np.float32)}
+    with pytest.raises(ShapeError, match=r"layer1.*\(2, 3, 8, 8\).*\(4, 2, 3, 3\)"):
+        engine.run(graph, weights, np.zeros((2, 3, 8, 8), np.float32), engine_name)
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_fc_length_mismatch_names_layer_and_shapes(engine_name):
+    graph = one_layer_graph(Linear(), (1, 391), {"weight": (256, 392)}, (1, 256))
+    weights = {"layer1.weight": np.zeros((256, 392), np.float32)}
+    with pytest.raises(ShapeError, match=r"layer1.*\(5, 391\).*\(256, 392\)"):
+        engine.run(graph, weights, np.zeros((5, 391), np.float32), engine_name)
+
+
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_pool_window_larger_than_input_names_layer_and_shapes(engine_name):
+    graph = one_layer_graph(Pool(kernel=(3, 3), stride=(1, 1)), (1, 2, 2, 2), {}, (1, 2, 1, 1))
+    with pytest.raises(ShapeError, match=r"layer1.*\(3, 3\).*\(1, 2, 2, 2\)"):
+        engine.run(graph, {}, np.zeros((1, 2, 2, 2), np.float32), engine_name)
+
+
+def test_wrong_input_shape_names_both_shapes():
+    graph = import_torch(Net(), (1, 1, 28, 28))
+    with pytest.raises(ShapeError, match=r"\(4, 1, 27, 28\).*\(N, 1, 28, 28\)"):
+        engine.run(graph, Net(), np.zeros((4, 1, 27, 28), np.float32))
+
+
+def test_operator_without_kernel_is_a_model_error_naming_it():
+    node = Node("mystery", Unknown(target="aten.foo", observed_shape=(1, 4)), ["input"],
+                [(1, 4)], (1, 4))
+    graph = Graph([node], {"input": (1, 4)}, ["mystery"])
+    with pytest.raises(ModelError, match=r"mystery.*aten\.foo"):
+        engine.run(graph, {}, np.zeros((1, 4), np.float32))
+
+
+def test_missing_or_misshaped_weights_are_checkpoint_errors():
+    graph = import_torch(Net(), (1, 1, 28, 28))
+    weights = engine.load_weights(Net())
+    images = np.zeros((2, 1, 28, 28), np.float32)
+    with pytest.raises(CheckpointError, match="fc1.weight"):
+        engine.run(graph, {k: v for k, v in weights.items() if k != "fc1.weight"}, images)
+    weights["fc2.bias"] = np.zeros(11, np.float32)
+    with pytest.raises(CheckpointError, match=r"fc2.bias.*\(11,\).*\(10,\)"):
+        engine.run(graph, weights, images)
+
+
+def test_unknown_engine_is_a_usage_error():
+    with pytest.raises(UsageError, match="fast"):
+        engine.run(import_torch(Net(), (1, 1, 28, 28)), Net(), np.zeros((1, 1, 28, 28)), "fast")
+
+
+def test_flatten_keeps_batch_in_a_hand_built_graph():
+    node = Node("flatten", Reshape.between((1, 2, 3, 3), (1, 18)), ["input"], [(1, 2, 3, 3)],
+                (1, 18))
+    graph = Graph([node], {"input": (1, 2, 3, 3)}, ["flatten"])
+    x = np.arange(5 * 18, dtype=np.float32).reshape(5, 2, 3, 3)
+    np.testing.assert_array_equal(engine.run(graph, {}, x).logits, x.reshape(5, 18))
+
+
+# --- the command --------------------------------------------------------------------------
+def test_verify_command_json(sample_checkpoint, capsys):
+    code = main(["verify", str(sample_checkpoint), "--limit", "200", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"images", "accuracy", "torch_accuracy", "mismatches", "max_abs_diff",
+            "layers"} <= set(report)
+    assert report["images"] == 200 and report["mismatches"] == 0
+    assert report["max_abs_diff"] <= 1e-4
+
+
+def test_verify_command_text(sample_checkpoint, capsys):
+    code = main(["verify", str(sample_checkpoint), "--limit", "50", "--engine", "reference"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "differing predictions 0" in out and "fc2" in out and "images/s" in out
+
+
+@pytest.mark.parametrize("args", [["--limit", "0"], ["--limit", "ten"],
+                                  ["--engine", "fast"]])
+def test_verify_command_bad_options(sample_checkpoint, capsys, args):
+    assert main(["verify", str(sample_checkpoint), *args]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
