@@ -145,7 +145,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         raise DataError(f"{path}: IDX file {what}: {len(raw)} bytes, dimensions {dims} need "
                         f"{expected}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    try:
+        data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    except ValueError:  # e.g. (0, 2**31, 2**31): no bytes, but larger than NumPy can index
+        raise DataError(f"{path}: IDX dimensions {dims} are too large for an array") from None
     return data.astype(dtype.newbyteorder("="))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import tempfile
 import warnings
 import zipfile
@@ -92,7 +93,8 @@ def _torch_load_safely(path: Path) -> Any:
                 "'net.pth')") from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a corrupt one") from None
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, IndexError,
-            UnicodeDecodeError, AttributeError, TypeError, OverflowError, MemoryError):
+            UnicodeDecodeError, AttributeError, TypeError, OverflowError, MemoryError,
+            struct.error):  # struct.error: a legacy (non-zip) file cut inside its header
         raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a corrupt or truncated "
                               "one") from None
     except OSError as exc:

@@ -394,6 +394,9 @@ def spec_from_dict(doc: Raw, path: str = "<spec>") -> Graph:
         raise SpecError(f"{path}: unknown top-level key(s) {', '.join(unknown)} "
                         f"(allowed: name, input, layers)")
     shape = _input_shape(path, doc)
+    for key in ("layers", "layer"):
+        if key in doc and not isinstance(doc[key], list):
+            raise SpecError(f"{path}: {key!r} must be a list of layer tables, got {doc[key]!r}")
     layers = [*doc.get("layers", []), *doc.get("layer", [])]
     if "layers" in doc and "layer" in doc:
         raise SpecError(f"{path}: use either 'layers = [...]' or '[[layer]]' tables, not both")
