@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> None:
                         help="add roofline columns for a device (dnnlens hw list) or spec file")
     parser.add_argument("--measure", action="store_true",
                         help="time each layer of our engine and PyTorch on this machine next "
-                             "to the roofline (of --device, else of a quick probe)")
+                             "to the roofline of this machine (probed for a second)")
     parser.add_argument("--scalesim", metavar="FILE",
                         help="also write the conv and fc layers as a SCALE-Sim topology CSV")
     parser.add_argument("--netron", metavar="FILE",

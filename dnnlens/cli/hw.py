@@ -102,27 +102,24 @@ def analyze_extras(model, analysis, device: str | None, measure: bool,
                    seconds: float = 1.0) -> None:
     """What ``dnnlens analyze --device/--measure`` prints after the table: the roofline on
     ``device`` and, with ``measure``, per-layer timings of our engine and PyTorch on this
-    machine next to the roofline of this machine's probed spec (``device`` if given)."""
+    machine next to the roofline of this machine, probed for ``seconds``."""
     from dnnlens.errors import UsageError
     from dnnlens.roofline import memory_footprint, render_roofline, roofline
 
     if measure and model is None:
         raise UsageError("--measure times a PyTorch model against our engine; give a model "
                          "name or package.module:factory instead of a file")
-    spec = load_spec(device) if device else None
-    if measure and spec is None:
-        from dnnlens.hwprobe import probe
-
-        print(f"probing this machine ({seconds:g} s) for the roofline ...")
-        spec = probe(seconds=seconds).to_spec("this-machine")
-    if spec is not None:
+    foot = memory_footprint(analysis.graph, analysis.dtype)
+    if device:
         print()
-        print(render_roofline(roofline(analysis, spec),
-                              memory_footprint(analysis.graph, analysis.dtype)))
+        print(render_roofline(roofline(analysis, load_spec(device)), foot))
     if measure:
-        from dnnlens.hwprobe import measure_layers
+        from dnnlens.hwprobe import measure_layers, probe
 
-        measurement = measure_layers(model, analysis, spec)
+        print(f"\nprobing this machine ({seconds:g} s) for its roofline ...")
+        here = probe(seconds=seconds).to_spec("this-machine")
+        print(render_roofline(roofline(analysis, here), None if device else foot))
+        measurement = measure_layers(model, analysis, here)
         print()
         print(f"Measured on this machine, per batch of {analysis.batch} (best of repeats):")
         print(measurement.render())
