@@ -229,3 +229,36 @@ def test_a_view_keeps_its_source_alive_until_the_view_is_read():
     # Freeing A after R (its last *direct* reader) would give a peak of 100.
     assert [b for _, b in foot.live_bytes] == [4 * v for v in (60, 50, 100, 120, 120)]
     assert foot.peak_activation_bytes == 480
+
+
+# --- measurement next to the roofline ----------------------------------------------------
+def test_measure_times_every_layer_of_both_libraries():
+    from dnnlens.hwprobe import measure_layers
+
+    analysis = reference(2)
+    measurement = measure_layers(Net(), analysis, TEST_DEVICE, seconds_per_layer=0.01)
+    assert measurement.engine_covers
+    assert [t.name for t in measurement.layers] == [r.name for r in analysis.rows]
+    for timing in measurement.layers:
+        assert timing.ours_s > 0 and timing.torch_s > 0, timing.name
+    # The estimates are the roofline's, e.g. fc1 at batch 2: 2*392 + 2*256 + 100,352
+    # = 101,648 values -> 406,592 B / 2e10 = 20.33 us (memory-bound).
+    fc1 = next(t for t in measurement.layers if t.name == "fc1")
+    assert fc1.estimate_s == pytest.approx(406_592 / 2e10)
+    assert fc1.of_roof(fc1.estimate_s * 2) == pytest.approx(0.5)
+
+
+def test_cli_analyze_measure_prints_the_comparison():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "dnnlens", "analyze", "--measure",
+                           "--device", "rpi5"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Roofline on rpi5" in out and "Roofline on this-machine" in out
+    table = out.split("Measured on this machine")[1].splitlines()
+    rows = {line.split()[0]: line.split() for line in table[3:] if line.strip()}
+    for name in ("conv1", "relu", "pool", "conv2", "relu#2", "pool#2", "fc1", "relu#3", "fc2"):
+        assert float(rows[name][4].replace(",", "")) > 0  # ours us
+        assert float(rows[name][5].replace(",", "")) > 0  # torch us
