@@ -174,6 +174,24 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor],
     return save_atomic(dict(state_dict), path)
 
 
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`CheckpointError` now if a file cannot be written at ``path`` (a file in
+    the way of its folder, a read-only folder, a folder at ``path``), rather than after an
+    epoch of training. Creates the folder, like :func:`save_atomic` would."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give a file name such as "
+                              f"{path / 'my_mnist_net.pth'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write here ({exc.strerror or exc}); choose "
+                              "another --out") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save(obj, path)`` through a temporary file, fsync and ``os.replace``."""
     path = Path(path)

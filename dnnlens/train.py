@@ -18,7 +18,6 @@ uninterrupted run sees, and reaches the same weights bit for bit (same machine, 
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import types
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 
 from dnnlens.data import Dataset, load_data
 from dnnlens.errors import CheckpointError, DataError, UsageError
-from dnnlens.models import Net, check_fits, save_atomic, save_checkpoint
+from dnnlens.models import Net, check_fits, check_writable, save_atomic, save_checkpoint
 
 #: Where ``dnnlens train`` writes by default: the notebook's PATH.
 DEFAULT_CHECKPOINT = Path("my_mnist_net.pth")
@@ -182,19 +181,6 @@ def _check_options(epochs: int, seed: int | None, batch_size: int, lr: float) ->
         raise UsageError(f"learning rate must be positive, got {lr}")
 
 
-def _check_writable(out: Path) -> None:
-    """Fail before training, not after the first epoch, if ``out`` cannot be written."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(f"{out}: cannot create its folder ({exc.strerror or exc})") from None
-    if out.is_dir():
-        raise CheckpointError(f"{out} is a folder; give a checkpoint file name, e.g. "
-                              f"{out / DEFAULT_CHECKPOINT}")
-    if not os.access(out.parent, os.W_OK):
-        raise CheckpointError(f"{out}: the folder {out.parent} is not writable")
-
-
 def _check_fits_net(dataset: Dataset, classes: int) -> None:
     """The reference network takes (N, 1, 28, 28) images and labels 0..classes-1."""
     if dataset.images.shape[1:] != (1, 28, 28):
@@ -279,7 +265,7 @@ def _train(data: str, epochs: int, out: Path | None, resume: Path | None, seed: 
         seed, data = _resume_settings(state, seed, data, batch_size, lr)
     seed = 0 if seed is None else seed
     out = Path(out) if out is not None else Path(resume) if resume else DEFAULT_CHECKPOINT
-    _check_writable(out)
+    check_writable(out)  # fail before training, not after the first epoch
 
     train_set = load_data(data, "train", cache_dir)
     test_set = load_data(data, "test", cache_dir)

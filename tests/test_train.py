@@ -152,7 +152,7 @@ def test_out_of_range_options(tmp_path: Path, options: dict[str, Any], message: 
 
 def test_unwritable_output_fails_before_training(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(CheckpointError, match="cannot create its folder"):
+    with pytest.raises(CheckpointError, match="cannot write here"):
         train(out=tmp_path / "file" / "net.pth", progress=False)
     with pytest.raises(CheckpointError, match="is a folder"):
         train(out=tmp_path, progress=False)
