@@ -217,3 +217,19 @@ def test_no_request_leaves_the_page(browser, report, tmp_path):
                     "--dump-dom")
     assert done.returncode == 0
     assert page_requests(tmp_path / "r.json") == []
+
+
+def test_cli_report_on_a_model_file(tmp_path):
+    spec = Path(__file__).resolve().parents[1] / "examples" / "specs" / "analyzing-dnns.toml"
+    if not spec.exists():
+        pytest.skip("the example spec file is not in this checkout")
+    done = subprocess.run([sys.executable, "-m", "dnnlens", "report", str(spec), "-o",
+                           str(tmp_path), "--device", "rpi5", "--batch", "4"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "report.html").read_text()
+    # The notebook's network at batch 4: peak activations 4 x 25,088 B = 100,352 B.
+    assert "(100,352 B) at relu" in page
+    done = subprocess.run([sys.executable, "-m", "dnnlens", "report", str(spec), "-o",
+                           str(tmp_path / "m"), "--measure"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--measure" in done.stderr

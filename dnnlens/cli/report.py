@@ -2,7 +2,8 @@
 one self-contained HTML page (tables, roofline and per-layer charts inlined, memory footprint,
 and the verification against PyTorch when a checkpoint is given) plus the charts as PNG/SVG.
 
-MODEL is read as by ``dnnlens analyze`` (``seed``, a torchvision name, ``package.module:factory``).
+MODEL is read as by ``dnnlens analyze``: ``seed``, a torchvision name, ``package.module:factory``,
+or a model file (``.onnx``, a ``.toml`` spec, a SCALE-Sim ``.csv`` topology).
 ``--device probe`` (the default) measures this machine for a second and uses that spec.
 """
 
@@ -73,15 +74,33 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {args.batch}")
-    model, default = resolve_model(args.model)
-    shape = parse_shape(args.input) if args.input else default
-    if shape is None:
-        raise UsageError(f"give --input N,C,H,W for {args.model!r}")
-    spec = resolve_device(args.device)
-    analysis = analyze(model, shape, batch=args.batch, dtype=args.dtype)
-    analysis.graph.name = args.model
+    from dnnlens.importers.spec import graph_from_file  # ONNX, spec and topology files
+    from dnnlens.roofline import roofline
+
+    given = parse_shape(args.input) if args.input else None
     batches = sorted({*SWEEP_BATCHES, args.batch})
-    sweep = batch_sweep(model, spec, batches, shape, args.dtype)
+    graph = graph_from_file(args.model, given, args.batch)
+    if graph is not None:
+        if args.measure:
+            raise UsageError("--measure times a PyTorch model against our engine; give a "
+                             "model name or package.module:factory instead of a file")
+        spec = resolve_device(args.device)
+        model = None
+        analysis = analyze(graph, dtype=args.dtype)
+        sweep = []
+        for b in batches:
+            at = analyze(graph_from_file(args.model, given, b), dtype=args.dtype)
+            if at.batch == b:  # a SCALE-Sim topology has a fixed batch
+                sweep.append(roofline(at, spec))
+    else:
+        model, default = resolve_model(args.model)
+        shape = given or default
+        if shape is None:
+            raise UsageError(f"give --input N,C,H,W for {args.model!r}")
+        spec = resolve_device(args.device)
+        analysis = analyze(model, shape, batch=args.batch, dtype=args.dtype)
+        sweep = batch_sweep(model, spec, batches, shape, args.dtype)
+    analysis.graph.name = args.model
     verification = verification_for(args.checkpoint, args.model) if args.checkpoint else None
     measured, table = None, ""
     if args.measure:  # timings on this machine belong next to this machine's roofline
