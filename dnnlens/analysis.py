@@ -251,7 +251,11 @@ class Analysis:
 
         rows = self.to_dicts(depth)
         folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dnnlens-", suffix=".csv")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dnnlens-", suffix=".csv")
+        except OSError as exc:  # no such folder, a file in the way, read-only, ...
+            raise UsageError(f"{path}: cannot write the CSV here ({exc.strerror or exc}); "
+                             "choose another path") from None
         try:
             with os.fdopen(fd, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["index"])

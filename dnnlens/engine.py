@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from dnnlens.errors import CheckpointError, ModelError, ShapeError, UsageError
+from dnnlens.errors import CheckpointError, DataError, ModelError, ShapeError, UsageError
 from dnnlens.ir import Graph, Node
 from dnnlens.ops import Activation, Conv, Pool
 
@@ -200,6 +200,10 @@ def _graph_inputs(graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray]
         if name not in inputs:
             raise UsageError(f"missing network input {name!r} (shape {tuple(shape)})")
         value = np.asarray(inputs[name])
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():  # would poison accuracy
+            bad = int(np.count_nonzero(~np.isfinite(value)))
+            raise DataError(f"input {name!r} has {bad} NaN or Inf value(s); clean the data "
+                            "first")
         if value.ndim != len(shape) or tuple(value.shape[1:]) != tuple(shape[1:]):
             raise ShapeError(f"input {name!r} has shape {tuple(value.shape)} but the network "
                              f"expects (N, {', '.join(str(d) for d in shape[1:])})")
@@ -446,6 +450,10 @@ def verify(checkpoint_or_module: Any, data: str = "sample", limit: int | None = 
     images, labels = dataset.images[:limit], dataset.labels[:limit]
     graph = import_torch(model, (1, *images.shape[1:]))
     weights = load_weights(model)
+    bad = [name for name, value in weights.items() if not np.isfinite(value).all()]
+    if bad:  # NaN weights make every prediction class 0 in both engines: no agreement to test
+        raise CheckpointError(f"the weights {', '.join(bad[:4])} contain NaN or Inf values "
+                              "(did training diverge?); retrain or use another checkpoint")
 
     _, warmup = _timed(lambda: predict(graph, weights, images[:2 * 16], engine))
     ours, seconds = _timed(lambda: predict(graph, weights, images, engine))

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dnnlens.errors import ModelError
+from dnnlens.errors import ModelError, UsageError
 
 SIGNATURE = "netron:attachment"
 
@@ -76,7 +76,11 @@ def attachment(analysis: Any) -> dict[str, Any]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write here ({exc.strerror or exc}); choose another "
+                         "path") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

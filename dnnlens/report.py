@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from dnnlens.errors import UsageError
 from dnnlens.roofline import (Footprint, HardwareSpec, Roofline, atomic_write_bytes,
                               atomic_write_text, load_spec, memory_footprint, roofline)
 
@@ -386,7 +387,11 @@ def write_report(analysis: "Analysis", out_dir: str | Path,
     (:func:`~dnnlens.roofline.batch_sweep`); ``measured`` maps layer names to measured MACs/s.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. -o names a file, or a folder inside one
+        raise UsageError(f"{out}: cannot write the report here ({exc.strerror or exc}); "
+                         "choose another -o folder") from None
     spec = load_spec(device) if isinstance(device, (str, Path)) else device
     roof = roofline(analysis, spec) if spec is not None else None
     charts: dict[str, str] = {}

@@ -32,7 +32,7 @@ from math import isfinite, prod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from dnnlens.errors import SpecError
+from dnnlens.errors import SpecError, UsageError
 
 if TYPE_CHECKING:
     from dnnlens.ir import Graph
@@ -214,8 +214,12 @@ def atomic_write_text(path: Path, text: str) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to a temp file next to ``path``, fsync it, then ``os.replace`` it in."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a file in the way, read-only folder, ...: one line, not a traceback
+        raise UsageError(f"{path}: cannot write here ({exc.strerror or exc}); choose another "
+                         "output path") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

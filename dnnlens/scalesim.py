@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
-from dnnlens.errors import SpecError
+from dnnlens.errors import SpecError, UsageError
 from dnnlens.ir import Graph, Node, Param
 from dnnlens.ops import Conv, Linear, infer_shape
 
@@ -145,7 +145,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: never half a file."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write here ({exc.strerror or exc}); choose another "
+                         "path") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)

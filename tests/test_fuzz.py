@@ -14,9 +14,10 @@ import io
 import signal
 import struct
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -249,7 +250,6 @@ def test_random_bytes_are_not_checkpoints(scratch: Path, data: bytes) -> None:
 
     path = scratch / "noise.pth"
     path.write_bytes(data)
-    with no_hang():
-        with pytest.raises(DnnlensError) as info:
-            load_state_dict_file(path)
+    with no_hang(), pytest.raises(DnnlensError) as info:
+        load_state_dict_file(path)
     assert_clear(info.value, CheckpointError)
