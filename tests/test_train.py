@@ -136,6 +136,9 @@ def test_resume_errors(tmp_path: Path) -> None:
     resume_path(tmp_path / "foreign.pth").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="corrupt resume state"):
         train(epochs=2, resume=tmp_path / "foreign.pth", progress=False)
+    torch.save(Net().state_dict(), resume_path(tmp_path / "foreign.pth"))
+    with pytest.raises(CheckpointError, match="not a dnnlens-resume-1 file"):
+        train(epochs=2, resume=tmp_path / "foreign.pth", progress=False)
 
 
 @pytest.mark.parametrize("options,message", [
