@@ -75,7 +75,8 @@ def test_views_agree_with_rows(seed, tmp_path):
                                       "macs", "values_moved", "intensity"]
     assert doc["totals"] == {"weights": 103_812, "biases": 278, "macs": 338_112,
                              "outputs": 11_498, "values_moved": seed.totals.values_moved}
-    assert doc["input_shape"] == [1, 1, 28, 28] and doc["layers"][0]["output_shape"] == [1, 4, 28, 28]
+    assert doc["input_shape"] == [1, 1, 28, 28]
+    assert doc["layers"][0]["output_shape"] == [1, 4, 28, 28]
     frame = seed.to_dataframe()
     assert list(frame["macs"]) == [r.macs for r in seed.rows]
     assert frame["weights"].sum() == 103_812
