@@ -186,8 +186,11 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write here ({exc.strerror or exc}); choose "
-                              "another --out") from None
+        blocker = next((p for p in path.parents if p.exists()), None)  # a file in the way?
+        reason = (f"{blocker} is a file, not a folder" if blocker and not blocker.is_dir()
+                  else exc.strerror or exc)
+        raise CheckpointError(f"{path}: cannot write here ({reason}); choose another "
+                              "--out") from None
     os.close(fd)
     os.unlink(tmp)
 

@@ -390,8 +390,11 @@ def write_report(analysis: "Analysis", out_dir: str | Path,
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. -o names a file, or a folder inside one
-        raise UsageError(f"{out}: cannot write the report here ({exc.strerror or exc}); "
-                         "choose another -o folder") from None
+        blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+        reason = (f"{blocker} is a file, not a folder" if blocker and not blocker.is_dir()
+                  else exc.strerror or exc)
+        raise UsageError(f"{out}: cannot write the report here ({reason}); choose another -o "
+                         "folder") from None
     spec = load_spec(device) if isinstance(device, (str, Path)) else device
     roof = roofline(analysis, spec) if spec is not None else None
     charts: dict[str, str] = {}
