@@ -107,6 +107,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "layers-not-list.toml").write_text("input = [1, 1, 28, 28]\nlayers = 3\n")
     (d / "no-input.toml").write_text("layers = [{ relu = true }]\n")
     (d / "garbage.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    (d / "tiny.onnx").write_bytes(_tiny_onnx())
     (d / "truncated.onnx").write_bytes(_tiny_onnx()[:40])
     (d / "hw-negative.toml").write_text(
         "name = 'x'\n[peak_macs_per_s.fp32]\nvalue = -1e9\n[memory_bandwidth]\nvalue = 1e9\n")
@@ -120,7 +121,8 @@ def _tiny_onnx() -> bytes:
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 28, 28])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny", [x], [y])
+    relu = helper.make_node("Relu", ["x"], ["y"], name="relu1")  # named: Netron targets names
+    graph = helper.make_graph([relu], "tiny", [x], [y])
     return helper.make_model(graph).SerializeToString()
 
 
@@ -360,6 +362,9 @@ CASES = [
     Bad("csv-under-a-file", ("analyze", "--csv", "{d}/afile/rows.csv"), _csv("afile/rows.csv"),
         UsageError, "cannot write the CSV here"),
     Bad("scalesim-under-a-file", ("analyze", "--scalesim", "{d}/afile/topo.csv"), None,
+        UsageError, "cannot write here"),
+    Bad("netron-under-a-file", ("analyze", "{d}/tiny.onnx", "--netron",
+                                "{d}/afile/metrics.json"), None,
         UsageError, "cannot write here"),
     # --- models and input shapes -----------------------------------------------------------
     Bad("model-unknown", ("analyze", "resnet19"), None, ModelError, "unknown model 'resnet19'"),
