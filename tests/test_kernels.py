@@ -279,3 +279,29 @@ def test_flatten_traced_at_batch_one_runs_at_any_batch():
     op = Reshape.between((1, 8, 7, 7), (1, 392))
     assert op.flatten and op.keeps_batch
     assert_matches(op, [x], {}, torch.from_numpy(x).flatten(1))
+
+
+# --- the fused conv -> relu -> max-pool kernel (compiled engine) ----------------------------
+@settings(max_examples=20, deadline=None)
+@given(batch=st.sampled_from([1, 15, 16, 17, 37]), cin=st.integers(1, 3),
+       cout=st.integers(1, 9), kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), stride_h=st.integers(1, 2),
+       pad=st.integers(0, 2), pool=st.sampled_from([(2, 2), (3, 2), (2, 1), (1, 1)]),
+       seed=st.integers(0, 2**16))
+def test_fused_conv_relu_maxpool_matches_torch(batch, cin, cout, kernel, dilation, stride_h,
+                                               pad, pool, seed):
+    from dnnlens.ops.conv import Conv2dAttrs, conv_relu_maxpool_compiled
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, cin, 12, 11)).astype(np.float32)
+    weight = rng.standard_normal((cout, cin, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    attrs = Conv2dAttrs((stride_h, 1), ((pad, pad), (pad, pad + 1)), dilation, 1)
+    (pool_k, pool_s) = pool
+    got = conv_relu_maxpool_compiled(x, weight, bias, attrs, (pool_k, pool_k), (pool_s, pool_s))
+    padded = F.pad(torch.from_numpy(x).double(), (pad, pad + 1, pad, pad))
+    conv = F.conv2d(padded, torch.from_numpy(weight).double(), torch.from_numpy(bias).double(),
+                    stride=(stride_h, 1), dilation=dilation)
+    truth = F.max_pool2d(F.relu(conv), pool_k, pool_s).numpy()
+    assert got.shape == truth.shape
+    np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-5)

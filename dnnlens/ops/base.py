@@ -137,9 +137,7 @@ _COMPILED: dict[object, object] = {}
 def compiled_kernel(fn, parallel: bool = False):
     """``fn`` compiled with Numba on first use (Numba imported only then, machine code cached on
     disk). The loop-nest modules write parallel loops with a module-level ``prange = range``
-    so they also run uncompiled; it becomes ``numba.prange`` here, before compilation, and
-    ``literally`` (a no-op uncompiled) becomes ``numba.literally``: the argument is then a
-    compile-time constant, so LLVM can unroll the loops it bounds.
+    so they also run uncompiled; it becomes ``numba.prange`` here, before compilation.
 
     ``parallel=False`` compiles a copy named ``<name>_serial`` (Numba's disk cache tells
     functions apart by name, not by compile options): for work too small to share out, where
@@ -152,7 +150,6 @@ def compiled_kernel(fn, parallel: bool = False):
         import numba
 
         fn.__globals__["prange"] = numba.prange
-        fn.__globals__["literally"] = numba.literally
         source = fn
         if not parallel:
             source = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial",

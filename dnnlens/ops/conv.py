@@ -28,11 +28,6 @@ Pads = tuple[tuple[int, int], ...]
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
 
-def literally(value: int) -> int:
-    """Uncompiled: nothing. Compiled: makes ``value`` a compile-time constant (numba.literally)."""
-    return value
-
-
 def symmetric_padding(padding: tuple[int, ...]) -> Pads:
     """``(1, 2)`` -> ``((1, 1), (2, 2))``: PyTorch's per-dimension padding as (begin, end) pairs."""
     return tuple((int(p), int(p)) for p in padding)
@@ -181,7 +176,8 @@ def conv2d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     bias ``(Cout,)`` or None -> ``(N, Cout, Ho, Wo)``.
 
     ``out[n, co, oh, ow] = bias[co] + sum over ci, kh, kw of
-    weight[co, ci, kh, kw] * x_padded[n, group(co)*Cin/groups + ci, oh*sh + kh*dh, ow*sw + kw*dw]``.
+    weight[co, ci, kh, kw] * x_padded[n, group(co)*Cin/groups + ci, oh*sh + kh*dh,
+    ow*sw + kw*dw]``.
 
     The loops run over the output channel and the reduction indices (ci, kh, kw); each step is
     one multiply-accumulate for every image and every output pixel at once, so the Python loop
@@ -255,80 +251,108 @@ def conv2d_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
 LANES = 16
 
 
-def conv_relu_maxpool_loops(x, weight, bias, out, top, left, sh, dh, dw, pkh, pkw, psh, psw,
-                            wo, kw_size, tap_step):  # pragma: no cover - compiled
-    """Fused conv (width stride 1) -> relu -> max-pool for Numba, images in the vector lanes.
+def make_conv_relu_maxpool(kw_size: int, tap_step: int):
+    """The fused loop nest with ``kw_size`` and ``tap_step`` as closure variables, which Numba
+    compiles as constants: the taps' loop unrolls and its loads get fixed offsets (Numba's
+    disk cache keys on their values)."""
 
-    x ``(N, Cin, H, W)``, weight ``(Cout, Cin, Kh, Kw)``, bias ``(Cout,)`` -> out
-    ``(N, Cout, Po, Qo)``. Blocks of ``LANES`` images are shared out over the cores. Each block
-    is copied, padded, into ``x_block[ci, row, col*LANES + lane]``, so one conv output row of
-    all the block's images is one contiguous run of ``wo*LANES`` values: the loop along it
-    vectorises with every lane a different image. The sum over the ``kw_size`` taps (a
-    compile-time constant, so unrolled) stays in registers, and two output channels are
-    computed together so each input vector loaded serves two multiply-adds (an odd last
-    channel is computed twice). Only the ``pkh`` conv rows one pooled row needs are kept;
-    ReLU commutes with max, so it is applied after pooling.
-    """
-    literally(kw_size)
-    literally(tap_step)  # dw * LANES: constant offsets between the taps' loads
-    n_images, cin, height, width = x.shape
-    cout, _, kh_size, _ = weight.shape
-    _, _, po, qo = out.shape
-    rows_in = ((po - 1) * psh + pkh - 1) * sh + dh * (kh_size - 1) + 1
-    wp = wo + dw * (kw_size - 1)
-    run = wo * LANES  # one conv output row of the whole block
-    run_pooled = (wo - pkw + 1) * LANES  # columns where a pooling window can start
-    n_blocks = (n_images + LANES - 1) // LANES
-    for block in prange(n_blocks):
-        first = block * LANES
-        lanes = min(LANES, n_images - first)
-        x_block = np.zeros((cin, rows_in, wp * LANES), dtype=out.dtype)
-        for lane in range(lanes):
-            for ci in range(cin):
-                for h in range(max(0, -top), min(height, rows_in - top)):
-                    for w in range(max(0, -left), min(width, wp - left)):
-                        x_block[ci, top + h, (left + w) * LANES + lane] = x[first + lane, ci, h, w]
-        conv0 = np.empty((pkh, run), dtype=out.dtype)
-        conv1 = np.empty((pkh, run), dtype=out.dtype)
-        pooled = np.empty((cout, po, run_pooled), dtype=out.dtype)
-        for pair in range((cout + 1) // 2):
-            co0, co1 = 2 * pair, min(2 * pair + 1, cout - 1)
-            for pr in range(po):
-                for i in range(pkh):
-                    acc0, acc1 = conv0[i], conv1[i]
-                    for j in range(run):
-                        acc0[j] = bias[co0]
-                        acc1[j] = bias[co1]
-                    row = (pr * psh + i) * sh
-                    for ci in range(cin):
-                        for kh in range(kh_size):
-                            x_row = x_block[ci, row + kh * dh]
-                            w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
-                            for j in range(run):
-                                total0, total1 = acc0[j], acc1[j]
-                                for kw in range(kw_size):
-                                    value = x_row[j + kw * tap_step]
-                                    total0 += w0[kw] * value
-                                    total1 += w1[kw] * value
-                                acc0[j], acc1[j] = total0, total1
-                # max over the window for every conv column (not only every psw-th: the
-                # loop stays one contiguous, vectorised run); the scatter below picks them
-                wide0, wide1 = pooled[co0, pr], pooled[co1, pr]
-                for j in range(run_pooled):
-                    wide0[j] = conv0[0, j]
-                    wide1[j] = conv1[0, j]
-                for i in range(pkh):
-                    for k in range(pkw):
-                        offset = k * LANES
-                        for j in range(run_pooled):
-                            wide0[j] = max(wide0[j], conv0[i, j + offset])
-                            wide1[j] = max(wide1[j], conv1[i, j + offset])
-        for lane in range(lanes):  # back to (N, C, H, W), with the ReLU
-            for co in range(cout):
+    def conv_relu_maxpool_loops(x, weight, bias, out, top, left, sh, dh, pkh, pkw, psh, psw,
+                                wo):  # pragma: no cover - compiled
+        """Fused conv (width stride 1) -> relu -> max-pool for Numba, images in the vector lanes.
+
+        x ``(N, Cin, H, W)``, weight ``(Cout, Cin, Kh, Kw)``, bias ``(Cout,)`` -> out
+        ``(N, Cout, Po, Qo)``. Blocks of ``LANES`` images are shared out over the cores. Each block
+        is copied, padded, into ``x_block[ci, row*row_length + col*LANES + lane]``, so one conv
+        output row of all the block's images is one contiguous run of ``wo*LANES`` values: the loop
+        along it (``j``) vectorises with every lane a different image.
+
+        For each ``j`` a kernel row's ``kw_size`` taps (a compile-time constant, so unrolled; see
+        :func:`fused_kernel`) are summed in registers for four output channels at once: each
+        input vector loaded serves four multiply-adds, and the weights stay in registers for the
+        whole run. (Channels past the last are computed again as the last one.) Only the ``pkh``
+        conv rows one pooled row needs are kept; ReLU commutes with max, so it is applied after
+        pooling. ``tap_step`` (compile-time) = width dilation * LANES, the distance between taps.
+        """
+        n_images, cin, height, width = x.shape
+        cout, _, kh_size, _ = weight.shape
+        _, _, po, qo = out.shape
+        rows_in = ((po - 1) * psh + pkh - 1) * sh + dh * (kh_size - 1) + 1
+        wp = wo + (tap_step // LANES) * (kw_size - 1)
+        row_length = wp * LANES
+        run = wo * LANES  # one conv output row of the whole block
+        run_pooled = (wo - pkw + 1) * LANES  # columns where a pooling window can start
+        n_blocks = (n_images + LANES - 1) // LANES
+        for block in prange(n_blocks):
+            first = block * LANES
+            lanes = min(LANES, n_images - first)
+            x_block = np.zeros((cin, rows_in * row_length), dtype=out.dtype)
+            for lane in range(lanes):
+                for ci in range(cin):
+                    for h in range(max(0, -top), min(height, rows_in - top)):
+                        start = (top + h) * row_length + lane
+                        for w in range(max(0, -left), min(width, wp - left)):
+                            x_block[ci, start + (left + w) * LANES] = x[first + lane, ci, h, w]
+            conv = np.empty((4, pkh, run), dtype=out.dtype)
+            pooled = np.empty((cout, po, run_pooled), dtype=out.dtype)
+            for quad in range((cout + 3) // 4):
+                co0 = 4 * quad
+                last = cout - 1
+                co1, co2, co3 = min(co0 + 1, last), min(co0 + 2, last), min(co0 + 3, last)
                 for pr in range(po):
-                    for pc in range(qo):
-                        value = pooled[co, pr, pc * psw * LANES + lane]
-                        out[first + lane, co, pr, pc] = value if value > 0 else 0
+                    for i in range(pkh):
+                        for j in range(run):
+                            conv[0, i, j], conv[1, i, j] = bias[co0], bias[co1]
+                            conv[2, i, j], conv[3, i, j] = bias[co2], bias[co3]
+                        row = (pr * psh + i) * sh
+                        for ci in range(cin):
+                            for kh in range(kh_size):
+                                x_row = x_block[ci, (row + kh * dh) * row_length:]
+                                w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
+                                w2, w3 = weight[co2, ci, kh], weight[co3, ci, kh]
+                                acc0, acc1 = conv[0, i], conv[1, i]
+                                acc2, acc3 = conv[2, i], conv[3, i]
+                                for j in range(run):
+                                    total0, total1 = acc0[j], acc1[j]
+                                    total2, total3 = acc2[j], acc3[j]
+                                    for kw in range(kw_size):
+                                        value = x_row[j + kw * tap_step]
+                                        total0 += w0[kw] * value
+                                        total1 += w1[kw] * value
+                                        total2 += w2[kw] * value
+                                        total3 += w3[kw] * value
+                                    acc0[j], acc1[j] = total0, total1
+                                    acc2[j], acc3[j] = total2, total3
+                    # max over the window for every conv column (not only every psw-th: the
+                    # loop stays one contiguous, vectorised run); the scatter below picks them
+                    for c in range(4):
+                        wide = pooled[min(co0 + c, cout - 1), pr]
+                        for j in range(run_pooled):
+                            wide[j] = conv[c, 0, j]
+                        for i in range(pkh):
+                            for k in range(pkw):
+                                offset = k * LANES
+                                candidates = conv[c, i, offset:]
+                                # (a select, not max(): max's NaN branch stays scalar)
+                                for j in range(run_pooled):
+                                    wide[j] = candidates[j] if candidates[j] > wide[j] else wide[j]
+            for lane in range(lanes):  # back to (N, C, H, W), with the ReLU
+                for co in range(cout):
+                    for pr in range(po):
+                        for pc in range(qo):
+                            value = pooled[co, pr, pc * psw * LANES + lane]
+                            out[first + lane, co, pr, pc] = value if value > 0 else 0
+    return conv_relu_maxpool_loops
+
+
+_FUSED: dict[tuple[int, int], object] = {}
+
+
+def fused_kernel(kw_size: int, tap_step: int):
+    """:func:`make_conv_relu_maxpool`'s loop nest compiled (once per process and shape)."""
+    key = (kw_size, tap_step)
+    if key not in _FUSED:
+        _FUSED[key] = compiled_kernel(make_conv_relu_maxpool(kw_size, tap_step), parallel=True)
+    return _FUSED[key]
 
 
 def conv_relu_maxpool_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
@@ -353,8 +377,7 @@ def conv_relu_maxpool_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarr
     out = np.empty((n, cout, po, qo), dtype=dtype)
     bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
     (top, _), (left, _) = attrs.padding
-    kernel = compiled_kernel(conv_relu_maxpool_loops, parallel=True)
+    kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES)
     kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype), bias, out,
-           top, left, attrs.stride[0], *attrs.dilation, pkh, pkw, psh, psw, wo, kw_size,
-           attrs.dilation[1] * LANES)
+           top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh, psw, wo)
     return out
