@@ -23,7 +23,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dnnlens.errors import CheckpointError, DataError, DnnlensError, ShapeError, SpecError
+from dnnlens.errors import (
+    CheckpointError,
+    DataError,
+    DnnlensError,
+    ModelError,
+    ShapeError,
+    SpecError,
+)
 
 #: One shared profile: deterministic, no per-example deadline (the first torch.load is slow),
 #: bounded example counts (set per test).
@@ -253,3 +260,74 @@ def test_random_bytes_are_not_checkpoints(scratch: Path, data: bytes) -> None:
     with no_hang(), pytest.raises(DnnlensError) as info:
         load_state_dict_file(path)
     assert_clear(info.value, CheckpointError)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX and SCALE-Sim files (read the same way: untrusted bytes in, a graph or one error out)
+
+
+@pytest.fixture(scope="module")
+def onnx_bytes() -> bytes:
+    """A small real ONNX model: Conv -> Relu -> MaxPool -> Flatten -> Gemm, with weights."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w", (4, 1, 3, 3)), ("b", (4,)), ("fw", (10, 196)),
+                                   ("fb", (10,)))]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[4, 4],
+                              strides=[4, 4]),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(
+        nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializer=weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])\
+        .SerializeToString()
+
+
+@settings(FUZZ, max_examples=300)
+@given(edits=st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), min_size=1,
+                      max_size=4),
+       cut=st.none() | st.integers(0, 2**16), in_graph=st.booleans())
+def test_mutated_onnx_files_give_graphs_or_model_errors(
+        scratch: Path, onnx_bytes: bytes, edits: list[tuple[int, int]], cut: int | None,
+        in_graph: bool) -> None:
+    """Bytes flipped in the node and attribute records (the start of the file, before the
+    weights) or anywhere, or cut off: a graph, or one ModelError/ShapeError line."""
+    from dnnlens.importers.onnx import import_onnx
+
+    if in_graph:
+        edits = [(position % 200, value) for position, value in edits]
+    path = scratch / "fuzz.onnx"
+    path.write_bytes(mutate(onnx_bytes, edits, cut))
+    with no_hang():
+        try:
+            import_onnx(path)
+        except DnnlensError as exc:
+            assert_clear(exc, ModelError, ShapeError, SpecError)
+
+
+@settings(FUZZ, max_examples=150)
+@given(rows=st.lists(st.lists(st.one_of(st.integers(-2, 300).map(str),
+                                        st.sampled_from(["", "x", "1.5", "conv1", " 3"])),
+                              max_size=10), max_size=4),
+       header=st.booleans())
+def test_scalesim_topologies_give_graphs_or_spec_errors(scratch: Path, rows: list[list[str]],
+                                                       header: bool) -> None:
+    """SCALE-Sim topology CSVs with short, long, negative and non-numeric rows."""
+    from dnnlens.scalesim import import_topology
+
+    head = ("Layer name,IFMAP Height,IFMAP Width,Filter Height,Filter Width,Channels,"
+            "Num Filter,Strides,\n")
+    text = (head if header else "") + "".join(",".join(row) + ",\n" for row in rows)
+    path = scratch / "fuzz-topology.csv"
+    path.write_text(text)
+    with no_hang():
+        try:
+            import_topology(path)
+        except DnnlensError as exc:
+            assert_clear(exc, SpecError, ShapeError)

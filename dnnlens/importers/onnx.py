@@ -137,7 +137,20 @@ def _load(path: Path):
                          f"{first}") from None
     if not model.graph.node:
         raise ModelError(f"{path} holds no ONNX graph nodes (truncated or not an ONNX model?)")
+    _check_names(model, path)
     return model
+
+
+def _check_names(model, path: Path) -> None:
+    """ONNX's proto2 strings are not UTF-8-checked when parsed: a corrupt name comes back as
+    bytes and would break every later string operation, so refuse it here, once."""
+    graph = model.graph
+    names = [value.name for value in (*graph.input, *graph.output, *graph.initializer)]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output,
+                  *(attribute.name for attribute in node.attribute)]
+    if not all(isinstance(name, str) for name in names):
+        raise ModelError(f"{path} holds names that are not valid UTF-8 text (corrupt?)")
 
 
 def _check_dangling(model, path: Path) -> None:
@@ -165,6 +178,8 @@ def _check(model, path: Path) -> None:
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(f"{path} fails the ONNX checker: {first}") from None
+    except UnicodeDecodeError:  # a corrupt string the checker decodes (doc strings, ...)
+        raise ModelError(f"{path} holds text that is not valid UTF-8 (corrupt?)") from None
 
 
 def _dims(value_info) -> list[int | str]:
@@ -264,12 +279,16 @@ def _static_shapes(model) -> dict[str, Shape]:
 
 # --- constants ---------------------------------------------------------------------------
 
-def _initializers(model) -> dict[str, Const]:
+def _initializers(model, path: str | Path = "the ONNX model") -> dict[str, Const]:
     from onnx import numpy_helper
 
     consts = {}
     for init in model.graph.initializer:
-        array = numpy_helper.to_array(init)  # external data was loaded by onnx.load
+        try:
+            array = numpy_helper.to_array(init)  # external data was loaded by onnx.load
+        except (KeyError, ValueError, TypeError) as exc:  # unknown dtype, size != dims, ...
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"{path}: initializer {init.name!r} is corrupt ({reason})") from None
         is_param = init.data_type in FLOAT_TYPES and array.size > 1
         consts[init.name] = Const(array, origin=init.name if is_param else None)
     return consts
@@ -921,7 +940,7 @@ def import_onnx(path: str | Path, input_shape: InputShapes = None
     model = _infer_shapes(model, path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     graph = Graph(nodes=[], inputs=dict(inputs), outputs=[], name=path.stem)
-    ctx = _Ctx(path=str(path), opset=opset, consts=_initializers(model),
+    ctx = _Ctx(path=str(path), opset=opset, consts=_initializers(model, path),
                shapes=_static_shapes(model), graph=graph, dtypes=_dtypes(model))
     ctx.alias.update({name: name for name in inputs})
     ctx.taken.update(inputs)
