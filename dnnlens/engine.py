@@ -26,7 +26,7 @@ import numpy as np
 
 from dnnlens.errors import CheckpointError, DataError, ModelError, ShapeError, UsageError
 from dnnlens.ir import Graph, Node
-from dnnlens.ops import Activation, Conv, Pool
+from dnnlens.ops import Activation, Conv, Linear, Pool
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +126,8 @@ class Step:
     is the only one kept)."""
 
     nodes: list[Node]
-    kind: str = "single"  # "single", "conv_relu_maxpool"
+    kind: str = "single"  # "single", "conv_relu_maxpool", "fc_relu"
+    free: list[str] = field(default_factory=list)  # values no later step reads
 
 
 def _only_consumer(graph: Graph, users: dict[str, list[str]], node: Node) -> Node | None:
@@ -143,7 +144,8 @@ def _is_relu(node: Node | None, source: Node) -> bool:
 def plan(graph: Graph, fuse: bool = True) -> list[Step]:
     """The graph as kernel calls in execution order; with ``fuse``, each
     conv -> relu -> max-pool chain (2-d, ungrouped conv; unpadded, undilated floor-mode pool;
-    no other reader of the conv or relu output) becomes one fused step at the conv's place."""
+    no other reader of the conv or relu output) becomes one fused step at the conv's place,
+    and so does each fc -> relu pair whose fc output nobody else reads."""
     users = graph.consumers()
     fused: set[str] = set()
     steps = []
@@ -157,6 +159,12 @@ def plan(graph: Graph, fuse: bool = True) -> list[Step]:
                     and pool.inputs == [relu.name] and fusable_conv_pool(node, pool)):
                 steps.append(Step([node, relu, pool], "conv_relu_maxpool"))
                 fused.update((relu.name, pool.name))
+                continue
+        if fuse and isinstance(node.op, Linear):
+            relu = _only_consumer(graph, users, node)
+            if _is_relu(relu, node):
+                steps.append(Step([node, relu], "fc_relu"))
+                fused.add(relu.name)
                 continue
         steps.append(Step([node]))
     return steps
@@ -184,6 +192,14 @@ def run_step(step: Step, values: Mapping[str, np.ndarray], weights: Mapping[str,
         except ShapeError as exc:
             raise ShapeError(f"layer {conv.name!r} ({conv.kind}): {exc}") from None
         return conv_relu_maxpool_compiled(x, weight, bias, attrs, pool.op.kernel, pool.op.stride)
+    if step.kind == "fc_relu":
+        from dnnlens.ops.linear import linear_compiled
+
+        try:
+            x, weight, bias, lead = first.op.kernel_args(inputs, node_weights(first, weights))
+        except ShapeError as exc:
+            raise ShapeError(f"layer {first.name!r} ({first.kind}): {exc}") from None
+        return linear_compiled(x, weight, bias, relu=True).reshape(*lead, weight.shape[0])
     return run_node(first, inputs, node_weights(first, weights), engine)
 
 
@@ -221,20 +237,39 @@ def run(graph: Graph, weights: WeightSource, inputs: np.ndarray | Mapping[str, n
     off, so that each intermediate value exists)."""
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
-    check_kernels(graph)
     arrays = weights if _is_array_dict(weights) else load_weights(weights)
     values: dict[str, np.ndarray] = _graph_inputs(graph, inputs)
-    steps = plan(graph, fuse=engine == "compiled" and not keep_activations)
-    last_use = _last_use(graph, steps)
-    for index, step in enumerate(steps):
+    steps = _cached_plan(graph, fuse=engine == "compiled" and not keep_activations)
+    for step in steps:
         values[step.nodes[-1].name] = run_step(step, values, arrays, engine)
-        if not keep_activations:  # free what no later step reads
-            for name in [n for n, last in last_use.items() if last == index]:
-                if name not in graph.outputs:
-                    values.pop(name, None)
+        if not keep_activations:
+            for name in step.free:
+                del values[name]
     outputs = {name: values[name] for name in graph.outputs}
     activations = {node.name: values[node.name] for node in graph} if keep_activations else {}
     return EngineResult(outputs, activations)
+
+
+#: Plans by graph identity, with the graph's structure they were made for: running one image
+#: at a time, planning would otherwise cost more than the kernels.
+_PLANS: dict[tuple[int, bool], tuple[tuple, list[Step]]] = {}
+
+
+def _cached_plan(graph: Graph, fuse: bool) -> list[Step]:
+    """:func:`plan`, checked by :func:`check_kernels`, with each step's values to free, made
+    once per graph (again if its nodes or outputs change)."""
+    # cheap to compare on every call: the node list, its length and the outputs
+    structure = (id(graph.nodes), len(graph.nodes), tuple(graph.outputs))
+    cached = _PLANS.get((id(graph), fuse))
+    if cached is None or cached[0] != structure:
+        check_kernels(graph)
+        steps = plan(graph, fuse)
+        for name, index in _last_use(graph, steps).items():
+            if name not in graph.outputs:
+                steps[index].free.append(name)
+        cached = (structure, steps)
+        _PLANS[(id(graph), fuse)] = cached
+    return cached[1]
 
 
 def _is_array_dict(weights: object) -> bool:
@@ -269,8 +304,8 @@ def torch_node(node: Node, inputs: list["torch.Tensor"], weights: dict[str, "tor
     import torch
     import torch.nn.functional as F
 
-    from dnnlens.ops import (AdaptivePool, Binary, Concat, Copy, Dropout, Expand, Linear,
-                             Permute, Reshape, Slice, Softmax)
+    from dnnlens.ops import (AdaptivePool, Binary, Concat, Copy, Dropout, Expand, Permute,
+                             Reshape, Slice, Softmax)
 
     op = node.op
     x = inputs[0] if inputs else None

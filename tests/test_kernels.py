@@ -284,7 +284,7 @@ def test_flatten_traced_at_batch_one_runs_at_any_batch():
 # --- the fused conv -> relu -> max-pool kernel (compiled engine) ----------------------------
 @settings(max_examples=20, deadline=None)
 @given(batch=st.sampled_from([1, 15, 16, 17, 37]), cin=st.integers(1, 3),
-       cout=st.integers(1, 9), kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       cout=st.integers(1, 9), kernel=st.tuples(st.integers(1, 5), st.sampled_from([3, 5])),
        dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), stride_h=st.integers(1, 2),
        pad=st.integers(0, 2), pool=st.sampled_from([(2, 2), (3, 2), (2, 1), (1, 1)]),
        seed=st.integers(0, 2**16))

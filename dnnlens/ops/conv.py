@@ -344,7 +344,7 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
     return conv_relu_maxpool_loops
 
 
-_FUSED: dict[tuple[int, int], object] = {}
+_FUSED: dict[tuple, object] = {}
 
 
 def fused_kernel(kw_size: int, tap_step: int):
@@ -355,29 +355,110 @@ def fused_kernel(kw_size: int, tap_step: int):
     return _FUSED[key]
 
 
+def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
+    """The fused loop nest for few images (``(N, C, H, W)`` planes, no lanes to fill), with
+    ``kw_size`` and the width dilation ``dw`` as compile-time constants (see
+    :func:`make_conv_relu_maxpool`). Stride 1 in both directions."""
+
+    def conv_relu_maxpool_planes(x, weight, bias, out, top, left, dh, pkh, pkw, psh, psw, ho,
+                                 wo):  # pragma: no cover - compiled
+        """x ``(N, Cin, H, W)`` -> out ``(N, Cout, Po, Qo)``, one image at a time.
+
+        Each input channel is copied, padded, into a plane of ``hp`` rows of ``wp`` values, and
+        conv output ``(oh, ow)`` is kept at ``oh*wp + ow``: then every tap ``(kh, kw)`` reads
+        the plane at a fixed offset ``kh*dh*wp + kw*dw`` from it, so the loop over all output
+        positions is one contiguous, vectorised run (the ``wp - wo`` columns past each row's
+        end are computed and ignored). Four output channels at a time share each load.
+        """
+        n_images, cin, height, width = x.shape
+        cout, _, kh_size, _ = weight.shape
+        _, _, po, qo = out.shape
+        hp = ho + dh * (kh_size - 1)
+        wp = wo + dw * (kw_size - 1)
+        run = (ho - 1) * wp + wo  # from output (0, 0) to (ho-1, wo-1)
+        for n in prange(n_images):
+            planes = np.zeros((cin, hp * wp + wp), dtype=out.dtype)
+            for ci in range(cin):
+                for h in range(max(0, -top), min(height, hp - top)):
+                    for w in range(max(0, -left), min(width, wp - left)):
+                        planes[ci, (top + h) * wp + left + w] = x[n, ci, h, w]
+            conv = np.empty((4, run), dtype=out.dtype)
+            last = cout - 1
+            for quad in range((cout + 3) // 4):
+                co0 = 4 * quad
+                co1, co2, co3 = min(co0 + 1, last), min(co0 + 2, last), min(co0 + 3, last)
+                acc0, acc1, acc2, acc3 = conv[0], conv[1], conv[2], conv[3]
+                for p in range(run):
+                    acc0[p], acc1[p], acc2[p], acc3[p] = bias[co0], bias[co1], bias[co2], bias[co3]
+                for ci in range(cin):
+                    for kh in range(kh_size):
+                        x_row = planes[ci, kh * dh * wp:]
+                        w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
+                        w2, w3 = weight[co2, ci, kh], weight[co3, ci, kh]
+                        for p in range(run):
+                            total0, total1 = acc0[p], acc1[p]
+                            total2, total3 = acc2[p], acc3[p]
+                            for kw in range(kw_size):
+                                value = x_row[p + kw * dw]
+                                total0 += w0[kw] * value
+                                total1 += w1[kw] * value
+                                total2 += w2[kw] * value
+                                total3 += w3[kw] * value
+                            acc0[p], acc1[p] = total0, total1
+                            acc2[p], acc3[p] = total2, total3
+                for c in range(4):
+                    co = min(co0 + c, last)
+                    for pr in range(po):
+                        for pc in range(qo):
+                            best = conv[c, pr * psh * wp + pc * psw]
+                            for i in range(pkh):
+                                for k in range(pkw):
+                                    value = conv[c, (pr * psh + i) * wp + pc * psw + k]
+                                    best = value if value > best else best
+                            out[n, co, pr, pc] = best if best > 0 else 0
+
+    return conv_relu_maxpool_planes
+
+
+def planes_kernel(kw_size: int, dw: int, parallel: bool):
+    """:func:`make_conv_relu_maxpool_planes` compiled (once per process and shape)."""
+    key = ("planes", kw_size, dw, parallel)
+    if key not in _FUSED:
+        loops = make_conv_relu_maxpool_planes(kw_size, dw)
+        _FUSED[key] = compiled_kernel(loops, parallel=parallel)
+    return _FUSED[key]
+
+
 def conv_relu_maxpool_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                                attrs: Conv2dAttrs, pool_kernel: tuple[int, ...],
                                pool_stride: tuple[int, ...]) -> np.ndarray:
     """``maxpool(relu(conv(x)))`` in one pass: x ``(N, Cin, H, W)`` -> ``(N, Cout, Po, Qo)``
     with ``Po = (Ho - pool_kh) // pool_sh + 1`` (an unpadded, floor-mode pool).
 
-    Batches of fewer than ``LANES`` images would leave lanes empty: they run the three
-    unfused kernels instead (images side by side cannot fill a vector there)."""
+    Batches of at least ``LANES`` images run with images side by side in the vector lanes;
+    smaller ones (a lane per image would leave most of each vector empty) run image by image,
+    vectorised along the output positions (stride 1), or unfused."""
     n, _, height, width = x.shape
     cout, _, kh_size, kw_size = weight.shape
     ho, wo = attrs.output_size(height, width, kh_size, kw_size)
     (pkh, pkw), (psh, psw) = tuple(pool_kernel), tuple(pool_stride)
     po, qo = (ho - pkh) // psh + 1, (wo - pkw) // psw + 1
-    if n < LANES or attrs.stride[1] != 1 or attrs.groups != 1:
+    dtype = np.result_type(x, weight)
+    out = np.empty((n, cout, po, qo), dtype=dtype)
+    bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+    x, weight = np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype)
+    (top, _), (left, _) = attrs.padding
+    if attrs.groups != 1 or attrs.stride[1] != 1 or (n < LANES and attrs.stride[0] != 1):
         conv = np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)
         from dnnlens.ops.pool import Pool
 
         return Pool(kernel=(pkh, pkw), stride=(psh, psw)).compiled([conv], {})
-    dtype = np.result_type(x, weight)
-    out = np.empty((n, cout, po, qo), dtype=dtype)
-    bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
-    (top, _), (left, _) = attrs.padding
+    if n < LANES:
+        macs = n * cout * ho * wo * weight[0].size
+        kernel = planes_kernel(kw_size, attrs.dilation[1], macs >= PARALLEL_MIN_WORK)
+        kernel(x, weight, bias, out, top, left, attrs.dilation[0], pkh, pkw, psh, psw, ho, wo)
+        return out
     kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES)
-    kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype), bias, out,
-           top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh, psw, wo)
+    kernel(x, weight, bias, out, top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh,
+           psw, wo)
     return out

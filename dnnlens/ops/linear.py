@@ -43,7 +43,7 @@ class Linear(Op):
         return (out_features, in_features)
 
     # --- kernels ----------------------------------------------------------------------
-    def _kernel_args(self, inputs, weights):
+    def kernel_args(self, inputs, weights):
         """``(x as (M, in), weight, bias, leading dims)``; ShapeError naming both shapes."""
         x, weight = np.asarray(inputs[0]), np.asarray(weights["weight"])
         shapes = {role: tuple(array.shape) for role, array in weights.items()}
@@ -51,11 +51,11 @@ class Linear(Op):
         return x.reshape(-1, x.shape[-1]), weight, weights.get("bias"), x.shape[:-1]
 
     def reference(self, inputs, weights):
-        x, weight, bias, lead = self._kernel_args(inputs, weights)
+        x, weight, bias, lead = self.kernel_args(inputs, weights)
         return linear_reference(x, weight, bias).reshape(*lead, weight.shape[0])
 
     def compiled(self, inputs, weights):
-        x, weight, bias, lead = self._kernel_args(inputs, weights)
+        x, weight, bias, lead = self.kernel_args(inputs, weights)
         return linear_compiled(x, weight, bias).reshape(*lead, weight.shape[0])
 
 
@@ -80,11 +80,11 @@ def linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None)
 ROW_BLOCK = 4
 
 
-def linear_loops(x, weight, bias, out):  # pragma: no cover - compiled
+def linear_loops(x, weight, bias, out, relu):  # pragma: no cover - compiled
     """The same loop nest, scalar, for Numba: blocks of ``ROW_BLOCK`` rows shared out over
     the cores; for each output, the dot products of one weight row with the block's rows
     (the loop over ``in`` is contiguous in x and in the weight, so it vectorises, its partial
-    sums in registers)."""
+    sums in registers). With ``relu``, a following ReLU is applied as each result is stored."""
     rows, in_features = x.shape
     out_features = weight.shape[0]
     n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
@@ -99,6 +99,9 @@ def linear_loops(x, weight, bias, out):  # pragma: no cover - compiled
                     total1 += w * x[first + 1, i]
                     total2 += w * x[first + 2, i]
                     total3 += w * x[first + 3, i]
+                if relu:
+                    total0, total1 = max(total0, 0.0), max(total1, 0.0)
+                    total2, total3 = max(total2, 0.0), max(total3, 0.0)
                 out[first, o] = total0
                 out[first + 1, o] = total1
                 out[first + 2, o] = total2
@@ -109,15 +112,17 @@ def linear_loops(x, weight, bias, out):  # pragma: no cover - compiled
                     total = bias[o]
                     for i in range(in_features):
                         total += weight[o, i] * x[m, i]
-                    out[m, o] = total
+                    out[m, o] = max(total, 0.0) if relu else total
 
 
-def linear_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """:func:`linear_loops` compiled with Numba; same contract as :func:`linear_reference`."""
+def linear_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                    relu: bool = False) -> np.ndarray:
+    """:func:`linear_loops` compiled with Numba; same contract as :func:`linear_reference`
+    (``relu``: the fc layer fused with the ReLU after it)."""
     dtype = np.result_type(x, weight)
     out = np.empty((x.shape[0], weight.shape[0]), dtype=dtype)
     bias = np.zeros(weight.shape[0], dtype) if bias is None else np.ascontiguousarray(bias, dtype)
     macs = out.size * weight.shape[1]  # M*out * in
     kernel = compiled_kernel(linear_loops, parallel=macs >= PARALLEL_MIN_WORK)
-    kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype), bias, out)
+    kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype), bias, out, relu)
     return out
