@@ -214,3 +214,18 @@ def test_probe_saves_a_loadable_spec(probed, tmp_path):
     assert spec.peak("fp32") == pytest.approx(probed.fp32_macs_per_s)
     assert spec.bandwidth.value == pytest.approx(probed.bandwidth)
     assert "measured" in spec.bandwidth.source
+
+
+def test_cli_probe_prints_and_saves(tmp_path):
+    target = tmp_path / "here.toml"
+    done = subprocess.run([sys.executable, "-m", "dnnlens", "hw", "probe", "--seconds", "0.3",
+                           "--save", str(target), "--name", "here"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "GMAC/s measured" in done.stdout and "GB/s (STREAM triad)" in done.stdout
+    spec = load_spec(target)
+    assert spec.name == "here" and spec.peak("fp32") > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["here.toml"]
+    bad = subprocess.run([sys.executable, "-m", "dnnlens", "hw", "probe", "--seconds", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --seconds")
