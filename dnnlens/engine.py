@@ -203,10 +203,47 @@ def run_step(step: Step, values: Mapping[str, np.ndarray], weights: Mapping[str,
     return run_node(first, inputs, node_weights(first, weights), engine)
 
 
+#: Bound steps (see :func:`bind_step`) by (graph, input shapes, weight arrays).
+_BOUND: dict[tuple, tuple[list[Step], list[Callable | None]]] = {}
+
+
+def bind_step(step: Step, weights: Mapping[str, np.ndarray], inputs: list[np.ndarray]
+              ) -> Callable[[list[np.ndarray]], np.ndarray] | None:
+    """For a step that just ran (so its shapes are checked) on ``inputs``: a call that runs it
+    again on inputs of the same shapes with every size, kernel and weight decided now, or None
+    to keep the general path. One image at a time, the general path's bookkeeping would cost
+    more than the kernels."""
+    from dnnlens.ops import Reshape
+    from dnnlens.ops.conv import bind_conv_relu_maxpool
+    from dnnlens.ops.linear import bind_linear
+
+    first = step.nodes[0]
+    if step.kind == "conv_relu_maxpool":
+        conv, _, pool = step.nodes
+        x, weight, bias, attrs = conv.op.kernel_args(inputs, node_weights(conv, weights))
+        if x.ndim != 4:
+            return None
+        kernel = bind_conv_relu_maxpool(x.shape, x.dtype, weight, bias, attrs, pool.op.kernel,
+                                        pool.op.stride)
+        return lambda xs: kernel(xs[0])
+    if isinstance(first.op, Linear) and inputs[0].ndim == 2:
+        x, weight, bias, _ = first.op.kernel_args(inputs, node_weights(first, weights))
+        kernel = bind_linear(x.shape[0], x.dtype, weight, bias, relu=step.kind == "fc_relu")
+        return lambda xs: kernel(xs[0])
+    if isinstance(first.op, Reshape):
+        shape = first.op.reference(inputs, {}).shape
+        return lambda xs: xs[0].reshape(shape)
+    return None
+
+
 # --- the engine ---------------------------------------------------------------------------
 def _graph_inputs(graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray]
                   ) -> dict[str, np.ndarray]:
     """Inputs by name; each must match its traced shape except for the batch dimension."""
+    if isinstance(inputs, np.ndarray) and len(graph.inputs) == 1:  # the common case, fast
+        (name, shape), = graph.inputs.items()
+        if inputs.shape[1:] == tuple(shape[1:]) and inputs.ndim == len(shape):
+            return {name: inputs}
     if not isinstance(inputs, Mapping):
         if len(graph.inputs) != 1:
             raise UsageError(f"the network has inputs {list(graph.inputs)}: pass a dict")
@@ -239,9 +276,26 @@ def run(graph: Graph, weights: WeightSource, inputs: np.ndarray | Mapping[str, n
         raise UsageError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
     arrays = weights if _is_array_dict(weights) else load_weights(weights)
     values: dict[str, np.ndarray] = _graph_inputs(graph, inputs)
-    steps = _cached_plan(graph, fuse=engine == "compiled" and not keep_activations)
-    for step in steps:
-        values[step.nodes[-1].name] = run_step(step, values, arrays, engine)
+    fast = engine == "compiled" and not keep_activations
+    steps = _cached_plan(graph, fuse=fast)
+    key = (id(graph), *(v.shape for v in values.values()), *map(id, arrays.values()))
+    bound = _BOUND.get(key) if fast else None
+    if bound is None or bound[0] is not steps:
+        bound = (steps, [None] * len(steps))
+        if fast:  # bind each step's kernel for these shapes on this first, checked, run
+            if len(_BOUND) > 64:
+                _BOUND.clear()
+            _BOUND[key] = bound
+    calls = bound[1]
+    for index, step in enumerate(steps):
+        call = calls[index]
+        if call is None:
+            inputs_seen = [values[name] for name in step.nodes[0].inputs]
+            values[step.nodes[-1].name] = run_step(step, values, arrays, engine)
+            if fast:
+                calls[index] = bind_step(step, arrays, inputs_seen)
+        else:
+            values[step.nodes[-1].name] = call([values[name] for name in step.nodes[0].inputs])
         if not keep_activations:
             for name in step.free:
                 del values[name]
@@ -252,7 +306,7 @@ def run(graph: Graph, weights: WeightSource, inputs: np.ndarray | Mapping[str, n
 
 #: Plans by graph identity, with the graph's structure they were made for: running one image
 #: at a time, planning would otherwise cost more than the kernels.
-_PLANS: dict[tuple[int, bool], tuple[tuple, list[Step]]] = {}
+_PLANS: dict[tuple[int, bool], tuple[tuple, list[Step], Graph]] = {}
 
 
 def _cached_plan(graph: Graph, fuse: bool) -> list[Step]:
@@ -267,7 +321,9 @@ def _cached_plan(graph: Graph, fuse: bool) -> list[Step]:
         for name, index in _last_use(graph, steps).items():
             if name not in graph.outputs:
                 steps[index].free.append(name)
-        cached = (structure, steps)
+        cached = (structure, steps, graph)  # holding the graph keeps its id unique
+        if len(_PLANS) > 64:
+            _PLANS.clear()
         _PLANS[(id(graph), fuse)] = cached
     return cached[1]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -122,8 +122,11 @@ class Conv(Op):
                 f"no kernel for {self.spatial_dims}-d {self.kind} (only 1-d/2-d convolution)")
         x, weight = np.asarray(inputs[0]), np.asarray(weights["weight"])
         bias = weights.get("bias")
-        shapes = {role: tuple(array.shape) for role, array in weights.items()}
-        self.output_shape([tuple(x.shape)], shapes)  # raises ShapeError on a mismatch
+        key = (self, x.shape[1:], *(array.shape for array in weights.values()))
+        if key not in _CHECKED:  # checking costs more than a small image's kernel
+            shapes = {role: tuple(array.shape) for role, array in weights.items()}
+            self.output_shape([tuple(x.shape)], shapes)  # raises ShapeError on a mismatch
+            _CHECKED.add(key)
         attrs = Conv2dAttrs(tuple(self.stride), tuple(self.padding), tuple(self.dilation),
                             self.groups)
         if self.spatial_dims == 1:  # (N, C, L) -> (N, C, 1, L)
@@ -142,6 +145,10 @@ class Conv(Op):
     def compiled(self, inputs, weights):
         x, weight, bias, attrs = self.kernel_args(inputs, weights)
         return self._finish(conv2d_compiled(x, weight, bias, attrs))
+
+
+#: (operator, input shape without the batch, parameter shapes) already checked to fit.
+_CHECKED: set[tuple] = set()
 
 
 @dataclass(frozen=True)
@@ -433,32 +440,47 @@ def conv_relu_maxpool_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarr
                                attrs: Conv2dAttrs, pool_kernel: tuple[int, ...],
                                pool_stride: tuple[int, ...]) -> np.ndarray:
     """``maxpool(relu(conv(x)))`` in one pass: x ``(N, Cin, H, W)`` -> ``(N, Cout, Po, Qo)``
-    with ``Po = (Ho - pool_kh) // pool_sh + 1`` (an unpadded, floor-mode pool).
+    with ``Po = (Ho - pool_kh) // pool_sh + 1`` (an unpadded, floor-mode pool)."""
+    return bind_conv_relu_maxpool(x.shape, x.dtype, weight, bias, attrs, pool_kernel,
+                                  pool_stride)(x)
+
+
+def bind_conv_relu_maxpool(x_shape: tuple[int, ...], x_dtype: np.dtype, weight: np.ndarray,
+                           bias: np.ndarray | None, attrs: Conv2dAttrs,
+                           pool_kernel: tuple[int, ...], pool_stride: tuple[int, ...]
+                           ) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`conv_relu_maxpool_compiled` for inputs of shape ``x_shape``, with every size and
+    kernel choice made once (the engine calls it image after image).
 
     Batches of at least ``LANES`` images run with images side by side in the vector lanes;
     smaller ones (a lane per image would leave most of each vector empty) run image by image,
     vectorised along the output positions (stride 1), or unfused."""
-    n, _, height, width = x.shape
+    n, _, height, width = x_shape
     cout, _, kh_size, kw_size = weight.shape
     ho, wo = attrs.output_size(height, width, kh_size, kw_size)
     (pkh, pkw), (psh, psw) = tuple(pool_kernel), tuple(pool_stride)
-    po, qo = (ho - pkh) // psh + 1, (wo - pkw) // psw + 1
-    dtype = np.result_type(x, weight)
-    out = np.empty((n, cout, po, qo), dtype=dtype)
+    shape = (n, cout, (ho - pkh) // psh + 1, (wo - pkw) // psw + 1)
+    dtype = np.result_type(x_dtype, weight)
     bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
-    x, weight = np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype)
+    weight = np.ascontiguousarray(weight, dtype)
     (top, _), (left, _) = attrs.padding
     if attrs.groups != 1 or attrs.stride[1] != 1 or (n < LANES and attrs.stride[0] != 1):
-        conv = np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)
         from dnnlens.ops.pool import Pool
 
-        return Pool(kernel=(pkh, pkw), stride=(psh, psw)).compiled([conv], {})
+        pool = Pool(kernel=(pkh, pkw), stride=(psh, psw))
+        return lambda x: pool.compiled([np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)],
+                                       {})
     if n < LANES:
         macs = n * cout * ho * wo * weight[0].size
         kernel = planes_kernel(kw_size, attrs.dilation[1], macs >= PARALLEL_MIN_WORK)
-        kernel(x, weight, bias, out, top, left, attrs.dilation[0], pkh, pkw, psh, psw, ho, wo)
+        sizes = (top, left, attrs.dilation[0], pkh, pkw, psh, psw, ho, wo)
+    else:
+        kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES)
+        sizes = (top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh, psw, wo)
+
+    def call(x: np.ndarray) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        kernel(np.ascontiguousarray(x, dtype), weight, bias, out, *sizes)
         return out
-    kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES)
-    kernel(x, weight, bias, out, top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh,
-           psw, wo)
-    return out
+
+    return call

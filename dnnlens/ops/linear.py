@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -46,8 +46,11 @@ class Linear(Op):
     def kernel_args(self, inputs, weights):
         """``(x as (M, in), weight, bias, leading dims)``; ShapeError naming both shapes."""
         x, weight = np.asarray(inputs[0]), np.asarray(weights["weight"])
-        shapes = {role: tuple(array.shape) for role, array in weights.items()}
-        self.output_shape([tuple(x.shape)], shapes)  # raises ShapeError on a mismatch
+        key = (x.shape[1:], *(array.shape for array in weights.values()))
+        if key not in _CHECKED:  # checking costs more than one image's kernel
+            shapes = {role: tuple(array.shape) for role, array in weights.items()}
+            self.output_shape([tuple(x.shape)], shapes)  # raises ShapeError on a mismatch
+            _CHECKED.add(key)
         return x.reshape(-1, x.shape[-1]), weight, weights.get("bias"), x.shape[:-1]
 
     def reference(self, inputs, weights):
@@ -74,6 +77,9 @@ def linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None)
         out += bias
     return out
 
+
+#: (input shape without the batch, parameter shapes) already checked to fit.
+_CHECKED: set[tuple] = set()
 
 #: Rows (images) computed together by the compiled kernel: each weight value loaded serves
 #: all of them, and their sums run in separate registers.
@@ -119,10 +125,23 @@ def linear_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                     relu: bool = False) -> np.ndarray:
     """:func:`linear_loops` compiled with Numba; same contract as :func:`linear_reference`
     (``relu``: the fc layer fused with the ReLU after it)."""
-    dtype = np.result_type(x, weight)
-    out = np.empty((x.shape[0], weight.shape[0]), dtype=dtype)
-    bias = np.zeros(weight.shape[0], dtype) if bias is None else np.ascontiguousarray(bias, dtype)
-    macs = out.size * weight.shape[1]  # M*out * in
+    return bind_linear(x.shape[0], x.dtype, weight, bias, relu)(x)
+
+
+def bind_linear(rows: int, x_dtype: np.dtype, weight: np.ndarray, bias: np.ndarray | None,
+                relu: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`linear_compiled` for ``(rows, in)`` inputs with the kernel chosen once (the
+    engine calls it image after image)."""
+    dtype = np.result_type(x_dtype, weight)
+    out_features = weight.shape[0]
+    bias = np.zeros(out_features, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+    weight = np.ascontiguousarray(weight, dtype)
+    macs = rows * weight.size  # M*out * in
     kernel = compiled_kernel(linear_loops, parallel=macs >= PARALLEL_MIN_WORK)
-    kernel(np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype), bias, out, relu)
-    return out
+
+    def call(x: np.ndarray) -> np.ndarray:
+        out = np.empty((rows, out_features), dtype=dtype)
+        kernel(np.ascontiguousarray(x, dtype), weight, bias, out, relu)
+        return out
+
+    return call
