@@ -80,11 +80,32 @@ def test_graph_traced_at_batch_one_runs_any_batch_and_keeps_activations():
     np.testing.assert_allclose(result.activations["conv1"], conv1, atol=1e-5)
 
 
+def test_repeated_calls_through_bound_kernels_stay_exact():
+    """From the second call with the same shapes on, the engine runs pre-bound kernels."""
+    torch.manual_seed(3)
+    model = Net().eval()
+    graph = import_torch(model, (1, 1, 28, 28))
+    weights = engine.load_weights(model)
+    images = torch.randn(40, 1, 28, 28).numpy()
+    truth = torch_logits(model, images)
+    one_by_one = np.concatenate([engine.run(graph, weights, images[i:i + 1]).logits
+                                 for i in range(len(images))])
+    np.testing.assert_allclose(one_by_one, truth, rtol=0, atol=1e-5)
+    for _ in range(2):  # batches of 20: the lanes path, bound on the second call
+        batched = np.concatenate([engine.run(graph, weights, images[i:i + 20]).logits
+                                  for i in (0, 20)])
+        np.testing.assert_allclose(batched, truth, rtol=0, atol=1e-5)
+    other = Net().eval()  # other weights, same graph and shapes: not the bound ones
+    np.testing.assert_allclose(engine.run(graph, engine.load_weights(other), images[:1]).logits,
+                               torch_logits(other, images[:1]), rtol=0, atol=1e-5)
+
+
 def test_conv_relu_pool_chains_are_fused_only_when_nothing_else_reads_them():
     graph = import_torch(Net(), (1, 1, 28, 28))
     kinds = [(step.kind, [n.name for n in step.nodes]) for step in engine.plan(graph)]
     assert kinds[0] == ("conv_relu_maxpool", ["conv1", "relu", "pool"])
     assert kinds[1] == ("conv_relu_maxpool", ["conv2", "relu#2", "pool#2"])
+    assert kinds[3] == ("fc_relu", ["fc1", "relu#3"])
     graph.outputs = ["relu", "fc2"]  # the relu's value is now wanted: no fusion for conv1
     assert engine.plan(graph)[0].kind == "single"
 
@@ -134,8 +155,11 @@ def test_other_networks_match_torch(model_class, engine_name):
     model = model_class().eval()
     graph = import_torch(model, (1, 1, 28, 28))
     images = torch.randn(20, 1, 28, 28).numpy()
-    result = engine.run(graph, model, images, engine_name)
-    np.testing.assert_allclose(result.logits, torch_logits(model, images), rtol=0, atol=1e-4)
+    weights = engine.load_weights(model)
+    for _ in range(2):  # the second call runs the bound kernels
+        result = engine.run(graph, weights, images, engine_name)
+        np.testing.assert_allclose(result.logits, torch_logits(model, images), rtol=0,
+                                   atol=1e-4)
     layers = engine.layer_differences(graph, engine.load_weights(model), images, engine_name)
     assert all(layer.max_abs_diff is not None and layer.max_abs_diff < 1e-4 for layer in layers)
 
