@@ -242,8 +242,9 @@ def _graph_inputs(graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray]
     """Inputs by name; each must match its traced shape except for the batch dimension."""
     if isinstance(inputs, np.ndarray) and len(graph.inputs) == 1:  # the common case, fast
         (name, shape), = graph.inputs.items()
-        if inputs.shape[1:] == tuple(shape[1:]) and inputs.ndim == len(shape):
-            return {name: inputs}
+        if (inputs.shape[1:] == tuple(shape[1:]) and inputs.ndim == len(shape)
+                and inputs.dtype.kind == "f" and np.isfinite(inputs.sum())):
+            return {name: inputs}  # (a NaN or Inf anywhere makes the sum NaN or Inf)
     if not isinstance(inputs, Mapping):
         if len(graph.inputs) != 1:
             raise UsageError(f"the network has inputs {list(graph.inputs)}: pass a dict")
