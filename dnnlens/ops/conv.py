@@ -296,9 +296,12 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
             for lane in range(lanes):
                 for ci in range(cin):
                     for h in range(max(0, -top), min(height, rows_in - top)):
-                        start = (top + h) * row_length + lane
+                        # row views, so the inner indices are plainly non-negative (no
+                        # negative-index fix-up per value)
+                        source = x[first + lane, ci, h]
+                        target = x_block[ci, (top + h) * row_length + left * LANES + lane:]
                         for w in range(max(0, -left), min(width, wp - left)):
-                            x_block[ci, start + (left + w) * LANES] = x[first + lane, ci, h, w]
+                            target[w * LANES] = source[w]
             conv = np.empty((4, pkh, run), dtype=out.dtype)
             pooled = np.empty((cout, po, run_pooled), dtype=out.dtype)
             for quad in range((cout + 3) // 4):
