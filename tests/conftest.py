@@ -20,7 +20,7 @@ def sample_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Trained once per test session (about 10 s on two cores); a plain state dict that loads
     with ``torch.load(..., weights_only=True)``.
     """
-    from dnnlens.train import train
+    from dnnlens.training import train
 
     out = tmp_path_factory.mktemp("sample_checkpoint") / "my_mnist_net.pth"
     result = train(data="sample", epochs=10, out=out, seed=0, progress=False)

@@ -176,7 +176,7 @@ def _verify(name: str, **options: Any) -> Callable[[Path], Any]:
 
 def _train(**options: Any) -> Callable[[Path], Any]:
     def call(d: Path) -> Any:
-        from dnnlens.train import train
+        from dnnlens.training import train
 
         opts = {k: Path(v.format(d=d)) if k in ("out", "resume") else
                 v.format(d=d) if isinstance(v, str) else v for k, v in options.items()}

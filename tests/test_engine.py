@@ -51,7 +51,7 @@ def test_sample_test_set_agrees_with_torch_prediction_for_prediction(
 def test_fashion_mnist_test_set_agrees_with_torch(fashion_dir, tmp_path):
     """A network trained on Fashion-MNIST for one epoch, all 10,000 test images."""
     from dnnlens.data import load_data
-    from dnnlens.train import train
+    from dnnlens.training import train
 
     source = f"idx:{fashion_dir}"
     checkpoint = train(data=source, epochs=1, out=tmp_path / "fashion.pth", seed=0,

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import dnnlens
-import dnnlens.train as training
+import dnnlens.training as training
 from dnnlens.cli import main
 from dnnlens.data import Dataset, load_data
 from dnnlens.errors import CheckpointError, DataError, UsageError
 from dnnlens.models import Net, load_checkpoint
-from dnnlens.train import evaluate, resume_path, train
+from dnnlens.training import evaluate, resume_path, train
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -173,7 +173,7 @@ def test_labels_outside_the_ten_classes(tmp_path: Path) -> None:
 
 
 def test_package_level_train_stays_callable(tmp_path: Path) -> None:
-    # `import dnnlens.train` binds the package attribute to the module; it must still call.
+    # The training module is dnnlens.training, so importing it never shadows dnnlens.train.
     result = dnnlens.train(epochs=1, out=tmp_path / "x.pth", progress=False)
     assert result.epochs == 1
     assert dnnlens.evaluate is evaluate

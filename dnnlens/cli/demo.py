@@ -28,7 +28,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dnnlens.train import train
+    from dnnlens.training import train
 
     print(f"1. training the course network on {args.data} for {DEMO_EPOCHS} epochs")
     result = train(data=args.data, epochs=DEMO_EPOCHS, out=args.out / "my_mnist_net.pth")

@@ -30,7 +30,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dnnlens.train import train
+    from dnnlens.training import train
 
     result = train(data=args.data, epochs=args.epochs, out=args.out, resume=args.resume,
                    seed=args.seed)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,18 +331,3 @@ def _restore(state: dict[str, Any], net: nn.Module, optimizer: torch.optim.Optim
     for key in history:
         history[key].extend(float(v) for v in state["history"].get(key, []))
     return int(state["epoch"])
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``dnnlens.train(...)`` call :func:`train` even after ``import dnnlens.train``.
-
-    The package exposes ``dnnlens.train`` lazily as this module's function; once the module is
-    imported, Python binds the package attribute to the module itself instead. Making the
-    module callable keeps ``dnnlens.train(...)`` working either way.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TrainResult:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
