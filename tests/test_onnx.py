@@ -97,6 +97,23 @@ def test_reference_network_matches_onnxruntime_on_the_sample(tmp_path, sample_ch
     assert check.max_abs_diff < 1e-3
 
 
+def test_cli_verify_takes_an_onnx_file(tmp_path, sample_checkpoint, capsys):
+    import json
+
+    import torch
+
+    from dnnlens.cli import main
+    from dnnlens.models import Net
+
+    net = Net()
+    net.load_state_dict(torch.load(sample_checkpoint, weights_only=True))
+    path = export(net.eval(), (1, 1, 28, 28), tmp_path / "net.onnx")
+    assert main(["verify", str(path), "--limit", "200", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 200 and result["mismatches"] == 0
+    assert result["reference"] == "onnxruntime"
+
+
 def test_torchscript_export_keeps_module_paths_and_the_table(tmp_path):
     """The TorchScript exporter names nodes /fc1/Gemm: same rows as the PyTorch path."""
     from dnnlens.models import Net

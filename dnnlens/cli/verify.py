@@ -15,7 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "and through PyTorch on the same images: accuracy, differing predictions "
                     "(should be 0), largest logit difference, per-layer activation "
                     "differences and both throughputs.")
-    parser.add_argument("checkpoint", help="state-dict checkpoint of the reference network")
+    parser.add_argument("checkpoint",
+                        help="state-dict checkpoint of the reference network, or an ONNX file "
+                             "(then compared with onnxruntime instead of PyTorch)")
     parser.add_argument("--data", default="sample",
                         help="sample (default), idx:FOLDER, mnist or fashion-mnist")
     parser.add_argument("--limit", default=None, metavar="N", help="only the first N images")
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.engine not in ENGINES:
         raise UsageError(f"--engine must be {' or '.join(ENGINES)}, got {args.engine!r}")
+    if str(args.checkpoint).endswith(".onnx"):
+        return run_onnx(args)
     result = verify(args.checkpoint, data=args.data, limit=parse_limit(args.limit),
                     engine=args.engine)
     if args.json:
@@ -49,6 +53,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(result))
     return 0 if result.mismatches == 0 else 1
+
+
+def run_onnx(args: argparse.Namespace) -> int:
+    """An ONNX classifier: our engine against onnxruntime on the same images."""
+    from dnnlens.importers.onnx import verify_onnx
+
+    check = verify_onnx(args.checkpoint, data=args.data, limit=parse_limit(args.limit),
+                        engine=args.engine)
+    if args.json:
+        print(json.dumps({"images": check.images, "mismatches": check.differing_predictions,
+                          "max_abs_diff": check.max_abs_diff, "engine": check.engine,
+                          "reference": "onnxruntime"}, indent=2))
+    else:
+        print(f"verify {args.checkpoint} on {args.data}: {check.summary()}")
+    return 0 if check.differing_predictions == 0 else 1
 
 
 def render(result) -> str:
