@@ -246,27 +246,15 @@ class Analysis:
     def to_csv(self, path: str, depth: int | None = None) -> None:
         """Write the rows as CSV (atomically: a temp file in the same folder, then replace)."""
         import csv
-        import os
-        import tempfile
+
+        from dnnlens.fileio import atomic_open
 
         rows = self.to_dicts(depth)
-        folder = os.path.dirname(os.path.abspath(path))
-        try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".dnnlens-", suffix=".csv")
-        except OSError as exc:  # no such folder, a file in the way, read-only, ...
-            raise UsageError(f"{path}: cannot write the CSV here ({exc.strerror or exc}); "
-                             "choose another path") from None
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["index"])
-                writer.writeheader()
-                for row in rows:
-                    writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "w", newline="", what="the CSV ") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["index"])
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _csv_cell(v) for k, v in row.items()})
 
     def render(self, depth: int | None = None) -> str:
         return render_text(self, depth)

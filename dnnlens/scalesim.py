@@ -32,13 +32,12 @@ returned by :func:`topology_rows` with the reason, never written wrongly.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
-from dnnlens.errors import SpecError, UsageError
+from dnnlens.errors import SpecError
+from dnnlens.fileio import atomic_write_text
 from dnnlens.ir import Graph, Node, Param
 from dnnlens.ops import Conv, Linear, infer_shape
 
@@ -139,25 +138,6 @@ def render_topology(rows: list[TopologyRow]) -> str:
     lines = [", ".join(HEADER) + ","]
     lines += [",".join(row.fields()) + "," for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: never half a file."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write here ({exc.strerror or exc}); choose another "
-                         "path") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_topology(graph: Graph, path: str | Path) -> list[tuple[str, str]]:
