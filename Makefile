@@ -33,3 +33,4 @@ test-data:
 benchmarks: setup-test test-data
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/analysis.py
+	$(BIN)/python benchmarks/roofline.py
