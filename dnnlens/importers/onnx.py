@@ -872,56 +872,40 @@ def _attention(ctx: _Ctx, node) -> None:
     _emit(ctx, node, Attention(has_mask=len(acts) > 3), acts, {})
 
 
+def _identity(ctx: _Ctx, node) -> None:
+    ctx.alias[node.output[0]] = _ir(ctx, node.input[0])
+
+
+#: ONNX op type -> the rule that writes its IR node; anything else becomes ``unknown``.
+RULES = {
+    "Identity": _identity,
+    "Conv": _conv, "ConvTranspose": _conv,
+    "Gemm": _gemm, "MatMul": _matmul,
+    "BatchNormalization": _batchnorm, "LayerNormalization": _layernorm,
+    **{op: _unary for op in UNARY},
+    **{op: _binary for op in BINARY_OPS},
+    "MaxPool": _pool, "AveragePool": _pool,
+    "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool,
+    **{op: _reduce for op in REDUCE_OPS},
+    **{op: _reshape_like for op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze")},
+    "Transpose": _transpose, "Concat": _concat,
+    "Softmax": _softmax, "LogSoftmax": _softmax,
+    "Gather": _gather, "Slice": _slice, "Split": _split, "Expand": _expand,
+    "SplitToSequence": _split_to_sequence, "SequenceAt": _sequence_at,
+    "Dropout": _dropout, "Attention": _attention,
+}
+
+
+#: Rules that also look at who reads the node's output (Gemm/MatMul fuse a following bias Add).
+_READ_USERS = (_gemm, _matmul)
+
+
 def _translate(ctx: _Ctx, node, users: dict[str, list]) -> None:
-    op = node.op_type
-    if op in ("Identity",):
-        ctx.alias[node.output[0]] = _ir(ctx, node.input[0])
-    elif op in ("Conv", "ConvTranspose"):
-        _conv(ctx, node)
-    elif op == "Gemm":
-        _gemm(ctx, node, users)
-    elif op == "MatMul":
-        _matmul(ctx, node, users)
-    elif op == "BatchNormalization":
-        _batchnorm(ctx, node)
-    elif op == "LayerNormalization":
-        _layernorm(ctx, node)
-    elif op in UNARY:
-        _unary(ctx, node)
-    elif op in BINARY_OPS:
-        _binary(ctx, node)
-    elif op in ("MaxPool", "AveragePool"):
-        _pool(ctx, node)
-    elif op in ("GlobalAveragePool", "GlobalMaxPool"):
-        _global_pool(ctx, node)
-    elif op in REDUCE_OPS:
-        _reduce(ctx, node)
-    elif op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
-        _reshape_like(ctx, node)
-    elif op == "Transpose":
-        _transpose(ctx, node)
-    elif op == "Concat":
-        _concat(ctx, node)
-    elif op in ("Softmax", "LogSoftmax"):
-        _softmax(ctx, node)
-    elif op == "Gather":
-        _gather(ctx, node)
-    elif op == "Slice":
-        _slice(ctx, node)
-    elif op == "Split":
-        _split(ctx, node)
-    elif op == "Expand":
-        _expand(ctx, node)
-    elif op == "SplitToSequence":
-        _split_to_sequence(ctx, node)
-    elif op == "SequenceAt":
-        _sequence_at(ctx, node)
-    elif op == "Dropout":
-        _dropout(ctx, node)
-    elif op == "Attention":
-        _attention(ctx, node)
+    rule = RULES.get(node.op_type, _unknown)
+    if rule in _READ_USERS:
+        rule(ctx, node, users)
     else:
-        _unknown(ctx, node)
+        rule(ctx, node)
 
 
 def import_onnx(path: str | Path, input_shape: InputShapes = None
