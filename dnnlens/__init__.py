@@ -1,6 +1,7 @@
 """dnnlens: open a deep neural network up, layer by layer.
 
-The public API is imported lazily so that ``import dnnlens`` stays fast (no torch, no numba
+The public API is imported lazily (names only; a function never shares its module's name, or
+importing the module would shadow it) so that ``import dnnlens`` stays fast (no torch, no numba
 until a function that needs them is called).
 """
 
@@ -28,6 +29,11 @@ _API = {
     "train": "dnnlens.training",
     "evaluate": "dnnlens.training",
     "import_torch": "dnnlens.importers.torch",
+    "import_onnx": "dnnlens.importers.onnx",
+    "import_spec": "dnnlens.importers.spec",
+    "load_spec": "dnnlens.roofline",
+    "memory_footprint": "dnnlens.roofline",
+    "write_report": "dnnlens.report",
     "analyze": "dnnlens.analysis",
     "run": "dnnlens.engine",
     "verify": "dnnlens.engine",
