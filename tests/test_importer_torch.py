@@ -108,3 +108,23 @@ def test_unknown_operator_keeps_its_shape():
     graph = import_torch(Odd(), (3, 4))
     assert len(unknown_ops(graph)) == 1
     assert unknown_ops(graph)[0].output_shape == (3, 4)
+
+
+def test_conv_with_reflect_padding_shows_its_pad_and_is_not_run_as_zero_padding():
+    """padding_mode='reflect' pads with mirrored values, not zeros: the pad must appear in the
+    graph (as unknown, flagged) so the engine refuses it instead of zero-padding silently."""
+    import numpy as np
+
+    from dnnlens.engine import run
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"))
+    graph = import_torch(model, (1, 1, 8, 8))
+    assert [n.kind for n in graph] == ["unknown", "conv"]
+    assert unknown_ops(graph)[0].op.target == "aten.reflection_pad2d"
+    conv = graph.nodes[1]
+    assert conv.op.padding == ((0, 0), (0, 0))  # the padding happened before the conv
+    # MACs unchanged by where the padding lives: 2 out ch * 8*8 positions * 1*3*3 = 1,152
+    assert conv.op.macs(conv.input_shapes, conv.output_shape,
+                        {r: p.shape for r, p in conv.params.items()}) == 1152
+    with pytest.raises(ModelError, match="reflection_pad2d|unknown"):
+        run(graph, model, np.zeros((1, 1, 8, 8), np.float32), engine="reference")

@@ -20,14 +20,15 @@ INPUT_SHAPE = (1, 1, 28, 28)
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train and evaluate the course network offline (the main job)",
+        "demo", help="train, verify, analyse and report on the course network (the main job)",
         description="Train the course notebook's MNIST network for 10 epochs on the bundled "
-                    "sample (4,000 train / 1,000 test digits), save the checkpoint and print "
-                    "the test accuracy.")
+                    "sample (4,000 train / 1,000 test digits), verify our loop-nest engine "
+                    "against PyTorch on the test images, print the per-layer analysis and "
+                    "write an HTML report with the roofline of this machine, offline.")
     parser.add_argument("--data", default="sample", metavar="SRC",
                         help="sample (default, offline), idx:PATH, mnist or fashion-mnist")
     parser.add_argument("--out", type=Path, default=Path("dnnlens-demo"), metavar="DIR",
-                        help="folder for the checkpoint and later outputs "
+                        help="folder for the checkpoint and the report "
                              "(default ./dnnlens-demo)")
     parser.set_defaults(func=run)
 

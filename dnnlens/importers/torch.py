@@ -227,6 +227,8 @@ LEAF_RULES: dict[type[nn.Module], LeafRule] = {
 
 def leaf_rule(module: nn.Module) -> LeafRule | None:
     """The rule for ``module`` if its ``forward`` is one :data:`LEAF_RULES` knows."""
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        return None  # reflect/replicate/circular padding: traced op by op, so the pad shows
     forward = type(module).forward
     for cls in type(module).__mro__:
         rule = LEAF_RULES.get(cls)
