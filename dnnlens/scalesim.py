@@ -38,7 +38,7 @@ from pathlib import Path
 
 from dnnlens.errors import SpecError
 from dnnlens.fileio import atomic_write_text
-from dnnlens.ir import Graph, Node, Param
+from dnnlens.ir import Graph, Node, Param, unique_name
 from dnnlens.ops import Conv, Linear, infer_shape
 
 HEADER = ("Layer name", "IFMAP Height", "IFMAP Width", "Filter Height", "Filter Width",
@@ -61,13 +61,6 @@ class TopologyRow:
     @property
     def depthwise(self) -> bool:
         return "DP" in self.name
-
-    def macs(self) -> int:
-        """SCALE-Sim's own count (``topo_calc_hyperparams``), with the DP expansion."""
-        out_h = -(-(self.ifmap_h - self.filter_h + self.stride) // self.stride)
-        out_w = -(-(self.ifmap_w - self.filter_w + self.stride) // self.stride)
-        per_layer = out_h * out_w * self.filter_h * self.filter_w * self.num_filter
-        return per_layer * self.channels  # DP: channels layers of 1 channel each
 
     def fields(self) -> list[str]:
         return [self.name, *(str(v) for v in (self.ifmap_h, self.ifmap_w, self.filter_h,
@@ -198,23 +191,19 @@ def _is_gemm(row: TopologyRow) -> bool:
             and row.stride == 1 and not row.depthwise)
 
 
-def _row_node(row: TopologyRow, taken: set[str]) -> tuple[str, tuple[int, ...], Node]:
+def _row_node(row: TopologyRow, taken: set[str], batch: int
+              ) -> tuple[str, tuple[int, ...], Node]:
     """One topology line as a graph input (its padded IFMAP) and one conv or fc node."""
-    name = row.name
-    if name in taken:
-        count = 2
-        while f"{row.name}#{count}" in taken:
-            count += 1
-        name = f"{row.name}#{count}"
+    name = unique_name(row.name, taken)
     taken.add(name)
     if _is_gemm(row):
-        x: tuple[int, ...] = (1, row.ifmap_h, row.ifmap_w)  # M rows of K values, per image
+        x: tuple[int, ...] = (batch, row.ifmap_h, row.ifmap_w)  # M rows of K values each
         op = Linear()
         params = {"weight": Param(f"{name}.weight", (row.num_filter, row.ifmap_w))}
     else:
         groups = row.channels if row.depthwise else 1
         cout = row.channels * row.num_filter if row.depthwise else row.num_filter
-        x = (1, row.channels, row.ifmap_h, row.ifmap_w)
+        x = (batch, row.channels, row.ifmap_h, row.ifmap_w)
         op = Conv(stride=(row.stride, row.stride), groups=groups)
         params = {"weight": Param(f"{name}.weight",
                                   (cout, row.channels // groups, row.filter_h, row.filter_w))}
@@ -226,18 +215,18 @@ def _row_node(row: TopologyRow, taken: set[str]) -> tuple[str, tuple[int, ...], 
     return source, x, node
 
 
-def import_topology(path: str | Path) -> Graph:
+def import_topology(path: str | Path, batch: int | None = None) -> Graph:
     """A SCALE-Sim topology as a :class:`~dnnlens.ir.Graph`: one conv/fc node per line.
 
     A topology lists layers, not how they connect, so every layer reads its own graph input
-    (its padded IFMAP, batch 1) and padding is 0. Depthwise (``DP``) lines become one grouped
+    (its padded IFMAP, ``batch`` images, default 1) and padding is 0. Depthwise (``DP``) lines become one grouped
     conv; GEMM-mapped lines (1 channel, 1 x K filter across the IFMAP) become fc layers.
     """
     rows = read_topology(path)
     graph = Graph(nodes=[], inputs={}, outputs=[], name=Path(path).stem)
     taken: set[str] = set()
     for row in rows:
-        source, shape, node = _row_node(row, taken)
+        source, shape, node = _row_node(row, taken, batch or 1)
         graph.inputs[source] = shape
         graph.nodes.append(node)
         graph.outputs.append(node.name)

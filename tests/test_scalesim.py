@@ -116,3 +116,18 @@ def test_malformed_topologies(tmp_path, text, needle):
     with pytest.raises(SpecError, match=needle):
         import_topology(path)
     assert main(["analyze", str(path)]) == 2
+
+
+def test_topology_takes_the_batch(tmp_path):
+    """A topology is per image; --batch B multiplies every layer's MACs by B."""
+    from dnnlens.cli import main
+
+    from dnnlens.importers.spec import import_spec
+
+    path = tmp_path / "net.csv"
+    write_topology(import_spec(NOTEBOOK_SPEC), path)
+    one, four = analyze(import_topology(path)), analyze(import_topology(path, batch=4))
+    # the notebook's network: 338,112 MACs per image, so 4 * 338,112 = 1,352,448
+    assert one.totals.macs == 338_112
+    assert four.totals.macs == 1_352_448
+    assert main(["analyze", str(path), "--batch", "4", "--json"]) == 0

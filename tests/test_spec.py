@@ -151,3 +151,14 @@ def test_cli_reads_spec_prefix_and_batch(tmp_path, capsys):
 def test_missing_spec_file_is_a_clear_error(tmp_path):
     with pytest.raises(SpecError, match="cannot read spec file"):
         import_spec(tmp_path / "absent.toml")
+
+
+def test_input_option_does_not_apply_to_a_spec_file(capsys):
+    """A spec fixes its own input; a silently ignored --input would print wrong numbers."""
+    from pathlib import Path
+
+    from dnnlens.cli import main
+
+    spec = Path(__file__).parent.parent / "examples" / "specs" / "analyzing-dnns.toml"
+    assert main(["analyze", str(spec), "--input", "1,1,32,32"]) == 2
+    assert "--input does not apply" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from dnnlens.errors import ShapeError, SpecError
+from dnnlens.errors import ShapeError, SpecError, UsageError
 from dnnlens.ir import Graph, Node, Param, Shape
 from dnnlens.ops import (
     Activation,
@@ -445,17 +445,19 @@ def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
     ``model.onnx`` (ONNX; ``input_shape`` fills dynamic dimensions, ``batch`` replaces N),
     ``net.toml`` or ``spec:PATH`` (a spec file), ``topology.csv`` (a SCALE-Sim topology).
     """
-    if source.startswith("spec:"):
-        return import_spec(source[len("spec:"):], batch)
     lower = source.lower()
-    if not lower.endswith(FILE_SOURCES):
+    is_spec = source.startswith("spec:") or lower.endswith(".toml")
+    if not is_spec and not lower.endswith(FILE_SOURCES):
         return None
-    if lower.endswith(".toml"):
-        return import_spec(source, batch)
+    if input_shape is not None and not lower.endswith(".onnx"):
+        raise UsageError(f"--input does not apply to {source}: its layers fix the input "
+                         "shape (edit the file's input instead); --batch sets N")
+    if is_spec:
+        return import_spec(source.removeprefix("spec:"), batch)
     if lower.endswith(".csv"):
         from dnnlens.scalesim import import_topology
 
-        return import_topology(source)
+        return import_topology(source, batch)
     from dnnlens.importers.onnx import import_onnx, onnx_input_dims
 
     shape = input_shape
