@@ -34,6 +34,8 @@ from dnnlens.data import Dataset, load_data
 from dnnlens.errors import CheckpointError, DataError, UsageError
 from dnnlens.models import Net, check_fits, check_writable, save_atomic, save_checkpoint
 
+#: The data ``train`` uses when none is given (and it is not resuming).
+DEFAULT_DATA = "sample"
 #: Where ``dnnlens train`` writes by default: the notebook's PATH.
 DEFAULT_CHECKPOINT = Path("my_mnist_net.pth")
 #: Suffix of the resume-state file written beside each checkpoint.
@@ -223,14 +225,16 @@ def _run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, train_set: Data
     return loss_sum / seen
 
 
-def train(data: str = "sample", epochs: int = 10, out: Path | None = None,
+def train(data: str | None = None, epochs: int = 10, out: Path | None = None,
           resume: Path | None = None, seed: int | None = None, progress: bool = True, *,
           batch_size: int = BATCH_SIZE, lr: float = LEARNING_RATE,
           cache_dir: Path | None = None, threads: int = TRAIN_THREADS) -> TrainResult:
     """Train the reference :class:`~dnnlens.models.Net` on ``data`` for ``epochs`` epochs.
 
     Args:
-        data: a source of :func:`~dnnlens.data.load_data` (``sample``, ``idx:PATH``, ...).
+        data: a source of :func:`~dnnlens.data.load_data` (``sample``, ``idx:PATH``, ...);
+            default ``sample``, or when resuming the stored source (a different explicit
+            source is an error).
         epochs: total epochs; with ``resume`` the count includes the epochs already done.
         out: checkpoint path (default ``resume`` when resuming, else ``./my_mnist_net.pth``);
             ``out`` and ``out.resume`` are rewritten atomically after each epoch.
@@ -255,7 +259,7 @@ def train(data: str = "sample", epochs: int = 10, out: Path | None = None,
         torch.set_num_threads(previous)
 
 
-def _train(data: str, epochs: int, out: Path | None, resume: Path | None, seed: int | None,
+def _train(data: str | None, epochs: int, out: Path | None, resume: Path | None, seed: int | None,
            progress: bool, batch_size: int, lr: float,
            cache_dir: Path | None) -> TrainResult:
     """:func:`train` with the thread count already set."""
@@ -265,6 +269,7 @@ def _train(data: str, epochs: int, out: Path | None, resume: Path | None, seed: 
     if state is not None:
         seed, data = _resume_settings(state, seed, data, batch_size, lr)
     seed = 0 if seed is None else seed
+    data = DEFAULT_DATA if data is None else data
     out = Path(out) if out is not None else Path(resume) if resume else DEFAULT_CHECKPOINT
     check_writable(out)  # fail before training, not after the first epoch
 
@@ -304,18 +309,18 @@ def _train(data: str, epochs: int, out: Path | None, resume: Path | None, seed: 
                        epochs=max(done, epochs))
 
 
-def _resume_settings(state: dict[str, Any], seed: int | None, data: str, batch_size: int,
+def _resume_settings(state: dict[str, Any], seed: int | None, data: str | None, batch_size: int,
                      lr: float) -> tuple[int, str]:
     """The stored seed and data source, refusing explicit options that contradict them."""
     if seed is not None and seed != state["seed"]:
         raise UsageError(f"the run to resume used --seed {state['seed']}, not {seed}")
-    if data != state["data"]:
+    if data is not None and data != state["data"]:
         raise UsageError(f"the run to resume trained on --data {state['data']}, not {data}")
     hyper = state.get("hyper", {})
     if hyper and (hyper.get("batch_size") != batch_size or hyper.get("lr") != lr):
         raise UsageError(f"the run to resume used batch size {hyper.get('batch_size')} and "
                          f"learning rate {hyper.get('lr')}, not {batch_size} and {lr}")
-    return int(state["seed"]), str(data)
+    return int(state["seed"]), str(state["data"])
 
 
 def _restore(state: dict[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer,

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -237,3 +238,23 @@ def test_real_sigint_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     train(epochs=done + 1, resume=out, progress=False)
     train(epochs=done + 1, out=tmp_path / "straight" / "net.pth", progress=False)
     assert_same_weights(out, tmp_path / "straight" / "net.pth")
+
+
+def test_cli_resume_keeps_the_runs_own_data(tmp_path: Path) -> None:
+    """`train --resume` continues on the data the run used, without --data repeated."""
+    sample = load_data("sample", "train")
+    # IDX: 0, 0, type 0x08 (ubyte), ndim, big-endian dims, then the bytes (first 64 digits).
+    pixels = np.rint((sample.images[:64, 0] + 1) / 2 * 255).astype(np.uint8)
+    images = b"\x00\x00\x08\x03" + struct.pack(">III", 64, 28, 28) + pixels.tobytes()
+    labels = b"\x00\x00\x08\x01" + struct.pack(">I", 64) + sample.labels[:64].astype(
+        np.uint8).tobytes()
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for prefix in ("train", "t10k"):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(images)
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(labels)
+    out = tmp_path / "run.pth"
+    assert main(["train", "--data", f"idx:{folder}", "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 0
+    straight = train(data=f"idx:{folder}", epochs=2, out=tmp_path / "two.pth", progress=False)
+    assert_same_weights(out, straight.checkpoint)

@@ -13,8 +13,9 @@ def add_parser(subparsers: Any) -> None:
         description="Train the course notebook's MNIST network (seeded, deterministic). A "
                     "checkpoint (a plain state dict) is written atomically after every "
                     "epoch, with its resume state beside it in PATH.resume.")
-    parser.add_argument("--data", default="sample", metavar="SRC",
-                        help="sample (default, offline), idx:PATH, mnist or fashion-mnist")
+    parser.add_argument("--data", default=None, metavar="SRC",
+                        help="sample (default, offline), idx:PATH, mnist or fashion-mnist; "
+                             "with --resume, the resumed run's data unless given")
     parser.add_argument("--epochs", type=int, default=10, metavar="N",
                         help="total epochs, including those already done when resuming "
                              "(default 10, the notebook's NUM_EPOCHS)")
