@@ -346,6 +346,8 @@ def _last_use(graph: Graph, steps: list[Step]) -> dict[str, int]:
 def predict(graph: Graph, weights: WeightSource, images: np.ndarray, engine: str = "compiled",
             batch: int | None = None) -> np.ndarray:
     """Logits for many images, ``batch`` at a time: ``(N, ...)`` -> ``(N, classes)``."""
+    if len(images) == 0:
+        raise DataError("no images to predict: the data set or --limit selects none")
     arrays = load_weights(weights) if not _is_array_dict(weights) else weights
     batch = batch or ENGINE_BATCH[engine]
     parts = [run(graph, arrays, images[i:i + batch], engine).logits

@@ -31,6 +31,7 @@ from math import isfinite, prod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from dnnlens.analysis import DTYPE_BYTES, bytes_per_value
 from dnnlens.errors import SpecError
 from dnnlens.fileio import atomic_write_text
 
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from dnnlens.ir import Graph
 
 #: Bytes per value of each dtype a spec may give a peak for.
-DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 #: Figures a spec must give (``peak_macs_per_s`` needs at least one dtype).
 REQUIRED = ("peak_macs_per_s", "memory_bandwidth")
@@ -345,12 +345,6 @@ class Footprint:
         return None if memory is None else self.total_bytes <= memory.value
 
 
-def dtype_bytes(dtype: str) -> int:
-    if dtype not in DTYPE_BYTES:
-        raise SpecError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}")
-    return DTYPE_BYTES[dtype]
-
-
 def memory_footprint(graph: "Graph", dtype: str = "fp32") -> Footprint:
     """Parameter bytes and peak live activation bytes of ``graph`` run in its node order.
 
@@ -367,7 +361,7 @@ def memory_footprint(graph: "Graph", dtype: str = "fp32") -> Footprint:
       ``F.relu`` does; ``inplace=True`` modules would need less;
     * parameters are not activations: they are counted apart, once each, weights and biases.
     """
-    elem = dtype_bytes(dtype)
+    elem = bytes_per_value(dtype)
     storage: dict[str, str | None] = {name: name for name in graph.inputs}
     size: dict[str, int] = {name: prod(shape) * elem for name, shape in graph.inputs.items()}
     for node in graph.nodes:

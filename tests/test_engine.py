@@ -261,3 +261,14 @@ def test_verify_command_text(sample_checkpoint, capsys):
 def test_verify_command_bad_options(sample_checkpoint, capsys, args):
     assert main(["verify", str(sample_checkpoint), *args]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_predict_on_no_images_is_a_data_error():
+    from dnnlens.errors import DataError
+    from dnnlens.importers.torch import import_torch
+    from dnnlens.models import Net
+
+    net = Net()
+    graph = import_torch(net, (1, 1, 28, 28))
+    with pytest.raises(DataError, match="no images"):
+        engine.predict(graph, net, np.zeros((0, 1, 28, 28), np.float32))
