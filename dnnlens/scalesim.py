@@ -41,8 +41,16 @@ from dnnlens.fileio import atomic_write_text
 from dnnlens.ir import Graph, Node, Param, unique_name
 from dnnlens.ops import Conv, Linear, infer_shape
 
-HEADER = ("Layer name", "IFMAP Height", "IFMAP Width", "Filter Height", "Filter Width",
-          "Channels", "Num Filter", "Strides")
+HEADER = (
+    "Layer name",
+    "IFMAP Height",
+    "IFMAP Width",
+    "Filter Height",
+    "Filter Width",
+    "Channels",
+    "Num Filter",
+    "Strides",
+)
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,21 @@ class TopologyRow:
         return "DP" in self.name
 
     def fields(self) -> list[str]:
-        return [self.name, *(str(v) for v in (self.ifmap_h, self.ifmap_w, self.filter_h,
-                                               self.filter_w, self.channels, self.num_filter,
-                                               self.stride))]
+        return [
+            self.name,
+            *(
+                str(v)
+                for v in (
+                    self.ifmap_h,
+                    self.ifmap_w,
+                    self.filter_h,
+                    self.filter_w,
+                    self.channels,
+                    self.num_filter,
+                    self.stride,
+                )
+            ),
+        ]
 
 
 def _clean(name: str) -> str:
@@ -100,8 +120,9 @@ def _conv_rows(node: Node) -> tuple[list[TopologyRow], str]:
         return [TopologyRow(name, *ifmap, *kernel, cin, cout, stride)], ""
     if g == cin:  # depthwise, channel multiplier cout // cin
         return [TopologyRow(f"{name}_DP", *ifmap, *kernel, cin, cout // cin, stride)], ""
-    return [TopologyRow(f"{name}_g{i}", *ifmap, *kernel, cin // g, cout // g, stride)
-            for i in range(g)], ""
+    return [
+        TopologyRow(f"{name}_g{i}", *ifmap, *kernel, cin // g, cout // g, stride) for i in range(g)
+    ], ""
 
 
 def _gemm_row(node: Node) -> TopologyRow:
@@ -140,13 +161,16 @@ def write_topology(graph: Graph, path: str | Path) -> list[tuple[str, str]]:
     """
     rows, skipped = topology_rows(graph)
     if not rows:
-        raise SpecError(f"{graph.name} has no conv or fc layer SCALE-Sim can express; "
-                        f"nothing written to {path}")
+        raise SpecError(
+            f"{graph.name} has no conv or fc layer SCALE-Sim can express; "
+            f"nothing written to {path}"
+        )
     atomic_write_text(path, render_topology(rows))
     return skipped
 
 
 # --- reading a topology back as a graph ------------------------------------------------
+
 
 def _parse_int(where: str, column: str, text: str) -> int:
     try:
@@ -179,20 +203,26 @@ def read_topology(path: str | Path) -> list[TopologyRow]:
         values = [_parse_int(where, col, f) for col, f in zip(HEADER[1:], fields[1:8])]
         row = TopologyRow(fields[0].strip(), *values)
         if row.filter_h > row.ifmap_h or row.filter_w > row.ifmap_w:
-            raise SpecError(f"{where}: filter {row.filter_h}x{row.filter_w} is larger than the "
-                            f"IFMAP {row.ifmap_h}x{row.ifmap_w}")
+            raise SpecError(
+                f"{where}: filter {row.filter_h}x{row.filter_w} is larger than the "
+                f"IFMAP {row.ifmap_h}x{row.ifmap_w}"
+            )
         rows.append(row)
     return rows
 
 
 def _is_gemm(row: TopologyRow) -> bool:
     """SCALE-Sim's GEMM mapping: 1 channel, a 1 x K filter spanning the IFMAP width."""
-    return (row.channels == 1 and row.filter_h == 1 and row.filter_w == row.ifmap_w
-            and row.stride == 1 and not row.depthwise)
+    return (
+        row.channels == 1
+        and row.filter_h == 1
+        and row.filter_w == row.ifmap_w
+        and row.stride == 1
+        and not row.depthwise
+    )
 
 
-def _row_node(row: TopologyRow, taken: set[str], batch: int
-              ) -> tuple[str, tuple[int, ...], Node]:
+def _row_node(row: TopologyRow, taken: set[str], batch: int) -> tuple[str, tuple[int, ...], Node]:
     """One topology line as a graph input (its padded IFMAP) and one conv or fc node."""
     name = unique_name(row.name, taken)
     taken.add(name)
@@ -205,13 +235,25 @@ def _row_node(row: TopologyRow, taken: set[str], batch: int
         cout = row.channels * row.num_filter if row.depthwise else row.num_filter
         x = (batch, row.channels, row.ifmap_h, row.ifmap_w)
         op = Conv(stride=(row.stride, row.stride), groups=groups)
-        params = {"weight": Param(f"{name}.weight",
-                                  (cout, row.channels // groups, row.filter_h, row.filter_w))}
+        params = {
+            "weight": Param(
+                f"{name}.weight", (cout, row.channels // groups, row.filter_h, row.filter_w)
+            )
+        }
     source = f"{name}.ifmap"
     shapes = {role: p.shape for role, p in params.items()}
     out = infer_shape(name, op, [x], shapes)
-    node = Node(name=name, op=op, inputs=[source], input_shapes=[x], output_shape=out,
-                params=params, module=name, module_type="scalesim", source="scalesim")
+    node = Node(
+        name=name,
+        op=op,
+        inputs=[source],
+        input_shapes=[x],
+        output_shape=out,
+        params=params,
+        module=name,
+        module_type="scalesim",
+        source="scalesim",
+    )
     return source, x, node
 
 

@@ -18,6 +18,7 @@ Counting conventions (stated once, here, and in docs/units.md):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar, Mapping, Sequence
@@ -37,7 +38,9 @@ def register(cls: type["Op"]) -> type["Op"]:
     if not kind:
         raise TypeError(f"{cls.__name__} has no KIND")
     if kind in REGISTRY and REGISTRY[kind] is not cls:
-        raise TypeError(f"operator kind {kind!r} registered twice ({REGISTRY[kind].__name__}, {cls.__name__})")
+        raise TypeError(
+            f"operator kind {kind!r} registered twice ({REGISTRY[kind].__name__}, {cls.__name__})"
+        )
     REGISTRY[kind] = cls
     return cls
 
@@ -61,8 +64,9 @@ class Op:
         raise NotImplementedError
 
     # --- costs ------------------------------------------------------------------------
-    def macs(self, input_shapes: Sequence[Shape], output_shape: Shape,
-             params: Mapping[str, Shape]) -> int:
+    def macs(
+        self, input_shapes: Sequence[Shape], output_shape: Shape, params: Mapping[str, Shape]
+    ) -> int:
         """Multiply-accumulates for the whole batch (an exact Python int)."""
         return 0
 
@@ -70,8 +74,9 @@ class Op:
         """The course notebook's layer tuple: conv (Kw,Kh,Cin,Cout), pool (xw,yw,xs,ys), fc (out,in)."""
         return ()
 
-    def values_moved(self, input_shapes: Sequence[Shape], output_shape: Shape,
-                     params: Mapping[str, Shape]) -> int:
+    def values_moved(
+        self, input_shapes: Sequence[Shape], output_shape: Shape, params: Mapping[str, Shape]
+    ) -> int:
         """Activation values read + written, plus weight values read (biases excluded)."""
         if self.IS_VIEW:
             return 0
@@ -79,17 +84,36 @@ class Op:
         return activations + weight_count(params)
 
     # --- kernels ----------------------------------------------------------------------
-    def reference(self, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    def reference(
+        self, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
         """The readable loop-nest kernel (plain Python/NumPy)."""
         raise NotImplementedError(f"no kernel for operator {self.kind!r}")
 
-    def compiled(self, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray]) -> np.ndarray:
+    def compiled(
+        self, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
         """The same loop nest compiled with Numba; defaults to the reference kernel."""
         return self.reference(inputs, weights)
 
     @classmethod
     def has_kernel(cls) -> bool:
         return cls.reference is not Op.reference
+
+
+def check_fits(op: Op, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> None:
+    """ShapeError (naming both shapes) if the kernel input ``x`` does not fit ``weights``.
+
+    Remembered per shapes (a bounded cache; failures are not cached), because the check costs
+    more than a small image's kernel on the one-image-at-a-time path."""
+    _output_shape_once(
+        op, tuple(x.shape), tuple((role, tuple(np.shape(a))) for role, a in weights.items())
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _output_shape_once(op: Op, input_shape: Shape, weight_shapes: tuple) -> Shape:
+    return op.output_shape([input_shape], dict(weight_shapes))
 
 
 def weight_count(params: Mapping[str, Shape]) -> int:
@@ -101,7 +125,9 @@ def bias_count(params: Mapping[str, Shape]) -> int:
     return sum(prod(shape) for role, shape in params.items() if role == "bias")
 
 
-def infer_shape(layer: str, op: Op, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> Shape:
+def infer_shape(
+    layer: str, op: Op, input_shapes: Sequence[Shape], params: Mapping[str, Shape]
+) -> Shape:
     """``op.output_shape`` with the layer's name and operator put in front of any ShapeError."""
     try:
         return tuple(int(d) for d in op.output_shape(input_shapes, params))
@@ -152,13 +178,23 @@ def compiled_kernel(fn, parallel: bool = False):
         fn.__globals__["prange"] = numba.prange
         source = fn
         if not parallel:
-            source = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial",
-                                        fn.__defaults__, fn.__closure__)
+            source = types.FunctionType(
+                fn.__code__,
+                fn.__globals__,
+                f"{fn.__name__}_serial",
+                fn.__defaults__,
+                fn.__closure__,
+            )
             source.__qualname__ = f"{fn.__qualname__}_serial"
             source.__module__ = fn.__module__
         # reassoc lets LLVM vectorise sums; contract lets it fuse multiply-adds (FMA).
-        kernel = numba.njit(cache=True, parallel=parallel, fastmath={"reassoc", "contract"},
-                            error_model="numpy", boundscheck=False)(source)
+        kernel = numba.njit(
+            cache=True,
+            parallel=parallel,
+            fastmath={"reassoc", "contract"},
+            error_model="numpy",
+            boundscheck=False,
+        )(source)
         _COMPILED[key] = kernel
     return kernel
 

@@ -21,7 +21,14 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, compiled_kernel, expect_rank, register
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    check_fits,
+    compiled_kernel,
+    expect_rank,
+    register,
+)
 
 Pads = tuple[tuple[int, int], ...]
 
@@ -62,26 +69,34 @@ class Conv(Op):
         kernel = tuple(weight[2:])
         if self.transposed:
             if weight[0] != cin:
-                raise ShapeError(f"input has {cin} channels but the weight {tuple(weight)} expects {weight[0]}")
+                raise ShapeError(
+                    f"input has {cin} channels but the weight {tuple(weight)} expects {weight[0]}"
+                )
             cout = weight[1] * self.groups
         else:
             if weight[1] * self.groups != cin:
                 raise ShapeError(
                     f"input {tuple(input_shape)} has {cin} channels but the weight {tuple(weight)} "
-                    f"with groups={self.groups} expects {weight[1] * self.groups}")
+                    f"with groups={self.groups} expects {weight[1] * self.groups}"
+                )
             cout = weight[0]
         if cin % self.groups or cout % self.groups:
-            raise ShapeError(f"channels in={cin} out={cout} are not divisible by groups={self.groups}")
+            raise ShapeError(
+                f"channels in={cin} out={cout} are not divisible by groups={self.groups}"
+            )
         return cin, cout, kernel
 
     def output_shape(self, input_shapes, params):
         (x,) = input_shapes[:1]
         cin, cout, kernel = self._channels(x, params["weight"])
         if "bias" in params and tuple(params["bias"]) != (cout,):
-            raise ShapeError(f"bias shape {tuple(params['bias'])} does not match {cout} output channels")
+            raise ShapeError(
+                f"bias shape {tuple(params['bias'])} does not match {cout} output channels"
+            )
         spatial = []
-        for size, k, s, (pb, pe), dil, op in zip(x[2:], kernel, self.stride, self.padding,
-                                                self.dilation, self.output_padding):
+        for size, k, s, (pb, pe), dil, op in zip(
+            x[2:], kernel, self.stride, self.padding, self.dilation, self.output_padding
+        ):
             reach = dil * (k - 1) + 1
             if self.transposed:
                 out = (size - 1) * s - pb - pe + reach + op
@@ -89,7 +104,8 @@ class Conv(Op):
                 if size + pb + pe < reach:
                     raise ShapeError(
                         f"kernel {tuple(kernel)} (dilation {self.dilation}) is larger than the padded "
-                        f"input {tuple(x)}")
+                        f"input {tuple(x)}"
+                    )
                 out = (size + pb + pe - reach) // s + 1
             if out < 1:
                 raise ShapeError(f"input {tuple(x)} gives an empty output")
@@ -113,26 +129,26 @@ class Conv(Op):
         return (*reversed(kernel), cin, cout)
 
     # --- kernels ----------------------------------------------------------------------
-    def kernel_args(self, inputs, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
-                                                    Conv2dAttrs]:
+    def kernel_args(
+        self, inputs, weights
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Conv2dAttrs]:
         """Checked ``(x, weight, bias, attrs)`` as a 2-d convolution: a 1-d one runs over a
         height of 1. ShapeError (naming both shapes) if the input does not fit the weight."""
         if self.transposed or self.spatial_dims not in (1, 2):
             raise NotImplementedError(
-                f"no kernel for {self.spatial_dims}-d {self.kind} (only 1-d/2-d convolution)")
+                f"no kernel for {self.spatial_dims}-d {self.kind} (only 1-d/2-d convolution)"
+            )
         x, weight = np.asarray(inputs[0]), np.asarray(weights["weight"])
         bias = weights.get("bias")
-        key = (self, x.shape[1:], *(array.shape for array in weights.values()))
-        if key not in _CHECKED:  # checking costs more than a small image's kernel
-            shapes = {role: tuple(array.shape) for role, array in weights.items()}
-            self.output_shape([tuple(x.shape)], shapes)  # raises ShapeError on a mismatch
-            _CHECKED.add(key)
-        attrs = Conv2dAttrs(tuple(self.stride), tuple(self.padding), tuple(self.dilation),
-                            self.groups)
+        check_fits(self, x, weights)
+        attrs = Conv2dAttrs(
+            tuple(self.stride), tuple(self.padding), tuple(self.dilation), self.groups
+        )
         if self.spatial_dims == 1:  # (N, C, L) -> (N, C, 1, L)
             x, weight = x[:, :, None, :], weight[:, :, None, :]
-            attrs = Conv2dAttrs((1, *attrs.stride), ((0, 0), *attrs.padding),
-                                (1, *attrs.dilation), self.groups)
+            attrs = Conv2dAttrs(
+                (1, *attrs.stride), ((0, 0), *attrs.padding), (1, *attrs.dilation), self.groups
+            )
         return x, weight, bias, attrs
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
@@ -145,10 +161,6 @@ class Conv(Op):
     def compiled(self, inputs, weights):
         x, weight, bias, attrs = self.kernel_args(inputs, weights)
         return self._finish(conv2d_compiled(x, weight, bias, attrs))
-
-
-#: (operator, input shape without the batch, parameter shapes) already checked to fit.
-_CHECKED: set[tuple] = set()
 
 
 @dataclass(frozen=True)
@@ -173,12 +185,13 @@ def pad_input(x: np.ndarray, padding: Pads, value: float = 0.0) -> np.ndarray:
     (top, bottom), (left, right) = padding
     n, c, h, w = x.shape
     padded = np.full((n, c, top + h + bottom, left + w + right), value, dtype=x.dtype)
-    padded[:, :, top:top + h, left:left + w] = x
+    padded[:, :, top : top + h, left : left + w] = x
     return padded
 
 
-def conv2d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                     attrs: Conv2dAttrs) -> np.ndarray:
+def conv2d_reference(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, attrs: Conv2dAttrs
+) -> np.ndarray:
     """The readable loop nest: x ``(N, Cin, H, W)``, weight ``(Cout, Cin/groups, Kh, Kw)``,
     bias ``(Cout,)`` or None -> ``(N, Cout, Ho, Wo)``.
 
@@ -233,11 +246,13 @@ def conv2d_loops(x_padded, weight, bias, out, sh, sw, dh, dw, groups):  # pragma
                         row = oh * sh + kh * dh
                         for ow in range(wo):
                             out[n, co, oh, ow] += (
-                                w * x_padded[n, first_input_channel + ci, row, ow * sw + kw * dw])
+                                w * x_padded[n, first_input_channel + ci, row, ow * sw + kw * dw]
+                            )
 
 
-def conv2d_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                    attrs: Conv2dAttrs) -> np.ndarray:
+def conv2d_compiled(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, attrs: Conv2dAttrs
+) -> np.ndarray:
     """:func:`conv2d_loops` compiled with Numba; same contract as :func:`conv2d_reference`."""
     n, _, height, width = x.shape
     cout, _, kh_size, kw_size = weight.shape
@@ -247,9 +262,15 @@ def conv2d_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
     macs = out.size * weight[0].size  # N*Cout*Ho*Wo * Cin/groups*Kh*Kw
     kernel = compiled_kernel(conv2d_loops, parallel=macs >= PARALLEL_MIN_WORK)
-    kernel(pad_input(x.astype(dtype, copy=False), attrs.padding),
-           np.ascontiguousarray(weight, dtype), bias, out, *attrs.stride, *attrs.dilation,
-           attrs.groups)
+    kernel(
+        pad_input(x.astype(dtype, copy=False), attrs.padding),
+        np.ascontiguousarray(weight, dtype),
+        bias,
+        out,
+        *attrs.stride,
+        *attrs.dilation,
+        attrs.groups,
+    )
     return out
 
 
@@ -263,8 +284,9 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
     compiles as constants: the taps' loop unrolls and its loads get fixed offsets (Numba's
     disk cache keys on their values)."""
 
-    def conv_relu_maxpool_loops(x, weight, bias, out, top, left, sh, dh, pkh, pkw, psh, psw,
-                                wo):  # pragma: no cover - compiled
+    def conv_relu_maxpool_loops(
+        x, weight, bias, out, top, left, sh, dh, pkh, pkw, psh, psw, wo
+    ):  # pragma: no cover - compiled
         """Fused conv (width stride 1) -> relu -> max-pool for Numba, images in the vector lanes.
 
         x ``(N, Cin, H, W)``, weight ``(Cout, Cin, Kh, Kw)``, bias ``(Cout,)`` -> out
@@ -299,7 +321,7 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
                         # row views, so the inner indices are plainly non-negative (no
                         # negative-index fix-up per value)
                         source = x[first + lane, ci, h]
-                        target = x_block[ci, (top + h) * row_length + left * LANES + lane:]
+                        target = x_block[ci, (top + h) * row_length + left * LANES + lane :]
                         for w in range(max(0, -left), min(width, wp - left)):
                             target[w * LANES] = source[w]
             conv = np.empty((4, pkh, run), dtype=out.dtype)
@@ -316,7 +338,7 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
                         row = (pr * psh + i) * sh
                         for ci in range(cin):
                             for kh in range(kh_size):
-                                x_row = x_block[ci, (row + kh * dh) * row_length:]
+                                x_row = x_block[ci, (row + kh * dh) * row_length :]
                                 w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
                                 w2, w3 = weight[co2, ci, kh], weight[co3, ci, kh]
                                 acc0, acc1 = conv[0, i], conv[1, i]
@@ -351,6 +373,7 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
                         for pc in range(qo):
                             value = pooled[co, pr, pc * psw * LANES + lane]
                             out[first + lane, co, pr, pc] = value if value > 0 else 0
+
     return conv_relu_maxpool_loops
 
 
@@ -370,8 +393,9 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
     ``kw_size`` and the width dilation ``dw`` as compile-time constants (see
     :func:`make_conv_relu_maxpool`). Stride 1 in both directions."""
 
-    def conv_relu_maxpool_planes(x, weight, bias, out, top, left, dh, pkh, pkw, psh, psw, ho,
-                                 wo):  # pragma: no cover - compiled
+    def conv_relu_maxpool_planes(
+        x, weight, bias, out, top, left, dh, pkh, pkw, psh, psw, ho, wo
+    ):  # pragma: no cover - compiled
         """x ``(N, Cin, H, W)`` -> out ``(N, Cout, Po, Qo)``, one image at a time.
 
         Each input channel is copied, padded, into a plane of ``hp`` rows of ``wp`` values, and
@@ -402,7 +426,7 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
                     acc0[p], acc1[p], acc2[p], acc3[p] = bias[co0], bias[co1], bias[co2], bias[co3]
                 for ci in range(cin):
                     for kh in range(kh_size):
-                        x_row = planes[ci, kh * dh * wp:]
+                        x_row = planes[ci, kh * dh * wp :]
                         w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
                         w2, w3 = weight[co2, ci, kh], weight[co3, ci, kh]
                         for p in range(run):
@@ -439,19 +463,30 @@ def planes_kernel(kw_size: int, dw: int, parallel: bool):
     return _FUSED[key]
 
 
-def conv_relu_maxpool_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                               attrs: Conv2dAttrs, pool_kernel: tuple[int, ...],
-                               pool_stride: tuple[int, ...]) -> np.ndarray:
+def conv_relu_maxpool_compiled(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    attrs: Conv2dAttrs,
+    pool_kernel: tuple[int, ...],
+    pool_stride: tuple[int, ...],
+) -> np.ndarray:
     """``maxpool(relu(conv(x)))`` in one pass: x ``(N, Cin, H, W)`` -> ``(N, Cout, Po, Qo)``
     with ``Po = (Ho - pool_kh) // pool_sh + 1`` (an unpadded, floor-mode pool)."""
-    return bind_conv_relu_maxpool(x.shape, x.dtype, weight, bias, attrs, pool_kernel,
-                                  pool_stride)(x)
+    return bind_conv_relu_maxpool(x.shape, x.dtype, weight, bias, attrs, pool_kernel, pool_stride)(
+        x
+    )
 
 
-def bind_conv_relu_maxpool(x_shape: tuple[int, ...], x_dtype: np.dtype, weight: np.ndarray,
-                           bias: np.ndarray | None, attrs: Conv2dAttrs,
-                           pool_kernel: tuple[int, ...], pool_stride: tuple[int, ...]
-                           ) -> Callable[[np.ndarray], np.ndarray]:
+def bind_conv_relu_maxpool(
+    x_shape: tuple[int, ...],
+    x_dtype: np.dtype,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    attrs: Conv2dAttrs,
+    pool_kernel: tuple[int, ...],
+    pool_stride: tuple[int, ...],
+) -> Callable[[np.ndarray], np.ndarray]:
     """:func:`conv_relu_maxpool_compiled` for inputs of shape ``x_shape``, with every size and
     kernel choice made once (the engine calls it image after image).
 
@@ -471,8 +506,9 @@ def bind_conv_relu_maxpool(x_shape: tuple[int, ...], x_dtype: np.dtype, weight: 
         from dnnlens.ops.pool import Pool
 
         pool = Pool(kernel=(pkh, pkw), stride=(psh, psw))
-        return lambda x: pool.compiled([np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)],
-                                       {})
+        return lambda x: pool.compiled(
+            [np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)], {}
+        )
     if n < LANES:
         macs = n * cout * ho * wo * weight[0].size
         kernel = planes_kernel(kw_size, attrs.dilation[1], macs >= PARALLEL_MIN_WORK)

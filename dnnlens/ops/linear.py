@@ -13,7 +13,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, compiled_kernel, register
+from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, check_fits, compiled_kernel, register
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
@@ -27,11 +27,17 @@ class Linear(Op):
         x = input_shapes[0]
         weight = params["weight"]
         if len(x) < 1 or len(weight) != 2:
-            raise ShapeError(f"fc needs an input (..., in) and a weight (out, in), got {tuple(x)} and {tuple(weight)}")
+            raise ShapeError(
+                f"fc needs an input (..., in) and a weight (out, in), got {tuple(x)} and {tuple(weight)}"
+            )
         if x[-1] != weight[1]:
-            raise ShapeError(f"input {tuple(x)} has {x[-1]} features but the weight {tuple(weight)} expects {weight[1]}")
+            raise ShapeError(
+                f"input {tuple(x)} has {x[-1]} features but the weight {tuple(weight)} expects {weight[1]}"
+            )
         if "bias" in params and tuple(params["bias"]) != (weight[0],):
-            raise ShapeError(f"bias shape {tuple(params['bias'])} does not match {weight[0]} outputs")
+            raise ShapeError(
+                f"bias shape {tuple(params['bias'])} does not match {weight[0]} outputs"
+            )
         return (*x[:-1], weight[0])
 
     def macs(self, input_shapes, output_shape, params):
@@ -46,11 +52,7 @@ class Linear(Op):
     def kernel_args(self, inputs, weights):
         """``(x as (M, in), weight, bias, leading dims)``; ShapeError naming both shapes."""
         x, weight = np.asarray(inputs[0]), np.asarray(weights["weight"])
-        key = (x.shape[1:], *(array.shape for array in weights.values()))
-        if key not in _CHECKED:  # checking costs more than one image's kernel
-            shapes = {role: tuple(array.shape) for role, array in weights.items()}
-            self.output_shape([tuple(x.shape)], shapes)  # raises ShapeError on a mismatch
-            _CHECKED.add(key)
+        check_fits(self, x, weights)
         return x.reshape(-1, x.shape[-1]), weight, weights.get("bias"), x.shape[:-1]
 
     def reference(self, inputs, weights):
@@ -77,9 +79,6 @@ def linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None)
         out += bias
     return out
 
-
-#: (input shape without the batch, parameter shapes) already checked to fit.
-_CHECKED: set[tuple] = set()
 
 #: Rows (images) computed together by the compiled kernel: each weight value loaded serves
 #: all of them, and their sums run in separate registers.
@@ -121,15 +120,17 @@ def linear_loops(x, weight, bias, out, relu):  # pragma: no cover - compiled
                     out[m, o] = max(total, 0.0) if relu else total
 
 
-def linear_compiled(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
-                    relu: bool = False) -> np.ndarray:
+def linear_compiled(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, relu: bool = False
+) -> np.ndarray:
     """:func:`linear_loops` compiled with Numba; same contract as :func:`linear_reference`
     (``relu``: the fc layer fused with the ReLU after it)."""
     return bind_linear(x.shape[0], x.dtype, weight, bias, relu)(x)
 
 
-def bind_linear(rows: int, x_dtype: np.dtype, weight: np.ndarray, bias: np.ndarray | None,
-                relu: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+def bind_linear(
+    rows: int, x_dtype: np.dtype, weight: np.ndarray, bias: np.ndarray | None, relu: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
     """:func:`linear_compiled` for ``(rows, in)`` inputs with the kernel chosen once (the
     engine calls it image after image)."""
     dtype = np.result_type(x_dtype, weight)

@@ -25,11 +25,15 @@ Pads = tuple[tuple[int, int], ...]
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
 
-def pooled_size(size: int, k: int, s: int, pads: tuple[int, int], dilation: int, ceil_mode: bool) -> int:
+def pooled_size(
+    size: int, k: int, s: int, pads: tuple[int, int], dilation: int, ceil_mode: bool
+) -> int:
     reach = dilation * (k - 1) + 1
     span = size + pads[0] + pads[1] - reach
     if span < 0:
-        raise ShapeError(f"window {k} (dilation {dilation}) is larger than the padded input size {size + sum(pads)}")
+        raise ShapeError(
+            f"window {k} (dilation {dilation}) is larger than the padded input size {size + sum(pads)}"
+        )
     out = -(-span // s) + 1 if ceil_mode else span // s + 1
     if ceil_mode and (out - 1) * s >= size + pads[0]:
         out -= 1  # the last window would start in the end padding
@@ -59,12 +63,20 @@ class Pool(Op):
         x = input_shapes[0]
         d = len(self.kernel)
         if len(x) != d + 2:
-            raise ShapeError(f"{d}-d pooling needs an input with {d + 2} dimensions, got {tuple(x)}")
+            raise ShapeError(
+                f"{d}-d pooling needs an input with {d + 2} dimensions, got {tuple(x)}"
+            )
         try:
-            spatial = [pooled_size(size, k, s, p, dil, self.ceil_mode)
-                       for size, k, s, p, dil in zip(x[2:], self.kernel, self.stride, self.padding, self.dilation)]
+            spatial = [
+                pooled_size(size, k, s, p, dil, self.ceil_mode)
+                for size, k, s, p, dil in zip(
+                    x[2:], self.kernel, self.stride, self.padding, self.dilation
+                )
+            ]
         except ShapeError as exc:
-            raise ShapeError(f"pool window {self.kernel} does not fit the input {tuple(x)}: {exc}") from None
+            raise ShapeError(
+                f"pool window {self.kernel} does not fit the input {tuple(x)}: {exc}"
+            ) from None
         return (*x[:2], *spatial)
 
     def descriptor(self, input_shapes, params):
@@ -79,12 +91,17 @@ class Pool(Op):
             raise NotImplementedError(f"no kernel for {len(self.kernel)}-d {self.kind}")
         x = np.asarray(inputs[0])
         out_shape = self.output_shape([tuple(x.shape)], {})  # raises ShapeError
-        window = PoolWindow(tuple(self.kernel), tuple(self.stride), tuple(self.padding),
-                            tuple(self.dilation))
+        window = PoolWindow(
+            tuple(self.kernel), tuple(self.stride), tuple(self.padding), tuple(self.dilation)
+        )
         if len(self.kernel) == 1:  # (N, C, L) -> (N, C, 1, L)
             x = x[:, :, None, :]
-            window = PoolWindow((1, *window.kernel), (1, *window.stride),
-                                ((0, 0), *window.padding), (1, *window.dilation))
+            window = PoolWindow(
+                (1, *window.kernel),
+                (1, *window.stride),
+                ((0, 0), *window.padding),
+                (1, *window.dilation),
+            )
             return x, window, (1, out_shape[2])
         return x, window, (out_shape[2], out_shape[3])
 
@@ -109,8 +126,15 @@ class Pool(Op):
         out = np.empty((*x.shape[:2], *out_size), dtype=x.dtype)
         reads = out.size * prod(window.kernel)  # N*C*Ho*Wo * window
         kernel = compiled_kernel(pool_loops, parallel=reads >= PARALLEL_MIN_WORK)
-        kernel(padded, divisor, out, self.mode == "max", *window.kernel, *window.stride,
-               *window.dilation)
+        kernel(
+            padded,
+            divisor,
+            out,
+            self.mode == "max",
+            *window.kernel,
+            *window.stride,
+            *window.dilation,
+        )
         return self._finish(out)
 
 
@@ -190,7 +214,7 @@ class PoolWindow:
         top, bottom = self.padded_size(height, 0, out_size[0])
         left, right = self.padded_size(width, 1, out_size[1])
         padded = np.full((n, c, top + height + bottom, left + width + right), value, x.dtype)
-        padded[:, :, top:top + height, left:left + width] = x
+        padded[:, :, top : top + height, left : left + width] = x
         return padded
 
     def taps(self, out_size: tuple[int, int]):
@@ -198,8 +222,10 @@ class PoolWindow:
         (ho, wo), (sh, sw), (dh, dw) = out_size, self.stride, self.dilation
         for kh in range(self.kernel[0]):
             for kw in range(self.kernel[1]):
-                yield (slice(kh * dh, kh * dh + sh * (ho - 1) + 1, sh),
-                       slice(kw * dw, kw * dw + sw * (wo - 1) + 1, sw))
+                yield (
+                    slice(kh * dh, kh * dh + sh * (ho - 1) + 1, sh),
+                    slice(kw * dw, kw * dw + sw * (wo - 1) + 1, sw),
+                )
 
 
 def max_pool_reference(x: np.ndarray, window: PoolWindow, out_size: tuple[int, int]) -> np.ndarray:
@@ -213,8 +239,9 @@ def max_pool_reference(x: np.ndarray, window: PoolWindow, out_size: tuple[int, i
     return out
 
 
-def avg_divisor(size: tuple[int, int], window: PoolWindow, out_size: tuple[int, int],
-                count_include_pad: bool) -> np.ndarray:
+def avg_divisor(
+    size: tuple[int, int], window: PoolWindow, out_size: tuple[int, int], count_include_pad: bool
+) -> np.ndarray:
     """``(Ho, Wo)``: how many values each window averages. PyTorch counts the declared padding
     when ``count_include_pad``, but never the part of a ceil-mode window beyond it."""
     height, width = size
@@ -222,15 +249,16 @@ def avg_divisor(size: tuple[int, int], window: PoolWindow, out_size: tuple[int, 
     counted = window.pad(counted + 1.0, out_size, 0.0)
     if count_include_pad:
         (top, bottom), (left, right) = window.padding
-        counted[:, :, :top + height + bottom, :left + width + right] = 1.0
+        counted[:, :, : top + height + bottom, : left + width + right] = 1.0
     total = np.zeros(out_size)
     for rows, cols in window.taps(out_size):
         total += counted[0, 0, rows, cols]
     return total
 
 
-def avg_pool_reference(x: np.ndarray, window: PoolWindow, out_size: tuple[int, int],
-                       count_include_pad: bool) -> np.ndarray:
+def avg_pool_reference(
+    x: np.ndarray, window: PoolWindow, out_size: tuple[int, int], count_include_pad: bool
+) -> np.ndarray:
     """x ``(N, C, H, W)`` -> ``(N, C, Ho, Wo)``: each window's sum over the loop of window
     positions, divided by :func:`avg_divisor` (padding adds zeros)."""
     padded = window.pad(x, out_size, 0.0)

@@ -65,7 +65,7 @@ class Reshape(Op):
     @classmethod
     def between(cls, source: tuple[int, ...], target: tuple[int, ...]) -> "Reshape":
         """The reshape taking ``source`` to ``target``, recognising a flatten."""
-        flatten = (len(source) > 2 and len(target) == 2 and target[0] == source[0])
+        flatten = len(source) > 2 and len(target) == 2 and target[0] == source[0]
         keeps_batch = bool(source) and bool(target) and source[0] == target[0]
         return cls(shape=tuple(target), flatten=flatten, keeps_batch=keeps_batch)
 
@@ -164,8 +164,12 @@ class Concat(Op):
         rank = len(shapes[0])
         axis = self.axis % rank
         for s in shapes:
-            if len(s) != rank or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis):
-                raise ShapeError(f"cannot concatenate shapes {[tuple(s) for s in shapes]} along axis {self.axis}")
+            if len(s) != rank or any(
+                a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis
+            ):
+                raise ShapeError(
+                    f"cannot concatenate shapes {[tuple(s) for s in shapes]} along axis {self.axis}"
+                )
         out = list(shapes[0])
         out[axis] = sum(s[axis] for s in shapes)
         return tuple(out)
