@@ -376,6 +376,18 @@ class LayerTiming:
 
 
 @dataclass(frozen=True)
+class FusedTiming:
+    """Layers our engine runs as one fused kernel (conv+ReLU+pool, fc+ReLU), timed as it runs
+    them: the per-layer table times each layer's own kernel, which the engine does not use."""
+
+    names: tuple[str, ...]
+    ours_s: float
+    separate_s: float  # the same layers' own kernels, one after another
+    torch_s: float | None  # PyTorch's layers, one after another
+    estimate_s: float  # the roofline's estimate of the layers, one after another
+
+
+@dataclass(frozen=True)
 class Measurement:
     """Per-layer timings of one network on this machine against a roofline."""
 
@@ -383,6 +395,7 @@ class Measurement:
     device: HardwareSpec
     batch: int
     engine_covers: bool  # False when some layer has no kernel of ours (ours stop there)
+    fused: list[FusedTiming] = field(default_factory=list)
 
     def total(self, attr: str) -> float | None:
         values = [getattr(t, attr) for t in self.layers]
@@ -414,7 +427,17 @@ class Measurement:
         lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                            for i, (c, w) in enumerate(zip(row, widths))) for row in table]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return "\n".join(lines + self.fused_lines())
+
+    def fused_lines(self) -> list[str]:
+        """One line per fused kernel of our engine: what the engine really spends there."""
+        lines = []
+        for f in self.fused:
+            torch_ = "-" if f.torch_s is None else f"{f.torch_s * 1e6:,.1f}"
+            lines.append(f"fused in our engine: {' + '.join(f.names)}: {f.ours_s * 1e6:,.1f} us "
+                         f"(separately {f.separate_s * 1e6:,.1f} us; torch {torch_} us; "
+                         f"roofline {f.estimate_s * 1e6:,.1f} us)")
+        return lines
 
     def measured_rates(self, which: str = "ours") -> dict[str, float]:
         """Layer name -> measured MACs/s (for the roofline chart's hollow markers)."""
@@ -491,7 +514,8 @@ def measure_layers(model, analysis, device: HardwareSpec, seconds_per_layer: flo
 
     Each layer runs on the activations our engine computed for the layer before, so both
     libraries see the same inputs; our timings stop at the first layer we have no kernel for.
-    Nodes run one by one (no fusion), so the times are comparable layer by layer.
+    Nodes run one by one (no fusion), so the times are comparable layer by layer; the
+    engine's fused kernels are then timed as it runs them (``Measurement.fused``).
     """
     import torch
 
@@ -525,7 +549,29 @@ def measure_layers(model, analysis, device: HardwareSpec, seconds_per_layer: flo
                     torch_s = _best_time(call, seconds_per_layer)
             timings.append(LayerTiming(index, node.name, node.kind, layer.macs, layer.bound,
                                        layer.time_s, ours, torch_s))
-    return Measurement(timings, device, analysis.batch, covers)
+    fused = _measure_fused(graph, weights, values, timings, seconds_per_layer) if covers else []
+    return Measurement(timings, device, analysis.batch, covers, fused)
+
+
+def _measure_fused(graph, weights, values, timings: list[LayerTiming],
+                   seconds: float) -> list[FusedTiming]:
+    """Time each fused step of the engine's plan on the inputs the layer-by-layer run saw."""
+    from dnnlens.engine import plan, run_step
+
+    by_name = {t.name: t for t in timings}
+    fused = []
+    for step in plan(graph, fuse=True):
+        if len(step.nodes) < 2:
+            continue
+        ours = _best_time(lambda s=step: run_step(s, values, weights, "compiled"), seconds)
+        parts = [by_name[node.name] for node in step.nodes]
+        torch_parts = [t.torch_s for t in parts]
+        fused.append(FusedTiming(
+            names=tuple(t.name for t in parts), ours_s=ours,
+            separate_s=sum(t.ours_s for t in parts),
+            torch_s=None if None in torch_parts else sum(torch_parts),
+            estimate_s=sum(t.estimate_s for t in parts)))
+    return fused
 
 
 def measurement_html(measurement: Measurement) -> str:
@@ -535,7 +581,9 @@ def measurement_html(measurement: Measurement) -> str:
     head = "".join(f"<th>{html_mod.escape(h)}</th>" for h in Measurement.HEADERS)
     body = "".join("<tr>" + "".join(f"<td>{html_mod.escape(c)}</td>" for c in row) + "</tr>"
                    for row in measurement.rows())
+    fused = "".join(f"<p class=\"note\">{html_mod.escape(line)}</p>"
+                    for line in measurement.fused_lines())
     note = ("<p class=\"note\">Seconds per batch of "
             f"{measurement.batch}, best of repeated runs on this machine; roofline estimate on "
             f"{html_mod.escape(measurement.device.name)}. % of roof = estimate / measured.</p>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{fused}{note}"

@@ -241,6 +241,13 @@ def test_measure_times_every_layer_of_both_libraries():
     assert [t.name for t in measurement.layers] == [r.name for r in analysis.rows]
     for timing in measurement.layers:
         assert timing.ours_s > 0 and timing.torch_s > 0, timing.name
+    # Our engine fuses each conv -> relu -> max-pool and the fc1 -> relu of the course network;
+    # those kernels are timed as the engine runs them, next to the separate layers.
+    assert [f.names for f in measurement.fused] == [
+        ("conv1", "relu", "pool"), ("conv2", "relu#2", "pool#2"), ("fc1", "relu#3")]
+    for fused in measurement.fused:
+        assert fused.ours_s > 0 and fused.torch_s > 0
+    assert "fused in our engine: conv1 + relu + pool" in measurement.render()
     # The estimates are the roofline's, e.g. fc1 at batch 2: 2*392 + 2*256 + 100,352
     # = 101,648 values -> 406,592 B / 2e10 = 20.33 us (memory-bound).
     fc1 = next(t for t in measurement.layers if t.name == "fc1")
