@@ -369,15 +369,23 @@ def _attrs(node) -> dict[str, Any]:
 
 # --- module paths ------------------------------------------------------------------------
 
-def module_path(node) -> str:
-    """The PyTorch module a node came from, when the exporter recorded it ('' if not)."""
+def _name_scopes(node) -> list[str] | None:
+    """The dynamo exporter's module scopes of a node (outermost first, the fx node last), or
+    None when the node has none or they do not parse."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             try:
-                scopes = [s for s in ast.literal_eval(prop.value) if s]
+                return [s for s in ast.literal_eval(prop.value) if s]
             except (ValueError, SyntaxError):
-                break
-            return scopes[-2] if len(scopes) >= 2 else ""  # the last entry is the fx node
+                return None
+    return None
+
+
+def module_path(node) -> str:
+    """The PyTorch module a node came from, when the exporter recorded it ('' if not)."""
+    scopes = _name_scopes(node)
+    if scopes is not None:
+        return scopes[-2] if len(scopes) >= 2 else ""  # the last entry is the fx node
     name = node.name
     if name.startswith("/"):
         parts = [p for p in name.split("/") if p][:-1]  # drop the op (".../Conv")
@@ -391,14 +399,9 @@ def module_path(node) -> str:
 def _local_name(node) -> str:
     """A name for a node outside any module: the exporter's fx node name ("view", "cat"),
     else the ONNX node name without its "node_" prefix or path, else the op type."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            try:
-                scopes = [s for s in ast.literal_eval(prop.value) if s]
-            except (ValueError, SyntaxError):
-                break
-            if scopes:
-                return scopes[-1]
+    scopes = _name_scopes(node)
+    if scopes:
+        return scopes[-1]
     name = node.name.rsplit("/", 1)[-1] if node.name else ""
     name = name.removeprefix("node_")
     return name or node.op_type.lower()

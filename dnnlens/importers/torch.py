@@ -358,28 +358,30 @@ def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = No
     return build
 
 
-def _max_pool(c: Call) -> Built:
+def _pool(c: Call, mode: str) -> Built:
+    """aten max/avg pooling: (x, kernel, stride, padding, then max: dilation, ceil_mode;
+    avg: ceil_mode, count_include_pad)."""
     x = c.args[0]
     rank = x.dim() - 2
     kernel = _tuple(c.arg(1, "kernel_size"), rank)
     stride = c.arg(2, "stride") or kernel
-    op = Pool(mode="max", kernel=kernel, stride=_tuple(stride, rank),
-              padding=symmetric_padding(_tuple(c.arg(3, "padding", 0), rank)),
-              dilation=_tuple(c.arg(4, "dilation", 1), rank),
-              ceil_mode=bool(c.arg(5, "ceil_mode", False)))
+    if mode == "max":
+        extra = dict(dilation=_tuple(c.arg(4, "dilation", 1), rank),
+                     ceil_mode=bool(c.arg(5, "ceil_mode", False)))
+    else:
+        extra = dict(dilation=(1,) * rank, ceil_mode=bool(c.arg(4, "ceil_mode", False)),
+                     count_include_pad=bool(c.arg(5, "count_include_pad", True)))
+    op = Pool(mode=mode, kernel=kernel, stride=_tuple(stride, rank),
+              padding=symmetric_padding(_tuple(c.arg(3, "padding", 0), rank)), **extra)
     return Built(op, [x], c.out0)
+
+
+def _max_pool(c: Call) -> Built:
+    return _pool(c, "max")
 
 
 def _avg_pool(c: Call) -> Built:
-    x = c.args[0]
-    rank = x.dim() - 2
-    kernel = _tuple(c.arg(1, "kernel_size"), rank)
-    stride = c.arg(2, "stride") or kernel
-    op = Pool(mode="avg", kernel=kernel, stride=_tuple(stride, rank),
-              padding=symmetric_padding(_tuple(c.arg(3, "padding", 0), rank)),
-              dilation=(1,) * rank, ceil_mode=bool(c.arg(4, "ceil_mode", False)),
-              count_include_pad=bool(c.arg(5, "count_include_pad", True)))
-    return Built(op, [x], c.out0)
+    return _pool(c, "avg")
 
 
 def _adaptive(mode: str) -> AtenRule:
