@@ -3,11 +3,18 @@ Debian Fashion-MNIST folder (skipped, with the reason, where it is not installed
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from dnnlens.data import Dataset, load_data
+
+# CI replays the same property-test examples every run (a red CI is then reproducible);
+# elsewhere hypothesis keeps exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 #: Where Debian's dataset-fashion-mnist package puts the IDX files (`make test-data`).
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
