@@ -666,6 +666,8 @@ def search(problem: Problem, buffer_bytes: int | str, *, dtype: str = "fp32",
              for name, tensor in DATAFLOWS.items()}
     best = min([*(t for t in named.values() if t is not None), *found.values()],
                key=lambda t: (t.total, prod(t.outer.trips().values())))
+    if not best.outer.active():  # no outer loop: every tensor stays, each moves once
+        best = replace(best, dataflow="all-stationary")
     return Search(problem=problem, best=best, dataflows=named,
                   compulsory=compulsory(problem), no_reuse=no_reuse(problem),
                   mappings_scored=int(fits.sum()) * len(families), pruning=pruning,
@@ -790,6 +792,120 @@ def network_traffic(graph: "Graph", buffer_bytes: int | str, *, dtype: str = "fp
         found.append(LayerTraffic(index, node.name, problem.kind, problem.macs,
                                   sum(compulsory(problem).values()), result, error))
     return found
+
+
+@dataclass
+class BufferView:
+    """``dnnlens analyze --buffer``: each covered layer's best traffic next to the notebook's
+    values moved (every value once), as text and as JSON added to the analysis document."""
+
+    buffer_bytes: int
+    source: str  # "--buffer" or the device spec's figure
+    dtype: str
+    layers: list[LayerTraffic]
+    values_moved: dict[str, int]  # the analysis's (compulsory) values moved, by layer name
+
+    def totals(self) -> tuple[int, int, int]:
+        """(MACs, values moved, best traffic) over the layers that fit."""
+        fitted = [lt for lt in self.layers if lt.search]
+        return (sum(lt.macs for lt in fitted), sum(self.values_moved[lt.name] for lt in fitted),
+                sum(lt.total or 0 for lt in fitted))
+
+    def add_to_json(self, doc: dict[str, Any]) -> None:
+        by_name = {lt.name: lt for lt in self.layers}
+        for row in doc.get("layers", []):
+            lt = by_name.get(row.get("name"))
+            if lt is not None and lt.search:
+                row["buffer_traffic"] = lt.total
+                row["buffer_intensity"] = lt.search.best.intensity
+        macs, moved, best = self.totals()
+        doc["buffer"] = {
+            "buffer_bytes": self.buffer_bytes, "source": self.source,
+            "layers": [{"index": lt.index, "name": lt.name, "type": lt.kind, "macs": lt.macs,
+                        "values_moved": self.values_moved[lt.name],
+                        "compulsory": lt.compulsory,
+                        "traffic": lt.total,
+                        "intensity": lt.search.best.intensity if lt.search else None,
+                        "outer": ([{"dim": d, "trip": t} for d, t in lt.search.best.outer.loops]
+                                  if lt.search else None),
+                        "dataflow": lt.search.best.dataflow if lt.search else None,
+                        **({"error": lt.error} if lt.error else {})}
+                       for lt in self.layers],
+            "totals": {"macs": macs, "values_moved": moved, "traffic": best,
+                       "intensity": macs / best if best else 0.0},
+            "mapper_seconds": sum(lt.search.seconds for lt in self.layers if lt.search),
+        }
+
+    def render(self) -> str:
+        header = ("#", "name", "type", "values moved", "best traffic", "x moved",
+                  "intensity", "intensity best", "best outer loops", "keeps")
+        rows = []
+        for lt in self.layers:
+            moved = self.values_moved[lt.name]
+            if lt.search is None:
+                rows.append((str(lt.index), lt.name, lt.kind, f"{moved:,}", "does not fit", "",
+                             f"{lt.macs / moved:.4g}", "", "", ""))
+                continue
+            best = lt.search.best
+            rows.append((str(lt.index), lt.name, lt.kind, f"{moved:,}", f"{best.total:,}",
+                         f"{best.total / moved:.2f}", f"{lt.macs / moved:.4g}",
+                         f"{best.intensity:.4g}", str(best.outer) or "(none)",
+                         best.dataflow.replace("-stationary", "") or "-"))
+        macs, moved, total = self.totals()
+        rows.append(("", "total", "", f"{moved:,}", f"{total:,}",
+                     f"{total / moved:.2f}" if moved else "", f"{macs / moved:.4g}"
+                     if moved else "", f"{macs / total:.4g}" if total else "", "", ""))
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        left = {1, 2, 8, 9}
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(c.ljust(w) if i in left else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        seconds = sum(lt.search.seconds for lt in self.layers if lt.search)
+        lines = [f"Traffic through a {size_text(self.buffer_bytes)} ({self.buffer_bytes:,} B) "
+                 f"on-chip buffer ({self.source}), {self.dtype}: the least any loop order and "
+                 f"tiling moves (dnnlens traffic MODEL --layer NAME shows one layer)",
+                 "values moved: each value once (the table above); best traffic: values "
+                 "the best mapping moves; intensity: MACs per value", "",
+                 line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1]),
+                 f"mapper time {seconds:.2f} s for {len(self.layers)} layers"]
+        lines += [f"warning: {lt.name}: {lt.error}" for lt in self.layers if lt.error]
+        return "\n".join(lines)
+
+
+def analyze_buffer(analysis: Any, buffer: int | str, device: str | None = None,
+                   halo: bool = False) -> tuple[Any, BufferView]:
+    """For ``dnnlens analyze --buffer``: the analysis with each covered layer's traffic set to
+    its best mapping's (what the roofline then places it by), and the view to print.
+
+    ``buffer`` ``"device"`` takes the on-chip buffer of the ``device`` spec."""
+    from dnnlens.analysis import bytes_per_value
+
+    if buffer == "device":
+        if not device:
+            raise UsageError("--buffer without a size takes the on-chip buffer of --device; "
+                             "give --device NAME or --buffer SIZE")
+        from dnnlens.roofline import load_spec
+
+        spec = load_spec(device)
+        buffer_bytes, source = spec.buffer_bytes(), f"on-chip buffer of {spec.name}"
+    else:
+        buffer_bytes, source = parse_size(buffer), "--buffer"
+    layers = network_traffic(analysis.graph, buffer_bytes, dtype=analysis.dtype, halo=halo)
+    by_name = {lt.name: lt for lt in layers if lt.search}
+    nbytes = bytes_per_value(analysis.dtype)
+    rows = []
+    for row in analysis.rows:
+        lt = by_name.get(row.name)
+        if lt is not None and lt.total:
+            row = replace(row, values_moved=lt.total, bytes_moved=lt.total * nbytes,
+                          intensity=row.macs / lt.total)
+        rows.append(row)
+    moved = {row.name: row.values_moved for row in analysis.rows}
+    view = BufferView(buffer_bytes, source, analysis.dtype, layers, moved)
+    return replace(analysis, rows=rows), view
 
 
 # ---------------------------------------------------------------------------------------------
