@@ -66,6 +66,9 @@ COVERED = "conv (1-d and 2-d, any stride, dilation, groups, padding), fc, matmul
 #: run innermost.
 DATAFLOWS = {"weight-stationary": "weights", "output-stationary": "outputs",
              "input-stationary": "inputs"}
+#: What a loop order keeps across its innermost loop (:func:`stationary_of`), as codes.
+KEEPS = (*TENSORS, "", "all")
+ALL = KEEPS.index("all")
 #: Above this many tile-size combinations the mapper prunes (see :func:`candidate_trips`).
 MAX_COMBINATIONS = 200_000
 
@@ -92,13 +95,16 @@ def parse_size(text: str | int, what: str = "--buffer") -> int:
 
 
 def size_text(nbytes: float) -> str:
-    """``16384`` -> ``"16 KiB"``; exact binary units where they fit, else bytes."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    """``16000`` -> ``"16 kB"``, ``16384`` -> ``"16 KiB"``: the unit that states it exactly,
+    decimal first; else three significant digits in decimal units."""
+    units = (("GB", 10**9), ("GiB", 2**30), ("MB", 10**6), ("MiB", 2**20), ("kB", 10**3),
+             ("KiB", 2**10))
+    for unit, size in units:
         if nbytes >= size and nbytes % size == 0:
             return f"{int(nbytes // size)} {unit}"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    for unit, size in units[::2]:
         if nbytes >= size:
-            return f"{nbytes / size:g} {unit}"
+            return f"{nbytes / size:.3g} {unit}"
     return f"{int(nbytes)} B"
 
 
@@ -646,12 +652,16 @@ def search(problem: Problem, buffer_bytes: int | str, *, dtype: str = "fp32",
     families = [f for f in CANDIDATES if halo or not f.slide]
     for family in families:
         cost, kind = grid.cost(family.dims, halo)
-        for tensor in (*TENSORS, ""):  # "": a G loop innermost keeps no tensor
-            mine = np.where(fits & ((kind == tensor) | (kind == "all")), cost, never)
-            index = int(np.lexsort((iterations, mine))[0])
-            if mine[index] == never:
+        cost = np.where(fits, cost, never)
+        for code, tensor in enumerate(KEEPS):
+            if code == ALL:
                 continue
-            entry = (int(mine[index]), int(iterations[index]), family, index)
+            mine = np.where((kind == code) | (kind == ALL), cost, never)
+            least = mine.min()
+            if least == never:
+                continue
+            index = int(np.flatnonzero(mine == least)[np.argmin(iterations[mine == least])])
+            entry = (int(least), int(iterations[index]), family, index)
             if tensor not in winners or entry[:2] < winners[tensor][:2]:
                 winners[tensor] = entry
     found: dict[str, Traffic] = {}
@@ -725,11 +735,11 @@ class _TripGrid:
         for tensor, relevant in RELEVANT.items():
             last = np.full(trips["G"].shape, -1)  # position of the innermost indexing loop
             for i, d in enumerate(dims):
-                if d in relevant:
+                if d in relevant and self.options[d] != [1]:
                     last = np.where(moving[i], i, last)
             product = np.ones_like(last)
             for i, d in enumerate(dims):
-                if d not in relevant:
+                if d not in relevant and self.options[d] != [1]:
                     product = product * np.where(i < last, trips[d], 1)
             factor[tensor], innermost[tensor] = product, last
         rows, cols = self.row["total"], self.col["total"]
@@ -746,10 +756,10 @@ class _TripGrid:
         cost = (p.tensor_size("weights") * factor["weights"]
                 + factor["inputs"] * (p.G * p.N * p.C) * rows * cols
                 + outputs * (2 * factor["outputs"] - 1))
-        kind = np.full(cost.shape, "all", dtype=object)
+        kind = np.full(cost.shape, ALL, dtype=np.int8)  # codes into KEEPS
         for i, d in enumerate(dims):  # the innermost moving loop decides
             holder = next((t for t in TENSORS if d not in RELEVANT[t]), "")
-            kind = np.where(moving[i], holder, kind)
+            kind = np.where(moving[i], KEEPS.index(holder), kind)
         return cost, kind
 
 

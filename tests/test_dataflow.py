@@ -601,3 +601,26 @@ def test_every_shipped_device_cites_its_on_chip_buffer(tmp_path) -> None:
         assert spec.on_chip_buffer.value <= spec.on_chip_memory.value
         again = load_spec(save_spec(spec, tmp_path / f"{name}.toml"))
         assert again.on_chip_buffer == spec.on_chip_buffer
+
+
+@pytest.mark.parametrize("a, b, dims", [
+    # A (8, 16) @ B (2, 16, 4): only B has a batch, so B^T @ A^T: N = 2 * 4, C = 16, M = 8
+    ((8, 16), (2, 16, 4), (1, 8, 8, 16)),
+    # A (3, 5, 16) @ B (16, 4): A's batch folds into N = 3 * 5
+    ((3, 5, 16), (16, 4), (1, 15, 4, 16)),
+    # shared batch (2, 3): G = 6
+    ((2, 3, 5, 16), (2, 3, 16, 4), (6, 5, 4, 16)),
+    # vectors: (16,) @ (16, 4) is one row
+    ((16,), (16, 4), (1, 1, 4, 16)),
+])
+def test_matmul_operands(a: tuple, b: tuple, dims: tuple) -> None:
+    from dnnlens.ir import Node
+    from dnnlens.ops.matmul import MatMul
+
+    op = MatMul()
+    out = op.output_shape([a, b], {})
+    p = Problem.from_node(Node("mm", op, ["a", "b"], [a, b], out))
+    assert (p.G, p.N, p.M, p.C) == dims
+    assert p.macs == op.macs([a, b], out, {})
+    with pytest.raises(UsageError, match="whose batch dimensions broadcast"):
+        Problem.from_node(Node("mm", op, ["a", "b"], [(4, 1, 8, 16), (3, 16, 8)], (4, 3, 8, 8)))
