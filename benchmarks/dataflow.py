@@ -12,11 +12,11 @@ import argparse
 import platform
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dnnlens.analysis import analyze
 from dnnlens.cli.analyze import resolve_model
-from dnnlens.dataflow import compulsory, covered_nodes, no_reuse, Problem, search, size_text
+from dnnlens.dataflow import Problem, compulsory, covered_nodes, no_reuse, search, size_text
 
 BUFFERS = (16_000, 32_000, 64_000, 128_000, 256_000, 512_000, 1_000_000, 2_000_000,
            4_000_000)  # bytes: 16 kB .. 4 MB
@@ -32,7 +32,7 @@ def markdown_table(headers, rows) -> str:
 
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
         if line.startswith("Model name")), platform.processor())
     return f"{model}, {platform.machine()}, Python {platform.python_version()}"
 
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", default="fp32")
     args = parser.parse_args()
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"`python benchmarks/dataflow.py`, {now}, {machine()}; batch {args.batch}, "
           f"{args.dtype}; buffers {', '.join(size_text(b) for b in BUFFERS)} (kB = 1000 B). "
           "Traffic = values moved between main memory and the buffer by the mapper's best "

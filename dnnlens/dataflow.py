@@ -36,13 +36,13 @@ analysis's ``values_moved``; ``intensity`` is MACs per value moved.
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from math import prod
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dnnlens.errors import UsageError
 
@@ -170,7 +170,7 @@ class Problem:
         return (self.Q, self.S, self.stride[1], self.dilation[1], self.pad[1], self.cols)
 
     @staticmethod
-    def from_node(node: "Node") -> "Problem":
+    def from_node(node: Node) -> Problem:
         """The loop nest of an IR node; UsageError for a kind the model does not cover."""
         from dnnlens.ops.conv import Conv
         from dnnlens.ops.linear import Linear
@@ -194,10 +194,10 @@ class Problem:
                          f"{COVERED}")
 
 
-def _conv_problem(node: "Node", op: Any, params: dict[str, tuple]) -> Problem:
+def _conv_problem(node: Node, op: Any, params: dict[str, tuple]) -> Problem:
     x, out, weight = node.input_shapes[0], node.output_shape, params["weight"]
     groups = int(op.groups)
-    common = dict(G=groups, N=int(x[0]), M=int(weight[0]) // groups, C=int(weight[1]))
+    common = {"G": groups, "N": int(x[0]), "M": int(weight[0]) // groups, "C": int(weight[1])}
     if op.spatial_dims == 1:  # a 1-d conv is a 2-d one with a single row
         return Problem(node.name, "conv", **common, P=1, Q=int(out[2]), R=1, S=int(weight[2]),
                        stride=(1, int(op.stride[0])), dilation=(1, int(op.dilation[0])),
@@ -209,7 +209,7 @@ def _conv_problem(node: "Node", op: Any, params: dict[str, tuple]) -> Problem:
                    cols=int(x[3]))
 
 
-def _matmul_problem(node: "Node", op: Any, params: dict[str, tuple]) -> Problem:
+def _matmul_problem(node: Node, op: Any, params: dict[str, tuple]) -> Problem:
     """``A (..., Ma, K) @ B (..., K, Nb)``: inputs A, weights B (batch dims as G), or, when
     only B has batch dimensions (a parameter on the left), the transposed product
     ``B^T @ A^T`` so that the operand without batch dimensions plays the weights."""
@@ -229,7 +229,7 @@ def _matmul_problem(node: "Node", op: Any, params: dict[str, tuple]) -> Problem:
                      f"their batch dimensions or where one has none")
 
 
-def covered_nodes(graph: "Graph") -> list["Node"]:
+def covered_nodes(graph: Graph) -> list[Node]:
     """The nodes of ``graph`` the data-flow model covers, in execution order."""
     found = []
     for node in graph:
@@ -241,7 +241,7 @@ def covered_nodes(graph: "Graph") -> list["Node"]:
     return found
 
 
-def problem_of(graph: "Graph", layer: str) -> Problem:
+def problem_of(graph: Graph, layer: str) -> Problem:
     """The loop nest of the node named ``layer``; UsageError naming covered layers if none."""
     try:
         node = graph.node(layer)
@@ -306,7 +306,7 @@ class Mapping:
     loops: tuple[tuple[str, int], ...] = ()
 
     @staticmethod
-    def parse(text: "str | Mapping | Sequence[tuple[str, int]] | None") -> "Mapping":
+    def parse(text: str | Mapping | Sequence[tuple[str, int]] | None) -> Mapping:
         """``"P=8,Q=2,M=4"`` (outermost first; ``""`` for none) or pairs -> Mapping."""
         if text is None:
             return Mapping()
@@ -316,13 +316,10 @@ class Mapping:
             pairs = []
             for part in filter(None, (p.strip() for p in text.split(","))):
                 dim, eq, trip = part.partition("=")
-                try:
-                    pairs.append((dim.strip().upper(), int(trip)))
-                except ValueError:
-                    pairs = None
-                if not eq or pairs is None:
+                if not eq or not trip.strip().lstrip("-").isdigit():
                     raise UsageError(f"--outer must be loops like P=8,Q=2,M=4 (dimension=trip "
                                      f"count, outermost first), got {text!r}")
+                pairs.append((dim.strip().upper(), int(trip)))
             return Mapping(tuple(pairs))
         return Mapping(tuple((str(d).upper(), int(t)) for d, t in text))
 
@@ -356,7 +353,9 @@ class Mapping:
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Every divisor of ``n``, ascending."""
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +461,7 @@ def _reuse_factor(loops: Sequence[tuple[str, int]], relevant: frozenset[str]) ->
     return innermost, factor
 
 
-def evaluate(problem: Problem, outer: "str | Mapping | Sequence[tuple[str, int]] | None",
+def evaluate(problem: Problem, outer: str | Mapping | Sequence[tuple[str, int]] | None,
              buffer_bytes: int | str, *, dtype: str = "fp32", halo: bool = False,
              double_buffer: bool = False, check_fit: bool = True) -> Traffic:
     """The traffic of ``problem`` under the mapping ``outer`` (the closed form).
@@ -665,11 +664,11 @@ def search(problem: Problem, buffer_bytes: int | str, *, dtype: str = "fp32",
             if tensor not in winners or entry[:2] < winners[tensor][:2]:
                 winners[tensor] = entry
     found: dict[str, Traffic] = {}
-    for tensor, (cost, _, family, index) in winners.items():
+    for tensor, (least, _, family, index) in winners.items():
         traffic = evaluate(problem, family.order(grid.trips_at(index)), buffer, dtype=dtype,
                            halo=halo, double_buffer=double_buffer)
-        if traffic.total != cost:  # the vectorised count must agree with the closed form
-            raise AssertionError(f"dnnlens bug: mapper count {cost} differs from "
+        if traffic.total != least:  # the vectorised count must agree with the closed form
+            raise AssertionError(f"dnnlens bug: mapper count {least} differs from "
                                  f"{traffic.total} for {traffic.outer} of {problem.name}")
         found[tensor] = traffic
     named = {name: (replace(found[tensor], dataflow=name) if tensor in found else None)
@@ -699,7 +698,7 @@ class _TripGrid:
         self.row = self._axis_table(problem.row_axis(), "P", "R")
         self.col = self._axis_table(problem.col_axis(), "Q", "S")
 
-    def _axis_table(self, axis: tuple, out: str, kernel: str) -> dict[str, "np.ndarray"]:
+    def _axis_table(self, axis: tuple, out: str, kernel: str) -> dict[str, np.ndarray]:
         """Each :class:`AxisCounts` field for every combination, looked up per trip pair."""
         import numpy as np
 
@@ -716,14 +715,14 @@ class _TripGrid:
     def trips_at(self, index: int) -> dict[str, int]:
         return {d: int(self.trips[d][index]) for d in DIMS}
 
-    def footprint_values(self) -> "np.ndarray":
+    def footprint_values(self) -> np.ndarray:
         t = self.tile
         weights = t["G"] * t["M"] * t["C"] * t["R"] * t["S"]
         inputs = t["G"] * t["N"] * t["C"] * self.row["largest"] * self.col["largest"]
         outputs = t["G"] * t["N"] * t["M"] * t["P"] * t["Q"]
         return weights + inputs + outputs
 
-    def cost(self, dims: Sequence[str], halo: bool) -> tuple["np.ndarray", "np.ndarray"]:
+    def cost(self, dims: Sequence[str], halo: bool) -> tuple[np.ndarray, np.ndarray]:
         """Values moved by the loop order ``dims`` (outermost first; loops of one trip drop
         out) for every combination -- the closed form of :func:`evaluate`, vectorised -- and
         the tensor each keeps across its innermost loop (:func:`stationary_of`)."""
@@ -745,13 +744,13 @@ class _TripGrid:
         rows, cols = self.row["total"], self.col["total"]
         if halo:
             slide = innermost["inputs"]
-            for d, axis, kind in (("P", "row", "slide_out"), ("R", "row", "slide_kernel"),
-                                  ("Q", "col", "slide_out"), ("S", "col", "slide_kernel")):
+            for d, axis, field_name in (("P", "row", "slide_out"), ("R", "row", "slide_kernel"),
+                                        ("Q", "col", "slide_out"), ("S", "col", "slide_kernel")):
                 here = slide == dims.index(d)
                 if axis == "row":
-                    rows = np.where(here, self.row[kind], rows)
+                    rows = np.where(here, self.row[field_name], rows)
                 else:
-                    cols = np.where(here, self.col[kind], cols)
+                    cols = np.where(here, self.col[field_name], cols)
         outputs = p.tensor_size("outputs")
         cost = (p.tensor_size("weights") * factor["weights"]
                 + factor["inputs"] * (p.G * p.N * p.C) * rows * cols
@@ -784,7 +783,7 @@ class LayerTraffic:
         return self.search.best.total if self.search else None
 
 
-def network_traffic(graph: "Graph", buffer_bytes: int | str, *, dtype: str = "fp32",
+def network_traffic(graph: Graph, buffer_bytes: int | str, *, dtype: str = "fp32",
                     halo: bool = False, double_buffer: bool = False) -> list[LayerTraffic]:
     """The mapper's best for every covered layer of ``graph`` (execution order)."""
     buffer = parse_size(buffer_bytes)
@@ -874,11 +873,11 @@ class BufferView:
 
         rule = "  ".join("-" * w for w in widths)
         seconds = sum(lt.search.seconds for lt in self.layers if lt.search)
-        lines = [f"Traffic through a {size_text(self.buffer_bytes)} ({self.buffer_bytes:,} B) "
-                 f"on-chip buffer ({self.source}), {self.dtype}: the least any loop order and "
-                 f"tiling moves (dnnlens traffic MODEL --layer NAME shows one layer)",
-                 "values moved: each value once (the table above); best traffic: values "
-                 "the best mapping moves; intensity: MACs per value", "",
+        lines = [(f"Traffic through a {size_text(self.buffer_bytes)} ({self.buffer_bytes:,} B) "
+                  f"on-chip buffer ({self.source}), {self.dtype}: the least any loop order and "
+                  f"tiling moves (dnnlens traffic MODEL --layer NAME shows one layer)"),
+                 ("values moved: each value once (the table above); best traffic: values "
+                  "the best mapping moves; intensity: MACs per value"), "",
                  line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1]),
                  f"mapper time {seconds:.2f} s for {len(self.layers)} layers"]
         lines += [f"warning: {lt.name}: {lt.error}" for lt in self.layers if lt.error]
@@ -930,7 +929,6 @@ class TrafficReport:
     problem: Problem
     traffic: Traffic | None = None  # --outer given
     found: Search | None = None  # mapper
-    sizes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         body = self.found.to_dict() if self.found else self.traffic.to_dict()  # type: ignore
@@ -966,9 +964,3 @@ def traffic(model: Any, layer: str, buffer: int | str, outer: str | Sequence | N
                               double_buffer=double_buffer)
     return report
 
-
-def all_orders(mapping: Mapping) -> Iterable[Mapping]:
-    """Every order of the loops of ``mapping`` that iterate (for exhaustive checks)."""
-    loops = mapping.active()
-    for order in itertools.permutations(loops):
-        yield Mapping(tuple(order))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from math import prod
 
 import pytest
 from hypothesis import given, settings
@@ -361,10 +360,10 @@ def test_problems_from_the_ir_count_the_ops_macs() -> None:
 
 
 def test_a_kind_the_model_does_not_cover_lists_the_covered_ones() -> None:
-    from dnnlens.ir import Graph
-    from dnnlens.models import Net
     from dnnlens.dataflow import problem_of
     from dnnlens.importers.torch import import_torch
+    from dnnlens.ir import Graph
+    from dnnlens.models import Net
 
     graph = import_torch(Net(), (1, 1, 28, 28))
     assert isinstance(graph, Graph)
@@ -517,8 +516,8 @@ def test_cli_mapper_text(capsys: pytest.CaptureFixture[str]) -> None:
     (["--layer", "conv1", "--buffer", "16kB", "--outer", "P=3"], "P=3 does not divide P = 28"),
     (["--layer", "conv1", "--buffer", "0"], "--buffer must be at least 1 byte"),
     (["--layer", "conv1", "--buffer", "16 parsecs"], "--buffer must be a size such as 16kB"),
-    (["--layer", "relu", "--buffer", "16kB"], "layer 'relu' is a relu; the data-flow model "
-                                               "covers conv (1-d and 2-d"),
+    (["--layer", "relu", "--buffer", "16kB"], ("layer 'relu' is a relu; the data-flow model "
+                                                "covers conv (1-d and 2-d")),
     (["--layer", "conv1", "--buffer", "1kB", "--outer", ""], "do not fit the 1,000-byte"),
 ])
 def test_cli_bad_input(argv: list[str], fragment: str,

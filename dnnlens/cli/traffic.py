@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from dnnlens.cli.analyze import load_analysis
 
@@ -76,10 +77,10 @@ def render(report: Any) -> str:
              + (f" (stride {p.stride[0]}x{p.stride[1]}, dilation {p.dilation[0]}x"
                 f"{p.dilation[1]}, padding {p.pad[0]}x{p.pad[1]})" if p.kind == "conv" else "")
              + f", {p.macs:,} MACs",
-             f"buffer {size_text(chosen.buffer_bytes)} ({chosen.buffer_bytes:,} B), "
-             f"{chosen.dtype} ({chosen.bytes_per_value} B per value), halo reuse "
-             f"{'on' if chosen.halo else 'off'}, "
-             f"{'double' if chosen.double_buffer else 'single'} buffering",
+             (f"buffer {size_text(chosen.buffer_bytes)} ({chosen.buffer_bytes:,} B), "
+              f"{chosen.dtype} ({chosen.bytes_per_value} B per value), halo reuse "
+              f"{'on' if chosen.halo else 'off'}, "
+              f"{'double' if chosen.double_buffer else 'single'} buffering"),
              "values moved from and to main memory; intensity = MACs per value moved", ""]
     rows: list[Sequence[str]] = []
     if report.found:
