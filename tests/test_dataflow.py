@@ -623,3 +623,27 @@ def test_matmul_operands(a: tuple, b: tuple, dims: tuple) -> None:
     assert p.macs == op.macs([a, b], out, {})
     with pytest.raises(UsageError, match="whose batch dimensions broadcast"):
         Problem.from_node(Node("mm", op, ["a", "b"], [(4, 1, 8, 16), (3, 16, 8)], (4, 3, 8, 8)))
+
+
+def test_whole_layer_in_the_buffer_moves_the_notebooks_values() -> None:
+    """Once the buffer holds a whole layer, the mapper's best is the notebook's values moved
+    (each input, weight and output once; the analysis counts it from the operator), and one
+    byte less forces an outer loop and more traffic than that for these layers."""
+    from dnnlens.analysis import analyze
+    from dnnlens.dataflow import network_traffic
+    from dnnlens.models import Net
+
+    result = analyze(Net(), (2, 1, 28, 28))
+    moved = {row.name: row.values_moved for row in result.rows}
+    for node in result.graph:
+        if node.kind not in ("conv", "fc"):
+            continue
+        p = Problem.from_node(node)
+        whole = evaluate(p, "", BIG).needed_bytes
+        found = search(p, whole)
+        assert found.best.total == moved[node.name] and found.best.outer.active() == []
+        tighter = search(p, whole - 1)
+        assert tighter.best.total >= moved[node.name] and tighter.best.outer.active()
+    # every layer at once, as analyze --buffer does: a huge buffer gives the notebook's numbers
+    for layer in network_traffic(result.graph, BIG):
+        assert layer.total == moved[layer.name]

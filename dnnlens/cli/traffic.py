@@ -87,7 +87,7 @@ def render(report: Any) -> str:
         found = report.found
         rows.append(_row(f"best ({found.best.dataflow or 'no tensor kept'})", found.best))
         for name, t in found.dataflows.items():
-            rows.append(_row(name, t) if t else (name, "no mapping of this kind fits"))
+            rows.append(_row(name, t) if t else (name, _why_none(p, name)))
     else:
         rows.append(_row("given", report.traffic))
     compulsory = chosen.compulsory
@@ -108,6 +108,18 @@ def render(report: Any) -> str:
         lines.append(f"mapper: {report.found.mappings_scored:,} mappings scored in "
                      f"{report.found.seconds:.3f} s ({how})")
     return "\n".join(lines)
+
+
+def _why_none(problem: Any, dataflow: str) -> str:
+    """Why the mapper found no mapping of a named dataflow."""
+    from dnnlens.dataflow import DATAFLOWS, DIMS, RELEVANT
+
+    tensor = DATAFLOWS[dataflow]
+    others = [d for d in DIMS if d not in RELEVANT[tensor]]
+    if all(problem.size(d) == 1 for d in others):
+        return (f"none: {' = '.join(others)} = 1, no loop to keep the {tensor} across, and "
+                f"the whole layer does not fit")
+    return "none: no mapping of this kind fits the buffer"
 
 
 def _row(label: str, t: Any) -> tuple[str, ...]:
