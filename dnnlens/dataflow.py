@@ -40,6 +40,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from functools import lru_cache
 from math import prod
 from typing import TYPE_CHECKING, Any
@@ -88,7 +89,7 @@ def parse_size(text: str | int, what: str = "--buffer") -> int:
         if not match:
             raise UsageError(f"{what} must be a size such as 16kB, 4MB or 2MiB, got {text!r}")
         number, unit = match.groups()
-        value = int(float(number) * _UNITS[(unit or "").lower()])
+        value = int(Fraction(number) * _UNITS[(unit or "").lower()])  # exact, any length
     if value < 1:
         raise UsageError(f"{what} must be at least 1 byte, got {text!r}")
     return value

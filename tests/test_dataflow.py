@@ -303,6 +303,7 @@ def test_bad_mappings(outer: str, fragment: str) -> None:
 
 
 @pytest.mark.parametrize("text, value", [("16kB", 16_000), ("4MB", 4_000_000),
+                                         ("9" * 400 + "GB", int("9" * 400) * 10**9),
                                          ("2MiB", 2 * 2**20), ("512", 512), ("64 KiB", 65536),
                                          ("1.5kB", 1500)])
 def test_sizes(text: str, value: int) -> None:
@@ -647,3 +648,14 @@ def test_whole_layer_in_the_buffer_moves_the_notebooks_values() -> None:
     # every layer at once, as analyze --buffer does: a huge buffer gives the notebook's numbers
     for layer in network_traffic(result.graph, BIG):
         assert layer.total == moved[layer.name]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="PQRSMCNGX=,0123456789 -kKMiBb.", max_size=16))
+def test_any_outer_or_size_text_is_a_mapping_or_one_usage_error(text: str) -> None:
+    """Whatever a user types for --outer or --buffer: a result or a UsageError, nothing else."""
+    for call in (lambda: evaluate(CONV, text, BIG), lambda: parse_size(text)):
+        try:
+            call()
+        except UsageError as exc:
+            assert "\n" not in str(exc)
