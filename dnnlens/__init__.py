@@ -37,6 +37,8 @@ _API = {
     "analyze": "dnnlens.analysis",
     "run": "dnnlens.engine",
     "verify": "dnnlens.engine",
+    "traffic": "dnnlens.dataflow",
+    "parse_size": "dnnlens.dataflow",
 }
 
 __all__ = sorted(_API)

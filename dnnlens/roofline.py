@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 #: Figures a spec must give (``peak_macs_per_s`` needs at least one dtype).
 REQUIRED = ("peak_macs_per_s", "memory_bandwidth")
 #: Figures a spec may give.
-OPTIONAL = ("on_chip_memory", "main_memory")
+OPTIONAL = ("on_chip_memory", "main_memory", "on_chip_buffer")
 
 
 # --------------------------------------------------------------------------------------
@@ -63,7 +63,9 @@ class HardwareSpec:
 
     ``peak_macs`` maps a dtype (``fp32``, ``fp16``, ``bf16``, ``int8``) to the peak
     multiply-accumulates per second; ``bandwidth`` is main-memory bytes per second;
-    ``on_chip_memory`` / ``main_memory`` are bytes (``None`` where unknown).
+    ``on_chip_memory`` / ``main_memory`` are bytes (``None`` where unknown);
+    ``on_chip_buffer`` is the one on-chip buffer between main memory and the cores that the
+    data-flow model (:mod:`dnnlens.dataflow`) tiles layers into, in bytes.
     """
 
     name: str
@@ -74,6 +76,16 @@ class HardwareSpec:
     main_memory: Figure | None = None
     notes: str = ""
     path: str = ""
+    on_chip_buffer: Figure | None = None
+
+    def buffer_bytes(self) -> int:
+        """The data-flow buffer: ``on_chip_buffer``, else all of ``on_chip_memory``;
+        SpecError when the spec gives neither."""
+        figure = self.on_chip_buffer or self.on_chip_memory
+        if figure is None:
+            raise SpecError(f"device {self.name!r} gives no on-chip buffer size; add "
+                            f"[on_chip_buffer] to its spec or give --buffer SIZE")
+        return int(figure.value)
 
     def peak(self, dtype: str = "fp32") -> float:
         """Peak MACs/s for ``dtype``; SpecError naming the dtypes the spec has otherwise."""
@@ -114,6 +126,9 @@ def load_spec(name_or_path: str | os.PathLike) -> HardwareSpec:
         source = "..."
         [main_memory]                     # bytes, optional; so is [on_chip_memory]
         value = 8589934592
+        source = "..."
+        [on_chip_buffer]                  # bytes, optional: the buffer dnnlens.dataflow tiles
+        value = 2097152                   # into (default: all of on_chip_memory)
         source = "..."
 
     SpecError (one line naming the file and field) on a missing, non-numeric, zero or
@@ -162,6 +177,7 @@ def parse_spec(data: Mapping[str, Any], where: str = "spec",
         main_memory=optional.get("main_memory"),
         notes=str(data.get("notes", "")),
         path=where,
+        on_chip_buffer=optional.get("on_chip_buffer"),
     )
 
 
@@ -195,7 +211,8 @@ def spec_to_toml(spec: HardwareSpec) -> str:
     for dtype, fig in spec.peak_macs.items():
         lines += table(f"peak_macs_per_s.{dtype}", fig)
     lines += table("memory_bandwidth", spec.bandwidth)
-    for key, fig in (("on_chip_memory", spec.on_chip_memory), ("main_memory", spec.main_memory)):
+    for key, fig in (("on_chip_memory", spec.on_chip_memory), ("main_memory", spec.main_memory),
+                     ("on_chip_buffer", spec.on_chip_buffer)):
         if fig is not None:
             lines += table(key, fig)
     return "\n".join(lines) + "\n"

@@ -184,6 +184,15 @@ def _train(**options: Any) -> Callable[[Path], Any]:
     return call
 
 
+def _traffic(layer: str, buffer: Any, outer: str | None = None) -> Callable[[Path], Any]:
+    def call(d: Path) -> Any:
+        from dnnlens.dataflow import traffic
+        from dnnlens.models import Net
+
+        return traffic(Net(), layer, buffer, outer, input_shape=(1, 1, 28, 28))
+    return call
+
+
 def _analyze(shape: tuple[int, ...], **options: Any) -> Callable[[Path], Any]:
     def call(d: Path) -> Any:
         from dnnlens.analysis import analyze
@@ -347,6 +356,24 @@ CASES = [
         "--depth must be 0 or more"),
     Bad("report-batch-zero", ("report", "-o", "{d}/report-ok", "--device", "epyc9654",
                               "--batch", "0"), None, UsageError, "--batch must be a positive"),
+    # --- data movement under a buffer (issue 14) -------------------------------------------
+    Bad("traffic-unknown-layer", ("traffic", "seed", "--layer", "conv7", "--buffer", "16kB"),
+        _traffic("conv7", "16kB"), UsageError, "no layer named 'conv7' in"),
+    Bad("traffic-not-covered", ("traffic", "seed", "--layer", "pool", "--buffer", "16kB"),
+        _traffic("pool", "16kB"), UsageError, "layer 'pool' is a maxpool; the data-flow model "
+                                              "covers conv"),
+    Bad("traffic-loop-not-dividing", ("traffic", "seed", "--layer", "conv1", "--buffer",
+                                      "16kB", "--outer", "P=3"),
+        _traffic("conv1", "16kB", "P=3"), UsageError, "P=3 does not divide P = 28"),
+    Bad("traffic-buffer-zero", ("traffic", "seed", "--layer", "conv1", "--buffer", "0"),
+        _traffic("conv1", 0), UsageError, "--buffer must be at least 1 byte"),
+    Bad("traffic-buffer-malformed", ("traffic", "seed", "--layer", "conv1", "--buffer", "4 TB!"),
+        _traffic("conv1", "4 TB!"), UsageError, "--buffer must be a size such as 16kB"),
+    Bad("traffic-does-not-fit", ("traffic", "seed", "--layer", "conv1", "--buffer", "1kB",
+                                 "--outer", "P=2"),
+        _traffic("conv1", "1kB", "P=2"), UsageError, "do not fit the 1,000-byte buffer: weights"),
+    Bad("analyze-buffer-malformed", ("analyze", "--buffer", "lots"), None, UsageError,
+        "--buffer must be a size"),
     # --- unwritable outputs ----------------------------------------------------------------
     Bad("train-out-under-a-file", ("train", "--out", "{d}/afile/net.pth"),
         _train(out="{d}/afile/net.pth"), CheckpointError,

@@ -13,7 +13,7 @@ import sys
 from dnnlens.errors import DnnlensError
 
 #: Sub-commands in the order ``--help`` lists them; each is ``dnnlens.cli.<name>``.
-COMMANDS = ("demo", "train", "verify", "analyze", "report", "hw")
+COMMANDS = ("demo", "train", "verify", "analyze", "traffic", "report", "hw")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from typing import Any
 
@@ -37,6 +38,11 @@ def add_parser(subparsers: Any) -> None:
                         help="merge rows by the first K parts of their module name")
     parser.add_argument("--device", metavar="NAME|FILE", default=None,
                         help="add roofline columns for a device (dnnlens hw list) or spec file")
+    parser.add_argument("--buffer", metavar="SIZE", nargs="?", const="device", default=None,
+                        help="add each conv/fc/matmul layer's least traffic through an "
+                             "on-chip buffer of SIZE (16kB, 4MB, 2MiB; alone: the --device "
+                             "spec's on-chip buffer); with --device the roofline places each "
+                             "layer by that traffic (docs/dataflow.md)")
     parser.add_argument("--measure", action="store_true",
                         help="time each layer of our engine and PyTorch on this machine next "
                              "to the roofline of this machine (probed for a second)")
@@ -130,37 +136,60 @@ def _write_extras(args: argparse.Namespace, result: Any) -> None:
         print(f"wrote {args.netron}", file=sys.stderr)
 
 
-def run(args: argparse.Namespace) -> int:
+def load_analysis(source: str, input_text: str | None, batch: int | None,
+                  dtype: str) -> tuple[Any, Any]:
+    """``(Analysis, nn.Module or None)`` of a MODEL argument (a file gives no module): the one
+    resolution every sub-command that takes a MODEL uses."""
     from dnnlens.analysis import analyze
 
-    shape = parse_shape(args.input) if args.input is not None else None
-    if args.batch is not None and args.batch < 1:
-        raise UsageError(f"--batch must be a positive integer, got {args.batch}")
+    shape = parse_shape(input_text) if input_text is not None else None
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch must be a positive integer, got {batch}")
     from dnnlens.importers.spec import graph_from_file  # issue 6: ONNX, spec, topology files
 
-    graph = graph_from_file(args.model, shape, args.batch)
+    graph = graph_from_file(source, shape, batch)
     if graph is not None:
         model = None  # a file, not an nn.Module: nothing for PyTorch to time
-        result = analyze(graph, dtype=args.dtype)
+        result = analyze(graph, dtype=dtype)
     else:
-        model, default = resolve_model(args.model)
+        model, default = resolve_model(source)
         shape = shape or default
         if shape is None:
-            raise UsageError(f"give --input N,C,H,W for {args.model!r}")
-        result = analyze(model, shape, batch=args.batch, dtype=args.dtype)
-    result.graph.name = args.model
+            raise UsageError(f"give --input N,C,H,W for {source!r}")
+        result = analyze(model, shape, batch=batch, dtype=dtype)
+    result.graph.name = source
+    return result, model
+
+
+def run(args: argparse.Namespace) -> int:
+    buffer = getattr(args, "buffer", None)
+    if buffer not in (None, "device"):
+        from dnnlens.dataflow import parse_size
+
+        parse_size(buffer)  # a bad size fails before any model is traced
+    result, model = load_analysis(args.model, args.input, args.batch, args.dtype)
+    placed = result  # what the roofline places each layer by
+    if buffer is not None:  # issue 14: traffic through a finite on-chip buffer
+        from dnnlens.dataflow import analyze_buffer
+
+        placed, buffer_view = analyze_buffer(result, buffer, getattr(args, "device", None))
     if args.json:
-        print(result.to_json(args.depth))
+        doc = result.to_json_dict(args.depth)
+        if buffer is not None:
+            buffer_view.add_to_json(doc)
+        print(json.dumps(doc, indent=2))
     else:
         print(result.render(args.depth))
+        if buffer is not None:
+            print()
+            print(buffer_view.render())
         if args.csv:
             result.to_csv(args.csv, args.depth)
             print(f"wrote {args.csv}")
         if getattr(args, "device", None) or getattr(args, "measure", False):
             from dnnlens.cli.hw import analyze_extras  # roofline and timing (issue 5)
 
-            analyze_extras(None if graph is not None else model, result, args.device,
-                           args.measure)
+            analyze_extras(model, placed, args.device, args.measure)
     _write_extras(args, result)
     if args.json:  # the table already lists them; keep stdout pure JSON
         for warning in result.warnings:

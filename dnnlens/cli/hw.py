@@ -75,7 +75,8 @@ def describe(spec: HardwareSpec) -> list[str]:
         lines.append(f"  peak {dtype:<5} {fig.value / 1e9:>14,.2f} GMAC/s   {fig.source}")
     lines.append(f"  bandwidth  {spec.bandwidth.value / 1e9:>14,.2f} GB/s     "
                  f"{spec.bandwidth.source}")
-    for label, fig in (("on-chip", spec.on_chip_memory), ("memory", spec.main_memory)):
+    for label, fig in (("on-chip", spec.on_chip_memory), ("memory", spec.main_memory),
+                       ("buffer", spec.on_chip_buffer)):
         if fig is not None:
             lines.append(f"  {label:<10} {fig.value / 2**20:>14,.2f} MiB      {fig.source}")
     if spec.notes:
