@@ -772,12 +772,20 @@ def _trace_training(copied: nn.Module, names: dict[int, str], args: tuple, kw: d
         for handle in handles:
             handle.remove()
     for qualname, module in copied.named_modules():  # our stack, for recomputation
-        module.register_forward_pre_hook(lambda m, a, q=qualname: stack.append(q))
-        module.register_forward_hook(lambda m, a, o: stack.pop(), always_call=True)
+        module.register_forward_pre_hook(functools.partial(_enter, stack, qualname))
+        module.register_forward_hook(functools.partial(_leave, stack), always_call=True)
     outputs = [tracer.value_of(t) for t in tree_flatten(out)[0] if tracer.known(t)]
     graph = Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
                   name=type(copied).__name__)
     return graph, tracer, out
+
+
+def _enter(stack: list[str], qualname: str, module: nn.Module, args: tuple) -> None:
+    stack.append(qualname)
+
+
+def _leave(stack: list[str], module: nn.Module, args: tuple, out: Any) -> None:
+    stack.pop()
 
 
 def _module_rows(graph: Graph) -> Callable[[str], str]:
