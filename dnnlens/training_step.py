@@ -9,11 +9,12 @@ How, in pipeline order (docs/training.md says more):
    :class:`~dnnlens.importers.torch.Tracer` with autograd *on*, so the IR graph and its rows are
    those of :func:`dnnlens.analyze`, in training mode (batch norm uses batch statistics,
    dropout is live), and every traced tensor keeps its ``grad_fn``.
-2. **Label the autograd graph.** For each IR node in execution order, every autograd node
-   reachable backwards from the node's output that no earlier IR node claimed is labelled with
-   that IR node (a linear layer's ``AddmmBackward0`` and the ``TBackward0`` of its weight; a
-   batch norm's one ``NativeBatchNormBackward0``). Nodes no IR node reaches (the loss) are
-   labelled ``(loss)``.
+2. **Label the autograd graph.** Autograd numbers its backward nodes in creation order and
+   creates an operator's node just before the operator runs. The tracer notes that number
+   each time it adds an IR node, so every backward node belongs to the first IR node added
+   after it (a linear layer's ``AddmmBackward0`` and the ``TBackward0`` of its weight; a batch
+   norm's ``NativeBatchNormBackward0``, even when an in-place ReLU later takes over its output
+   tensor). Nodes created after the last IR node (the loss) are labelled ``(loss)``.
 3. **Backward on meta.** ``loss.backward()`` runs under a ``TorchDispatchMode`` that sees every
    aten operator autograd runs, asks ``torch._C._current_autograd_node()`` which backward node
    runs it, and so which layer it differentiates. A matrix product or convolution is an
@@ -44,6 +45,7 @@ MACs follow docs/units.md: multiply-accumulates per batch of convolutions and ma
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import weakref
@@ -352,30 +354,42 @@ def aten_macs(name: str, args: Sequence[Any], out: Any) -> tuple[int, int]:
 # Step 2: label the autograd graph with IR nodes
 
 
-def _node_outputs(tracer: Tracer, graph: Graph) -> dict[str, list[torch.Tensor]]:
-    """IR node name -> the traced tensors bound to it (its output first)."""
-    names = {node.name for node in graph}
-    out: dict[str, list[torch.Tensor]] = {}
-    for t in tracer.keep:
-        if isinstance(t, torch.Tensor):
-            value = tracer.values.get(id(t))
-            if value in names:
-                out.setdefault(value, []).append(t)
-    return out
+class _TrainingTracer(Tracer):
+    """The importer's tracer, noting autograd's sequence number as each IR node is added.
+
+    Autograd numbers its backward nodes in the order it creates them, and creates an
+    operator's node before the operator runs; so the backward nodes of an IR node are those
+    numbered after the previous IR node was added and before this one was (a leaf module's
+    inner operators, the ``W.t()`` view a linear layer makes of its weight)."""
+
+    def __init__(self, names: dict[int, str]):
+        super().__init__(names)
+        self.marks: list[tuple[int, str]] = []  # (sequence number when added, node name)
+
+    def add(self, built: Any, source: str, base: str) -> None:
+        super().add(built, source, base)
+        self.marks.append((torch._C._autograd._get_sequence_nr(), self.nodes[-1].name))
 
 
-def label_autograd_graph(graph: Graph, outputs: dict[str, list[torch.Tensor]]) -> dict[Any, str]:
-    """Autograd node -> IR node name: each IR node, in execution order, claims every autograd
-    node reachable backwards from its outputs that no earlier IR node claimed."""
+def label_autograd_graph(root: Any, marks: Sequence[tuple[int, str]]) -> dict[Any, str]:
+    """Autograd node -> IR node name, for every node reachable from ``root`` (the loss).
+
+    A node belongs to the first IR node added after it was created (see
+    :class:`_TrainingTracer`); nodes created after the last IR node (the loss) to
+    ``(loss)``. Sequence numbers, not tensors, so an in-place operator (a ReLU on a batch
+    norm's output) cannot take the batch norm's backward node. A parameter's
+    ``AccumulateGrad`` (it has no sequence number of its own) goes with its first user."""
+    numbers = [number for number, _ in marks]
     labels: dict[Any, str] = {}
-    for node in graph:
-        stack = [t.grad_fn for t in outputs.get(node.name, []) if t.grad_fn is not None]
-        while stack:
-            fn = stack.pop()
-            if fn is None or fn in labels:
-                continue
-            labels[fn] = node.name
-            stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    nodes = _walk(root)
+    for fn in sorted(nodes, key=lambda fn: fn._sequence_nr()):
+        if type(fn).__name__ == "AccumulateGrad":
+            continue
+        at = bisect.bisect_right(numbers, fn._sequence_nr())
+        labels[fn] = marks[at][1] if at < len(marks) else LOSS_ROW
+        for next_fn, _ in fn.next_functions:
+            if next_fn is not None and type(next_fn).__name__ == "AccumulateGrad":
+                labels.setdefault(next_fn, labels[fn])
     return labels
 
 
@@ -736,11 +750,11 @@ def wrap_checkpoints(model: nn.Module, depth: int, stack: list[str]) -> list[str
 
 
 def _trace_training(copied: nn.Module, names: dict[int, str], args: tuple, kw: dict,
-                    stack: list[str]) -> tuple[Graph, Tracer, Any]:
+                    stack: list[str]) -> tuple[Graph, _TrainingTracer, Any]:
     """The importer's trace (see dnnlens.importers.torch), in training mode with autograd on.
 
     ``stack`` receives a module stack of our own (for recomputation during backward)."""
-    tracer = Tracer(names)
+    tracer = _TrainingTracer(names)
     for t in [*copied.parameters(), *copied.buffers()]:
         tracer.params[id(t)] = ParamRef(names[id(t)], shape_of(t))
     graph_inputs: dict[str, tuple[int, ...]] = {}
@@ -840,11 +854,11 @@ def analyze_training(model: nn.Module, input_shape: Sequence[int] | None = None,
     if checkpoint_depth is not None:
         wrap_checkpoints(copied, checkpoint_depth, stack)
     graph, tracer, out = _trace_training(copied, names, args, kw, stack)
-    labels = label_autograd_graph(graph, _node_outputs(tracer, graph))
     loss = loss_fn(out)
     if loss.grad_fn is None:
         raise ModelError("the loss does not depend on any trainable parameter: every "
                          "parameter has requires_grad=False")
+    labels = label_autograd_graph(loss.grad_fn, tracer.marks)
     state = [*copied.parameters(), *copied.buffers()]
     saved = ({} if checkpoint_depth is not None
              else saved_bytes_by_layer(loss.grad_fn, labels, state))

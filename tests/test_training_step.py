@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -265,6 +263,17 @@ class ViewsAndInPlace(nn.Module):
         return self.fc(y.view(y.shape[0], -1))
 
 
+def test_in_place_relu_leaves_the_batch_norm_its_backward():
+    step = analyze_training(ViewsAndInPlace(), (3, 3, 8, 8))
+    bn, relu = step.row("bn"), step.row("relu")
+    # batch norm keeps its input, the conv output: 3 x 8 x 8 x 8 values x 4 bytes = 6,144 B
+    # (+ its batch mean and inverse std, 8 values each: 64 B); the in-place ReLU keeps its
+    # result, which is the batch norm's output storage: 6,144 B
+    assert bn.saved_bytes == 6_144 + 64
+    assert relu.saved_bytes == 6_144
+    assert bn.backward_values_moved > 0 and relu.backward_values_moved > 0
+
+
 @pytest.mark.parametrize("build, shape", [
     (Net, (4, 1, 28, 28)),
     (functools.partial(torchvision.models.resnet18, weights=None), (2, 3, 64, 64)),
@@ -384,15 +393,12 @@ def test_bad_options_are_one_line_errors():
 # Interfaces
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dnnlens", *args], capture_output=True,
-                          text=True, timeout=300)
+def test_cli_train_json_carries_the_backward_columns_and_memory(capsys):
+    from dnnlens.cli import main
 
-
-def test_cli_train_json_carries_the_backward_columns_and_memory():
-    done = cli("analyze", "seed", "--train", "--batch", "4", "--optimizer", "sgd", "--json")
-    assert done.returncode == 0, done.stderr
-    doc = json.loads(done.stdout)
+    assert main(["analyze", "seed", "--train", "--batch", "4", "--optimizer", "sgd",
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
     conv1 = next(layer for layer in doc["layers"] if layer["name"] == "conv1")
     # conv1 4x5x5 on 28x28, batch 4: 4*4*28*28*25 = 313,600 = its dW; no dX (data input)
     assert (conv1["weight_grad_macs"], conv1["input_grad_macs"]) == (313_600, 0)
@@ -400,10 +406,12 @@ def test_cli_train_json_carries_the_backward_columns_and_memory():
     assert doc["training"]["memory"]["optimizer_state"] == 0
 
 
-def test_cli_train_table_and_bad_optimizer():
-    done = cli("analyze", "seed", "--train", "--checkpoint-activations", "1")
-    assert done.returncode == 0, done.stderr
-    assert "training memory" in done.stdout and "recompute" in done.stdout
-    bad = cli("analyze", "seed", "--train", "--checkpoint-activations", "0")
-    assert bad.returncode == 2 and bad.stderr.startswith("error:")
-    assert "Traceback" not in bad.stderr
+def test_cli_train_table_and_bad_options(capsys):
+    from dnnlens.cli import main
+
+    assert main(["analyze", "seed", "--train", "--checkpoint-activations", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "training memory" in out and "recompute" in out
+    assert main(["analyze", "seed", "--train", "--checkpoint-activations", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """``dnnlens analyze [MODEL] [--input N,C,H,W] [--batch B] [--dtype D] [--depth K]
-[--json | --csv FILE]``: the per-layer table of any network.
+[--json | --csv FILE] [--train [--optimizer O] [--amp] [--checkpoint-activations K]]``:
+the per-layer table of any network; with ``--train`` its training step (backward MACs, memory).
 
 MODEL is ``seed`` (the course's MNIST network, the default), a torchvision model name
 (``resnet18``, ``vit_b_16``, ...; built with ``weights=None`` on the meta device, nothing is
@@ -45,6 +46,22 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--netron", metavar="FILE",
                         help="ONNX models: also write a Netron attachment (.json) or an "
                              "annotated copy of the model (.onnx)")
+    train = parser.add_argument_group("training step (issue 15)")
+    train.add_argument("--train", action="store_true",
+                       help="add backward MACs per layer (input and weight gradients) and the "
+                            "memory of a training step")
+    train.add_argument("--optimizer", default="adam",
+                       choices=("adam", "adamw", "sgd", "sgd-momentum"),
+                       help="optimizer whose state is counted (default adam)")
+    train.add_argument("--amp", action="store_true",
+                       help="mixed precision: --dtype fp16/bf16 compute (fp16 if fp32 is given) "
+                            "with fp32 master weights and optimizer state")
+    train.add_argument("--checkpoint-activations", type=int, default=None, metavar="DEPTH",
+                       help="checkpoint every module DEPTH levels down: less kept, forward "
+                            "recomputed in backward")
+    train.add_argument("--workspace", default=None, choices=("onednn",),
+                       help="add the transient buffers of a backend's kernels to the peak "
+                            "(onednn: PyTorch's CPU convolutions on x86)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--csv", metavar="FILE", help="also write the rows to FILE as CSV")
@@ -139,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
     from dnnlens.importers.spec import graph_from_file  # issue 6: ONNX, spec, topology files
 
     graph = graph_from_file(args.model, shape, args.batch)
+    if graph is not None and getattr(args, "train", False):
+        raise UsageError("--train traces a PyTorch model's backward pass; give a model name or "
+                         "package.module:factory instead of a file")
     if graph is not None:
         model = None  # a file, not an nn.Module: nothing for PyTorch to time
         result = analyze(graph, dtype=args.dtype)
@@ -147,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         shape = shape or default
         if shape is None:
             raise UsageError(f"give --input N,C,H,W for {args.model!r}")
+        if getattr(args, "train", False):
+            return _run_training(args, model, shape)
         result = analyze(model, shape, batch=args.batch, dtype=args.dtype)
     result.graph.name = args.model
     if args.json:
@@ -165,4 +187,25 @@ def run(args: argparse.Namespace) -> int:
     if args.json:  # the table already lists them; keep stdout pure JSON
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _run_training(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> int:
+    """``--train``: the training-step table (or JSON) of dnnlens.training_step."""
+    from dnnlens.training_step import analyze_training
+
+    step = analyze_training(model, shape, batch=args.batch, dtype=args.dtype,
+                            optimizer=args.optimizer, amp=args.amp,
+                            checkpoint_depth=args.checkpoint_activations,
+                            workspace=args.workspace)
+    step.analysis.graph.name = args.model
+    if args.json:
+        print(step.to_json(args.depth))
+        for warning in step.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        print(step.render(args.depth))
+        if args.csv:
+            step.analysis.to_csv(args.csv, args.depth)
+            print(f"wrote {args.csv}")
     return 0
