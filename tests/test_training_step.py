@@ -415,3 +415,29 @@ def test_cli_train_table_and_bad_options(capsys):
     assert main(["analyze", "seed", "--train", "--checkpoint-activations", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_report_has_a_training_section_and_its_roofline(tmp_path):
+    import dnnlens
+    from dnnlens.report import write_report
+
+    step = dnnlens.analyze_training(Net(), (8, 1, 28, 28), optimizer="sgd-momentum")
+    page = write_report(dnnlens.analyze(Net(), (8, 1, 28, 28)), tmp_path, "epyc9654",
+                        training=step).read_text()
+    assert "<h2>Training step</h2>" in page and "optimizer state (sgd-momentum)" in page
+    assert (tmp_path / "roofline-training.svg").exists()
+    # fc1 forward and backward both sit on the training roofline
+    assert 'id="layer-point-' in (tmp_path / "roofline-training.svg").read_text()
+
+
+def test_training_roofline_places_forward_and_backward_of_each_layer():
+    from dnnlens.roofline import load_spec, training_roofline
+
+    step = analyze_training(Net(), (8, 1, 28, 28))
+    roof = training_roofline(step, load_spec("epyc9654"))
+    names = [layer.name for layer in roof.layers]
+    assert names.index("fc1") < names.index("fc2") < names.index("fc2 backward") \
+        < names.index("fc1 backward")  # backward runs the layers in reverse
+    fc1 = roof.layers[names.index("fc1 backward")]
+    # fc1 backward: dX + dW = 2 x 8 x 392 x 256 = 1,605,632 MACs
+    assert fc1.macs == 1_605_632 and fc1.type == "fc backward"
