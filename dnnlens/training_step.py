@@ -46,12 +46,13 @@ MACs follow docs/units.md: multiply-accumulates per batch of convolutions and ma
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import json
 import weakref
 from dataclasses import asdict, dataclass, field
 from math import prod
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -342,11 +343,12 @@ def aten_macs(name: str, args: Sequence[Any], out: Any) -> tuple[int, int]:
         per = _conv_forward_macs(x, w, grad_out, transposed)
         return per * bool(mask[0]), per * bool(mask[1])
     if name.startswith("_scaled_dot_product") and "attention" in name:
-        q, k, v = args[0].shape, args[1].shape, args[2].shape
+        backward = name.endswith("_backward")  # (grad_out, q, k, v, ...) else (q, k, v, ...)
+        q, k, v = (a.shape for a in args[int(backward):int(backward) + 3])
         lead, length, source = prod(q[:-2]), q[-2], k[-2]
         forward = lead * length * source * (q[-1] + v[-1])  # q k^T, then scores v
         # backward: dS = dO v^T, dV = P^T dO, dQ = dS k, dK = dS^T q: twice the forward
-        return (2 * forward if name.endswith("_backward") else forward), 0
+        return (2 * forward if backward else forward), 0
     return 0, 0
 
 
@@ -369,6 +371,48 @@ class _TrainingTracer(Tracer):
     def add(self, built: Any, source: str, base: str) -> None:
         super().add(built, source, base)
         self.marks.append((torch._C._autograd._get_sequence_nr(), self.nodes[-1].name))
+
+    def fused_attention(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        # one attention node, as the importer records it, run as the fused kernel
+        return super().fused_attention(fused_attention, args, kwargs)
+
+
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                    is_causal: bool = False, scale: float | None = None,
+                    **kwargs: Any) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` as a fused kernel, also on meta.
+
+    On meta PyTorch runs attention's math path (``bmm``, softmax, ``bmm``), which keeps the
+    whole ``L x S`` attention matrix for backward; CPU and GPU run a fused (flash) kernel that
+    keeps the output and one log-sum-exp per row. We run the CPU flash kernel's meta version
+    so that what autograd saves is what a real step saves (same MACs either way). Arguments
+    the fused kernel does not take (``enable_gqa``) fall back to the math path."""
+    if kwargs or query.device.type not in ("meta", "cpu"):
+        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                     is_causal=is_causal, scale=scale, **kwargs)
+    try:
+        out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
+    except RuntimeError:  # shapes or a mask the fused kernel does not support
+        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                     is_causal=is_causal, scale=scale)
+    return out
+
+
+@contextlib.contextmanager
+def _fused_attention_on_meta() -> Iterator[None]:
+    """``torch.nn.functional.scaled_dot_product_attention`` is :func:`fused_attention` inside
+    (``nn.MultiheadAttention`` looks the name up at each call); restored on exit."""
+    functional = torch.nn.functional
+    functional.scaled_dot_product_attention = fused_attention
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = _SDPA
 
 
 def label_autograd_graph(root: Any, marks: Sequence[tuple[int, str]]) -> dict[Any, str]:
@@ -668,7 +712,7 @@ def simulate_memory(model: nn.Module, args: tuple, kw: dict, *, optimizer: str =
         tracker.track(t)
     activations = 0
     first_peak = 0
-    with tracker:
+    with tracker, _fused_attention_on_meta():
         for step in (1, 2):
             tracker.phase = "zero_grad"
             opt.zero_grad(set_to_none=True)

@@ -274,11 +274,26 @@ def test_in_place_relu_leaves_the_batch_norm_its_backward():
     assert bn.backward_values_moved > 0 and relu.backward_values_moved > 0
 
 
+class TinyEncoder(nn.Module):
+    """A transformer encoder layer (attention through F.scaled_dot_product_attention) and a
+    classifier on the first token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0,
+                                                batch_first=True)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(x)[:, 0])
+
+
 @pytest.mark.parametrize("build, shape", [
     (Net, (4, 1, 28, 28)),
+    (TinyEncoder, (2, 10, 32)),
     (functools.partial(torchvision.models.resnet18, weights=None), (2, 3, 64, 64)),
     (ViewsAndInPlace, (3, 3, 8, 8)),
-], ids=["course-network", "resnet18", "views-and-in-place"])
+], ids=["course-network", "transformer-layer", "resnet18", "views-and-in-place"])
 def test_saved_bytes_equal_what_saved_tensors_hooks_records(build, shape):
     model = build()
     step = analyze_training(model, shape)
