@@ -59,14 +59,29 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from dnnlens.analysis import (DTYPE_BYTES, Analysis, LayerRow, bytes_per_value, layer_rows,
-                              totals, unknown_warnings)
+from dnnlens.analysis import (
+    DTYPE_BYTES,
+    Analysis,
+    LayerRow,
+    bytes_per_value,
+    layer_rows,
+    totals,
+    unknown_warnings,
+)
 from dnnlens.errors import ModelError, UsageError
-from dnnlens.importers.torch import (ParamRef, Tracer, _FusedFunctions, _meta_inputs,
-                                     _patched_sdpa, _rejected, meta_copy, shape_of)
+from dnnlens.importers.torch import (
+    ParamRef,
+    Tracer,
+    _FusedFunctions,
+    _meta_inputs,
+    _patched_sdpa,
+    _rejected,
+    meta_copy,
+    shape_of,
+)
 from dnnlens.ir import Graph
 
-__all__ = ["analyze_training", "TrainingStep", "BackwardRow", "TrainingMemory", "OPTIMIZERS"]
+__all__ = ["OPTIMIZERS", "BackwardRow", "TrainingMemory", "TrainingStep", "analyze_training"]
 
 #: Optimizer name -> (torch.optim class name, keyword arguments).
 OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -852,7 +867,7 @@ def _module_rows(graph: Graph) -> Callable[[str], str]:
     for node in graph:
         exact.setdefault(node.module, node.name)
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def row(module: str) -> str:
         if module in exact:
             return exact[module]
@@ -968,13 +983,14 @@ def memory_lines(step: TrainingStep) -> list[str]:
             if step.checkpoint_depth is not None else "")
     return [
         f"training memory ({how}{ckpt}; a steady-state step, simulated on meta):",
-        f"  parameters and buffers {_bytes_text(m.parameters)}, gradients "
-        f"{_bytes_text(m.gradients)}, optimizer state {_bytes_text(m.optimizer_state)}"
-        + (f", fp32 master weights {_bytes_text(m.master_weights)}" if m.amp else ""),
-        f"  kept for backward after forward {_bytes_text(m.activations)} (saved tensors per "
-        f"layer sum to {_bytes_text(step.saved_bytes)}), input batch {_bytes_text(m.inputs)}",
-        f"  peak {_bytes_text(m.peak)} (during {m.peak_phase}); first step "
-        f"{_bytes_text(m.first_step_peak)}",
+        (f"  parameters and buffers {_bytes_text(m.parameters)}, gradients "
+         f"{_bytes_text(m.gradients)}, optimizer state {_bytes_text(m.optimizer_state)}"
+         + (f", fp32 master weights {_bytes_text(m.master_weights)}" if m.amp else "")),
+        (f"  kept for backward after forward {_bytes_text(m.activations)} (saved tensors per "
+         f"layer sum to {_bytes_text(step.saved_bytes)}), input batch "
+         f"{_bytes_text(m.inputs)}"),
+        (f"  peak {_bytes_text(m.peak)} (during {m.peak_phase}); first step "
+         f"{_bytes_text(m.first_step_peak)}"),
     ]
 
 
@@ -994,10 +1010,10 @@ def render_training_text(step: TrainingStep, depth: int | None = None) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     a = step.analysis
-    out = [f"training step of {a.model}: input {tuple(a.input_shape)}, batch {a.batch}, "
-           f"{a.dtype}",
-           "dX: input-gradient MACs, dW: weight-gradient MACs (what autograd runs: none for "
-           "frozen weights or data inputs); saved: bytes autograd keeps for the layer.",
+    out = [(f"training step of {a.model}: input {tuple(a.input_shape)}, batch {a.batch}, "
+            f"{a.dtype}"),
+           ("dX: input-gradient MACs, dW: weight-gradient MACs (what autograd runs: none for "
+            "frozen weights or data inputs); saved: bytes autograd keeps for the layer."),
            "", line(_COLUMNS), rule, *map(line, rows), rule, line(total)]
     out += memory_lines(step)
     fwd = step.forward_macs

@@ -138,6 +138,7 @@ def test_depthwise_conv_against_the_closed_form_not_flop_counter():
     assert backward in (1_806_336, 29_804_544)
 
 
+@pytest.mark.slow
 def test_mobilenet_equals_flop_counter_minus_its_grouped_weight_gradient_overcount():
     model = torchvision.models.mobilenet_v2(weights=None)
     x = torch.randn(2, 3, 64, 64)
@@ -432,6 +433,7 @@ def test_cli_train_table_and_bad_options(capsys):
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_report_has_a_training_section_and_its_roofline(tmp_path):
     import dnnlens
     from dnnlens.report import write_report
