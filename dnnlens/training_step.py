@@ -909,6 +909,9 @@ def analyze_training(model: nn.Module, input_shape: Sequence[int] | None = None,
 
     copied, names = meta_copy(model)
     copied.train()
+    if compute_dtype != "fp32":  # saved tensors in the dtype the step runs in
+        copied.to(_TORCH_DTYPES[compute_dtype])  # in place: the names by id stay valid
+        args, kw = _cast(args, kw, _TORCH_DTYPES[compute_dtype])
     stack: list[str] = []
     if checkpoint_depth is not None:
         wrap_checkpoints(copied, checkpoint_depth, stack)

@@ -301,6 +301,14 @@ def test_saved_bytes_equal_what_saved_tensors_hooks_records(build, shape):
     assert step.saved_bytes == saved_by_autograd(model, torch.randn(shape))
 
 
+def test_saved_bytes_in_bf16_equal_what_a_bf16_step_saves():
+    model = Net()
+    step = analyze_training(model, (4, 1, 28, 28), dtype="bf16")
+    real = Net().to(torch.bfloat16)
+    assert step.saved_bytes == saved_by_autograd(real, torch.randn(4, 1, 28, 28,
+                                                                   dtype=torch.bfloat16))
+
+
 def allocator_peak(model: nn.Module, x: torch.Tensor, optimizer: str) -> int:
     """The peak bytes of the second of two real CPU training steps, from the CPU allocator's
     own record: with ``profile_memory`` PyTorch's CPU allocator reports every allocation and
