@@ -344,6 +344,8 @@ def aten_macs(name: str, args: Sequence[Any], out: Any) -> tuple[int, int]:
     if name in ("addmm", "baddbmm"):
         a, b = args[1].shape, args[2].shape
         return prod(a) * b[-1], 0
+    if name in ("dot", "vdot"):
+        return prod(args[0].shape), 0
     if name in ("mv", "addmv"):
         a = args[0].shape if name == "mv" else args[1].shape
         return prod(a), 0
@@ -525,6 +527,17 @@ class _Recorder:
             table[key] = table.get(key, 0) + value
 
 
+def _multiplying_operators() -> frozenset:
+    """Operators PyTorch's own flop counter has a formula for: if one of them runs in
+    backward and :func:`aten_macs` gives it nothing, the step says so (never a silent 0)."""
+    from torch.utils.flop_counter import flop_registry
+
+    return frozenset(flop_registry)
+
+
+_MULTIPLYING = _multiplying_operators()
+
+
 class _BackwardCounter(TorchDispatchMode):
     """Attributes every aten operator run during backward to the layer it differentiates."""
 
@@ -539,6 +552,7 @@ class _BackwardCounter(TorchDispatchMode):
         self.module_rows = module_rows
         self.keep: list[torch.Tensor] = []  # views of parameters: ids must stay unique
         self.sums = _Recorder()
+        self.uncounted: set[str] = set()  # operators that multiply but have no formula here
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -564,6 +578,8 @@ class _BackwardCounter(TorchDispatchMode):
         layer = self.labels.get(node, LOSS_ROW) if node is not None else LOSS_ROW
         self.sums.add(self.sums.moved, layer, sum(t.numel() for t in tensors + outs))
         data_grad, weight_grad = aten_macs(name, args, out)
+        if not data_grad and not weight_grad and func.overloadpacket in _MULTIPLYING:
+            self.uncounted.add(f"aten.{name}")
         if data_grad and name != "convolution_backward":
             if not self.is_weight_gradient(layer, tensors, outs):
                 self.sums.add(self.sums.input_grad, layer, data_grad)
@@ -722,6 +738,19 @@ def simulate_memory(model: nn.Module, args: tuple, kw: dict, *, optimizer: str =
     masters = [p.detach().float() for p in trainable] if amp else []
     opt = _optimizer(optimizer, masters if amp else trainable)
     tracker = _Allocations(WORKSPACES[workspace] if workspace else None)
+    try:
+        return _run_steps(copied, args, kw, opt, tracker, trainable, masters, loss_fn,
+                          optimizer=optimizer, dtype=dtype, amp=amp)
+    except RuntimeError as exc:
+        raise ModelError(_first_line(f"a training step of the model fails on the meta "
+                                     f"device: {exc}")) from None
+
+
+def _run_steps(copied: nn.Module, args: tuple, kw: dict, opt: torch.optim.Optimizer,
+               tracker: _Allocations, trainable: list[torch.Tensor], masters: list[torch.Tensor],
+               loss_fn: Callable[[Any], torch.Tensor], *, optimizer: str, dtype: str,
+               amp: bool) -> TrainingMemory:
+    """Two steps under ``tracker`` (see :func:`simulate_memory`)."""
     for t in [*copied.parameters(), *copied.buffers(), *masters,
               *tree_flatten((args, kw))[0]]:
         tracker.track(t)
@@ -930,8 +959,12 @@ def analyze_training(model: nn.Module, input_shape: Sequence[int] | None = None,
                     for node in graph}
     param_ids = {key for key, ref in tracer.params.items()}
     counter = _BackwardCounter(labels, param_ids, weight_sizes, stack, _module_rows(graph))
-    with counter:
-        loss.backward()
+    try:
+        with counter:
+            loss.backward()
+    except RuntimeError as exc:
+        raise ModelError(_first_line(f"the backward pass of the model fails on the meta "
+                                     f"device: {exc}")) from None
     rows = layer_rows(graph, compute_dtype)
     analysis = Analysis(rows=rows, totals=totals(graph, rows, compute_dtype), graph=graph,
                         batch=int(next(iter(graph.inputs.values()), (1,))[0] or 1),
@@ -940,8 +973,12 @@ def analyze_training(model: nn.Module, input_shape: Sequence[int] | None = None,
                              amp=amp, checkpoint_depth=checkpoint_depth, loss_fn=loss_fn,
                              workspace=workspace)
     backward = _rows(rows, counter.sums, saved)
+    warnings = list(analysis.warnings)
+    if counter.uncounted:
+        warnings.append(f"backward operator(s) without a MAC formula here, counted as 0: "
+                        f"{', '.join(sorted(counter.uncounted))}")
     return TrainingStep(analysis=analysis, backward=backward, memory=memory,
-                        checkpoint_depth=checkpoint_depth, warnings=list(analysis.warnings))
+                        checkpoint_depth=checkpoint_depth, warnings=warnings)
 
 
 def _rows(rows: Sequence[LayerRow], sums: _Recorder, saved: dict[str, int]) -> list[BackwardRow]:
