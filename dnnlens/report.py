@@ -21,6 +21,7 @@ import dataclasses
 import html
 import io
 import re
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -105,8 +106,8 @@ def roofline_figure(roof: Roofline, measured: dict[str, float] | None = None) ->
         counts: dict[str, int] = {}
         for layer in skipped:
             counts[layer.type] = counts.get(layer.type, 0) + 1
-        xlabel += "\nnot shown, no MACs: " + ", ".join(
-            f"{n} {kind}" for kind, n in counts.items())
+        xlabel += "\n" + textwrap.fill("not shown, no MACs: " + ", ".join(
+            f"{n} {kind}" for kind, n in counts.items()), 120)  # a training step has many
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("attainable MACs per second")
     ax.set_title(f"Roofline on {roof.device.title}, batch {roof.batch}"
