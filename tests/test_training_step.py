@@ -436,6 +436,8 @@ def test_cli_train_table_and_bad_options(capsys):
     assert main(["analyze", "seed", "--train", "--checkpoint-activations", "1"]) == 0
     out = capsys.readouterr().out
     assert "training memory" in out and "recompute" in out
+    assert main(["analyze", "seed", "--train", "--device", "epyc9654"]) == 0
+    assert "conv2 backward" in capsys.readouterr().out  # on the roofline of a training step
     assert main(["analyze", "seed", "--train", "--checkpoint-activations", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1

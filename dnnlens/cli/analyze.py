@@ -194,6 +194,9 @@ def _run_training(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) 
     """``--train``: the training-step table (or JSON) of dnnlens.training_step."""
     from dnnlens.training_step import analyze_training
 
+    if getattr(args, "measure", False):
+        raise UsageError("--measure times inference layers; drop it with --train (use "
+                         "--device for the roofline of a training step)")
     step = analyze_training(model, shape, batch=args.batch, dtype=args.dtype,
                             optimizer=args.optimizer, amp=args.amp,
                             checkpoint_depth=args.checkpoint_activations,
@@ -208,4 +211,10 @@ def _run_training(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) 
         if args.csv:
             step.analysis.to_csv(args.csv, args.depth)
             print(f"wrote {args.csv}")
+        if getattr(args, "device", None):
+            from dnnlens.roofline import load_spec, render_roofline, training_roofline
+
+            print()
+            print("Forward and backward of each layer (a training step):")
+            print(render_roofline(training_roofline(step, load_spec(args.device))))
     return 0
