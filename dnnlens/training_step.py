@@ -69,16 +69,9 @@ from dnnlens.analysis import (
     unknown_warnings,
 )
 from dnnlens.errors import ModelError, UsageError
-from dnnlens.importers.torch import (
-    ParamRef,
-    Tracer,
-    _FusedFunctions,
-    _meta_inputs,
-    _patched_sdpa,
-    _rejected,
-    meta_copy,
-    shape_of,
-)
+from dnnlens.importers.torch import (ParamRef, Tracer, _first_line, _FusedFunctions,
+                                     _meta_inputs, _patched_sdpa, _rejected, meta_copy,
+                                     shape_of)
 from dnnlens.ir import Graph
 
 __all__ = ["OPTIMIZERS", "BackwardRow", "TrainingMemory", "TrainingStep", "analyze_training"]
@@ -960,7 +953,7 @@ def analyze_training(model: nn.Module, input_shape: Sequence[int] | None = None,
     param_ids = {key for key, ref in tracer.params.items()}
     counter = _BackwardCounter(labels, param_ids, weight_sizes, stack, _module_rows(graph))
     try:
-        with counter:
+        with counter, _fused_attention_on_meta():  # checkpointed blocks re-run attention
             loss.backward()
     except RuntimeError as exc:
         raise ModelError(_first_line(f"the backward pass of the model fails on the meta "
@@ -1026,9 +1019,11 @@ def memory_lines(step: TrainingStep) -> list[str]:
         (f"  parameters and buffers {_bytes_text(m.parameters)}, gradients "
          f"{_bytes_text(m.gradients)}, optimizer state {_bytes_text(m.optimizer_state)}"
          + (f", fp32 master weights {_bytes_text(m.master_weights)}" if m.amp else "")),
-        (f"  kept for backward after forward {_bytes_text(m.activations)} (saved tensors per "
-         f"layer sum to {_bytes_text(step.saved_bytes)}), input batch "
-         f"{_bytes_text(m.inputs)}"),
+        (f"  kept for backward after forward {_bytes_text(m.activations)} ("
+         + (f"saved tensors per layer sum to {_bytes_text(step.saved_bytes)}, with the input"
+            if step.checkpoint_depth is None else
+            "checkpointed: the saved column stays empty, what is kept is the blocks' inputs")
+         + f"), input batch {_bytes_text(m.inputs)}"),
         (f"  peak {_bytes_text(m.peak)} (during {m.peak_phase}); first step "
          f"{_bytes_text(m.first_step_peak)}"),
     ]

@@ -224,6 +224,18 @@ def test_checkpointing_recomputes_the_forward_of_the_blocks():
     assert ckpt.memory.activations < plain.memory.activations
 
 
+def test_checkpointing_stops_recomputing_once_backward_has_what_it_needs():
+    model = nn.Sequential(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)))
+    step = analyze_training(model, (4, 16), checkpoint_depth=1)
+    # The block re-runs up to its last saved tensor (the ReLU's result, the second linear's
+    # input): the first linear again, 4 x 16 x 32 = 2,048 MACs, not the second (4 x 32 x 8).
+    assert step.recompute_macs == 2_048
+    real = nn.Sequential(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)))
+    real[0].forward = functools.partial(checkpoint, real[0].forward, use_reentrant=False)
+    counter = real_step_counts(real, torch.randn(4, 16))
+    assert step.forward_macs + step.backward_macs + step.recompute_macs == macs_of(counter)
+
+
 # ---------------------------------------------------------------------------------------------
 # Memory against the real step
 
