@@ -10,6 +10,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 import torchvision
 from torch import nn
@@ -136,6 +138,41 @@ def test_depthwise_conv_against_the_closed_form_not_flop_counter():
     # Measured here (torch 2.14.1): FlopCounterMode counts the weight gradient as a dense
     # 32->32 conv, groups x too much: 903,168 + 32 x 903,168 = 29,804,544.
     assert backward in (1_806_336, 29_804_544)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cin=st.integers(1, 6), cout=st.integers(1, 6), k=st.integers(1, 4),
+       stride=st.integers(1, 3), padding=st.integers(0, 2), dilation=st.integers(1, 2),
+       transposed=st.booleans(), groups=st.sampled_from([1, 2]), size=st.integers(5, 9))
+def test_any_conv_on_meta_equals_flop_counter_or_the_closed_form(cin, cout, k, stride, padding,
+                                                                  dilation, transposed, groups,
+                                                                  size):
+    """A conv after a trainable 1x1 conv (so it needs dX and dW), any stride, padding,
+    dilation, transposed or not, against FlopCounterMode over the same step on meta; grouped
+    ones against the closed form: dX = dW = the forward's MACs."""
+    cin, cout = cin * groups, cout * groups
+    kind = nn.ConvTranspose2d if transposed else nn.Conv2d
+    extra = {"output_padding": stride - 1} if transposed and stride > dilation else {}
+
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, cin, 1), kind(cin, cout, k, stride, padding,
+                                                        dilation=dilation, groups=groups,
+                                                        **extra), nn.Flatten())
+    with torch.device("meta"):
+        model = build()
+        x = torch.empty(2, 3, size, size)
+    try:
+        out = model(x)
+    except RuntimeError:
+        assume(False)  # the kernel does not fit the input
+    assume(out.numel() > 0)
+    step = analyze_training(model, (2, 3, size, size), loss_fn=lambda out: out.sum())
+    conv = step.row("1")
+    if groups == 1:
+        with FlopCounterMode(display=False) as counter:
+            model(x).sum().backward()
+        assert step.forward_macs + step.backward_macs == macs_of(counter)
+    assert conv.input_grad_macs == conv.weight_grad_macs == conv.forward_macs > 0
 
 
 @pytest.mark.slow
