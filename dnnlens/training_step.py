@@ -52,7 +52,7 @@ import json
 import weakref
 from dataclasses import asdict, dataclass, field
 from math import prod
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -63,6 +63,7 @@ from dnnlens.analysis import (
     DTYPE_BYTES,
     Analysis,
     LayerRow,
+    _csv_cell,
     bytes_per_value,
     layer_rows,
     totals,
@@ -73,6 +74,9 @@ from dnnlens.importers.torch import (ParamRef, Tracer, _first_line, _FusedFuncti
                                      _meta_inputs, _patched_sdpa, _rejected, meta_copy,
                                      shape_of)
 from dnnlens.ir import Graph
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["OPTIMIZERS", "BackwardRow", "TrainingMemory", "TrainingStep", "analyze_training"]
 
@@ -254,6 +258,36 @@ class TrainingStep:
 
     def to_json(self, depth: int | None = None, indent: int | None = 2) -> str:
         return json.dumps(self.to_json_dict(depth), indent=indent)
+
+    def to_dicts(self, depth: int | None = None) -> list[dict[str, Any]]:
+        """Every forward row's fields with its backward columns, then the ``(loss)`` row."""
+        by_name = {r.name: r for r in self.grouped(depth)}
+        rows = [{**row, **_backward_fields(by_name[row["name"]])}
+                for row in self.analysis.to_dicts(depth) if row["name"] in by_name]
+        loss = by_name.get(LOSS_ROW)
+        if loss is not None:
+            rows.append({"index": len(rows) + 1, "name": LOSS_ROW, "type": "loss",
+                         **_backward_fields(loss)})
+        return rows
+
+    def to_dataframe(self, depth: int | None = None) -> "pandas.DataFrame":
+        import pandas  # lazily: pandas is optional
+
+        return pandas.DataFrame(self.to_dicts(depth)).set_index("index")
+
+    def to_csv(self, path: str, depth: int | None = None) -> None:
+        """The rows with their backward columns as CSV, written atomically."""
+        import csv
+
+        from dnnlens.fileio import atomic_open
+
+        rows = self.to_dicts(depth)
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        with atomic_open(path, "w", newline="", what="the CSV ") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _csv_cell(v) for k, v in row.items()})
 
     def rules_of_thumb(self) -> dict[str, Any]:
         """The folk rules next to the exact figures (labelled: they are rules of thumb)."""

@@ -479,6 +479,20 @@ def test_cli_train_json_carries_the_backward_columns_and_memory(capsys):
     assert doc["training"]["memory"]["optimizer_state"] == 0
 
 
+def test_cli_train_csv_has_the_backward_columns(tmp_path, capsys):
+    import csv
+
+    from dnnlens.cli import main
+
+    path = tmp_path / "step.csv"
+    assert main(["analyze", "seed", "--train", "--depth", "1", "--csv", str(path)]) == 0
+    rows = {row["name"]: row for row in csv.DictReader(path.open())}
+    # fc1 392 -> 256 at batch 1: dX = dY W = 256 x 392 = 100,352 MACs, dW the same
+    assert (rows["fc1"]["input_grad_macs"], rows["fc1"]["weight_grad_macs"]) == ("100352",
+                                                                                  "100352")
+    assert "(loss)" in rows
+
+
 def test_cli_train_table_and_bad_options(capsys):
     from dnnlens.cli import main
 

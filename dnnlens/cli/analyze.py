@@ -209,7 +209,7 @@ def _run_training(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) 
     else:
         print(step.render(args.depth))
         if args.csv:
-            step.analysis.to_csv(args.csv, args.depth)
+            step.to_csv(args.csv, args.depth)
             print(f"wrote {args.csv}")
         if getattr(args, "device", None):
             from dnnlens.roofline import load_spec, render_roofline, training_roofline
