@@ -70,9 +70,17 @@ from dnnlens.analysis import (
     unknown_warnings,
 )
 from dnnlens.errors import ModelError, UsageError
-from dnnlens.importers.torch import (ParamRef, Tracer, _first_line, _FusedFunctions,
-                                     _meta_inputs, _patched_sdpa, _rejected, meta_copy,
-                                     shape_of)
+from dnnlens.importers.torch import (
+    ParamRef,
+    Tracer,
+    _first_line,
+    _FusedFunctions,
+    _meta_inputs,
+    _patched_sdpa,
+    _rejected,
+    meta_copy,
+    shape_of,
+)
 from dnnlens.ir import Graph
 
 if TYPE_CHECKING:
