@@ -35,6 +35,8 @@ _API = {
     "memory_footprint": "dnnlens.roofline",
     "write_report": "dnnlens.report",
     "analyze": "dnnlens.analysis",
+    "analyze_training": "dnnlens.training_step",
+    "TrainingStep": "dnnlens.training_step",
     "run": "dnnlens.engine",
     "verify": "dnnlens.engine",
     "traffic": "dnnlens.dataflow",

@@ -21,6 +21,7 @@ import dataclasses
 import html
 import io
 import re
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -105,8 +106,8 @@ def roofline_figure(roof: Roofline, measured: dict[str, float] | None = None) ->
         counts: dict[str, int] = {}
         for layer in skipped:
             counts[layer.type] = counts.get(layer.type, 0) + 1
-        xlabel += "\nnot shown, no MACs: " + ", ".join(
-            f"{n} {kind}" for kind, n in counts.items())
+        xlabel += "\n" + textwrap.fill("not shown, no MACs: " + ", ".join(
+            f"{n} {kind}" for kind, n in counts.items()), 120)  # a training step has many
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("attainable MACs per second")
     ax.set_title(f"Roofline on {roof.device.title}, batch {roof.batch}"
@@ -289,6 +290,41 @@ def sweep_section(sweep: Sequence[Roofline]) -> str:
                    "memory-bound layers with MACs"], rows, left=0)
 
 
+def training_section(step: Any, roof: Roofline | None) -> str:
+    """Issue 15: forward and backward MACs per layer, what autograd keeps, the memory of a
+    step, and the rules of thumb next to the exact figures."""
+    rows = [[r.name, r.type, f"{r.forward_macs:,}", f"{r.input_grad_macs:,}",
+             f"{r.weight_grad_macs:,}", f"{r.recompute_macs:,}",
+             f"{r.backward_values_moved:,}", f"{r.saved_bytes:,}"] for r in step.backward]
+    rows.append(["total", "", f"{step.forward_macs:,}", f"{step.input_grad_macs:,}",
+                 f"{step.weight_grad_macs:,}", f"{step.recompute_macs:,}",
+                 f"{step.backward_values_moved:,}", f"{step.saved_bytes:,}"])
+    table = _table(["name", "type", "forward MACs", "input-gradient MACs",
+                    "weight-gradient MACs", "recomputed MACs", "backward values moved",
+                    "saved for backward (B)"], rows, left=2)
+    m = step.memory
+    memory = [["parameters and buffers", _bytes(m.parameters)],
+              ["gradients", _bytes(m.gradients)],
+              [f"optimizer state ({m.optimizer})", _bytes(m.optimizer_state)]]
+    if m.amp:
+        memory.append(["fp32 master weights", _bytes(m.master_weights)])
+    memory += [["kept for backward after forward", _bytes(m.activations)],
+               [f"peak of a step (during {m.peak_phase})", _bytes(m.peak)],
+               ["peak of the first step", _bytes(m.first_step_peak)]]
+    thumbs = [[k, f"{v:,}"] for k, v in step.rules_of_thumb().items()]
+    out = (table + '<p class="note">Backward MACs are what autograd runs: frozen weights get no '
+           "weight gradient, a layer fed by data no input gradient. Memory: a whole step "
+           "(zero_grad, forward, backward, optimizer) run on the meta device, each storage "
+           "alive from the operator that makes it until PyTorch frees it.</p>"
+           + _table(["memory of a training step", "bytes"], memory, left=1)
+           + _table(["rule of thumb or exact figure", "value"], thumbs, left=1))
+    if roof is not None:
+        out += (f"<p>Estimated time of a training step on {_esc(roof.device.name)}: "
+                f"{_time(roof.latency_s)} (forward and backward of every layer on the "
+                "roofline).</p>")
+    return out
+
+
 def device_section(device: HardwareSpec) -> str:
     rows = [[f"peak {dtype}", _si(fig.value, "MAC/s"), fig.source]
             for dtype, fig in device.peak_macs.items()]
@@ -337,7 +373,8 @@ def _fmt(value: Any) -> str:
 
 def render_html(analysis: "Analysis", charts: dict[str, str], *, roof: Roofline | None,
                 foot: Footprint, sweep: Sequence[Roofline] = (), verification: Any = None,
-                measurement_html: str = "") -> str:
+                measurement_html: str = "", training: Any = None,
+                training_roof: Roofline | None = None) -> str:
     """The report page: ``charts`` maps a title to SVG text (inlined)."""
     device = roof.device if roof else None
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -366,6 +403,8 @@ def render_html(analysis: "Analysis", charts: dict[str, str], *, roof: Roofline 
     if measurement_html:
         parts.append("<h2>Estimate against measurement</h2>" + measurement_html)
     parts.append("<h2>Memory footprint</h2>" + footprint_section(foot, device))
+    if training is not None:
+        parts.append("<h2>Training step</h2>" + training_section(training, training_roof))
     for title, svg in charts.items():
         parts.append(f'<h2>{_esc(title)}</h2><div class="chart">{inline_svg(svg)}</div>')
     if verification is not None:
@@ -379,13 +418,15 @@ def render_html(analysis: "Analysis", charts: dict[str, str], *, roof: Roofline 
 def write_report(analysis: "Analysis", out_dir: str | Path,
                  device: HardwareSpec | str | None = None, verification: Any = None, *,
                  sweep: Sequence[Roofline] = (), measured: dict[str, float] | None = None,
-                 measurement_html: str = "") -> Path:
+                 measurement_html: str = "", training: Any = None) -> Path:
     """Write ``report.html`` and the charts (PNG + SVG) into ``out_dir``; return the page.
 
     ``device`` (a spec or a name/path for :func:`~dnnlens.roofline.load_spec`) adds the
     roofline columns, chart and memory fit; ``verification`` is the result of
     :func:`dnnlens.engine.verify`; ``sweep`` rooflines at other batch sizes
-    (:func:`~dnnlens.roofline.batch_sweep`); ``measured`` maps layer names to measured MACs/s.
+    (:func:`~dnnlens.roofline.batch_sweep`); ``measured`` maps layer names to measured MACs/s;
+    ``training`` (a :class:`~dnnlens.training_step.TrainingStep`) adds the training section and,
+    with a device, the roofline of forward and backward of every layer.
     """
     out = Path(out_dir)
     try:
@@ -402,9 +443,18 @@ def write_report(analysis: "Analysis", out_dir: str | Path,
     if roof is not None:
         _, svg = roofline_chart(roof, out / "roofline", measured)
         charts["Roofline"] = svg.read_text(encoding="utf-8")
+    training_roof = None
+    if training is not None and spec is not None:
+        from dnnlens.roofline import training_roofline
+
+        training_roof = training_roofline(training, spec)
+        _, svg = roofline_chart(training_roof, out / "roofline-training")
+        charts["Roofline of a training step (forward and backward of each layer)"] = \
+            svg.read_text(encoding="utf-8")
     _, svg = bar_charts(analysis, out / "layers")
     charts["Per-layer MACs, weights, bytes moved and intensity"] = svg.read_text(encoding="utf-8")
     page = render_html(analysis, charts, roof=roof, foot=memory_footprint(analysis.graph,
                        analysis.dtype), sweep=sweep, verification=verification,
-                       measurement_html=measurement_html)
+                       measurement_html=measurement_html, training=training,
+                       training_roof=training_roof)
     return atomic_write_text(out / "report.html", page)

@@ -312,6 +312,34 @@ def roofline(analysis: Any, device: HardwareSpec | str) -> Roofline:
     return Roofline(spec, dtype, int(getattr(analysis, "batch", 1)), peak, bandwidth, layers)
 
 
+def training_roofline(step: Any, device: HardwareSpec | str) -> Roofline:
+    """Forward and backward of every layer of a training step
+    (:class:`~dnnlens.training_step.TrainingStep`) on ``device``: each layer twice, as
+    ``name`` (its forward: MACs and bytes moved of the analysis) and ``name backward`` (input
+    and weight gradient MACs plus any recomputation, and the values its backward operators
+    read and write), so ``latency_s`` is the time of a whole step."""
+    spec = device if isinstance(device, HardwareSpec) else load_spec(device)
+    analysis = step.analysis
+    nbytes = bytes_per_value(analysis.dtype)
+    peak, bandwidth = spec.peak(analysis.dtype), spec.bandwidth.value
+    layers = []
+    for row in analysis.rows:
+        intensity, attainable, bound, time_s = layer_roof(int(row.macs), int(row.bytes_moved),
+                                                          peak, bandwidth)
+        layers.append(LayerRoof(len(layers) + 1, row.name, row.type, int(row.macs),
+                                int(row.bytes_moved), intensity, attainable, bound, time_s))
+    for back in reversed(step.backward):  # backward runs the layers in reverse
+        macs = back.backward_macs + back.recompute_macs
+        moved = back.backward_values_moved * nbytes
+        if not macs and not moved:
+            continue
+        intensity, attainable, bound, time_s = layer_roof(macs, moved, peak, bandwidth)
+        layers.append(LayerRoof(len(layers) + 1, f"{back.name} backward",
+                                f"{back.type} backward", macs, moved, intensity, attainable,
+                                bound, time_s))
+    return Roofline(spec, analysis.dtype, int(analysis.batch), peak, bandwidth, layers)
+
+
 def batch_sweep(model: Any, device: HardwareSpec | str, batches: Iterable[int] = (1, 16, 256),
                 input_shape: Sequence[int] | None = None, dtype: str = "fp32") -> list[Roofline]:
     """The roofline at each batch size: latency and throughput against batch."""

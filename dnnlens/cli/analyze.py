@@ -1,5 +1,6 @@
 """``dnnlens analyze [MODEL] [--input N,C,H,W] [--batch B] [--dtype D] [--depth K]
-[--json | --csv FILE]``: the per-layer table of any network.
+[--json | --csv FILE] [--train [--optimizer O] [--amp] [--checkpoint-activations K]]``:
+the per-layer table of any network; with ``--train`` its training step (backward MACs, memory).
 
 MODEL is ``seed`` (the course's MNIST network, the default), a torchvision model name
 (``resnet18``, ``vit_b_16``, ...; built with ``weights=None`` on the meta device, nothing is
@@ -51,6 +52,22 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--netron", metavar="FILE",
                         help="ONNX models: also write a Netron attachment (.json) or an "
                              "annotated copy of the model (.onnx)")
+    train = parser.add_argument_group("training step (issue 15)")
+    train.add_argument("--train", action="store_true",
+                       help="add backward MACs per layer (input and weight gradients) and the "
+                            "memory of a training step")
+    train.add_argument("--optimizer", default="adam",
+                       choices=("adam", "adamw", "sgd", "sgd-momentum"),
+                       help="optimizer whose state is counted (default adam)")
+    train.add_argument("--amp", action="store_true",
+                       help="mixed precision: --dtype fp16/bf16 compute (fp16 if fp32 is given) "
+                            "with fp32 master weights and optimizer state")
+    train.add_argument("--checkpoint-activations", type=int, default=None, metavar="DEPTH",
+                       help="checkpoint every module DEPTH levels down: less kept, forward "
+                            "recomputed in backward")
+    train.add_argument("--workspace", default=None, choices=("onednn",),
+                       help="add the transient buffers of a backend's kernels to the peak "
+                            "(onednn: PyTorch's CPU convolutions on x86)")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--csv", metavar="FILE", help="also write the rows to FILE as CSV")
@@ -136,12 +153,10 @@ def _write_extras(args: argparse.Namespace, result: Any) -> None:
         print(f"wrote {args.netron}", file=sys.stderr)
 
 
-def load_analysis(source: str, input_text: str | None, batch: int | None,
-                  dtype: str) -> tuple[Any, Any]:
-    """``(Analysis, nn.Module or None)`` of a MODEL argument (a file gives no module): the one
-    resolution every sub-command that takes a MODEL uses."""
-    from dnnlens.analysis import analyze
-
+def resolve_source(source: str, input_text: str | None, batch: int | None
+                   ) -> tuple[Any, Any, tuple[int, ...] | None]:
+    """``(graph, None, None)`` for a model file, ``(None, nn.Module, input shape)`` for a
+    model name or factory: the one resolution of a MODEL argument."""
     shape = parse_shape(input_text) if input_text is not None else None
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {batch}")
@@ -149,19 +164,36 @@ def load_analysis(source: str, input_text: str | None, batch: int | None,
 
     graph = graph_from_file(source, shape, batch)
     if graph is not None:
-        model = None  # a file, not an nn.Module: nothing for PyTorch to time
-        result = analyze(graph, dtype=dtype)
+        return graph, None, None
+    model, default = resolve_model(source)
+    shape = shape or default
+    if shape is None:
+        raise UsageError(f"give --input N,C,H,W for {source!r}")
+    return None, model, shape
+
+
+def load_analysis(source: str, input_text: str | None, batch: int | None,
+                  dtype: str) -> tuple[Any, Any]:
+    """``(Analysis, nn.Module or None)`` of a MODEL argument (a file gives no module): what
+    every sub-command that takes a MODEL analyses."""
+    from dnnlens.analysis import analyze
+
+    graph, model, shape = resolve_source(source, input_text, batch)
+    if graph is not None:
+        result = analyze(graph, dtype=dtype)  # a file: nothing for PyTorch to time
     else:
-        model, default = resolve_model(source)
-        shape = shape or default
-        if shape is None:
-            raise UsageError(f"give --input N,C,H,W for {source!r}")
         result = analyze(model, shape, batch=batch, dtype=dtype)
     result.graph.name = source
     return result, model
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "train", False):
+        graph, model, shape = resolve_source(args.model, args.input, args.batch)
+        if graph is not None:
+            raise UsageError("--train traces a PyTorch model's backward pass; give a model "
+                             "name or package.module:factory instead of a file")
+        return _run_training(args, model, shape)
     buffer = getattr(args, "buffer", None)
     if buffer not in (None, "device"):
         from dnnlens.dataflow import parse_size
@@ -194,4 +226,34 @@ def run(args: argparse.Namespace) -> int:
     if args.json:  # the table already lists them; keep stdout pure JSON
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _run_training(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> int:
+    """``--train``: the training-step table (or JSON) of dnnlens.training_step."""
+    from dnnlens.training_step import analyze_training
+
+    if getattr(args, "measure", False):
+        raise UsageError("--measure times inference layers; drop it with --train (use "
+                         "--device for the roofline of a training step)")
+    step = analyze_training(model, shape, batch=args.batch, dtype=args.dtype,
+                            optimizer=args.optimizer, amp=args.amp,
+                            checkpoint_depth=args.checkpoint_activations,
+                            workspace=args.workspace)
+    step.analysis.graph.name = args.model
+    if args.json:
+        print(step.to_json(args.depth))
+        for warning in step.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        print(step.render(args.depth))
+        if args.csv:
+            step.to_csv(args.csv, args.depth)
+            print(f"wrote {args.csv}")
+        if getattr(args, "device", None):
+            from dnnlens.roofline import load_spec, render_roofline, training_roofline
+
+            print()
+            print("Forward and backward of each layer (a training step):")
+            print(render_roofline(training_roofline(step, load_spec(args.device))))
     return 0

@@ -41,6 +41,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--measure", action="store_true",
                         help="also time each layer on this machine (our engine and PyTorch) "
                              "against the roofline of this machine, probed")
+    parser.add_argument("--train", action="store_true",
+                        help="add a training-step section (backward MACs, memory) and the "
+                             "roofline of forward and backward")
+    parser.add_argument("--optimizer", default="adam",
+                        choices=("adam", "adamw", "sgd", "sgd-momentum"),
+                        help="with --train: the optimizer whose state is counted")
     parser.set_defaults(func=run)
 
 
@@ -111,7 +117,16 @@ def run(args: argparse.Namespace) -> int:
         table = measurement_html(measurement)
         if here is spec:  # measured markers only on the roofline they were measured against
             measured = measurement.measured_rates("ours")
+    training = None
+    if getattr(args, "train", False):
+        if model is None:
+            raise UsageError("--train traces a PyTorch model's backward pass; give a model "
+                             "name or package.module:factory instead of a file")
+        from dnnlens.training_step import analyze_training
+
+        training = analyze_training(model, shape, batch=args.batch, dtype=args.dtype,
+                                    optimizer=args.optimizer)
     page = write_report(analysis, Path(args.out), spec, verification, sweep=sweep,
-                        measured=measured, measurement_html=table)
+                        measured=measured, measurement_html=table, training=training)
     print(f"wrote {page}")
     return 0
