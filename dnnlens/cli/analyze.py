@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from typing import Any
 
+from dnnlens.cli.common import (add_model_options, check_output_file, roofline_extras,
+                                validate_model_options)
 from dnnlens.errors import ModelError, UsageError
 
 #: Input shapes for models that do not take the usual (1, 3, 224, 224).
@@ -25,21 +28,9 @@ def add_parser(subparsers: Any) -> None:
         "analyze", help="per-layer shapes, weights, MACs, memory traffic and intensity",
         description="Trace a network on the meta device (no weights allocated) and print, per "
                     "layer, its shapes, weights, MACs, values moved and compute intensity.")
-    parser.add_argument("model", nargs="?", default="seed", metavar="MODEL",
-                        help="seed (default), a torchvision model name, or package.module:factory")
-    parser.add_argument("--input", metavar="N,C,H,W", default=None,
-                        help="input shape with the batch (default: the model's usual input)")
-    parser.add_argument("--batch", type=int, default=None, metavar="B",
-                        help="batch size; replaces N of the input shape")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16", "int8"),
-                        help="bytes per value for weight bytes and bytes moved (default fp32)")
+    add_model_options(parser, batch_default=None, device_default=None)
     parser.add_argument("--depth", type=int, default=None, metavar="K",
                         help="merge rows by the first K parts of their module name")
-    parser.add_argument("--device", metavar="NAME|FILE", default=None,
-                        help="add roofline columns for a device (dnnlens hw list) or spec file")
-    parser.add_argument("--measure", action="store_true",
-                        help="time each layer of our engine and PyTorch on this machine next "
-                             "to the roofline of this machine (probed for a second)")
     parser.add_argument("--scalesim", metavar="FILE",
                         help="also write the conv and fc layers as a SCALE-Sim topology CSV")
     parser.add_argument("--netron", metavar="FILE",
@@ -80,8 +71,11 @@ def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
     import torchvision
 
     if spec not in torchvision.models.list_models():
-        raise ModelError(f"unknown model {spec!r}: use seed, a torchvision model name such as "
-                         "resnet18, or package.module:factory")
+        from dnnlens.formatting import did_you_mean
+
+        hint = did_you_mean(spec, ["seed", *torchvision.models.list_models()])
+        raise ModelError(f"unknown model {spec!r}{hint}: use seed, a torchvision model name "
+                         "such as resnet18, or package.module:factory")
     try:
         with torch.device("meta"):
             model = torchvision.models.get_model(spec, weights=None)
@@ -130,39 +124,44 @@ def _write_extras(args: argparse.Namespace, result: Any) -> None:
         print(f"wrote {args.netron}", file=sys.stderr)
 
 
+def validate(args: argparse.Namespace) -> None:
+    """Every argument checked before anything is printed, traced, probed or written."""
+    validate_model_options(args)
+    if args.csv:
+        check_output_file(args.csv, "the CSV")
+    for option, what in (("scalesim", "the SCALE-Sim topology"), ("netron", "the Netron file")):
+        if getattr(args, option, None):
+            check_output_file(getattr(args, option), what)
+
+
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
-
-    shape = parse_shape(args.input) if args.input is not None else None
-    if args.batch is not None and args.batch < 1:
-        raise UsageError(f"--batch must be a positive integer, got {args.batch}")
     from dnnlens.importers.spec import graph_from_file  # issue 6: ONNX, spec, topology files
 
-    graph = graph_from_file(args.model, shape, args.batch)
+    validate(args)
+    graph = graph_from_file(args.model, args.shape, args.batch)
     if graph is not None:
         model = None  # a file, not an nn.Module: nothing for PyTorch to time
         result = analyze(graph, dtype=args.dtype)
     else:
         model, default = resolve_model(args.model)
-        shape = shape or default
+        shape = args.shape or default
         if shape is None:
             raise UsageError(f"give --input N,C,H,W for {args.model!r}")
         result = analyze(model, shape, batch=args.batch, dtype=args.dtype)
     result.graph.name = args.model
     if args.json:
-        print(result.to_json(args.depth))
+        document = result.to_json_dict(args.depth)
+        document.update(roofline_extras(model, result, args, as_json=True))
+        document["warnings"] = list(result.warnings)
+        print(json.dumps(document, indent=2))
+        for warning in result.warnings:  # stdout stays pure JSON; say them on stderr too
+            print(f"warning: {warning}", file=sys.stderr)
     else:
         print(result.render(args.depth))
         if args.csv:
             result.to_csv(args.csv, args.depth)
             print(f"wrote {args.csv}")
-        if getattr(args, "device", None) or getattr(args, "measure", False):
-            from dnnlens.cli.hw import analyze_extras  # roofline and timing (issue 5)
-
-            analyze_extras(None if graph is not None else model, result, args.device,
-                           args.measure)
+        roofline_extras(model, result, args, as_json=False)
     _write_extras(args, result)
-    if args.json:  # the table already lists them; keep stdout pure JSON
-        for warning in result.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
     return 0
