@@ -129,9 +129,9 @@ def validate(args: argparse.Namespace) -> None:
     validate_model_options(args)
     if args.csv:
         check_output_file(args.csv, "the CSV")
-    for option, what in (("scalesim", "the SCALE-Sim topology"), ("netron", "the Netron file")):
+    for option in ("scalesim", "netron"):
         if getattr(args, option, None):
-            check_output_file(getattr(args, option), what)
+            check_output_file(getattr(args, option), "")
 
 
 def run(args: argparse.Namespace) -> int:

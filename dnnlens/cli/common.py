@@ -85,7 +85,8 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> None:
     if target.is_dir():
         raise UsageError(f"{target}: is a folder; give a file name for {what}")
     folder = target.parent if str(target.parent) else Path(".")
-    _check_folder(folder, f"{target}: cannot write {what} here", "choose another path")
+    _check_folder(folder, f"{target}: cannot write {what + ' ' if what else ''}here",
+                  "choose another path")
 
 
 def check_output_folder(path: str | os.PathLike[str], what: str) -> None:

@@ -54,7 +54,7 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.save:  # a path that cannot be written fails now, not after the measurement
         from dnnlens.cli.common import check_output_file
 
-        check_output_file(args.save, "the spec")
+        check_output_file(args.save, "")
     result = probe(seconds=args.seconds, threads=args.threads)
     theory = result.theoretical
     print(key_value_table([
