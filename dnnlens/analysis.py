@@ -263,6 +263,9 @@ class Analysis:
     def __str__(self) -> str:
         return render_text(self)
 
+    def __repr__(self) -> str:  # the table, not a dataclass dump of every row
+        return render_text(self)
+
     def _repr_html_(self) -> str:
         return render_html(self)
 
