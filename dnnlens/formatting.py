@@ -21,18 +21,25 @@ from __future__ import annotations
 import html
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 #: Decimal SI prefixes for sizes and rates, largest first.
 SI_PREFIXES: tuple[tuple[float, str], ...] = (
-    (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+    (1e15, "P"),
+    (1e12, "T"),
+    (1e9, "G"),
+    (1e6, "M"),
+    (1e3, "k"),
+)
 #: Time units, largest first.
-TIME_UNITS: tuple[tuple[float, str], ...] = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"),
-                                             (1e-9, "ns"))
+TIME_UNITS: tuple[tuple[float, str], ...] = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns"))
 #: One sentence naming the convention, for notes under tables and pages.
-UNITS_NOTE = ("sizes and rates in decimal SI units (1 kB = 1,000 B, 1 GB/s = 10^9 B/s); "
-              "times in ns, µs, ms, s")
+UNITS_NOTE = (
+    "sizes and rates in decimal SI units (1 kB = 1,000 B, 1 GB/s = 10^9 B/s); "
+    "times in ns, µs, ms, s"
+)
 #: What an empty cell shows (a layer without MACs has no attainable rate).
 DASH = "-"
 
@@ -136,8 +143,9 @@ Cell = Any
 Row = Sequence[Cell]
 
 
-def text_table(columns: Sequence[Column], rows: Sequence[Row], *,
-               footer: Row | None = None, indent: int = 0) -> str:
+def text_table(
+    columns: Sequence[Column], rows: Sequence[Row], *, footer: Row | None = None, indent: int = 0
+) -> str:
     """A terminal table drawn by ``rich``: a header, a rule, the rows, and a rule and the
     ``footer`` (totals) when given. Never wraps or truncates a cell (the table is as wide as
     it needs), carries no colour codes, and has no trailing spaces, so it pipes, diffs and
@@ -146,17 +154,34 @@ def text_table(columns: Sequence[Column], rows: Sequence[Row], *,
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
-                  show_footer=footer is not None)
+    table = Table(
+        box=box.SIMPLE,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        show_footer=footer is not None,
+    )
     for i, column in enumerate(columns):
-        table.add_column(column.header, justify=column.align, no_wrap=True,
-                         footer=str(footer[i]) if footer is not None else "")
+        table.add_column(
+            column.header,
+            justify=column.align,
+            no_wrap=True,
+            footer=str(footer[i]) if footer is not None else "",
+        )
     for row in rows:
         table.add_row(*(str(c) for c in row))
     buffer = io.StringIO()
     # A console far wider than any table: rich then never squeezes a column.
-    Console(file=buffer, width=100_000, color_system=None, force_terminal=False,
-            highlight=False, emoji=False).print(table)
+    # force_jupyter=False: inside a notebook rich would otherwise display HTML itself.
+    Console(
+        file=buffer,
+        width=100_000,
+        color_system=None,
+        force_terminal=False,
+        force_jupyter=False,
+        highlight=False,
+        emoji=False,
+    ).print(table)
     pad = " " * indent
     lines = [pad + line.rstrip() for line in buffer.getvalue().splitlines()]
     return "\n".join(line if line.strip() else "" for line in lines).rstrip("\n")
@@ -173,11 +198,18 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def html_table(columns: Sequence[Column], rows: Sequence[Row], *,
-               footer: Row | None = None, row_classes: Sequence[str] | None = None,
-               row_titles: Sequence[str] | None = None, css_class: str = "") -> str:
+def html_table(
+    columns: Sequence[Column],
+    rows: Sequence[Row],
+    *,
+    footer: Row | None = None,
+    row_classes: Sequence[str] | None = None,
+    row_titles: Sequence[str] | None = None,
+    css_class: str = "",
+) -> str:
     """An HTML ``<table>``: numeric columns get ``class="n"`` (right-aligned, one line),
     text columns ``class="l"``. Cells are escaped; a cell of type :class:`Markup` is not."""
+
     def cls(column: Column) -> str:
         return ' class="n"' if column.numeric else ' class="l"'
 
@@ -193,11 +225,15 @@ def html_table(columns: Sequence[Column], rows: Sequence[Row], *,
         body.append(f"<tr{attrs}>{cells}</tr>")
     foot = ""
     if footer is not None:
-        foot = "<tfoot><tr>" + "".join(f"<td{cls(c)}>{_cell_html(v)}</td>"
-                                       for c, v in zip(columns, footer)) + "</tr></tfoot>"
+        foot = (
+            "<tfoot><tr>"
+            + "".join(f"<td{cls(c)}>{_cell_html(v)}</td>" for c, v in zip(columns, footer))
+            + "</tr></tfoot>"
+        )
     klass = f' class="{esc(css_class)}"' if css_class else ""
-    return (f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
-            f"{foot}</table>")
+    return (
+        f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>{foot}</table>"
+    )
 
 
 class Markup(str):
@@ -216,8 +252,9 @@ def did_you_mean(name: str, choices: Sequence[str], limit: int = 3) -> str:
     or ``""`` when nothing is close; one helper for model and device names alike."""
     import difflib
 
-    close = difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=limit,
-                                      cutoff=0.6)
+    close = difflib.get_close_matches(
+        name.lower(), [c.lower() for c in choices], n=limit, cutoff=0.6
+    )
     by_lower = {c.lower(): c for c in choices}
     if not close:
         return ""

@@ -25,17 +25,39 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dnnlens.errors import UsageError
 from dnnlens.fileio import atomic_write_bytes, atomic_write_text
-from dnnlens.formatting import (Column, Markup, count, duration, esc, html_table, left, number,
-                                percent, rate, right, shape, size, size_exact)
-from dnnlens.roofline import (Footprint, HardwareSpec, LayerRoof, Roofline, load_spec,
-                              memory_footprint, roofline)
+from dnnlens.formatting import (
+    Column,
+    Markup,
+    count,
+    duration,
+    esc,
+    html_table,
+    left,
+    number,
+    percent,
+    rate,
+    right,
+    shape,
+    size,
+    size_exact,
+)
+from dnnlens.roofline import (
+    Footprint,
+    HardwareSpec,
+    LayerRoof,
+    Roofline,
+    load_spec,
+    memory_footprint,
+    roofline,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -69,9 +91,9 @@ class Block:
 
     name: str
     level: int
-    rows: list["LayerRow"] = field(default_factory=list)
-    children: list["Block"] = field(default_factory=list)
-    layer: "LayerRow | None" = None  # set for a single layer
+    rows: list[LayerRow] = field(default_factory=list)
+    children: list[Block] = field(default_factory=list)
+    layer: LayerRow | None = None  # set for a single layer
 
     @property
     def label(self) -> str:
@@ -114,13 +136,13 @@ class Block:
     def output_shape(self) -> tuple[int, ...]:
         return tuple(self.rows[-1].output_shape) if self.rows else ()
 
-    def walk(self) -> Iterator["Block"]:
+    def walk(self) -> Iterator[Block]:
         yield self
         for child in self.children:
             yield from child.walk()
 
 
-def module_tree(rows: Sequence["LayerRow"]) -> list[Block]:
+def module_tree(rows: Sequence[LayerRow]) -> list[Block]:
     """The layers as a tree of modules, in execution order.
 
     A layer sits inside the deepest module that contains other modules' layers too: the
@@ -145,8 +167,9 @@ def module_tree(rows: Sequence["LayerRow"]) -> list[Block]:
     for row in rows:
         path = row.module if row.module in containers else row.module.rpartition(".")[0]
         parent = group_of(path)
-        leaf_name = row.name[len(path) + 1:] if path and row.name.startswith(path + ".") \
-            else row.name
+        leaf_name = (
+            row.name[len(path) + 1 :] if path and row.name.startswith(path + ".") else row.name
+        )
         parent.children.append(Block(leaf_name, parent.level + 1, [row], layer=row))
         for p in _prefixes(path):
             index[p].rows.append(row)
@@ -194,7 +217,7 @@ def tree_depth(tree: Sequence[Block]) -> int:
     return max((b.level for top in tree for b in top.walk() if b.children), default=0) + 1
 
 
-def default_depth(rows: Sequence["LayerRow"], limit: int = MAX_VISIBLE_ROWS) -> int:
+def default_depth(rows: Sequence[LayerRow], limit: int = MAX_VISIBLE_ROWS) -> int:
     """The deepest level whose visible rows number at most ``limit`` (at least 1): every
     layer of a small network, the stages and blocks of a ResNet, the encoder layers of a
     ViT."""
@@ -244,11 +267,13 @@ def important_layers(layers: Sequence[LayerRoof], limit: int = TOP_LAYERS) -> li
 
 def point_title(layer: LayerRoof) -> str:
     """The hover text of a roofline point."""
-    return (f"{layer.name} ({layer.type}): {number(layer.intensity)} MAC/byte, "
-            f"{rate(layer.attainable)}, {layer.bound}-bound, {duration(layer.time_s)}")
+    return (
+        f"{layer.name} ({layer.type}): {number(layer.intensity)} MAC/byte, "
+        f"{rate(layer.attainable)}, {layer.bound}-bound, {duration(layer.time_s)}"
+    )
 
 
-def _place_labels(ax: "Axes", points: Sequence[LayerRoof], fontsize: float = 7.5) -> None:
+def _place_labels(ax: Axes, points: Sequence[LayerRoof], fontsize: float = 7.5) -> None:
     """Label ``points`` without overprinting: each label tries a few offsets around its point
     and takes the first whose box is clear of the labels placed so far; a point with no
     clear spot, or sitting on a point already labelled, keeps only its hover title."""
@@ -270,21 +295,32 @@ def _place_labels(ax: "Axes", points: Sequence[LayerRoof], fontsize: float = 7.5
             x0 = x + dx * px_per_pt - (w if dx < 0 else 0)
             y0 = y + dy * px_per_pt
             box = (x0, y0, x0 + w, y0 + h)
-            inside = frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1] \
+            inside = (
+                frame.x0 <= box[0]
+                and box[2] <= frame.x1
+                and frame.y0 <= box[1]
                 and box[3] <= frame.y1
-            if inside and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
-                       for b in placed):
+            )
+            if inside and not any(
+                box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed
+            ):
                 break
         else:
             continue
         placed.append(box)
         labelled.append((x, y))
-        ax.annotate(layer.name, (layer.intensity, layer.attainable), textcoords="offset points",
-                    xytext=(dx, dy), fontsize=fontsize, ha="right" if dx < 0 else "left",
-                    gid=f"layer-label-{layer.index}")
+        ax.annotate(
+            layer.name,
+            (layer.intensity, layer.attainable),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            fontsize=fontsize,
+            ha="right" if dx < 0 else "left",
+            gid=f"layer-label-{layer.index}",
+        )
 
 
-def roofline_figure(roof: Roofline, measured: dict[str, float] | None = None) -> "MplFigure":
+def roofline_figure(roof: Roofline, measured: dict[str, float] | None = None) -> MplFigure:
     """The roofline chart of ``roof``: every layer with MACs a point coloured by type, labels
     on the layers that matter, a legend; ``measured`` maps layer names to measured MACs/s,
     drawn as hollow markers."""
@@ -295,36 +331,72 @@ def roofline_figure(roof: Roofline, measured: dict[str, float] | None = None) ->
     low = min(min(intensities), roof.ridge) / 8
     high = max(max(intensities), roof.ridge) * 8
     xs = [low, roof.ridge, high]
-    ax.plot(xs, [min(roof.peak, x * roof.bandwidth) for x in xs], color="black", lw=2,
-            label=f"roof: {rate(roof.peak)}, {rate(roof.bandwidth, 'B/s')}", gid="roof")
-    ax.axvline(roof.ridge, color="grey", ls=":", lw=1, gid="ridge",
-               label=f"ridge: {number(roof.ridge)} MAC/byte")
+    ax.plot(
+        xs,
+        [min(roof.peak, x * roof.bandwidth) for x in xs],
+        color="black",
+        lw=2,
+        label=f"roof: {rate(roof.peak)}, {rate(roof.bandwidth, 'B/s')}",
+        gid="roof",
+    )
+    ax.axvline(
+        roof.ridge,
+        color="grey",
+        ls=":",
+        lw=1,
+        gid="ridge",
+        label=f"ridge: {number(roof.ridge)} MAC/byte",
+    )
     colours = type_colours([p.type for p in points])
     seen: set[str] = set()
     for p in points:
         label = p.type if p.type not in seen else None
         seen.add(p.type)
-        ax.plot([p.intensity], [p.attainable], "o", ms=6, color=colours[p.type], label=label,
-                alpha=0.85, gid=f"layer-point-{p.index}")
+        ax.plot(
+            [p.intensity],
+            [p.attainable],
+            "o",
+            ms=6,
+            color=colours[p.type],
+            label=label,
+            alpha=0.85,
+            gid=f"layer-point-{p.index}",
+        )
         if measured and measured.get(p.name):
-            ax.plot([p.intensity], [measured[p.name]], "o", ms=6, mfc="none",
-                    color=colours[p.type], gid=f"layer-measured-{p.index}")
+            ax.plot(
+                [p.intensity],
+                [measured[p.name]],
+                "o",
+                ms=6,
+                mfc="none",
+                color=colours[p.type],
+                gid=f"layer-measured-{p.index}",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     bottom = min([p.attainable for p in points] or [roof.peak]) / 3
     ax.set_ylim(min(bottom, low * roof.bandwidth), roof.peak * 4)  # room for labels on the roof
     ax.set_xlabel(f"compute intensity (MACs per byte, {roof.dtype})", fontsize=9)
     ax.set_ylabel("attainable MACs per second", fontsize=9)
-    ax.set_title(f"Roofline on {roof.device.name}, batch {roof.batch}"
-                 + (" (hollow: measured)" if measured else ""), fontsize=10)
+    ax.set_title(
+        f"Roofline on {roof.device.name}, batch {roof.batch}"
+        + (" (hollow: measured)" if measured else ""),
+        fontsize=10,
+    )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
-              title="layer type", title_fontsize=8)
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+        title="layer type",
+        title_fontsize=8,
+    )
     _place_labels(ax, important_layers(points))
     return fig
 
 
-def bar_figure(analysis: "Analysis", depth: int | None = None) -> "MplFigure":
+def bar_figure(analysis: Analysis, depth: int | None = None) -> MplFigure:
     """Four horizontal bar charts side by side (MACs, weights, bytes moved, intensity), one
     bar per block of the module tree at ``depth`` (default: :func:`default_depth`)."""
     plt = _pyplot()
@@ -334,14 +406,14 @@ def bar_figure(analysis: "Analysis", depth: int | None = None) -> "MplFigure":
     blocks = collapsed_blocks(module_tree(analysis.rows), depth)
     names = [_block_path(b, analysis.rows) for b in blocks]
     height = max(2.6, 0.24 * len(blocks) + 1.3)
-    fig, axes = plt.subplots(1, len(BAR_METRICS), figsize=(11, height), sharey=True,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(BAR_METRICS), figsize=(11, height), sharey=True, layout="constrained"
+    )
     colours = type_colours([b.type if b.layer else "block" for b in blocks])
     ys = list(range(len(blocks)))
     for ax, (metric, label) in zip(axes, BAR_METRICS):
         values = [float(getattr(b, metric)) for b in blocks]
-        bars = ax.barh(ys, values, color=[colours[b.type if b.layer else "block"]
-                                          for b in blocks])
+        bars = ax.barh(ys, values, color=[colours[b.type if b.layer else "block"] for b in blocks])
         for n, bar in enumerate(bars.patches, start=1):
             bar.set_gid(f"bar-{metric}-{n}")
         ax.set_xlabel(label, fontsize=8)
@@ -352,15 +424,22 @@ def bar_figure(analysis: "Analysis", depth: int | None = None) -> "MplFigure":
     axes[0].set_yticks(ys, names, fontsize=8)
     axes[0].invert_yaxis()  # execution order, top to bottom
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-    fig.legend(handles, [("group of layers" if k == "block" else k) for k in colours],
-               loc="outside lower center", ncols=min(len(colours), 8), fontsize=8,
-               frameon=False)
-    fig.suptitle(f"{analysis.model}: per block at depth {depth}, batch {analysis.batch}, "
-                 f"{analysis.dtype}", fontsize=10)
+    fig.legend(
+        handles,
+        [("group of layers" if k == "block" else k) for k in colours],
+        loc="outside lower center",
+        ncols=min(len(colours), 8),
+        fontsize=8,
+        frameon=False,
+    )
+    fig.suptitle(
+        f"{analysis.model}: per block at depth {depth}, batch {analysis.batch}, {analysis.dtype}",
+        fontsize=10,
+    )
     return fig
 
 
-def _block_path(block: Block, rows: Sequence["LayerRow"]) -> str:
+def _block_path(block: Block, rows: Sequence[LayerRow]) -> str:
     """A block's name as the reader knows it: a layer's name, a group's module path."""
     if block.layer is not None:
         return block.layer.name
@@ -377,7 +456,7 @@ def _block_path(block: Block, rows: Sequence["LayerRow"]) -> str:
     return ".".join(common[: block.level]) or block.name
 
 
-def save_figure(fig: "MplFigure", stem: Path) -> tuple[Path, Path]:
+def save_figure(fig: MplFigure, stem: Path) -> tuple[Path, Path]:
     """``stem``.png and ``stem``.svg, each written atomically; returns both paths."""
     plt = _pyplot()
     paths = []
@@ -389,13 +468,14 @@ def save_figure(fig: "MplFigure", stem: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def roofline_chart(roof: Roofline, stem: Path,
-                   measured: dict[str, float] | None = None) -> tuple[Path, Path]:
+def roofline_chart(
+    roof: Roofline, stem: Path, measured: dict[str, float] | None = None
+) -> tuple[Path, Path]:
     """Write the roofline chart as ``stem``.png and ``stem``.svg."""
     return save_figure(roofline_figure(roof, measured), Path(stem))
 
 
-def bar_charts(analysis: "Analysis", stem: Path, depth: int | None = None) -> tuple[Path, Path]:
+def bar_charts(analysis: Analysis, stem: Path, depth: int | None = None) -> tuple[Path, Path]:
     """Write the per-block bar charts as ``stem``.png and ``stem``.svg."""
     return save_figure(bar_figure(analysis, depth), Path(stem))
 
@@ -412,9 +492,14 @@ def inline_svg(svg: str, titles: dict[str, str] | None = None) -> str:
     # Matplotlib sizes the SVG in pt; the page scales it to its column instead.
     svg = re.sub(r'(<svg[^>]*?)\swidth="[^"]*"\s+height="[^"]*"', r"\1", svg, count=1)
     if titles:
-        svg = re.sub(r'<g id="([^"]+)">',
-                     lambda m: m.group(0) + (f"<title>{esc(titles[m.group(1)])}</title>"
-                                             if m.group(1) in titles else ""), svg)
+        svg = re.sub(
+            r'<g id="([^"]+)">',
+            lambda m: (
+                m.group(0)
+                + (f"<title>{esc(titles[m.group(1)])}</title>" if m.group(1) in titles else "")
+            ),
+            svg,
+        )
     return svg.strip()
 
 
@@ -462,9 +547,18 @@ p.note, .note { color: #666; font-size: 0.85em; }
 
 
 def _tree_columns(roof: Roofline | None) -> list[Column]:
-    return [left("name"), left("type"), left("output shape"), right("weights"),
-            right("MACs"), right("bytes moved"), right("MAC/value"), left("bound"),
-            right("est. time"), right("% time")]
+    return [
+        left("name"),
+        left("type"),
+        left("output shape"),
+        right("weights"),
+        right("MACs"),
+        right("bytes moved"),
+        right("MAC/value"),
+        left("bound"),
+        right("est. time"),
+        right("% time"),
+    ]
 
 
 def _block_cells(block: Block, times: dict[int, LayerRoof], total_time: float) -> list[str]:
@@ -476,14 +570,22 @@ def _block_cells(block: Block, times: dict[int, LayerRoof], total_time: float) -
         for layer in layers:
             bound_time[layer.bound] = bound_time.get(layer.bound, 0.0) + layer.time_s
         bound = max(bound_time, key=lambda b: bound_time[b]) if seconds else layers[0].bound
-    return [block.type, shape(block.output_shape), count(block.weights), count(block.macs),
-            size(block.bytes_moved), f"{block.intensity:.3g}", bound,
-            duration(seconds) if layers else "", percent(seconds / total_time)
-            if layers and total_time else ""]
+    return [
+        block.type,
+        shape(block.output_shape),
+        count(block.weights),
+        count(block.macs),
+        size(block.bytes_moved),
+        f"{block.intensity:.3g}",
+        bound,
+        duration(seconds) if layers else "",
+        percent(seconds / total_time) if layers and total_time else "",
+    ]
 
 
-def _row_html(name_html: str, cells: Sequence[str], columns: Sequence[Column], klass: str,
-              title: str = "") -> str:
+def _row_html(
+    name_html: str, cells: Sequence[str], columns: Sequence[Column], klass: str, title: str = ""
+) -> str:
     spans = [f'<span class="l name">{name_html}</span>']
     for column, cell in zip(columns[1:], cells):
         extra = " bound" if column.header == "bound" else ""
@@ -492,7 +594,7 @@ def _row_html(name_html: str, cells: Sequence[str], columns: Sequence[Column], k
     return f'<div class="row {klass}"{attr}>{"".join(spans)}</div>'
 
 
-def layer_tree(analysis: "Analysis", roof: Roofline | None, depth: int) -> str:
+def layer_tree(analysis: Analysis, roof: Roofline | None, depth: int) -> str:
     """The layers as a module tree: groups above ``depth`` open, at ``depth`` collapsed; each
     expands in place (``<details>``). Shapes stay on one line, numbers right-aligned."""
     columns = _tree_columns(roof)
@@ -506,93 +608,169 @@ def layer_tree(analysis: "Analysis", roof: Roofline | None, depth: int) -> str:
             bound = cells[6]
             if block.layer is not None:
                 r = block.layer
-                title = (f"{r.name}: {r.type}"
-                         + (f" {shape(r.descriptor)}" if r.descriptor else "")
-                         + f", input {shape(r.input_shape)}, {count(r.biases)} biases")
+                title = (
+                    f"{r.name}: {r.type}"
+                    + (f" {shape(r.descriptor)}" if r.descriptor else "")
+                    + f", input {shape(r.input_shape)}, {count(r.biases)} biases"
+                )
                 out.append(_row_html(esc(block.name), cells, columns, f"leaf {bound}", title))
                 continue
             opened = " open" if block.level < depth else ""
-            summary = _row_html(esc(block.name), cells, columns, f"group {bound}",
-                                f"{len(block.rows)} layers")
+            summary = _row_html(
+                esc(block.name), cells, columns, f"group {bound}", f"{len(block.rows)} layers"
+            )
             summary = summary.replace('<div class="row', '<summary class="row', 1)
             summary = summary[: -len("</div>")] + "</summary>"
-            out.append(f'<details{opened} style="--level:{block.level}">{summary}'
-                       f'<div class="kids" style="margin-left:1.1em">'
-                       f"{render(block.children)}</div></details>")
+            out.append(
+                f'<details{opened} style="--level:{block.level}">{summary}'
+                f'<div class="kids" style="margin-left:1.1em">'
+                f"{render(block.children)}</div></details>"
+            )
         return "".join(out)
 
     head = "".join(
-        f'<span class="{"n" if c.numeric else "l"}">{esc(c.header)}</span>' for c in columns)
+        f'<span class="{"n" if c.numeric else "l"}">{esc(c.header)}</span>' for c in columns
+    )
     t = analysis.totals
-    foot = _row_html("total", ["", "", count(t.weights),
-                               count(t.macs), size(t.bytes), f"{t.intensity:.3g}", "",
-                               duration(total_time) if roof else "",
-                               "100%" if roof else ""], columns, "foot")
-    return (f'<div class="tree"><div class="row head">{head}</div>'
-            f"{render(module_tree(analysis.rows))}{foot}</div>")
+    foot = _row_html(
+        "total",
+        [
+            "",
+            "",
+            count(t.weights),
+            count(t.macs),
+            size(t.bytes),
+            f"{t.intensity:.3g}",
+            "",
+            duration(total_time) if roof else "",
+            "100%" if roof else "",
+        ],
+        columns,
+        "foot",
+    )
+    return (
+        f'<div class="tree"><div class="row head">{head}</div>'
+        f"{render(module_tree(analysis.rows))}{foot}</div>"
+    )
 
 
 def _card(key: str, value: str, sub: str = "") -> str:
-    return (f'<div class="card"><div class="k">{esc(key)}</div><div class="v">{esc(value)}</div>'
-            + (f'<div class="s">{esc(sub)}</div>' if sub else "") + "</div>")
+    return (
+        f'<div class="card"><div class="k">{esc(key)}</div><div class="v">{esc(value)}</div>'
+        + (f'<div class="s">{esc(sub)}</div>' if sub else "")
+        + "</div>"
+    )
 
 
-def summary_section(analysis: "Analysis", roof: Roofline | None, foot: Footprint) -> str:
+def summary_section(analysis: Analysis, roof: Roofline | None, foot: Footprint) -> str:
     """Key figures as cards, then the layers that take the most time (or MACs)."""
     t = analysis.totals
     cards = [
-        _card("layers", count(len(analysis.rows)),
-              f"{sum(1 for r in analysis.rows if r.macs)} with MACs"),
-        _card("parameters", count(t.params), f"{count(t.weights)} weights + "
-                                             f"{count(t.biases)} biases"),
+        _card(
+            "layers",
+            count(len(analysis.rows)),
+            f"{sum(1 for r in analysis.rows if r.macs)} with MACs",
+        ),
+        _card(
+            "parameters", count(t.params), f"{count(t.weights)} weights + {count(t.biases)} biases"
+        ),
         _card("MACs per batch", count(t.macs), f"FLOPs = 2 x MACs = {count(2 * t.macs)}"),
         _card("memory traffic", size(t.bytes), f"{count(t.values_moved)} values moved"),
-        _card("compute intensity", f"{t.intensity:.3g} MAC/value",
-              f"{t.macs / t.bytes:.3g} MAC/byte" if t.bytes else ""),
-        _card("memory footprint", size(foot.total_bytes),
-              f"parameters {size(foot.parameter_bytes)} + peak activations "
-              f"{size(foot.peak_activation_bytes)}"),
+        _card(
+            "compute intensity",
+            f"{t.intensity:.3g} MAC/value",
+            f"{t.macs / t.bytes:.3g} MAC/byte" if t.bytes else "",
+        ),
+        _card(
+            "memory footprint",
+            size(foot.total_bytes),
+            f"parameters {size(foot.parameter_bytes)} + peak activations "
+            f"{size(foot.peak_activation_bytes)}",
+        ),
     ]
     if roof is not None:
         memory_time = sum(layer.time_s for layer in roof.layers if layer.bound == "memory")
         share = memory_time / roof.latency_s if roof.latency_s else 0.0
         memory_layers = sum(1 for layer in roof.layers if layer.bound == "memory")
         cards += [
-            _card("estimated latency", duration(roof.latency_s),
-                  f"batch {roof.batch}: {roof.throughput:,.0f} images/s"),
-            _card("bound", "memory" if share >= 0.5 else "compute",
-                  f"{percent(share)} of the time in {memory_layers} memory-bound layers"),
-            _card("of peak", percent(roof.attainable / roof.peak),
-                  f"{rate(roof.attainable)} of {rate(roof.peak)}"),
+            _card(
+                "estimated latency",
+                duration(roof.latency_s),
+                f"batch {roof.batch}: {roof.throughput:,.0f} images/s",
+            ),
+            _card(
+                "bound",
+                "memory" if share >= 0.5 else "compute",
+                f"{percent(share)} of the time in {memory_layers} memory-bound layers",
+            ),
+            _card(
+                "of peak",
+                percent(roof.attainable / roof.peak),
+                f"{rate(roof.attainable)} of {rate(roof.peak)}",
+            ),
         ]
     fits = ""
     if roof is not None and foot.fits(roof.device) is not None:
-        word = "fits" if foot.fits(roof.device) else "does not fit"
-        fits = f"<p>Parameters and peak activations {word} in {esc(roof.device.name)}'s memory.</p>"
+        word = "fit" if foot.fits(roof.device) else "do not fit"
+        fits = (
+            f"<p>Parameters and peak activations {word} in {esc(roof.device.name)}'s memory.</p>"
+        )
     return f'<div class="cards">{"".join(cards)}</div>{fits}{top_layers_table(analysis, roof)}'
 
 
-def top_layers_table(analysis: "Analysis", roof: Roofline | None,
-                     limit: int = TOP_LAYERS) -> str:
+def top_layers_table(analysis: Analysis, roof: Roofline | None, limit: int = TOP_LAYERS) -> str:
     """The layers with the most estimated time (the most MACs without a device)."""
     rows_by_index = {r.index: r for r in analysis.rows}
     if roof is not None:
         ranked = sorted(roof.layers, key=lambda layer: -layer.time_s)[:limit]
         total = roof.latency_s or 1.0
-        rows = [[layer.name, layer.type, shape(rows_by_index[layer.index].output_shape),
-                 count(layer.macs), size(layer.bytes_moved), layer.bound,
-                 duration(layer.time_s), percent(layer.time_s / total)] for layer in ranked]
-        columns = [left("layer"), left("type"), left("output shape"), right("MACs"),
-                   right("bytes moved"), left("bound"), right("est. time"), right("% time")]
+        rows = [
+            [
+                layer.name,
+                layer.type,
+                shape(rows_by_index[layer.index].output_shape),
+                count(layer.macs),
+                size(layer.bytes_moved),
+                layer.bound,
+                duration(layer.time_s),
+                percent(layer.time_s / total),
+            ]
+            for layer in ranked
+        ]
+        columns = [
+            left("layer"),
+            left("type"),
+            left("output shape"),
+            right("MACs"),
+            right("bytes moved"),
+            left("bound"),
+            right("est. time"),
+            right("% time"),
+        ]
         title = f"Top {len(rows)} layers by estimated time"
         classes = [layer.bound for layer in ranked]
     else:
         ranked_rows = sorted(analysis.rows, key=lambda r: -r.macs)[:limit]
         total_macs = analysis.totals.macs or 1
-        rows = [[r.name, r.type, shape(r.output_shape), count(r.macs), size(r.bytes_moved),
-                 percent(r.macs / total_macs)] for r in ranked_rows]
-        columns = [left("layer"), left("type"), left("output shape"), right("MACs"),
-                   right("bytes moved"), right("% MACs")]
+        rows = [
+            [
+                r.name,
+                r.type,
+                shape(r.output_shape),
+                count(r.macs),
+                size(r.bytes_moved),
+                percent(r.macs / total_macs),
+            ]
+            for r in ranked_rows
+        ]
+        columns = [
+            left("layer"),
+            left("type"),
+            left("output shape"),
+            right("MACs"),
+            right("bytes moved"),
+            right("% MACs"),
+        ]
         title = f"Top {len(rows)} layers by MACs"
         classes = []
     return f"<h3>{title}</h3>" + html_table(columns, rows, row_classes=classes or None)
@@ -611,42 +789,67 @@ def sweep_section(sweep: Sequence[Roofline]) -> str:
     for r in sweep:
         memory = [layer.name for layer in r.layers if layer.bound == "memory" and layer.macs]
         with_macs = sum(1 for layer in r.layers if layer.macs)
-        rows.append([r.batch, duration(r.latency_s), f"{r.throughput:,.0f}", rate(r.attainable),
-                     percent(r.attainable / r.peak),
-                     f"{len(memory)} of {with_macs}", _names_cell(memory)])
-    return html_table([right("batch"), right("est. latency"), right("images/s"),
-                       right("attainable"), right("of peak"), right("memory-bound (with MACs)"),
-                       left("which")], rows)
+        rows.append(
+            [
+                r.batch,
+                duration(r.latency_s),
+                f"{r.throughput:,.0f}",
+                rate(r.attainable),
+                percent(r.attainable / r.peak),
+                f"{len(memory)} of {with_macs}",
+                _names_cell(memory),
+            ]
+        )
+    return html_table(
+        [
+            right("batch"),
+            right("est. latency"),
+            right("images/s"),
+            right("attainable"),
+            right("of peak"),
+            right("memory-bound (with MACs)"),
+            left("which"),
+        ],
+        rows,
+    )
 
 
 def footprint_section(foot: Footprint, device: HardwareSpec | None) -> str:
-    rows = [["weights", size_exact(foot.weight_bytes)], ["biases", size_exact(foot.bias_bytes)],
-            ["peak live activations", f"{size_exact(foot.peak_activation_bytes)} at "
-                                      f"{foot.peak_at}"],
-            ["parameters + peak activations", size_exact(foot.total_bytes)]]
+    rows = [
+        ["weights", size_exact(foot.weight_bytes)],
+        ["biases", size_exact(foot.bias_bytes)],
+        ["peak live activations", f"{size_exact(foot.peak_activation_bytes)} at {foot.peak_at}"],
+        ["parameters + peak activations", size_exact(foot.total_bytes)],
+    ]
     if device is not None:
-        for label, fig, fits in (("main memory", device.main_memory, foot.fits(device)),
-                                 ("on-chip memory", device.on_chip_memory,
-                                  foot.fits_on_chip(device))):
+        for label, fig, fits in (
+            ("main memory", device.main_memory, foot.fits(device)),
+            ("on-chip memory", device.on_chip_memory, foot.fits_on_chip(device)),
+        ):
             if fig is not None:
                 word = "fits" if fits else "does not fit"
                 rows.append([f"{device.name} {label}", f"{size_exact(int(fig.value))}: {word}"])
-    return (html_table([left("memory"), right("bytes")], rows)
-            + '<p class="note">Activations are freed after their last reader; graph inputs '
-              "count while alive; views share their source's memory; no op runs in place.</p>")
+    return (
+        html_table([left("memory"), right("bytes")], rows)
+        + '<p class="note">Activations are freed after their last reader; graph inputs '
+        "count while alive; views share their source's memory; no op runs in place.</p>"
+    )
 
 
 def device_section(device: HardwareSpec) -> str:
-    rows = [[f"peak {dtype}", rate(fig.value), fig.source]
-            for dtype, fig in device.peak_macs.items()]
-    rows.append(["memory bandwidth", rate(device.bandwidth.value, "B/s"),
-                 device.bandwidth.source])
-    for label, fig in (("on-chip memory", device.on_chip_memory),
-                       ("main memory", device.main_memory)):
+    rows = [
+        [f"peak {dtype}", rate(fig.value), fig.source] for dtype, fig in device.peak_macs.items()
+    ]
+    rows.append(["memory bandwidth", rate(device.bandwidth.value, "B/s"), device.bandwidth.source])
+    for label, fig in (
+        ("on-chip memory", device.on_chip_memory),
+        ("main memory", device.main_memory),
+    ):
         if fig is not None:
             rows.append([label, size_exact(int(fig.value)), fig.source])
-    return (f"<p>{esc(device.title)}</p>"
-            + html_table([left("figure"), right("value"), left("source")], rows))
+    return f"<p>{esc(device.title)}</p>" + html_table(
+        [left("figure"), right("value"), left("source")], rows
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -655,14 +858,20 @@ def device_section(device: HardwareSpec) -> str:
 def verification_pairs(result: Any) -> list[tuple[str, str]]:
     """The verification's figures as (label, value), with units."""
     return [
-        ("accuracy", f"ours {result.correct:,}/{result.images:,} ({result.accuracy:.2%})   "
-                     f"PyTorch {result.torch_correct:,}/{result.images:,} "
-                     f"({result.torch_accuracy:.2%})"),
+        (
+            "accuracy",
+            f"ours {result.correct:,}/{result.images:,} ({result.accuracy:.2%})   "
+            f"PyTorch {result.torch_correct:,}/{result.images:,} "
+            f"({result.torch_accuracy:.2%})",
+        ),
         ("differing predictions", count(result.mismatches)),
         ("max |logit diff|", f"{result.max_abs_diff:.3g}"),
-        ("throughput", f"ours {result.images_per_s:,.0f} images/s   PyTorch "
-                       f"{result.torch_images_per_s:,.0f} images/s   ({result.threads} threads; "
-                       f"warm-up {duration(result.warmup_seconds)})"),
+        (
+            "throughput",
+            f"ours {result.images_per_s:,.0f} images/s   PyTorch "
+            f"{result.torch_images_per_s:,.0f} images/s   ({result.threads} threads; "
+            f"warm-up {duration(result.warmup_seconds)})",
+        ),
     ]
 
 
@@ -671,65 +880,93 @@ def verification_columns() -> list[Column]:
 
 
 def verification_layer_rows(result: Any) -> list[list[str]]:
-    return [[layer.name, layer.kind, "x".join(str(d) for d in layer.shape),
-             "n/a" if layer.max_abs_diff is None else f"{layer.max_abs_diff:.3g}"]
-            for layer in result.layers]
+    return [
+        [
+            layer.name,
+            layer.kind,
+            "x".join(str(d) for d in layer.shape),
+            "n/a" if layer.max_abs_diff is None else f"{layer.max_abs_diff:.3g}",
+        ]
+        for layer in result.layers
+    ]
 
 
 def verification_section(result: Any) -> str:
     """The result of :func:`dnnlens.engine.verify` as two tables: figures, then per layer."""
     if not hasattr(result, "layers"):  # another checker's result: its fields as a table
-        fields = (dataclasses.asdict(result) if dataclasses.is_dataclass(result)
-                  else dict(vars(result)))
-        return html_table([left("figure"), right("value")],
-                          [[k.replace("_", " "), v] for k, v in fields.items()])
+        is_instance = dataclasses.is_dataclass(result) and not isinstance(result, type)
+        fields = dataclasses.asdict(result) if is_instance else dict(vars(result))
+        return html_table(
+            [left("figure"), right("value")], [[k.replace("_", " "), v] for k, v in fields.items()]
+        )
     ok = result.mismatches == 0
-    verdict = (Markup('<p class="ok">Every prediction agrees with PyTorch.</p>') if ok else
-               Markup(f'<p class="bad">{result.mismatches:,} predictions differ from '
-                      "PyTorch.</p>"))
-    head = (f"<p>{result.images:,} images of {esc(result.data)}, our {esc(result.engine)} "
-            "engine against PyTorch.</p>")
-    return (head + verdict
-            + html_table([left("figure"), left("value")], verification_pairs(result))
-            + "<h3>Largest difference per layer</h3>"
-            + html_table(verification_columns(), verification_layer_rows(result)))
+    verdict = (
+        Markup('<p class="ok">Every prediction agrees with PyTorch.</p>')
+        if ok
+        else Markup(f'<p class="bad">{result.mismatches:,} predictions differ from PyTorch.</p>')
+    )
+    head = (
+        f"<p>{result.images:,} images of {esc(result.data)}, our {esc(result.engine)} "
+        "engine against PyTorch.</p>"
+    )
+    return (
+        head
+        + verdict
+        + html_table([left("figure"), left("value")], verification_pairs(result))
+        + "<h3>Largest difference per layer</h3>"
+        + html_table(verification_columns(), verification_layer_rows(result))
+    )
 
 
 # --------------------------------------------------------------------------------------
 # The page
 # --------------------------------------------------------------------------------------
-def render_html(analysis: "Analysis", charts: dict[str, str], *, roof: Roofline | None,
-                foot: Footprint, sweep: Sequence[Roofline] = (), verification: Any = None,
-                measurement_html: str = "", depth: int | None = None) -> str:
+def render_html(
+    analysis: Analysis,
+    charts: dict[str, str],
+    *,
+    roof: Roofline | None,
+    foot: Footprint,
+    sweep: Sequence[Roofline] = (),
+    verification: Any = None,
+    measurement_html: str = "",
+    depth: int | None = None,
+) -> str:
     """The report page: ``charts`` maps a title to SVG text (inlined)."""
     device = roof.device if roof else None
     depth = default_depth(analysis.rows) if depth is None else depth
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>dnnlens report: {esc(analysis.model)}</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>dnnlens report: {esc(analysis.model)}</h1>",
         f"<p>Input {esc(shape(analysis.input_shape))}, batch {analysis.batch}, "
         f"{esc(analysis.dtype)}, {len(analysis.rows)} layers"
-        + (f", on {esc(device.name)}" if device else "") + f". Written {when}.</p>",
+        + (f", on {esc(device.name)}" if device else "")
+        + f". Written {when}.</p>",
     ]
     for warning in getattr(analysis, "warnings", []):
         parts.append(f'<p class="bad">{esc(warning)}</p>')
     parts.append('<h2 id="summary">Summary</h2>' + summary_section(analysis, roof, foot))
-    parts.append(f'<h2 id="layers">Layers</h2><p class="note">Grouped by module, shown to '
-                 f"depth {depth} (<code>dnnlens report --depth K</code> changes it); click a "
-                 "group to open it. Hover a row for its descriptor and input shape.</p>"
-                 + layer_tree(analysis, roof, depth)
-                 + '<p class="note">MACs per batch (padding zeros counted; FLOPs = 2 x MACs); '
-                   "weights exclude biases; bytes moved: inputs + weights + outputs once from "
-                   "main memory, weights once per batch; MAC/value: compute intensity. "
-                   "Estimated time = max(MACs / peak, bytes / bandwidth). Sizes in decimal "
-                   "units (1 kB = 1,000 B).</p>")
+    parts.append(
+        f'<h2 id="layers">Layers</h2><p class="note">Grouped by module, shown to '
+        f"depth {depth} (<code>dnnlens report --depth K</code> changes it); click a "
+        "group to open it. Hover a row for its descriptor and input shape.</p>"
+        + layer_tree(analysis, roof, depth)
+        + '<p class="note">MACs per batch (padding zeros counted; FLOPs = 2 x MACs); '
+        "weights exclude biases; bytes moved: inputs + weights + outputs once from "
+        "main memory, weights once per batch; MAC/value: compute intensity. "
+        "Estimated time = max(MACs / peak, bytes / bandwidth). Sizes in decimal "
+        "units (1 kB = 1,000 B).</p>"
+    )
     for title, (svg, klass, note) in _chart_items(charts):
-        parts.append(f'<h2>{esc(title)}</h2><div class="chart {klass}">{svg}</div>'
-                     + (f'<p class="note">{esc(note)}</p>' if note else ""))
+        parts.append(
+            f'<h2>{esc(title)}</h2><div class="chart {klass}">{svg}</div>'
+            + (f'<p class="note">{esc(note)}</p>' if note else "")
+        )
     if sweep:
         parts.append("<h2>Latency and throughput by batch size</h2>" + sweep_section(sweep))
     if measurement_html:
@@ -759,18 +996,27 @@ def _roofline_note(roof: Roofline) -> str:
     for layer in roof.layers:
         if not (layer.macs > 0 and layer.bytes_moved > 0):
             skipped[layer.type] = skipped.get(layer.type, 0) + 1
-    labelled = "Labels name the layers with the most estimated time or MACs; hover any point " \
-               "for its name and figures."
+    labelled = (
+        "Labels name the layers with the most estimated time or MACs; hover any point "
+        "for its name and figures."
+    )
     if not skipped:
         return labelled
     listed = ", ".join(f"{n} {kind}" for kind, n in skipped.items())
     return f"{labelled} Not on the chart (no MACs, no place on a log MACs/s axis): {listed}."
 
 
-def write_report(analysis: "Analysis", out_dir: str | Path,
-                 device: HardwareSpec | str | None = None, verification: Any = None, *,
-                 sweep: Sequence[Roofline] = (), measured: dict[str, float] | None = None,
-                 measurement_html: str = "", depth: int | None = None) -> Path:
+def write_report(
+    analysis: Analysis,
+    out_dir: str | Path,
+    device: HardwareSpec | str | None = None,
+    verification: Any = None,
+    *,
+    sweep: Sequence[Roofline] = (),
+    measured: dict[str, float] | None = None,
+    measurement_html: str = "",
+    depth: int | None = None,
+) -> Path:
     """Write ``report.html`` and the charts (PNG + SVG) into ``out_dir``; return the page.
 
     ``device`` (a spec or a name/path for :func:`~dnnlens.roofline.load_spec`) adds the
@@ -784,10 +1030,14 @@ def write_report(analysis: "Analysis", out_dir: str | Path,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # e.g. -o names a file, or a folder inside one
         blocker = next((p for p in (out, *out.parents) if p.exists()), None)
-        reason = (f"{blocker} is a file, not a folder" if blocker and not blocker.is_dir()
-                  else exc.strerror or exc)
-        raise UsageError(f"{out}: cannot write the report here ({reason}); choose another -o "
-                         "folder") from None
+        reason = (
+            f"{blocker} is a file, not a folder"
+            if blocker and not blocker.is_dir()
+            else exc.strerror or exc
+        )
+        raise UsageError(
+            f"{out}: cannot write the report here ({reason}); choose another -o folder"
+        ) from None
     if depth is not None and depth < 0:
         raise UsageError(f"--depth must be 0 or more, got {depth}")
     depth = default_depth(analysis.rows) if depth is None else max(depth, 1)
@@ -797,19 +1047,33 @@ def write_report(analysis: "Analysis", out_dir: str | Path,
     if roof is not None:
         _, svg = roofline_chart(roof, out / "roofline", measured)
         titles = {f"layer-point-{layer.index}": point_title(layer) for layer in roof.layers}
-        charts["Roofline"] = (inline_svg(svg.read_text(encoding="utf-8"), titles), "roof",
-                              _roofline_note(roof))
+        charts["Roofline"] = (
+            inline_svg(svg.read_text(encoding="utf-8"), titles),
+            "roof",
+            _roofline_note(roof),
+        )
     _, svg = bar_charts(analysis, out / "layers", depth)
     blocks = collapsed_blocks(module_tree(analysis.rows), depth)
-    bar_titles = {f"bar-{metric}-{n}": f"{_block_path(b, analysis.rows)}: {label} "
-                                       f"{_metric_text(b, metric)}"
-                  for metric, label in BAR_METRICS for n, b in enumerate(blocks, start=1)}
+    bar_titles = {
+        f"bar-{metric}-{n}": f"{_block_path(b, analysis.rows)}: {label} {_metric_text(b, metric)}"
+        for metric, label in BAR_METRICS
+        for n, b in enumerate(blocks, start=1)
+    }
     charts[f"MACs, weights, bytes moved and intensity per block (depth {depth})"] = (
-        inline_svg(svg.read_text(encoding="utf-8"), bar_titles), "bars",
-        f"{len(blocks)} blocks: the rows of the layer table at depth {depth}.")
-    page = render_html(analysis, charts, roof=roof, foot=memory_footprint(analysis.graph,
-                       analysis.dtype), sweep=sweep, verification=verification,
-                       measurement_html=measurement_html, depth=depth)
+        inline_svg(svg.read_text(encoding="utf-8"), bar_titles),
+        "bars",
+        f"{len(blocks)} blocks: the rows of the layer table at depth {depth}.",
+    )
+    page = render_html(
+        analysis,
+        charts,
+        roof=roof,
+        foot=memory_footprint(analysis.graph, analysis.dtype),
+        sweep=sweep,
+        verification=verification,
+        measurement_html=measurement_html,
+        depth=depth,
+    )
     return atomic_write_text(out / "report.html", page)
 
 

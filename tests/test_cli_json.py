@@ -30,27 +30,63 @@ NULLABLE_NUMBER = {"type": ["number", "null"]}
 FIGURE = {"type": ["object", "null"], "required": ["value", "source"]}
 ROOFLINE = {
     "type": "object",
-    "required": ["device", "dtype", "batch", "peak_macs_per_s", "bandwidth_bytes_per_s",
-                 "ridge_macs_per_byte", "latency_s", "throughput_per_s", "layers"],
+    "required": [
+        "device",
+        "dtype",
+        "batch",
+        "peak_macs_per_s",
+        "bandwidth_bytes_per_s",
+        "ridge_macs_per_byte",
+        "latency_s",
+        "throughput_per_s",
+        "layers",
+    ],
     "properties": {
-        "device": {"type": "object", "required": ["name", "title", "peak_macs_per_s",
-                                                  "memory_bandwidth"],
-                   "properties": {"memory_bandwidth": FIGURE}},
-        "latency_s": NUMBER, "ridge_macs_per_byte": NUMBER,
-        "layers": {"type": "array", "items": {
+        "device": {
             "type": "object",
-            "required": ["index", "name", "type", "intensity_macs_per_byte",
-                         "attainable_macs_per_s", "bound", "time_s"],
-            "properties": {"bound": {"enum": ["compute", "memory", "none"]},
-                           "time_s": NUMBER, "intensity_macs_per_byte": NULLABLE_NUMBER}}},
+            "required": ["name", "title", "peak_macs_per_s", "memory_bandwidth"],
+            "properties": {"memory_bandwidth": FIGURE},
+        },
+        "latency_s": NUMBER,
+        "ridge_macs_per_byte": NUMBER,
+        "layers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "index",
+                    "name",
+                    "type",
+                    "intensity_macs_per_byte",
+                    "attainable_macs_per_s",
+                    "bound",
+                    "time_s",
+                ],
+                "properties": {
+                    "bound": {"enum": ["compute", "memory", "none"]},
+                    "time_s": NUMBER,
+                    "intensity_macs_per_byte": NULLABLE_NUMBER,
+                },
+            },
+        },
     },
 }
-FOOTPRINT = {"type": "object", "required": ["weight_bytes", "bias_bytes",
-                                            "peak_activation_bytes", "peak_at", "total_bytes"]}
+FOOTPRINT = {
+    "type": "object",
+    "required": ["weight_bytes", "bias_bytes", "peak_activation_bytes", "peak_at", "total_bytes"],
+}
 SCHEMA = {
     "type": "object",
-    "required": ["model", "input_shape", "batch", "dtype", "units", "layers", "totals",
-                 "warnings"],
+    "required": [
+        "model",
+        "input_shape",
+        "batch",
+        "dtype",
+        "units",
+        "layers",
+        "totals",
+        "warnings",
+    ],
     "properties": {"roofline": ROOFLINE, "footprint": FOOTPRINT},
 }
 MEASURE = {
@@ -58,10 +94,18 @@ MEASURE = {
     "required": ["roofline", "device", "batch", "layers", "totals", "fused"],
     "properties": {
         "roofline": ROOFLINE,
-        "layers": {"type": "array", "items": {
-            "type": "object", "required": ["name", "estimate_s", "ours_s", "torch_s"],
-            "properties": {"estimate_s": NUMBER, "ours_s": NULLABLE_NUMBER,
-                           "torch_s": NULLABLE_NUMBER}}},
+        "layers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "estimate_s", "ours_s", "torch_s"],
+                "properties": {
+                    "estimate_s": NUMBER,
+                    "ours_s": NULLABLE_NUMBER,
+                    "torch_s": NULLABLE_NUMBER,
+                },
+            },
+        },
     },
 }
 
@@ -94,15 +138,22 @@ def test_device_adds_roofline_and_footprint(capsys: pytest.CaptureFixture[str]) 
     expected = sum(max(r["macs"] / peak, 4 * r["values_moved"] / bandwidth) for r in rows)
     assert roof["latency_s"] == pytest.approx(expected)
     foot = document["footprint"]
-    assert (foot["weight_bytes"], foot["bias_bytes"], foot["peak_activation_bytes"]) == \
-        (415_248, 1_112, 25_088)
+    assert (foot["weight_bytes"], foot["bias_bytes"], foot["peak_activation_bytes"]) == (
+        415_248,
+        1_112,
+        25_088,
+    )
     assert roof["fits"] == {"main_memory": True, "on_chip_memory": True}
 
 
 @pytest.mark.slow
 def test_measure_adds_timings_and_stdout_stays_json() -> None:
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "analyze", "--json", "--measure"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "dnnlens", "analyze", "--json", "--measure"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     document = json.loads(done.stdout)
     jsonschema.validate(document, SCHEMA)

@@ -44,12 +44,14 @@ def check_golden(name: str, text: str, overwrite: bool) -> None:
     if overwrite:
         path.write_text(text + "\n", encoding="utf-8")
     assert path.exists(), f"no golden file {path}: run pytest --overwrite-golden"
-    assert text + "\n" == path.read_text(encoding="utf-8"), \
+    assert text + "\n" == path.read_text(encoding="utf-8"), (
         f"{name} differs from the rendering; if the change is intended: pytest --overwrite-golden"
+    )
 
 
-@pytest.mark.parametrize("name, render", [("analyze-seed.txt", seed_table),
-                                          ("analyze-resnet18.txt", resnet18_table)])
+@pytest.mark.parametrize(
+    "name, render", [("analyze-seed.txt", seed_table), ("analyze-resnet18.txt", resnet18_table)]
+)
 def test_table_matches_its_golden_file(name: str, render, overwrite_golden: bool) -> None:
     check_golden(name, render(), overwrite_golden)
 
@@ -60,7 +62,7 @@ def table_body(text: str) -> tuple[list[str], list[list[str]], list[str]]:
     rules = [i for i, line in enumerate(lines) if line and set(line) == {"─"}]
     assert len(rules) == 2, "a header rule and a footer rule"
     header = re.split(r"\s{2,}", lines[rules[0] - 1].strip())
-    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[rules[0] + 1:rules[1]]]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[rules[0] + 1 : rules[1]]]
     footer = re.split(r"\s{2,}", lines[rules[1] + 1].strip())
     return header, rows, footer
 

@@ -53,11 +53,27 @@ def layers_with_macs(name: str) -> int:
 def chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:
     """Headless Chromium; as root it needs --no-sandbox. Console messages go to stderr."""
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}",
-         f"--window-size={WIDTH},900", "--hide-scrollbars", *extra, url],
-        capture_output=True, text=True, timeout=180)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--user-data-dir={profile}",
+            f"--window-size={WIDTH},900",
+            "--hide-scrollbars",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def console_messages(stderr: str) -> list[str]:
@@ -68,9 +84,14 @@ def measured(page: Path, tmp: Path) -> tuple[int, str, list[str]]:
     """(page height in px at 1400 px wide, the DOM, console messages): a copy of the page
     with one line of script that writes the height into its title."""
     probe = tmp / "measure.html"
-    probe.write_text(page.read_text(encoding="utf-8").replace(
-        "</body>", "<script>document.title = 'height=' + "
-                   "document.documentElement.scrollHeight;</script></body>"), encoding="utf-8")
+    probe.write_text(
+        page.read_text(encoding="utf-8").replace(
+            "</body>",
+            "<script>document.title = 'height=' + "
+            "document.documentElement.scrollHeight;</script></body>",
+        ),
+        encoding="utf-8",
+    )
     done = chromium(probe.as_uri(), tmp / "profile-measure", "--dump-dom")
     assert done.returncode == 0, done.stderr[-2000:]
     height = re.search(r"<title>height=(\d+)</title>", done.stdout)
@@ -95,8 +116,12 @@ def test_the_console_check_catches_an_error(browser: str, tmp_path: Path) -> Non
 @pytest.mark.parametrize("model", ["seed", "resnet50", "vit_b_16"])
 def test_report_reads_at_any_size(browser: str, model: str, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "report", model, "-o", str(out),
-                           "--device", "rpi5"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "dnnlens", "report", model, "-o", str(out), "--device", "rpi5"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     page = out / "report.html"
 
@@ -121,25 +146,31 @@ def test_report_reads_at_any_size(browser: str, model: str, tmp_path: Path) -> N
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOTS / f"{model}.png"
-    done = chromium(page.as_uri(), tmp_path / "profile-shot", f"--screenshot={shot}",
-                    f"--window-size={WIDTH},{height}")
+    done = chromium(
+        page.as_uri(),
+        tmp_path / "profile-shot",
+        f"--screenshot={shot}",
+        f"--window-size={WIDTH},{height}",
+    )
     assert done.returncode == 0 and shot.stat().st_size > 10_000, done.stderr[-2000:]
 
 
 def test_depth_opens_the_tree_further(browser: str, tmp_path: Path) -> None:
     """--depth K: groups above K open, at K closed; a deeper K shows more rows."""
+    import torch
+    import torchvision
+
     from dnnlens.analysis import analyze
     from dnnlens.models import Net
     from dnnlens.report import write_report
 
-    import torch
-    import torchvision
-
     with torch.device("meta"):
         model = torchvision.models.get_model("resnet18", weights=None)
     analysis = analyze(model, (1, 3, 224, 224))
-    pages = {depth: write_report(analysis, tmp_path / f"d{depth}", "rpi5", depth=depth)
-             for depth in (1, 2)}
+    pages = {
+        depth: write_report(analysis, tmp_path / f"d{depth}", "rpi5", depth=depth)
+        for depth in (1, 2)
+    }
     opened = {depth: page.read_text().count("<details open") for depth, page in pages.items()}
     # resnet18: at depth 1 nothing is open; at depth 2 the four stages layer1..layer4 are.
     assert opened == {1: 0, 2: 4}

@@ -23,29 +23,54 @@ DTYPES = ("fp32", "fp16", "bf16", "int8")
 PROBE = "probe"
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, batch_default: int | None,
-                      device_default: str | None) -> None:
+def add_model_options(
+    parser: argparse.ArgumentParser, *, batch_default: int | None, device_default: str | None
+) -> None:
     """MODEL, --input, --batch, --dtype, --device and --measure, as analyze and report take
     them."""
     parser.add_argument(
-        "model", nargs="?", default="seed", metavar="MODEL",
+        "model",
+        nargs="?",
+        default="seed",
+        metavar="MODEL",
         help="seed (default, the course network), a torchvision model name such as resnet18, "
-             "package.module:factory, or a model file (.onnx, .toml spec, SCALE-Sim .csv)")
-    parser.add_argument("--input", metavar="N,C,H,W", default=None,
-                        help="input shape with the batch (default: the model's usual input)")
-    parser.add_argument("--batch", type=int, default=batch_default, metavar="B",
-                        help="batch size; replaces N of the input shape"
-                             + (f" (default {batch_default})" if batch_default else ""))
-    parser.add_argument("--dtype", default="fp32", choices=DTYPES,
-                        help="bytes per value for weight bytes and bytes moved (default fp32)")
-    probe_help = (f"; {PROBE} measures this machine for ~1 s"
-                  + (" (the default)" if device_default == PROBE else ""))
-    parser.add_argument("--device", metavar="NAME|FILE", default=device_default,
-                        help="device for the roofline: a name from `dnnlens hw list` or a "
-                             f"spec file{probe_help}")
-    parser.add_argument("--measure", action="store_true",
-                        help="also time each layer of our engine and PyTorch on this machine, "
-                             "next to the roofline of this machine (probed for a second)")
+        "package.module:factory, or a model file (.onnx, .toml spec, SCALE-Sim .csv)",
+    )
+    parser.add_argument(
+        "--input",
+        metavar="N,C,H,W",
+        default=None,
+        help="input shape with the batch (default: the model's usual input)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=batch_default,
+        metavar="B",
+        help="batch size; replaces N of the input shape"
+        + (f" (default {batch_default})" if batch_default else ""),
+    )
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=DTYPES,
+        help="bytes per value for weight bytes and bytes moved (default fp32)",
+    )
+    probe_help = f"; {PROBE} measures this machine for ~1 s" + (
+        " (the default)" if device_default == PROBE else ""
+    )
+    parser.add_argument(
+        "--device",
+        metavar="NAME|FILE",
+        default=device_default,
+        help=f"device for the roofline: a name from `dnnlens hw list` or a spec file{probe_help}",
+    )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="also time each layer of our engine and PyTorch on this machine, "
+        "next to the roofline of this machine (probed for a second)",
+    )
 
 
 def validate_model_options(args: argparse.Namespace) -> None:
@@ -65,8 +90,10 @@ def validate_model_options(args: argparse.Namespace) -> None:
         args.spec = load_spec(args.device)
         args.spec.peak(args.dtype)  # a spec without a peak for this dtype fails now
     if args.measure and is_model_file(args.model):
-        raise UsageError("--measure times a PyTorch model against our engine; give a model "
-                         "name or package.module:factory instead of a file")
+        raise UsageError(
+            "--measure times a PyTorch model against our engine; give a model "
+            "name or package.module:factory instead of a file"
+        )
 
 
 def is_model_file(model: str) -> bool:
@@ -85,8 +112,9 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> None:
     if target.is_dir():
         raise UsageError(f"{target}: is a folder; give a file name for {what}")
     folder = target.parent if str(target.parent) else Path(".")
-    _check_folder(folder, f"{target}: cannot write {what + ' ' if what else ''}here",
-                  "choose another path")
+    _check_folder(
+        folder, f"{target}: cannot write {what + ' ' if what else ''}here", "choose another path"
+    )
 
 
 def check_output_folder(path: str | os.PathLike[str], what: str) -> None:
@@ -115,8 +143,9 @@ def resolve_device(args: argparse.Namespace, say: Any = print) -> Any:
     return probe(seconds=1.0).to_spec("this-machine")
 
 
-def roofline_extras(model: Any, analysis: Any, args: argparse.Namespace, *,
-                    as_json: bool) -> dict[str, Any]:
+def roofline_extras(
+    model: Any, analysis: Any, args: argparse.Namespace, *, as_json: bool
+) -> dict[str, Any]:
     """What --device and --measure add to ``analyze``: the roofline on the device, the memory
     footprint and, with --measure, per-layer timings of our engine and PyTorch on this machine
     next to the roofline of this machine (probed for a second).
@@ -126,8 +155,13 @@ def roofline_extras(model: Any, analysis: Any, args: argparse.Namespace, *,
     """
     import sys
 
-    from dnnlens.roofline import (footprint_dict, memory_footprint, render_roofline,
-                                  roofline, roofline_dict)
+    from dnnlens.roofline import (
+        footprint_dict,
+        memory_footprint,
+        render_roofline,
+        roofline,
+        roofline_dict,
+    )
 
     def say(text: str = "") -> None:
         print(text, file=sys.stderr if as_json else sys.stdout)
@@ -151,8 +185,7 @@ def roofline_extras(model: Any, analysis: Any, args: argparse.Namespace, *,
         here = probe(seconds=1.0).to_spec("this-machine")
         roof_here = roofline(analysis, here)
         measurement = measure_layers(model, analysis, here)
-        extras["measure"] = {"roofline": roofline_dict(roof_here, foot),
-                             **measurement.to_dict()}
+        extras["measure"] = {"roofline": roofline_dict(roof_here, foot), **measurement.to_dict()}
         if not as_json:
             say(render_roofline(roof_here, None if args.device else foot))
             say()

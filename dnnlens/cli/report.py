@@ -13,8 +13,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dnnlens.cli.common import (PROBE, add_model_options, check_output_folder, resolve_device,
-                                validate_model_options)
+from dnnlens.cli.common import (
+    PROBE,
+    add_model_options,
+    check_output_folder,
+    resolve_device,
+    validate_model_options,
+)
 from dnnlens.errors import UsageError
 
 #: Batch sizes of the latency/throughput table (plus the report's own batch).
@@ -23,18 +28,34 @@ SWEEP_BATCHES = (1, 16, 256)
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "report", help="write a self-contained HTML report with charts",
+        "report",
+        help="write a self-contained HTML report with charts",
         description="Analyse a network, put it on a device's roofline, and write one HTML "
-                    "page (no server, no network needed) plus the charts as PNG and SVG.")
+        "page (no server, no network needed) plus the charts as PNG and SVG.",
+    )
     add_model_options(parser, batch_default=1, device_default=PROBE)
-    parser.add_argument("-o", "--out", required=True, metavar="DIR",
-                        help="folder for report.html, roofline.{png,svg}, layers.{png,svg}")
-    parser.add_argument("--depth", type=int, default=None, metavar="K",
-                        help="module depth the layer tree opens to and the block chart shows "
-                             "(default: by model size, at most ~30 rows)")
-    parser.add_argument("--checkpoint", metavar="PATH", default=None,
-                        help="a trained checkpoint of the seed network: adds the verification "
-                             "of our engine against PyTorch")
+    parser.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for report.html, roofline.{png,svg}, layers.{png,svg}",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        metavar="K",
+        help="module depth the layer tree opens to and the block chart shows "
+        "(default: by model size, at most ~30 rows)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=None,
+        help="a trained checkpoint of the seed network: adds the verification "
+        "of our engine against PyTorch",
+    )
     parser.set_defaults(func=run)
 
 
@@ -44,8 +65,10 @@ def validate(args: argparse.Namespace) -> None:
     validate_model_options(args)
     if args.checkpoint:
         if args.model != "seed":
-            raise UsageError("--checkpoint verification is for the seed network; "
-                             f"drop --checkpoint to report on {args.model!r}")
+            raise UsageError(
+                "--checkpoint verification is for the seed network; "
+                f"drop --checkpoint to report on {args.model!r}"
+            )
         from dnnlens.models import load_checkpoint
 
         load_checkpoint(args.checkpoint)  # unreadable or misfitting: say so now
@@ -94,7 +117,15 @@ def run(args: argparse.Namespace) -> int:
         table = measurement_html(measurement)
         if here is spec:  # measured markers only on the roofline they were measured against
             measured = measurement.measured_rates("ours")
-    page = write_report(analysis, Path(args.out), spec, verification, sweep=sweep,
-                        measured=measured, measurement_html=table, depth=args.depth)
+    page = write_report(
+        analysis,
+        Path(args.out),
+        spec,
+        verification,
+        sweep=sweep,
+        measured=measured,
+        measurement_html=table,
+        depth=args.depth,
+    )
     print(f"wrote {page}")
     return 0
