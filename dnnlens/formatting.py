@@ -100,6 +100,35 @@ def duration(seconds: float) -> str:
     return f"{_sig3(seconds / 1e-9)} ns"
 
 
+@dataclass(frozen=True)
+class Scale:
+    """One unit for a whole column, named once in its header: ``bytes moved (MB)`` over
+    ``3.85``, ``0.410``, ``125``, so the digits compare at a glance."""
+
+    unit: str
+    factor: float
+
+    def __call__(self, value: float) -> str:
+        return "0" if value == 0 else _sig3(value / self.factor)
+
+
+def _scale(largest: float, units: Sequence[tuple[float, str]]) -> Scale:
+    for factor, unit in units:
+        if abs(largest) >= factor * 0.9995:
+            return Scale(unit, factor)
+    return Scale(units[-1][1], units[-1][0])
+
+
+def size_scale(largest: float) -> Scale:
+    """The size unit for a column whose largest value is ``largest`` bytes."""
+    return _scale(largest, ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1.0, "B")))
+
+
+def time_scale(largest: float) -> Scale:
+    """The time unit for a column whose largest value is ``largest`` seconds."""
+    return _scale(largest, TIME_UNITS)
+
+
 def percent(fraction: float) -> str:
     """``0.116`` -> ``11.6%``."""
     return f"{100 * fraction:.1f}%"

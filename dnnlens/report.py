@@ -36,6 +36,7 @@ from dnnlens.fileio import atomic_write_bytes, atomic_write_text
 from dnnlens.formatting import (
     Column,
     Markup,
+    Scale,
     count,
     duration,
     esc,
@@ -48,6 +49,8 @@ from dnnlens.formatting import (
     shape,
     size,
     size_exact,
+    size_scale,
+    time_scale,
 )
 from dnnlens.roofline import (
     Footprint,
@@ -535,6 +538,7 @@ p.note, .note { color: #666; font-size: 0.85em; }
 .tree .row > span { padding: 0.15em 0.5em; white-space: nowrap; overflow: hidden;
                     text-overflow: ellipsis; }
 .tree .head { background: #f3f3f3; font-weight: 600; border-bottom: 1px solid #ddd; }
+.tree .head > span { white-space: normal; }
 .tree .foot { font-weight: 600; background: #fafafa; border-top: 1px solid #ddd; }
 .tree summary { list-style: none; cursor: pointer; }
 .tree summary::-webkit-details-marker { display: none; }
@@ -546,22 +550,28 @@ p.note, .note { color: #666; font-size: 0.85em; }
 """
 
 
-def _tree_columns(roof: Roofline | None) -> list[Column]:
+def _tree_columns(sizes: Scale, times: Scale) -> list[Column]:
     return [
         left("name"),
         left("type"),
         left("output shape"),
         right("weights"),
         right("MACs"),
-        right("bytes moved"),
+        right(f"bytes moved ({sizes.unit})"),
         right("MAC/value"),
         left("bound"),
-        right("est. time"),
+        right(f"est. time ({times.unit})"),
         right("% time"),
     ]
 
 
-def _block_cells(block: Block, times: dict[int, LayerRoof], total_time: float) -> list[str]:
+def _block_cells(
+    block: Block,
+    times: dict[int, LayerRoof],
+    total_time: float,
+    sizes: Scale,
+    seconds_in: Scale,
+) -> list[str]:
     layers = [times[r.index] for r in block.rows if r.index in times]
     seconds = sum(layer.time_s for layer in layers)
     bound = ""
@@ -575,10 +585,10 @@ def _block_cells(block: Block, times: dict[int, LayerRoof], total_time: float) -
         shape(block.output_shape),
         count(block.weights),
         count(block.macs),
-        size(block.bytes_moved),
+        sizes(block.bytes_moved),
         f"{block.intensity:.3g}",
         bound,
-        duration(seconds) if layers else "",
+        seconds_in(seconds) if layers else "",
         percent(seconds / total_time) if layers and total_time else "",
     ]
 
@@ -597,14 +607,16 @@ def _row_html(
 def layer_tree(analysis: Analysis, roof: Roofline | None, depth: int) -> str:
     """The layers as a module tree: groups above ``depth`` open, at ``depth`` collapsed; each
     expands in place (``<details>``). Shapes stay on one line, numbers right-aligned."""
-    columns = _tree_columns(roof)
     times = {layer.index: layer for layer in roof.layers} if roof else {}
     total_time = roof.latency_s if roof else 0.0
+    # One unit per column, chosen by its largest value: the total in the last row.
+    sizes, seconds_in = size_scale(analysis.totals.bytes), time_scale(total_time)
+    columns = _tree_columns(sizes, seconds_in)
 
     def render(blocks: Sequence[Block]) -> str:
         out = []
         for block in blocks:
-            cells = _block_cells(block, times, total_time)
+            cells = _block_cells(block, times, total_time, sizes, seconds_in)
             bound = cells[6]
             if block.layer is not None:
                 r = block.layer
@@ -639,10 +651,10 @@ def layer_tree(analysis: Analysis, roof: Roofline | None, depth: int) -> str:
             "",
             count(t.weights),
             count(t.macs),
-            size(t.bytes),
+            sizes(t.bytes),
             f"{t.intensity:.3g}",
             "",
-            duration(total_time) if roof else "",
+            seconds_in(total_time) if roof else "",
             "100%" if roof else "",
         ],
         columns,
@@ -724,15 +736,17 @@ def top_layers_table(analysis: Analysis, roof: Roofline | None, limit: int = TOP
     if roof is not None:
         ranked = sorted(roof.layers, key=lambda layer: -layer.time_s)[:limit]
         total = roof.latency_s or 1.0
+        sizes = size_scale(max((layer.bytes_moved for layer in ranked), default=0))
+        seconds_in = time_scale(max((layer.time_s for layer in ranked), default=0.0))
         rows = [
             [
                 layer.name,
                 layer.type,
                 shape(rows_by_index[layer.index].output_shape),
                 count(layer.macs),
-                size(layer.bytes_moved),
+                sizes(layer.bytes_moved),
                 layer.bound,
-                duration(layer.time_s),
+                seconds_in(layer.time_s),
                 percent(layer.time_s / total),
             ]
             for layer in ranked
@@ -742,9 +756,9 @@ def top_layers_table(analysis: Analysis, roof: Roofline | None, limit: int = TOP
             left("type"),
             left("output shape"),
             right("MACs"),
-            right("bytes moved"),
+            right(f"bytes moved ({sizes.unit})"),
             left("bound"),
-            right("est. time"),
+            right(f"est. time ({seconds_in.unit})"),
             right("% time"),
         ]
         title = f"Top {len(rows)} layers by estimated time"
@@ -752,13 +766,14 @@ def top_layers_table(analysis: Analysis, roof: Roofline | None, limit: int = TOP
     else:
         ranked_rows = sorted(analysis.rows, key=lambda r: -r.macs)[:limit]
         total_macs = analysis.totals.macs or 1
+        sizes = size_scale(max((r.bytes_moved for r in ranked_rows), default=0))
         rows = [
             [
                 r.name,
                 r.type,
                 shape(r.output_shape),
                 count(r.macs),
-                size(r.bytes_moved),
+                sizes(r.bytes_moved),
                 percent(r.macs / total_macs),
             ]
             for r in ranked_rows
@@ -768,7 +783,7 @@ def top_layers_table(analysis: Analysis, roof: Roofline | None, limit: int = TOP
             left("type"),
             left("output shape"),
             right("MACs"),
-            right("bytes moved"),
+            right(f"bytes moved ({sizes.unit})"),
             right("% MACs"),
         ]
         title = f"Top {len(rows)} layers by MACs"
@@ -786,13 +801,14 @@ def _names_cell(names: Sequence[str], shown: int = 3) -> str:
 
 def sweep_section(sweep: Sequence[Roofline]) -> str:
     rows = []
+    seconds_in = time_scale(max((r.latency_s for r in sweep), default=0.0))
     for r in sweep:
         memory = [layer.name for layer in r.layers if layer.bound == "memory" and layer.macs]
         with_macs = sum(1 for layer in r.layers if layer.macs)
         rows.append(
             [
                 r.batch,
-                duration(r.latency_s),
+                seconds_in(r.latency_s),
                 f"{r.throughput:,.0f}",
                 rate(r.attainable),
                 percent(r.attainable / r.peak),
@@ -803,7 +819,7 @@ def sweep_section(sweep: Sequence[Roofline]) -> str:
     return html_table(
         [
             right("batch"),
-            right("est. latency"),
+            right(f"est. latency ({seconds_in.unit})"),
             right("images/s"),
             right("attainable"),
             right("of peak"),
