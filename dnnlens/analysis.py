@@ -239,7 +239,11 @@ class Analysis:
         return {"model": self.model, "input_shape": list(self.input_shape), "batch": self.batch,
                 "dtype": self.dtype, "units": UNITS, "layers": layers,
                 "totals": {"weights": t.weights, "biases": t.biases, "macs": t.macs,
-                           "outputs": t.outputs, "values_moved": t.values_moved}}
+                           "outputs": t.outputs, "values_moved": t.values_moved,
+                           # what the text's summary line shows, in base units
+                           "parameters": t.params, "bytes_moved": t.bytes,
+                           "parameter_bytes": t.params * DTYPE_BYTES[self.dtype],
+                           "flops": 2 * t.macs}}
 
     def to_json(self, depth: int | None = None, indent: int | None = 2) -> str:
         return json.dumps(self.to_json_dict(depth), indent=indent)
