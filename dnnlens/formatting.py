@@ -220,7 +220,7 @@ def key_value_table(pairs: Sequence[tuple[str, Cell]], indent: int = 0) -> str:
     """Labels and values in two aligned columns, no header (a summary block)."""
     width = max((len(k) for k, _ in pairs), default=0)
     pad = " " * indent
-    return "\n".join(f"{pad}{k:<{width}}  {v}".rstrip() for k, v in pairs)
+    return "\n".join(f"{pad}{k:<{width}} {v}".rstrip() for k, v in pairs)
 
 
 def esc(value: Any) -> str:
