@@ -986,6 +986,12 @@ def render_html(
     if sweep:
         parts.append("<h2>Latency and throughput by batch size</h2>" + sweep_section(sweep))
     if measurement_html:
+        rows = measurement_html.count("<tr") - 1
+        if rows > MAX_VISIBLE_ROWS:  # a timing per layer: open on request, the page stays short
+            measurement_html = (
+                f"<details><summary>{rows} layers timed: open the table</summary>"
+                f"{measurement_html}</details>"
+            )
         parts.append("<h2>Estimate against measurement</h2>" + measurement_html)
     parts.append("<h2>Memory footprint</h2>" + footprint_section(foot, device))
     if verification is not None:
