@@ -309,7 +309,7 @@ def analyze(model_or_graph: Any, input_shape: Sequence[int] | None = None, *,
 # ---------------------------------------------------------------------------------------------
 # Views: terminal table and HTML
 
-def _columns() -> list["Column"]:
+def _columns() -> list[Column]:
     from dnnlens.formatting import left, right
 
     return [right("#"), left("name"), left("type"), left("descriptor"), left("output shape"),

@@ -264,8 +264,8 @@ def train(data: str | None = None, epochs: int | None = None, out: Path | None =
         torch.set_num_threads(previous)
 
 
-def _train(data: str | None, epochs: int | None, out: Path | None, resume: Path | None, seed: int | None,
-           progress: bool, batch_size: int, lr: float,
+def _train(data: str | None, epochs: int | None, out: Path | None, resume: Path | None,
+           seed: int | None, progress: bool, batch_size: int, lr: float,
            cache_dir: Path | None) -> TrainResult:
     """:func:`train` with the thread count already set."""
     started = time.perf_counter()

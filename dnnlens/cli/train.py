@@ -57,5 +57,6 @@ def interrupted_message(out: Path) -> str:
         return ("interrupted before the first epoch finished: nothing saved; run the same "
                 "command again to start over")
     done, total = progress
+    command = f"dnnlens train --resume {shlex.quote(str(out))}"
     return (f"interrupted: {out} holds the weights after epoch {done} of {total} (resume "
-            f"state in {out}.resume); continue with: dnnlens train --resume {shlex.quote(str(out))}")
+            f"state in {out}.resume); continue with: {command}")
