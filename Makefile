@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup setup-test test-data benchmarks
+.PHONY: demo test setup setup-test test-data benchmarks notebook lint
 
 demo: setup
 	$(BIN)/dnnlens demo
@@ -29,6 +29,17 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-base
 # Full-size real data (Fashion-MNIST) and a headless browser for the report test, from Debian.
 test-data:
 	./scripts/install-test-deps.sh
+
+# The example notebook is stored with its outputs, so a reader on a code host sees the answers;
+# this re-runs it top to bottom (tests/test_notebook.py fails when the stored outputs are stale).
+notebook: setup-test
+	$(BIN)/python scripts/execute_notebook.py examples/analyzing-dnns.ipynb
+
+# The lint and type gate: ruff (lint + format check) and mypy over the package, tests and scripts.
+lint: setup-test
+	$(BIN)/ruff check dnnlens tests scripts benchmarks
+	$(BIN)/ruff format --check dnnlens tests scripts benchmarks
+	$(BIN)/mypy
 
 benchmarks: setup-test test-data
 	$(BIN)/python benchmarks/engine.py

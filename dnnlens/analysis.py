@@ -20,7 +20,6 @@ Units, once (docs/units.md says more):
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import asdict, dataclass, field
 from math import prod
@@ -32,6 +31,8 @@ from dnnlens.ops.base import Unknown, bias_count, weight_count
 
 if TYPE_CHECKING:
     import pandas
+
+    from dnnlens.formatting import Column
 
 #: Bytes per value for each supported dtype.
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -238,7 +239,11 @@ class Analysis:
         return {"model": self.model, "input_shape": list(self.input_shape), "batch": self.batch,
                 "dtype": self.dtype, "units": UNITS, "layers": layers,
                 "totals": {"weights": t.weights, "biases": t.biases, "macs": t.macs,
-                           "outputs": t.outputs, "values_moved": t.values_moved}}
+                           "outputs": t.outputs, "values_moved": t.values_moved,
+                           # what the text's summary line shows, in base units
+                           "parameters": t.params, "bytes_moved": t.bytes,
+                           "parameter_bytes": t.params * DTYPE_BYTES[self.dtype],
+                           "flops": 2 * t.macs}}
 
     def to_json(self, depth: int | None = None, indent: int | None = 2) -> str:
         return json.dumps(self.to_json_dict(depth), indent=indent)
@@ -260,6 +265,9 @@ class Analysis:
         return render_text(self, depth)
 
     def __str__(self) -> str:
+        return render_text(self)
+
+    def __repr__(self) -> str:  # the table, not a dataclass dump of every row
         return render_text(self)
 
     def _repr_html_(self) -> str:
@@ -301,14 +309,23 @@ def analyze(model_or_graph: Any, input_shape: Sequence[int] | None = None, *,
 # ---------------------------------------------------------------------------------------------
 # Views: terminal table and HTML
 
-_COLUMNS = ("#", "name", "type", "descriptor", "output shape", "weights", "biases", "MACs",
-            "values moved", "intensity")
+def _columns() -> list[Column]:
+    from dnnlens.formatting import left, right
+
+    return [right("#"), left("name"), left("type"), left("descriptor"), left("output shape"),
+            right("weights"), right("biases"), right("MACs"), right("values moved"),
+            right("intensity")]
 
 
 def _cells(row: LayerRow) -> list[str]:
     return [str(row.index), row.name, row.type, _shape_text(row.descriptor),
             _shape_text(row.output_shape), f"{row.weights:,}", f"{row.biases:,}",
             f"{row.macs:,}", f"{row.values_moved:,}", f"{row.intensity:.4f}"]
+
+
+def _total_cells(t: Totals) -> list[str]:
+    return ["", "total", "", "", f"{t.outputs:,} outputs", f"{t.weights:,}", f"{t.biases:,}",
+            f"{t.macs:,}", f"{t.values_moved:,}", f"{t.intensity:.4f}"]
 
 
 def _header_lines(a: Analysis) -> list[str]:
@@ -324,53 +341,43 @@ def _header_lines(a: Analysis) -> list[str]:
     ]
 
 
+def summary_line(a: Analysis) -> str:
+    """Parameters (weights and biases, named apart), their size, traffic and FLOPs."""
+    from dnnlens.formatting import size
+
+    t = a.totals
+    nbytes = DTYPE_BYTES[a.dtype]
+    return (f"parameters: {t.params:,} = {t.weights:,} weights + {t.biases:,} biases "
+            f"({size(t.params * nbytes)} in {a.dtype}); memory traffic: {size(t.bytes)}; "
+            f"FLOPs: {2 * t.macs:,} (2 x MACs)")
+
+
 def render_text(a: Analysis, depth: int | None = None) -> str:
     """A plain-text table with its units and totals, for the terminal."""
-    rows = [_cells(r) for r in a.grouped(depth)]
-    t = a.totals
-    total = ["", "total", "", "", f"{t.outputs:,} outputs", f"{t.weights:,}", f"{t.biases:,}",
-             f"{t.macs:,}", f"{t.values_moved:,}", f"{t.intensity:.4f}"]
-    widths = [max(len(c[i]) for c in [list(_COLUMNS), *rows, total]) for i in range(len(_COLUMNS))]
-    right = {0, 5, 6, 7, 8, 9}
+    from dnnlens.formatting import text_table
 
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    out = [*_header_lines(a), "", line(_COLUMNS), rule, *map(line, rows), rule, line(total)]
-    out.append(f"memory traffic: {_bytes_text(t.bytes)}; weights: "
-               f"{_bytes_text((t.weights + t.biases) * DTYPE_BYTES[a.dtype])} "
-               f"({t.weights + t.biases:,} parameters); FLOPs: {2 * t.macs:,}")
+    table = text_table(_columns(), [_cells(r) for r in a.grouped(depth)],
+                       footer=_total_cells(a.totals))
+    out = [*_header_lines(a), "", table, summary_line(a)]
     out += [f"warning: {w}" for w in a.warnings]
     return "\n".join(out)
 
 
 def render_html(a: Analysis, depth: int | None = None) -> str:
     """An HTML table (what a notebook shows)."""
-    esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in _COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(r)) + "</tr>"
-                   for r in a.grouped(depth))
-    t = a.totals
-    foot = (f"<tr><th></th><th>total</th><th></th><th></th><th>{t.outputs:,} outputs</th>"
-            f"<th>{t.weights:,}</th><th>{t.biases:,}</th><th>{t.macs:,}</th>"
-            f"<th>{t.values_moved:,}</th><th>{t.intensity:.4f}</th></tr>")
+    from dnnlens.formatting import esc, html_table
+
+    table = html_table(_columns(), [_cells(r) for r in a.grouped(depth)],
+                       footer=_total_cells(a.totals))
     notes = "<br>".join(esc(line) for line in _header_lines(a))
     warn = "".join(f"<p><b>warning:</b> {esc(w)}</p>" for w in a.warnings)
-    return (f"<div><p>{notes}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
-            f"<tfoot>{foot}</tfoot></table>{warn}</div>")
+    return (f"<div><p>{notes}</p>{table}<p>{esc(summary_line(a))}</p>{warn}</div>")
 
 
 def _shape_text(shape: Sequence[Any]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    from dnnlens.formatting import shape as shape_text
 
-
-def _bytes_text(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
+    return shape_text(shape)
 
 
 def _jsonable(value: Any) -> Any:

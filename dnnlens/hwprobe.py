@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -402,7 +403,8 @@ class Measurement:
         return None if any(v is None for v in values) else sum(values)
 
     def rows(self) -> list[list[str]]:
-        """Formatted rows: layer, type, bound, estimate, ours, torch, % of roof (ours, torch)."""
+        """Formatted rows: layer, type, bound, estimate, ours, torch, % of roof (ours, torch);
+        the last row is the total."""
         def us(value: float | None) -> str:
             return "-" if value is None else f"{value * 1e6:,.1f}"
 
@@ -417,27 +419,48 @@ class Measurement:
                      pct(est / torch_ if est and torch_ else None)])
         return rows
 
-    HEADERS = ("layer", "type", "bound", "roofline us", "ours us", "torch us",
+    HEADERS = ("layer", "type", "bound", "roofline µs", "ours µs", "torch µs",
                "ours % of roof", "torch % of roof")
+
+    @classmethod
+    def columns(cls) -> list[Any]:
+        from dnnlens.formatting import Column
+
+        return [Column(h, "left" if i < 3 else "right") for i, h in enumerate(cls.HEADERS)]
 
     def render(self) -> str:
         """A text table; times are per batch, in microseconds."""
-        table = [list(self.HEADERS), *self.rows()]
-        widths = [max(len(row[i]) for row in table) for i in range(len(self.HEADERS))]
-        lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                           for i, (c, w) in enumerate(zip(row, widths))) for row in table]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines + self.fused_lines())
+        from dnnlens.formatting import text_table
+
+        rows = self.rows()
+        table = text_table(self.columns(), rows[:-1], footer=rows[-1])
+        return "\n".join([table, *self.fused_lines()])
 
     def fused_lines(self) -> list[str]:
         """One line per fused kernel of our engine: what the engine really spends there."""
+        from dnnlens.formatting import duration
+
         lines = []
         for f in self.fused:
-            torch_ = "-" if f.torch_s is None else f"{f.torch_s * 1e6:,.1f}"
-            lines.append(f"fused in our engine: {' + '.join(f.names)}: {f.ours_s * 1e6:,.1f} us "
-                         f"(separately {f.separate_s * 1e6:,.1f} us; torch {torch_} us; "
-                         f"roofline {f.estimate_s * 1e6:,.1f} us)")
+            torch_ = "-" if f.torch_s is None else duration(f.torch_s)
+            lines.append(f"fused in our engine: {' + '.join(f.names)}: {duration(f.ours_s)} "
+                         f"(separately {duration(f.separate_s)}; torch {torch_}; "
+                         f"roofline {duration(f.estimate_s)})")
         return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """The measurement as JSON-ready data: seconds per batch, None where not run."""
+        return {
+            "device": self.device.name, "batch": self.batch,
+            "engine_covers": self.engine_covers,
+            "layers": [{"index": t.index, "name": t.name, "type": t.type, "macs": t.macs,
+                        "bound": t.bound, "estimate_s": t.estimate_s, "ours_s": t.ours_s,
+                        "torch_s": t.torch_s} for t in self.layers],
+            "totals": {key: self.total(key) for key in ("estimate_s", "ours_s", "torch_s")},
+            "fused": [{"layers": list(f.names), "ours_s": f.ours_s,
+                       "separate_s": f.separate_s, "torch_s": f.torch_s,
+                       "estimate_s": f.estimate_s} for f in self.fused],
+        }
 
     def measured_rates(self, which: str = "ours") -> dict[str, float]:
         """Layer name -> measured MACs/s (for the roofline chart's hollow markers)."""
@@ -576,14 +599,12 @@ def _measure_fused(graph, weights, values, timings: list[LayerTiming],
 
 def measurement_html(measurement: Measurement) -> str:
     """The measurement table as HTML (for :func:`dnnlens.report.write_report`)."""
-    import html as html_mod
+    from dnnlens.formatting import esc, html_table
 
-    head = "".join(f"<th>{html_mod.escape(h)}</th>" for h in Measurement.HEADERS)
-    body = "".join("<tr>" + "".join(f"<td>{html_mod.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in measurement.rows())
-    fused = "".join(f"<p class=\"note\">{html_mod.escape(line)}</p>"
-                    for line in measurement.fused_lines())
-    note = ("<p class=\"note\">Seconds per batch of "
+    rows = measurement.rows()
+    table = html_table(Measurement.columns(), rows[:-1], footer=rows[-1])
+    fused = "".join(f'<p class="note">{esc(line)}</p>' for line in measurement.fused_lines())
+    note = ('<p class="note">Seconds per batch of '
             f"{measurement.batch}, best of repeated runs on this machine; roofline estimate on "
-            f"{html_mod.escape(measurement.device.name)}. % of roof = estimate / measured.</p>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{fused}{note}"
+            f"{esc(measurement.device.name)}. % of roof = estimate / measured.</p>")
+    return f"{table}{fused}{note}"

@@ -15,7 +15,7 @@ import struct
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,16 +146,31 @@ def check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, source: str)
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
     if missing:
-        problems.append(f"missing {', '.join(missing)}")
+        problems.append(f"missing {_few(missing)}")
     if extra:
-        problems.append(f"unexpected {', '.join(extra)}")
-    for key in expected.keys() & found.keys():
-        if expected[key] != found[key]:
-            problems.append(f"{key} is {found[key]} in the checkpoint but {expected[key]} in "
-                            f"{type(model).__name__}")
+        problems.append(f"unexpected {_few(extra)}")
+    misshaped = sorted(key for key in expected.keys() & found.keys()
+                       if expected[key] != found[key])
+    if misshaped:
+        key = misshaped[0]
+        more = f" (and {len(misshaped) - 1} more tensors of another shape)" \
+            if len(misshaped) > 1 else ""
+        problems.append(f"{key} is {found[key]} in the checkpoint but {expected[key]} in "
+                        f"{type(model).__name__}{more}")
     if problems:
         raise CheckpointError(f"{source} does not fit {type(model).__name__}: "
                               + "; ".join(sorted(problems)))
+
+
+#: Key names a checkpoint misfit names before it counts the rest.
+NAMED_KEYS = 3
+
+
+def _few(keys: Sequence[str]) -> str:
+    """``fc2.bias`` or ``120 keys: a, b, c, ...``: a count and a few names, never a wall."""
+    if len(keys) <= NAMED_KEYS:
+        return ", ".join(keys)
+    return f"{len(keys)} keys: {', '.join(keys[:NAMED_KEYS])}, ..."
 
 
 # ---------------------------------------------------------------------------------------------

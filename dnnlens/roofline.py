@@ -139,7 +139,10 @@ def load_spec(name_or_path: str | os.PathLike) -> HardwareSpec:
     if not (text.endswith(".toml") or path.is_file() or os.sep in text):
         path = hardware_dir() / f"{text}.toml"
         if not path.is_file():
-            raise SpecError(f"unknown device {text!r}; known devices: "
+            from dnnlens.formatting import did_you_mean
+
+            hint = did_you_mean(text, [*known_devices(), "probe"])
+            raise SpecError(f"unknown device {text!r}{hint}; known devices: "
                             f"{', '.join(known_devices())} (or give a .toml spec file)")
     if not path.is_file():
         raise SpecError(f"hardware spec file {text} does not exist; known devices: "
@@ -459,45 +462,100 @@ def memory_footprint(graph: "Graph", dtype: str = "fp32") -> Footprint:
 # --------------------------------------------------------------------------------------
 # Text views
 # --------------------------------------------------------------------------------------
-def _rate(value: float, unit: str) -> str:
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= factor:
-            return f"{value / factor:,.3g} {prefix}{unit}"
-    return f"{value:,.3g} {unit}"
+def roofline_columns() -> list[Any]:
+    from dnnlens.formatting import left, right
+
+    return [right("#"), left("name"), left("type"), right("MAC/byte"), right("attainable"),
+            left("bound"), right("est. time")]
 
 
-def _seconds(value: float) -> str:
-    return "0" if value == 0 else f"{value * 1e6:,.2f} us"
+def roofline_cells(layer: LayerRoof) -> list[str]:
+    """One layer's roofline cells, formatted (a dash where a layer has no MACs or bytes)."""
+    from dnnlens.formatting import DASH, duration, number, rate
+
+    return [str(layer.index), layer.name, layer.type,
+            number(layer.intensity) if layer.bytes_moved else DASH,
+            rate(layer.attainable) if layer.macs else DASH, layer.bound, duration(layer.time_s)]
+
+
+def roofline_headline(roof: Roofline) -> str:
+    from dnnlens.formatting import rate
+
+    return (f"Roofline on {roof.device.name} ({roof.device.title}): peak "
+            f"{rate(roof.peak)} {roof.dtype}, {rate(roof.bandwidth, 'B/s')}, "
+            f"ridge {roof.ridge:.3g} MAC/byte")
+
+
+def latency_line(roof: Roofline) -> str:
+    from dnnlens.formatting import duration
+
+    return (f"estimated latency {duration(roof.latency_s)} per batch of {roof.batch}, "
+            f"throughput {roof.throughput:,.0f} images/s, "
+            f"{100 * roof.attainable / roof.peak:.1f}% of peak")
+
+
+def footprint_lines(foot: Footprint, device: HardwareSpec | None) -> list[str]:
+    from dnnlens.formatting import size, size_exact
+
+    lines = [f"memory: weights {size(foot.weight_bytes)} + biases {size(foot.bias_bytes)} + "
+             f"peak activations {size(foot.peak_activation_bytes)} (at {foot.peak_at}) = "
+             f"{size_exact(foot.total_bytes)}"]
+    if device is not None:
+        for label, fits in (("main memory", foot.fits(device)),
+                            ("on-chip memory", foot.fits_on_chip(device))):
+            if fits is not None:
+                lines.append(f"  {'fits' if fits else 'does not fit'} in {device.name} {label}")
+    return lines
 
 
 def render_roofline(roof: Roofline, foot: Footprint | None = None) -> str:
     """The roofline columns per layer, the totals and, if given, the memory footprint."""
-    header = ("#", "name", "type", "MAC/byte", "attainable", "bound", "est. time")
-    table = [header]
-    for layer in roof.layers:
-        table.append((str(layer.index), layer.name, layer.type,
-                      f"{layer.intensity:.3g}" if layer.bytes_moved else "-",
-                      _rate(layer.attainable, "MAC/s") if layer.macs else "-", layer.bound,
-                      _seconds(layer.time_s)))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = [f"Roofline on {roof.device.name} ({roof.device.title}): peak "
-             f"{_rate(roof.peak, 'MAC/s')} {roof.dtype}, {_rate(roof.bandwidth, 'B/s')}, "
-             f"ridge {roof.ridge:.3g} MAC/byte"]
-    for n, row in enumerate(table):
-        lines.append("  ".join(c.ljust(w) if 0 < i < 3 or i == 5 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append(f"estimated latency {_seconds(roof.latency_s)} per batch of {roof.batch}, "
-                 f"throughput {roof.throughput:,.0f} images/s, "
-                 f"{100 * roof.attainable / roof.peak:.1f}% of peak")
+    from dnnlens.formatting import text_table
+
+    lines = [roofline_headline(roof),
+             text_table(roofline_columns(), [roofline_cells(layer) for layer in roof.layers]),
+             latency_line(roof)]
     if foot is not None:
-        lines.append(f"memory: weights {foot.weight_bytes:,} B + biases {foot.bias_bytes:,} B "
-                     f"+ peak activations {foot.peak_activation_bytes:,} B (at {foot.peak_at})"
-                     f" = {foot.total_bytes:,} B")
-        for label, fits in (("main memory", foot.fits(roof.device)),
-                            ("on-chip memory", foot.fits_on_chip(roof.device))):
-            if fits is not None:
-                lines.append(f"  {'fits' if fits else 'does not fit'} in {roof.device.name} "
-                             f"{label}")
+        lines += footprint_lines(foot, roof.device)
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Data views (JSON)
+# --------------------------------------------------------------------------------------
+def device_dict(spec: HardwareSpec) -> dict[str, Any]:
+    """A device's figures with their sources, JSON-ready (bytes, MACs/s, B/s)."""
+    def fig(f: Figure | None) -> dict[str, Any] | None:
+        return None if f is None else {"value": f.value, "source": f.source}
+
+    return {"name": spec.name, "title": spec.title,
+            "peak_macs_per_s": {dtype: fig(f) for dtype, f in spec.peak_macs.items()},
+            "memory_bandwidth": fig(spec.bandwidth), "on_chip_memory": fig(spec.on_chip_memory),
+            "main_memory": fig(spec.main_memory)}
+
+
+def footprint_dict(foot: Footprint) -> dict[str, Any]:
+    return {"dtype": foot.dtype, "weight_bytes": foot.weight_bytes,
+            "bias_bytes": foot.bias_bytes, "peak_activation_bytes": foot.peak_activation_bytes,
+            "peak_at": foot.peak_at, "total_bytes": foot.total_bytes}
+
+
+def roofline_dict(roof: Roofline, foot: Footprint | None = None) -> dict[str, Any]:
+    """The roofline of every layer and of the whole network, JSON-ready (seconds, MACs/s,
+    MACs per byte; ``null`` intensity for a layer that moves nothing)."""
+    def finite(value: float) -> float | None:
+        return value if isfinite(value) else None
+
+    out: dict[str, Any] = {
+        "device": device_dict(roof.device), "dtype": roof.dtype, "batch": roof.batch,
+        "peak_macs_per_s": roof.peak, "bandwidth_bytes_per_s": roof.bandwidth,
+        "ridge_macs_per_byte": roof.ridge, "latency_s": roof.latency_s,
+        "throughput_per_s": finite(roof.throughput), "attainable_macs_per_s": roof.attainable,
+        "layers": [{"index": layer.index, "name": layer.name, "type": layer.type,
+                    "intensity_macs_per_byte": finite(layer.intensity) if layer.bytes_moved
+                    else None, "attainable_macs_per_s": layer.attainable,
+                    "bound": layer.bound, "time_s": layer.time_s} for layer in roof.layers]}
+    if foot is not None:
+        out["fits"] = {"main_memory": foot.fits(roof.device),
+                       "on_chip_memory": foot.fits_on_chip(roof.device)}
+    return out

@@ -38,6 +38,8 @@ from dnnlens.models import Net, check_fits, check_writable, save_atomic, save_ch
 DEFAULT_DATA = "sample"
 #: Where ``dnnlens train`` writes by default: the notebook's PATH.
 DEFAULT_CHECKPOINT = Path("my_mnist_net.pth")
+#: Epochs of a fresh run when none are given: the notebook's NUM_EPOCHS.
+DEFAULT_EPOCHS = 10
 #: Suffix of the resume-state file written beside each checkpoint.
 RESUME_SUFFIX = ".resume"
 #: Format tag of the resume file, checked on load so a foreign file is refused clearly.
@@ -142,8 +144,10 @@ def _initial_net(seed: int) -> Net:
 
 
 def _save_resume(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                 seed: int, data: str, history: dict[str, list[float]]) -> None:
-    state = {"format": RESUME_FORMAT, "epoch": epoch, "seed": seed, "data": data,
+                 seed: int, data: str, history: dict[str, list[float]], epochs: int) -> None:
+    # ``epochs`` is the run's own target, so ``--resume`` alone finishes the run it resumes.
+    state = {"format": RESUME_FORMAT, "epoch": epoch, "epochs": epochs, "seed": seed,
+             "data": data,
              "model": net.state_dict(), "optimizer": optimizer.state_dict(),
              "history": history,
              "hyper": {"batch_size": BATCH_SIZE, "lr": LEARNING_RATE}}
@@ -225,7 +229,7 @@ def _run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, train_set: Data
     return loss_sum / seen
 
 
-def train(data: str | None = None, epochs: int = 10, out: Path | None = None,
+def train(data: str | None = None, epochs: int | None = None, out: Path | None = None,
           resume: Path | None = None, seed: int | None = None, progress: bool = True, *,
           batch_size: int = BATCH_SIZE, lr: float = LEARNING_RATE,
           cache_dir: Path | None = None, threads: int = TRAIN_THREADS) -> TrainResult:
@@ -235,7 +239,8 @@ def train(data: str | None = None, epochs: int = 10, out: Path | None = None,
         data: a source of :func:`~dnnlens.data.load_data` (``sample``, ``idx:PATH``, ...);
             default ``sample``, or when resuming the stored source (a different explicit
             source is an error).
-        epochs: total epochs; with ``resume`` the count includes the epochs already done.
+        epochs: total epochs, including those already done when resuming; default 10 for a
+            new run and the resumed run's own total when resuming.
         out: checkpoint path (default ``resume`` when resuming, else ``./my_mnist_net.pth``);
             ``out`` and ``out.resume`` are rewritten atomically after each epoch.
         resume: a checkpoint written by this function; training continues from its
@@ -259,13 +264,15 @@ def train(data: str | None = None, epochs: int = 10, out: Path | None = None,
         torch.set_num_threads(previous)
 
 
-def _train(data: str | None, epochs: int, out: Path | None, resume: Path | None, seed: int | None,
-           progress: bool, batch_size: int, lr: float,
+def _train(data: str | None, epochs: int | None, out: Path | None, resume: Path | None,
+           seed: int | None, progress: bool, batch_size: int, lr: float,
            cache_dir: Path | None) -> TrainResult:
     """:func:`train` with the thread count already set."""
     started = time.perf_counter()
-    _check_options(epochs, seed, batch_size, lr)
+    _check_options(DEFAULT_EPOCHS if epochs is None else epochs, seed, batch_size, lr)
     state = _load_resume(Path(resume)) if resume is not None else None
+    if epochs is None:
+        epochs = run_epochs(state)
     if state is not None:
         seed, data = _resume_settings(state, seed, data, batch_size, lr)
     seed = 0 if seed is None else seed
@@ -294,7 +301,7 @@ def _train(data: str | None, epochs: int, out: Path | None, resume: Path | None,
         history["test_loss"].append(test_loss_sum / len(test_set))
         # Resume state first, then the checkpoint: each write is atomic on its own, and the
         # resume state carries its own copy of the weights, so any crash point is consistent.
-        _save_resume(resume_path(out), net, optimizer, epoch, seed, data, history)
+        _save_resume(resume_path(out), net, optimizer, epoch, seed, data, history, epochs)
         save_checkpoint(net.state_dict(), out)
         if progress:
             print(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, test accuracy "
@@ -307,6 +314,25 @@ def _train(data: str | None, epochs: int, out: Path | None, resume: Path | None,
                        train_loss=history["train_loss"], test_loss=history["test_loss"],
                        checkpoint=out, wall_time=time.perf_counter() - started,
                        epochs=max(done, epochs))
+
+
+def run_epochs(state: dict[str, Any] | None) -> int:
+    """The total epochs of the run ``state`` belongs to (10 for a new run, and for resume
+    files written before runs stored their total)."""
+    if state is None:
+        return DEFAULT_EPOCHS
+    total = state.get("epochs")
+    return total if isinstance(total, int) and total >= 1 else DEFAULT_EPOCHS
+
+
+def saved_progress(checkpoint: Path) -> tuple[int, int] | None:
+    """``(epochs done, epochs of the run)`` of the checkpoint ``train`` wrote at ``checkpoint``,
+    or None when it has no readable resume state (nothing saved yet)."""
+    try:
+        state = _load_resume(Path(checkpoint))
+    except CheckpointError:
+        return None
+    return int(state["epoch"]), run_epochs(state)
 
 
 def _resume_settings(state: dict[str, Any], seed: int | None, data: str | None, batch_size: int,

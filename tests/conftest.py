@@ -54,3 +54,14 @@ def fashion_dir() -> Path:
         pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: run `make test-data` "
                     "(apt-get install dataset-fashion-mnist)")
     return FASHION_MNIST_DIR
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--overwrite-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/*.txt from the current rendering (then review "
+                          "the diff: a golden file is a snapshot, not a truth)")
+
+
+@pytest.fixture
+def overwrite_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--overwrite-golden"))

@@ -74,6 +74,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save({**good, "extra.weight": torch.zeros(3)}, d / "extra.pth")
     torch.save({k: v for k, v in good.items() if k != "fc2.bias"}, d / "missing.pth")
     torch.save({**good, "fc1.weight": torch.zeros(256, 100)}, d / "misshaped.pth")
+    # A checkpoint of another network: 20 foreign keys, none of Net's 8.
+    torch.save({f"block{i}.weight": torch.zeros(2) for i in range(20)}, d / "foreign.pth")
     torch.save(Net(), d / "pickled-module.pth")  # the whole module: needs unsafe unpickling
     torch.save({"epoch": 3, "lr": 0.001}, d / "not-a-state-dict.pth")
     torch.save({**good, "conv1.weight": torch.full((4, 1, 5, 5), float("nan"))}, d / "nan.pth")
@@ -433,6 +435,32 @@ CASES = [
         _hardware("hw-missing.toml"), SpecError, "missing figure 'memory_bandwidth'"),
     Bad("hardware-unknown-device", ("analyze", "--device", "tpu9000"), _hardware("tpu9000"),
         SpecError, "unknown device 'tpu9000'"),
+    # --- issue 13: every argument checked before any output, probe or training -------------
+    Bad("json-unknown-device", ("analyze", "--json", "--device", "tpu9000"), None, SpecError,
+        "unknown device 'tpu9000'"),
+    Bad("device-did-you-mean", ("analyze", "--device", "rpi"), _hardware("rpi"), SpecError,
+        "unknown device 'rpi' (did you mean 'rpi5'?)"),
+    Bad("model-did-you-mean", ("analyze", "resnt18"), None, ModelError,
+        "unknown model 'resnt18' (did you mean 'resnet18'"),
+    # -o is checked before the machine is probed (--device probe is report's default).
+    Bad("report-out-before-probe", ("report", "-o", "{d}/afile/sub"), None, UsageError,
+        "cannot write the report here"),
+    Bad("report-device-before-tracing", ("report", "resnet50", "-o", "{d}/report-ok",
+                                         "--device", "tpu9000"), None, SpecError,
+        "unknown device 'tpu9000'"),
+    Bad("csv-before-the-table", ("analyze", "--csv", "{d}/afile/rows.csv", "--device",
+                                 "epyc9654"), None, UsageError, "cannot write the CSV here"),
+    Bad("report-depth-negative", ("report", "-o", "{d}/report-ok", "--device", "epyc9654",
+                                  "--depth", "-1"), None, UsageError,
+        "--depth must be 0 or more, got -1"),
+    Bad("report-checkpoint-before-probe", ("report", "-o", "{d}/report-ok", "--checkpoint",
+                                           "{d}/corrupt.pth"), None, CheckpointError,
+        "not a PyTorch checkpoint"),
+    Bad("measure-on-a-file", ("analyze", "{d}/tiny.onnx", "--measure"), None, UsageError,
+        "--measure times a PyTorch model"),
+    Bad("checkpoint-of-another-network", ("verify", "{d}/foreign.pth"), _verify("foreign.pth"),
+        CheckpointError, "missing 8 keys: conv1.weight, conv1.bias, conv2.weight, ...; "
+                         "unexpected 20 keys: block0.weight, block1.weight, block2.weight, ..."),
 ]
 
 
@@ -460,6 +488,8 @@ def test_cli_prints_one_error_line_and_exits_2(case: Bad, files: Path,
     assert len(errors) == 1, f"expected one error line, got {errors}"
     assert case.message.format(d=files) in errors[0]
     assert "Traceback" not in err and "Traceback" not in out
+    # Every argument is checked before anything starts: no table, no probe, no progress.
+    assert out == "", f"printed before the error: {out[:300]}"
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=_ids(API_CASES))

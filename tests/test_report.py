@@ -88,8 +88,9 @@ def test_the_page_is_self_contained(report):
 
 def test_the_page_shows_roofline_and_footprint(report):
     page = report.read_text()
-    # fc1 on the test device (derived in test_roofline): memory-bound, 20.2 us.
-    assert re.search(r">fc1<.*?>memory<.*?>20\.2 us<", page, re.S)
+    # fc1 on the test device (derived in test_roofline): memory-bound, 20.2 µs.
+    assert re.search(r">fc1<.*?>memory<.*?>20\.2<", page, re.S)
+    assert "est. time (µs)" in page  # the unit once, in the column's header
     # Peak activations of the reference network at batch 1: 25,088 B, at the first relu.
     assert "25,088 B) at relu" in page
 

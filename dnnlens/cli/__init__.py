@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dnnlens",
         description="Open a deep neural network up layer by layer: train the course network, "
                     "run it through our own loop nests, and analyse any model.")
+    from dnnlens import __version__
+
+    parser.add_argument("--version", action="version", version=f"dnnlens {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:

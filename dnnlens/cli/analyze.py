@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Any
 
+from dnnlens.cli.common import (add_model_options, check_output_file, resolve_device,
+                                roofline_extras, validate_model_options)
 from dnnlens.errors import ModelError, UsageError
 
 #: Input shapes for models that do not take the usual (1, 3, 224, 224).
@@ -27,26 +29,14 @@ def add_parser(subparsers: Any) -> None:
         "analyze", help="per-layer shapes, weights, MACs, memory traffic and intensity",
         description="Trace a network on the meta device (no weights allocated) and print, per "
                     "layer, its shapes, weights, MACs, values moved and compute intensity.")
-    parser.add_argument("model", nargs="?", default="seed", metavar="MODEL",
-                        help="seed (default), a torchvision model name, or package.module:factory")
-    parser.add_argument("--input", metavar="N,C,H,W", default=None,
-                        help="input shape with the batch (default: the model's usual input)")
-    parser.add_argument("--batch", type=int, default=None, metavar="B",
-                        help="batch size; replaces N of the input shape")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16", "int8"),
-                        help="bytes per value for weight bytes and bytes moved (default fp32)")
+    add_model_options(parser, batch_default=None, device_default=None)
     parser.add_argument("--depth", type=int, default=None, metavar="K",
                         help="merge rows by the first K parts of their module name")
-    parser.add_argument("--device", metavar="NAME|FILE", default=None,
-                        help="add roofline columns for a device (dnnlens hw list) or spec file")
     parser.add_argument("--buffer", metavar="SIZE", nargs="?", const="device", default=None,
                         help="add each conv/fc/matmul layer's least traffic through an "
                              "on-chip buffer of SIZE (16kB, 4MB, 2MiB; alone: the --device "
                              "spec's on-chip buffer); with --device the roofline places each "
                              "layer by that traffic (docs/dataflow.md)")
-    parser.add_argument("--measure", action="store_true",
-                        help="time each layer of our engine and PyTorch on this machine next "
-                             "to the roofline of this machine (probed for a second)")
     parser.add_argument("--scalesim", metavar="FILE",
                         help="also write the conv and fc layers as a SCALE-Sim topology CSV")
     parser.add_argument("--netron", metavar="FILE",
@@ -103,8 +93,11 @@ def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
     import torchvision
 
     if spec not in torchvision.models.list_models():
-        raise ModelError(f"unknown model {spec!r}: use seed, a torchvision model name such as "
-                         "resnet18, or package.module:factory")
+        from dnnlens.formatting import did_you_mean
+
+        hint = did_you_mean(spec, ["seed", *torchvision.models.list_models()])
+        raise ModelError(f"unknown model {spec!r}{hint}: use seed, a torchvision model name "
+                         "such as resnet18, or package.module:factory")
     try:
         with torch.device("meta"):
             model = torchvision.models.get_model(spec, weights=None)
@@ -187,29 +180,45 @@ def load_analysis(source: str, input_text: str | None, batch: int | None,
     return result, model
 
 
+def validate(args: argparse.Namespace) -> None:
+    """Every argument checked before anything is printed, traced, probed or written."""
+    validate_model_options(args)
+    if args.csv:
+        check_output_file(args.csv, "the CSV")
+    for option in ("scalesim", "netron"):
+        if getattr(args, option, None):
+            check_output_file(getattr(args, option), "")
+    buffer = getattr(args, "buffer", None)
+    if buffer not in (None, "device"):
+        from dnnlens.dataflow import parse_size
+
+        parse_size(buffer)
+
+
 def run(args: argparse.Namespace) -> int:
+    validate(args)
     if getattr(args, "train", False):
         graph, model, shape = resolve_source(args.model, args.input, args.batch)
         if graph is not None:
             raise UsageError("--train traces a PyTorch model's backward pass; give a model "
                              "name or package.module:factory instead of a file")
         return _run_training(args, model, shape)
-    buffer = getattr(args, "buffer", None)
-    if buffer not in (None, "device"):
-        from dnnlens.dataflow import parse_size
-
-        parse_size(buffer)  # a bad size fails before any model is traced
     result, model = load_analysis(args.model, args.input, args.batch, args.dtype)
+    buffer = getattr(args, "buffer", None)
     placed = result  # what the roofline places each layer by
     if buffer is not None:  # issue 14: traffic through a finite on-chip buffer
         from dnnlens.dataflow import analyze_buffer
 
         placed, buffer_view = analyze_buffer(result, buffer, getattr(args, "device", None))
     if args.json:
-        doc = result.to_json_dict(args.depth)
+        document = result.to_json_dict(args.depth)
         if buffer is not None:
-            buffer_view.add_to_json(doc)
-        print(json.dumps(doc, indent=2))
+            buffer_view.add_to_json(document)
+        document.update(roofline_extras(model, placed, args, as_json=True))
+        document["warnings"] = list(result.warnings)
+        print(json.dumps(document, indent=2))
+        for warning in result.warnings:  # stdout stays pure JSON; say them on stderr too
+            print(f"warning: {warning}", file=sys.stderr)
     else:
         print(result.render(args.depth))
         if buffer is not None:
@@ -218,14 +227,8 @@ def run(args: argparse.Namespace) -> int:
         if args.csv:
             result.to_csv(args.csv, args.depth)
             print(f"wrote {args.csv}")
-        if getattr(args, "device", None) or getattr(args, "measure", False):
-            from dnnlens.cli.hw import analyze_extras  # roofline and timing (issue 5)
-
-            analyze_extras(model, placed, args.device, args.measure)
+        roofline_extras(model, placed, args, as_json=False)
     _write_extras(args, result)
-    if args.json:  # the table already lists them; keep stdout pure JSON
-        for warning in result.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -251,9 +254,10 @@ def _run_training(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) 
             step.to_csv(args.csv, args.depth)
             print(f"wrote {args.csv}")
         if getattr(args, "device", None):
-            from dnnlens.roofline import load_spec, render_roofline, training_roofline
+            from dnnlens.roofline import render_roofline, training_roofline
 
+            device = resolve_device(args)
             print()
             print("Forward and backward of each layer (a training step):")
-            print(render_roofline(training_roofline(step, load_spec(args.device))))
+            print(render_roofline(training_roofline(step, device)))
     return 0

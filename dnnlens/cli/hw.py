@@ -47,21 +47,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    from dnnlens.formatting import key_value_table, rate
     from dnnlens.hwprobe import probe
     from dnnlens.roofline import save_spec
 
+    if args.save:  # a path that cannot be written fails now, not after the measurement
+        from dnnlens.cli.common import check_output_file
+
+        check_output_file(args.save, "")
     result = probe(seconds=args.seconds, threads=args.threads)
     theory = result.theoretical
-    print(f"CPU:        {result.cpu.model}, {result.cpu.cores} cores, "
-          f"{theory.clock_hz / 1e9:.2f} GHz nominal, about {result.clock_hz / 1e9:.2f} GHz "
-          "under load")
-    print(f"FP32 peak:  {result.fp32_macs_per_s / 1e9:,.1f} GMAC/s measured "
-          f"({2 * result.fp32_macs_per_s / 1e9:,.1f} GFLOP/s), theoretical "
-          f"{theory.macs_per_s / 1e9:,.1f} GMAC/s = {theory.cores} cores x "
-          f"{theory.lanes_per_cycle} FMA/cycle x {theory.clock_hz / 1e9:.2f} GHz "
-          f"({theory.reason})")
-    print(f"Bandwidth:  {result.bandwidth / 1e9:,.1f} GB/s (STREAM triad)")
-    print(f"Ridge:      {result.fp32_macs_per_s / result.bandwidth:.2f} MACs/byte")
+    print(key_value_table([
+        ("CPU", f"{result.cpu.model}, {result.cpu.cores} cores, {theory.clock_hz / 1e9:.2f} GHz "
+                f"nominal, about {result.clock_hz / 1e9:.2f} GHz under load"),
+        ("FP32 peak", f"{rate(result.fp32_macs_per_s)} measured "
+                      f"({rate(2 * result.fp32_macs_per_s, 'FLOP/s')}), theoretical "
+                      f"{rate(theory.macs_per_s)} = {theory.cores} cores x "
+                      f"{theory.lanes_per_cycle} FMA/cycle x {theory.clock_hz / 1e9:.2f} GHz "
+                      f"({theory.reason})"),
+        ("bandwidth", f"{rate(result.bandwidth, 'B/s')} (STREAM triad)"),
+        ("ridge", f"{result.fp32_macs_per_s / result.bandwidth:.2f} MACs/byte"),
+    ]))
     if args.save:
         path = save_spec(result.to_spec(args.name), args.save)
         print(f"saved spec: {path}")
@@ -70,26 +76,33 @@ def run_probe(args: argparse.Namespace) -> int:
 
 def describe(spec: HardwareSpec) -> list[str]:
     """Lines giving every figure of ``spec`` with its source."""
-    lines = [f"{spec.name}: {spec.title}"]
-    for dtype, fig in spec.peak_macs.items():
-        lines.append(f"  peak {dtype:<5} {fig.value / 1e9:>14,.2f} GMAC/s   {fig.source}")
-    lines.append(f"  bandwidth  {spec.bandwidth.value / 1e9:>14,.2f} GB/s     "
-                 f"{spec.bandwidth.source}")
-    for label, fig in (("on-chip", spec.on_chip_memory), ("memory", spec.main_memory),
-                       ("buffer", spec.on_chip_buffer)):
+    from dnnlens.formatting import left, rate, right, size_exact, text_table
+
+    rows = [[f"peak {dtype}", rate(fig.value), fig.source]
+            for dtype, fig in spec.peak_macs.items()]
+    rows.append(["bandwidth", rate(spec.bandwidth.value, "B/s"), spec.bandwidth.source])
+    for label, fig in (("on-chip memory", spec.on_chip_memory),
+                       ("main memory", spec.main_memory),
+                       ("on-chip buffer", spec.on_chip_buffer)):
         if fig is not None:
-            lines.append(f"  {label:<10} {fig.value / 2**20:>14,.2f} MiB      {fig.source}")
+            rows.append([label, size_exact(int(fig.value)), fig.source])
+    lines = [f"{spec.name}: {spec.title}",
+             text_table([left("figure"), right("value"), left("source")], rows, indent=2)]
     if spec.notes:
         lines.append(f"  note: {spec.notes}")
     return lines
 
 
 def run_list(args: argparse.Namespace) -> int:
-    print(f"{'device':<12} {'fp32 GMAC/s':>12} {'GB/s':>9} {'ridge MAC/B':>12}  title")
+    from dnnlens.formatting import left, rate, right, text_table
+
+    rows = []
     for name in known_devices():
         spec = load_spec(name)
-        print(f"{name:<12} {spec.peak('fp32') / 1e9:>12,.2f} {spec.bandwidth.value / 1e9:>9,.2f} "
-              f"{spec.ridge('fp32'):>12.2f}  {spec.title}")
+        rows.append([name, rate(spec.peak("fp32")), rate(spec.bandwidth.value, "B/s"),
+                     f"{spec.ridge('fp32'):.2f}", spec.title])
+    print(text_table([left("device"), right("fp32 peak"), right("bandwidth"),
+                      right("ridge MAC/B"), left("title")], rows))
     print("use a name with --device, or `dnnlens hw probe --save FILE` for this machine")
     return 0
 
@@ -97,32 +110,3 @@ def run_list(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     print("\n".join(describe(load_spec(args.device))))
     return 0
-
-
-def analyze_extras(model, analysis, device: str | None, measure: bool,
-                   seconds: float = 1.0) -> None:
-    """What ``dnnlens analyze --device/--measure`` prints after the table: the roofline on
-    ``device`` and, with ``measure``, per-layer timings of our engine and PyTorch on this
-    machine next to the roofline of this machine, probed for ``seconds``."""
-    from dnnlens.errors import UsageError
-    from dnnlens.roofline import memory_footprint, render_roofline, roofline
-
-    if measure and model is None:
-        raise UsageError("--measure times a PyTorch model against our engine; give a model "
-                         "name or package.module:factory instead of a file")
-    foot = memory_footprint(analysis.graph, analysis.dtype)
-    if device:
-        print()
-        print(render_roofline(roofline(analysis, load_spec(device)), foot))
-    if measure:
-        from dnnlens.hwprobe import measure_layers, probe
-
-        print(f"\nprobing this machine ({seconds:g} s) for its roofline ...")
-        here = probe(seconds=seconds).to_spec("this-machine")
-        print(render_roofline(roofline(analysis, here), None if device else foot))
-        measurement = measure_layers(model, analysis, here)
-        print()
-        print(f"Measured on this machine, per batch of {analysis.batch} (best of repeats):")
-        print(measurement.render())
-        if not measurement.engine_covers:
-            print("our engine has no kernel for some layer: its timings stop there")

@@ -13,6 +13,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dnnlens.cli.common import (
+    PROBE,
+    add_model_options,
+    check_output_folder,
+    is_model_file,
+    resolve_device,
+    validate_model_options,
+)
 from dnnlens.errors import UsageError
 
 #: Batch sizes of the latency/throughput table (plus the report's own batch).
@@ -21,76 +29,80 @@ SWEEP_BATCHES = (1, 16, 256)
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "report", help="write a self-contained HTML report with charts",
+        "report",
+        help="write a self-contained HTML report with charts",
         description="Analyse a network, put it on a device's roofline, and write one HTML "
-                    "page (no server, no network needed) plus the charts as PNG and SVG.")
-    parser.add_argument("model", nargs="?", default="seed", metavar="MODEL",
-                        help="seed (default), a torchvision model name, or package.module:factory")
-    parser.add_argument("-o", "--out", required=True, metavar="DIR",
-                        help="folder for report.html, roofline.{png,svg}, layers.{png,svg}")
-    parser.add_argument("--checkpoint", metavar="PATH", default=None,
-                        help="a trained checkpoint of the seed network: adds the verification "
-                             "of our engine against PyTorch")
-    parser.add_argument("--device", metavar="NAME|FILE", default="probe",
-                        help="device for the roofline: a name from `dnnlens hw list`, a spec "
-                             "file, or probe (default: measure this machine for ~1 s)")
-    parser.add_argument("--batch", type=int, default=1, metavar="B", help="batch size (default 1)")
-    parser.add_argument("--input", metavar="N,C,H,W", default=None,
-                        help="input shape (default: the model's usual input)")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16", "int8"))
-    parser.add_argument("--measure", action="store_true",
-                        help="also time each layer on this machine (our engine and PyTorch) "
-                             "against the roofline of this machine, probed")
-    parser.add_argument("--train", action="store_true",
-                        help="add a training-step section (backward MACs, memory) and the "
-                             "roofline of forward and backward")
-    parser.add_argument("--optimizer", default="adam",
-                        choices=("adam", "adamw", "sgd", "sgd-momentum"),
-                        help="with --train: the optimizer whose state is counted")
+        "page (no server, no network needed) plus the charts as PNG and SVG.",
+    )
+    add_model_options(parser, batch_default=1, device_default=PROBE)
+    parser.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for report.html, roofline.{png,svg}, layers.{png,svg}",
+    )
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        metavar="K",
+        help="module depth the layer tree opens to and the block chart shows "
+        "(default: by model size, at most ~30 rows)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=None,
+        help="a trained checkpoint of the seed network: adds the verification "
+        "of our engine against PyTorch",
+    )
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="add a training-step section (backward MACs, memory) and the "
+        "roofline of forward and backward",
+    )
+    parser.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=("adam", "adamw", "sgd", "sgd-momentum"),
+        help="with --train: the optimizer whose state is counted",
+    )
     parser.set_defaults(func=run)
 
 
-def resolve_device(name: str):
-    """The spec for ``--device``: ``probe`` measures this machine, anything else is loaded."""
-    from dnnlens.roofline import load_spec
+def validate(args: argparse.Namespace) -> None:
+    """Every argument checked before anything is probed, traced or written."""
+    check_output_folder(args.out, "the report")
+    validate_model_options(args)
+    if getattr(args, "train", False) and is_model_file(args.model):
+        raise UsageError("--train traces a PyTorch model's backward pass; give a model "
+                         "name or package.module:factory instead of a file")
+    if args.checkpoint:
+        if args.model != "seed":
+            raise UsageError(
+                "--checkpoint verification is for the seed network; "
+                f"drop --checkpoint to report on {args.model!r}"
+            )
+        from dnnlens.models import load_checkpoint
 
-    if name == "probe":
-        from dnnlens.hwprobe import probe
-
-        print("probing this machine (~1 s) for the roofline ...")
-        return probe(seconds=1.0).to_spec("this-machine")
-    return load_spec(name)
-
-
-def verification_for(checkpoint: str, model_name: str) -> Any:
-    """Our engine against PyTorch on the checkpoint (the seed network on its test data)."""
-    if model_name != "seed":
-        raise UsageError("--checkpoint verification is for the seed network; "
-                         f"drop --checkpoint to report on {model_name!r}")
-    from dnnlens.engine import verify
-
-    return verify(checkpoint)
+        load_checkpoint(args.checkpoint)  # unreadable or misfitting: say so now
 
 
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
-    from dnnlens.cli.analyze import parse_shape, resolve_model
-    from dnnlens.report import write_report
-    from dnnlens.roofline import batch_sweep
-
-    if args.batch < 1:
-        raise UsageError(f"--batch must be a positive integer, got {args.batch}")
+    from dnnlens.cli.analyze import resolve_model
     from dnnlens.importers.spec import graph_from_file  # ONNX, spec and topology files
-    from dnnlens.roofline import roofline
+    from dnnlens.report import write_report
+    from dnnlens.roofline import batch_sweep, roofline
 
-    given = parse_shape(args.input) if args.input else None
+    validate(args)
+    given = args.shape
     batches = sorted({*SWEEP_BATCHES, args.batch})
     graph = graph_from_file(args.model, given, args.batch)
     if graph is not None:
-        if args.measure:
-            raise UsageError("--measure times a PyTorch model against our engine; give a "
-                             "model name or package.module:factory instead of a file")
-        spec = resolve_device(args.device)
+        spec = resolve_device(args)
         model = None
         analysis = analyze(graph, dtype=args.dtype)
         sweep = []
@@ -103,30 +115,40 @@ def run(args: argparse.Namespace) -> int:
         shape = given or default
         if shape is None:
             raise UsageError(f"give --input N,C,H,W for {args.model!r}")
-        spec = resolve_device(args.device)
         analysis = analyze(model, shape, batch=args.batch, dtype=args.dtype)
+        spec = resolve_device(args)
         sweep = batch_sweep(model, spec, batches, shape, args.dtype)
     analysis.graph.name = args.model
-    verification = verification_for(args.checkpoint, args.model) if args.checkpoint else None
+    verification = None
+    if args.checkpoint:
+        from dnnlens.engine import verify
+
+        verification = verify(args.checkpoint)
     measured, table = None, ""
     if args.measure:  # timings on this machine belong next to this machine's roofline
-        from dnnlens.hwprobe import measure_layers, measurement_html
+        from dnnlens.hwprobe import measure_layers, measurement_html, probe
 
-        here = spec if args.device == "probe" else resolve_device("probe")
+        here = spec if args.device == PROBE else probe(seconds=1.0).to_spec("this-machine")
         measurement = measure_layers(model, analysis, here)
         table = measurement_html(measurement)
         if here is spec:  # measured markers only on the roofline they were measured against
             measured = measurement.measured_rates("ours")
     training = None
     if getattr(args, "train", False):
-        if model is None:
-            raise UsageError("--train traces a PyTorch model's backward pass; give a model "
-                             "name or package.module:factory instead of a file")
         from dnnlens.training_step import analyze_training
 
         training = analyze_training(model, shape, batch=args.batch, dtype=args.dtype,
                                     optimizer=args.optimizer)
-    page = write_report(analysis, Path(args.out), spec, verification, sweep=sweep,
-                        measured=measured, measurement_html=table, training=training)
+    page = write_report(
+        analysis,
+        Path(args.out),
+        spec,
+        verification,
+        sweep=sweep,
+        measured=measured,
+        measurement_html=table,
+        depth=args.depth,
+        training=training,
+    )
     print(f"wrote {page}")
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--data", default=None, metavar="SRC",
                         help="sample (default, offline), idx:PATH, mnist or fashion-mnist; "
                              "with --resume, the resumed run's data unless given")
-    parser.add_argument("--epochs", type=int, default=10, metavar="N",
+    parser.add_argument("--epochs", type=int, default=None, metavar="N",
                         help="total epochs, including those already done when resuming "
-                             "(default 10, the notebook's NUM_EPOCHS)")
+                             "(default 10, the notebook's NUM_EPOCHS; when resuming, the "
+                             "resumed run's own total)")
     parser.add_argument("--out", type=Path, default=None, metavar="PATH",
                         help="checkpoint to write (default: the --resume PATH, else "
                              "./my_mnist_net.pth as in the notebook)")
@@ -31,10 +34,29 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dnnlens.training import train
+    from dnnlens.training import DEFAULT_CHECKPOINT, train
 
-    result = train(data=args.data, epochs=args.epochs, out=args.out, resume=args.resume,
-                   seed=args.seed)
+    out = args.out or args.resume or DEFAULT_CHECKPOINT
+    try:
+        result = train(data=args.data, epochs=args.epochs, out=args.out, resume=args.resume,
+                       seed=args.seed)
+    except KeyboardInterrupt:
+        print(interrupted_message(Path(out)), file=sys.stderr)
+        return 130
     print(f"test accuracy {result.final_accuracy:.2%} after {result.epochs} epochs "
           f"({result.wall_time:.1f} s); checkpoint {result.checkpoint}")
     return 0
+
+
+def interrupted_message(out: Path) -> str:
+    """What Ctrl-C left on disk, and the exact command that continues the run."""
+    from dnnlens.training import saved_progress
+
+    progress = saved_progress(out)
+    if progress is None:
+        return ("interrupted before the first epoch finished: nothing saved; run the same "
+                "command again to start over")
+    done, total = progress
+    command = f"dnnlens train --resume {shlex.quote(str(out))}"
+    return (f"interrupted: {out} holds the weights after epoch {done} of {total} (resume "
+            f"state in {out}.resume); continue with: {command}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from dnnlens.errors import UsageError
 
@@ -70,23 +71,12 @@ def run_onnx(args: argparse.Namespace) -> int:
     return 0 if check.differing_predictions == 0 else 1
 
 
-def render(result) -> str:
-    """The human-readable report: totals, then one row per layer."""
-    lines = [
+def render(result: Any) -> str:
+    """The human-readable report: a summary, then one row per layer."""
+    from dnnlens.formatting import key_value_table, text_table
+    from dnnlens.report import verification_columns, verification_layer_rows, verification_pairs
+
+    return "\n".join([
         f"verify on {result.data}: {result.images:,} images, {result.engine} engine",
-        f"  accuracy              ours {result.correct}/{result.images} "
-        f"({result.accuracy:.2%})   PyTorch {result.torch_correct}/{result.images} "
-        f"({result.torch_accuracy:.2%})",
-        f"  differing predictions {result.mismatches}",
-        f"  max |logit diff|      {result.max_abs_diff:.3g}",
-        f"  throughput            ours {result.images_per_s:,.0f} images/s   PyTorch "
-        f"{result.torch_images_per_s:,.0f} images/s   ({result.threads} threads; warm-up "
-        f"{result.warmup_seconds:.2f} s)",
-        "",
-        f"  {'layer':<16} {'kind':<12} {'shape':<16} max |diff|",
-    ]
-    for layer in result.layers:
-        diff = "n/a" if layer.max_abs_diff is None else f"{layer.max_abs_diff:.3g}"
-        shape = "x".join(str(d) for d in layer.shape)
-        lines.append(f"  {layer.name:<16} {layer.kind:<12} {shape:<16} {diff}")
-    return "\n".join(lines)
+        key_value_table(verification_pairs(result), indent=2), "",
+        text_table(verification_columns(), verification_layer_rows(result), indent=2)])
