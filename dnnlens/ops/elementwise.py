@@ -407,10 +407,17 @@ class Binary(Op):
         return self.function
 
     def output_shape(self, input_shapes, params):
-        shapes = [*input_shapes, *params.values()]
-        if len(shapes) + len(self.scalars) < 2:
-            raise ShapeError(f"{self.function} needs two operands, got {len(shapes)}")
-        return broadcast(shapes)
+        return broadcast([*input_shapes, *params.values()])
+
+    def kernel_gap(self, input_shapes, params):
+        needed = 3 if self.function == "where" else 2
+        have = len(input_shapes) + len(params) + len(self.scalars)
+        if have < needed:  # an operand the importer could not capture (a computed constant)
+            return (f"{self.function} has {have} of its {needed} operands (one is a value the "
+                    "importer did not capture), so it cannot be computed")
+        if self.function == "where" and have != 3:
+            return f"where takes 3 operands, got {have}"
+        return None
 
     def operands(self, inputs, weights) -> list:
         """Inputs, then parameters, with the constants put in their places."""
@@ -421,6 +428,9 @@ class Binary(Op):
 
     def reference(self, inputs, weights):
         """Operands broadcast against each other; folded left to right for more than two."""
+        gap = self.kernel_gap([np.shape(a) for a in inputs], weights)
+        if gap:
+            raise NotImplementedError(gap)
         operands = self.operands(inputs, weights)
         broadcast([np.shape(a) for a in operands])  # ShapeError naming the shapes
         arrays = [a for a in operands if isinstance(a, np.ndarray)]
