@@ -245,9 +245,15 @@ def test_activation_matches_torch(function):
                    TORCH_ACTIVATIONS[function](torch.from_numpy(x)))
 
 
-def test_activation_without_kernel_says_so():
-    with pytest.raises(NotImplementedError, match="gelu"):
-        Activation("gelu").reference([np.zeros(3)], {})
+def test_operator_without_kernel_says_so():
+    """Batch norm traced in training mode keeps no running statistics: no inference kernel,
+    and both the per-node check and the kernel say why."""
+    from dnnlens.ops import Norm
+
+    op = Norm("batchnorm")
+    assert "running statistics" in op.kernel_gap([(1, 3, 2, 2)], {})
+    with pytest.raises(NotImplementedError, match="running statistics"):
+        op.reference([np.zeros((1, 3, 2, 2))], {})
 
 
 @FAST
