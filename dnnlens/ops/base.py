@@ -121,10 +121,6 @@ class Op:
         weights by role), a tensor out. Torch is imported inside, never by a kernel."""
         raise NotImplementedError(f"no PyTorch oracle for operator {self.kind!r}")
 
-    @classmethod
-    def has_oracle(cls) -> bool:
-        return cls.torch_oracle is not Op.torch_oracle
-
 
 def check_fits(op: Op, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> None:
     """ShapeError (naming both shapes) if the kernel input ``x`` does not fit ``weights``.
