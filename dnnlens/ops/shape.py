@@ -176,7 +176,14 @@ class Expand(Op):
             out.append(size if want == -1 else want)
         return tuple(out)
 
+    def kernel_gap(self, input_shapes, params):
+        if not input_shapes and not params:
+            return "expand of a value the importer did not capture (a computed constant)"
+        return None
+
     def reference(self, inputs, weights):
+        if not inputs and not weights:
+            raise NotImplementedError(self.kernel_gap([], {}))
         x = np.asarray(inputs[0] if inputs else next(iter(weights.values())))
         return np.broadcast_to(x, self.output_shape([x.shape], {}))
 
