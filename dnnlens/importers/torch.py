@@ -165,7 +165,7 @@ def _activation_parameters(function: str, named: Mapping[str, Any]) -> dict[str,
     for torch_name, field_name in TORCH_PARAMETER_NAMES.items():
         value = named.get(torch_name)
         if field_name in taken and value is not None:
-            found[field_name] = value if isinstance(value, str) else float(value)
+            found[field_name] = value if isinstance(value, (str, int)) else float(value)
     return found
 
 

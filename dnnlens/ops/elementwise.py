@@ -169,8 +169,12 @@ class Activation(Op):
                     raise ValueError(f"{self.function} takes no parameter {field.name!r}")
             elif value is None:
                 object.__setattr__(self, field.name, defaults[field.name])
+            elif field.name in ("lower", "upper"):
+                # a bound keeps its type: clamp(int tensor, 0.5) is float, clamp(x, 0) is not
+                object.__setattr__(self, field.name, value if isinstance(value, int)
+                                   else float(value))
             elif field.name != "approximate":
-                object.__setattr__(self, field.name, float(value))  # 1 and 1.0 alike
+                object.__setattr__(self, field.name, float(value))
         if self.function == "gelu" and self.approximate not in ("none", "tanh"):
             raise ValueError(f"gelu approximate must be 'none' or 'tanh', not {self.approximate!r}")
         if self.function == "relu6" and (self.lower, self.upper) != (0.0, 6.0):
@@ -189,7 +193,9 @@ class Activation(Op):
         return tuple(input_shapes[0])
 
     def _result_dtype(self, x: np.ndarray) -> np.dtype:
-        if x.dtype.kind in "iub" and self.function not in INTEGER_ACTIVATIONS:
+        floats = self.function not in INTEGER_ACTIVATIONS or self.function == "clamp" and any(
+            isinstance(b, float) for b in (self.lower, self.upper))  # (hardtanh keeps ints)
+        if x.dtype.kind in "iub" and floats:
             return np.dtype(np.float32)  # torch computes these in the default float type
         return x.dtype
 
@@ -440,7 +446,11 @@ class Binary(Op):
                         for a in operands]
         if self.function == "where":
             condition, a, b = operands
-            return np.where(np.asarray(condition, dtype=bool), a, b)
+            result = np.where(np.asarray(condition, dtype=bool), a, b)
+            if not isinstance(a, np.ndarray) and not isinstance(b, np.ndarray) and \
+                    result.dtype.kind == "f":  # two constants: torch's default float type
+                result = result.astype(np.float32)
+            return result
         result = operands[0]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for operand in operands[1:]:
@@ -457,9 +467,14 @@ class Binary(Op):
                     for v in self.operands(inputs, weights)]
         if self.function == "where":
             condition, a, b = operands
+            a, b = (v if isinstance(v, torch.Tensor) else torch.tensor(
+                v, dtype=torch.result_type(a if isinstance(a, torch.Tensor) else b, v))
+                for v in (a, b))
             return torch.where(torch.as_tensor(condition).bool(), a, b)
-        # constants as 0-d tensors, which (like Python scalars) do not widen a tensor's type
-        operands = [torch.as_tensor(v) for v in operands]
+        tensors = [v for v in operands if isinstance(v, torch.Tensor)]
+        # constants as 0-d tensors of the type torch gives a Python scalar with that tensor
+        operands = [v if isinstance(v, torch.Tensor) else torch.tensor(
+            v, dtype=torch.result_type(tensors[0], v) if tensors else None) for v in operands]
         result = operands[0]
         for operand in operands[1:]:
             if self.function == "div":

@@ -165,4 +165,4 @@ class Gather(Op):
         axis = self.axis % x.dim()
         indices = indices.long() % x.shape[axis]
         picked = torch.index_select(x, axis, indices.reshape(-1))
-        return picked.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1:])
+        return picked.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))

@@ -206,7 +206,9 @@ class Attention(Op):
         mask = np.zeros((length, source), dtype)
         if self.has_mask:
             given = np.asarray(inputs[3])
-            broadcast([given.shape, (*lead, length, source)])  # ShapeError naming them
+            if broadcast([given.shape, (*lead, length, source)]) != (*lead, length, source):
+                raise ShapeError(f"mask {given.shape} does not broadcast to the scores "
+                                 f"{(*lead, length, source)}")
             if given.dtype == bool:
                 given = np.where(given, 0.0, -np.inf).astype(dtype)
             mask = mask + given

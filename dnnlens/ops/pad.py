@@ -95,7 +95,9 @@ class Pad(Op):
 
         (x,) = torch_tensors(inputs[0])
         moved = [i for i, pair in enumerate(self.pads) if pair != (0, 0)]
-        first = min(moved, default=x.dim())
+        if not moved:
+            return x.clone()
+        first = min(moved)
         pads = [p for pair in reversed(self.pads[first:]) for p in pair]  # last dim first
         if self.mode == "constant":
             return F.pad(x, pads, value=self.value)
