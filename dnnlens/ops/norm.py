@@ -107,6 +107,11 @@ class Norm(Op):
         gap = self.kernel_gap([x.shape], shapes)
         if gap:
             raise NotImplementedError(gap)
+        missing = set(self.buffers()) - set(weights)
+        if missing:  # a caller that passed node.params only
+            raise NotImplementedError(f"{self.function} needs its running statistics "
+                                      f"({', '.join(sorted(missing))}) among the weights: "
+                                      "pass the operator's buffers() by role")
         return x
 
     def _affine(self, normalised: np.ndarray, x: np.ndarray, weights) -> np.ndarray:
