@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dnnlens.ops import (REGISTRY, Activation, AdaptivePool, Attention, Binary, Concat, Conv,
-                         Copy, Dropout, Embedding, Expand, Gather, Linear, MatMul, Norm, Op,
+                         Copy, CumSum, Dropout, Embedding, Expand, Gather, Linear, MatMul, Norm, Op,
                          Pad, Permute, Pool, Reduce, Reshape, Resize, Roll, Slice, Softmax,
                          Unknown)
 from dnnlens.ops.elementwise import (ACTIVATION_PARAMETERS, ACTIVATIONS, BINARY,
@@ -416,6 +416,14 @@ def resize_cases(draw):
     return Resize(mode, out, align_corners=corners), [x], {}
 
 
+@st.composite
+def cumsum_cases(draw):
+    x = values(draw, draw(shapes(1, 3, 5)), np.int64 if draw(st.booleans()) else np.float64)
+    op = CumSum(axis=draw(st.integers(-x.ndim, x.ndim - 1)), exclusive=draw(st.booleans()),
+                reverse=draw(st.booleans()))
+    return op, [x], {}
+
+
 CASES = {
     Activation: activation_cases, Binary: binary_cases, Softmax: softmax_cases,
     Norm: norm_cases, Reduce: reduce_cases, MatMul: matmul_cases, Attention: attention_cases,
@@ -423,6 +431,7 @@ CASES = {
     Reshape: reshape_cases, Permute: permute_cases, Slice: slice_cases, Expand: expand_cases,
     Concat: concat_cases, Copy: copy_cases, Dropout: copy_cases, Embedding: embedding_cases,
     Gather: gather_cases, Pad: pad_cases, Roll: roll_cases, Resize: resize_cases,
+    CumSum: cumsum_cases,
 }
 
 #: Examples per operator: enough to meet every branch of the strategies above on a few

@@ -47,6 +47,7 @@ from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Co
                          Embedding, Expand, Linear, MatMul, Norm, Op, Permute, Pool, Reduce,
                          Reshape, Slice, Softmax, Unknown, infer_shape)
 from dnnlens.ops.conv import symmetric_padding
+from dnnlens.ops.scan import CumSum
 from dnnlens.ops.elementwise import (ACTIVATION_PARAMETERS, ACTIVATIONS, BINARY,
                                      TORCH_PARAMETER_NAMES)
 
@@ -552,6 +553,10 @@ def _embedding(c: Call) -> Built:
     return Built(Embedding(), [indices], c.out0, {"weight": ref.param()})
 
 
+def _cumsum(c: Call) -> Built:
+    return c.generic(CumSum(axis=int(_named(c)["dim"])), [c.args[0]])
+
+
 def _unknown(c: Call) -> Built:
     tensors = [t for t in tree_flatten((c.args, c.kwargs))[0] if isinstance(t, torch.Tensor)]
     built = c.generic(Unknown(target=f"aten.{c.func.overloadpacket.__name__}",
@@ -607,6 +612,7 @@ ATEN_RULES: dict[str, AtenRule] = {
     "cat": _cat,
     "clone": _copy, "_to_copy": _copy,
     "embedding": _embedding,
+    "cumsum": _cumsum,
     "_scaled_dot_product_flash_attention_for_cpu": _attention,
     "_scaled_dot_product_flash_attention": _attention,
     "_scaled_dot_product_efficient_attention": _attention,
