@@ -176,6 +176,9 @@ class Unknown(Op):
     def output_shape(self, input_shapes, params):
         return self.observed_shape
 
+    def kernel_gap(self, input_shapes, params):
+        return f"{self.target or 'this operator'} has no rule (and no kernel) in dnnlens"
+
 
 # --- compiled kernels (added for the loop-nest engine, issue 3) ---------------------------
 _COMPILED: dict[object, object] = {}

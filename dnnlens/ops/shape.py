@@ -203,6 +203,8 @@ class Concat(Op):
     def output_shape(self, input_shapes, params):
         shapes = [*input_shapes, *params.values()]
         rank = len(shapes[0])
+        if not -rank <= self.axis < rank:
+            raise ShapeError(f"concat axis {self.axis} is out of range for rank {rank}")
         axis = self.axis % rank
         for s in shapes:
             if len(s) != rank or any(
