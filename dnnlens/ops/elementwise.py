@@ -13,14 +13,21 @@ source carried is dropped. A parameter a function does not take is refused.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, compiled_kernel, contiguous, register
-from dnnlens.ops.base import torch_tensors
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    compiled_kernel,
+    contiguous,
+    register,
+    torch_tensors,
+)
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
@@ -266,9 +273,9 @@ def activation_loops(x, out, code, alpha, beta, scale, input_scale, threshold, l
             r = v if v > 0 else 0.0 * v
         elif code == RELU6 or code == HARDTANH or code == CLAMP:
             r = v
-            if lower == lower and r < lower:  # (a NaN bound is not equal to itself)
+            if not math.isnan(lower) and r < lower:  # a NaN bound: no bound
                 r = lower
-            if upper == upper and r > upper:
+            if not math.isnan(upper) and r > upper:
                 r = upper
         elif code == LEAKY_RELU:
             r = v if v > 0 else alpha * v

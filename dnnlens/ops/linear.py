@@ -13,8 +13,14 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import (PARALLEL_MIN_WORK, Op, check_fits, compiled_kernel, register,
-                              torch_tensors)
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    check_fits,
+    compiled_kernel,
+    register,
+    torch_tensors,
+)
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 

@@ -18,16 +18,23 @@ moved are ``q + k + v (+ mask) + output``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 
 from dnnlens.errors import ShapeError
 from dnnlens.ir import Shape
-from dnnlens.ops.base import (PARALLEL_MIN_WORK, Op, compiled_kernel, contiguous, register,
-                              torch_tensors)
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    compiled_kernel,
+    contiguous,
+    register,
+    torch_tensors,
+)
 from dnnlens.ops.elementwise import broadcast
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)

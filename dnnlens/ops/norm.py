@@ -21,8 +21,14 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import (PARALLEL_MIN_WORK, Op, compiled_kernel, contiguous, register,
-                              torch_tensors)
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    compiled_kernel,
+    contiguous,
+    register,
+    torch_tensors,
+)
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
@@ -371,9 +377,9 @@ def reduce_loops(rows, out, code, correction):  # pragma: no cover - compiled
             best = rows[r, 0]
             for j in range(1, length):
                 v = rows[r, j]
-                if (code == AMAX and (v > best or v != v)) or (
-                        code == AMIN and (v < best or v != v)):
-                    best = v  # (v != v: a NaN wins, as in torch)
+                if (code == AMAX and (v > best or math.isnan(v))) or (
+                        code == AMIN and (v < best or math.isnan(v))):
+                    best = v  # a NaN wins, as in torch
             out[r] = best
         elif code == PROD:
             total = 1.0

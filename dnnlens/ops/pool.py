@@ -18,8 +18,14 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import (PARALLEL_MIN_WORK, Op, compiled_kernel, contiguous, register,
-                              torch_tensors)
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    compiled_kernel,
+    contiguous,
+    register,
+    torch_tensors,
+)
 
 Pads = tuple[tuple[int, int], ...]
 

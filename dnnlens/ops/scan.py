@@ -15,8 +15,14 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, compiled_kernel, contiguous, register
-from dnnlens.ops.base import torch_tensors
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    compiled_kernel,
+    contiguous,
+    register,
+    torch_tensors,
+)
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
