@@ -387,10 +387,13 @@ def gather_cases(draw):
     size = x.shape[axis]
     index_shape = draw(shapes(0, 2))
     indices = values(draw, index_shape, np.int64, -size, size - 1)  # negatives count back
-    if draw(st.booleans()):
+    source = draw(st.sampled_from(["constant", "buffer", "input"]))
+    if source == "constant":
         op = Gather(axis=axis, index_values=tuple(int(i) for i in indices.reshape(-1)),
                     index_shape=index_shape)
         return op, [x], {}
+    if source == "buffer":
+        return Gather(axis=axis), [x], {"indices": indices}
     return Gather(axis=axis), [x, indices], {}
 
 

@@ -107,18 +107,21 @@ class Embedding(Op):
 @register
 @dataclass(frozen=True)
 class Gather(Op):
-    """``np.take(x, indices, axis)``. The indices are the second input, or constants kept in
-    the operator (``index_values`` with shape ``index_shape``; ``()``: one scalar index, which
-    removes the axis, as ``x[:, 0]``)."""
+    """``np.take(x, indices, axis)``. The indices are the second input, a buffer of the model
+    (role ``indices``: a relative-position index), or constants kept in the operator
+    (``index_values`` with shape ``index_shape``; ``()``: one scalar index, which removes the
+    axis, as ``x[:, 0]``)."""
 
     KIND: ClassVar[str] = "gather"
     axis: int = 0
     index_values: tuple[int, ...] | None = None
     index_shape: tuple[int, ...] = ()
 
-    def indices(self, inputs) -> np.ndarray:
+    def indices(self, inputs, weights) -> np.ndarray:
         if self.index_values is not None:
             return np.array(self.index_values, dtype=np.int64).reshape(self.index_shape)
+        if "indices" in weights:
+            return _check_indices(weights["indices"])
         if len(inputs) < 2:
             raise ShapeError("gather needs its indices as a second input")
         return _check_indices(inputs[1])
@@ -131,6 +134,8 @@ class Gather(Op):
             index_shape = self.index_shape
             if prod(index_shape) != len(self.index_values):
                 raise ShapeError(f"{len(self.index_values)} indices do not fill {index_shape}")
+        elif "indices" in params:
+            index_shape = tuple(params["indices"])
         elif len(input_shapes) > 1:
             index_shape = tuple(input_shapes[1])
         else:
@@ -140,11 +145,12 @@ class Gather(Op):
 
     def values_moved(self, input_shapes, output_shape, params):
         index = prod(input_shapes[1]) if len(input_shapes) > 1 else 0
+        index += prod(params["indices"]) if "indices" in params else 0
         return index + 2 * prod(output_shape)  # indices, the picked values, the output
 
-    def _run(self, inputs, gather) -> np.ndarray:
+    def _run(self, inputs, weights, gather) -> np.ndarray:
         x = np.asarray(inputs[0])
-        indices = self.indices(inputs)
+        indices = self.indices(inputs, weights)
         out_shape = self.output_shape([x.shape, indices.shape], {})
         axis = self.axis % x.ndim
         outer, after = prod(x.shape[:axis]), prod(x.shape[axis + 1:])
@@ -152,16 +158,16 @@ class Gather(Op):
         return picked.reshape(out_shape)
 
     def reference(self, inputs, weights):
-        return self._run(inputs, gather_reference)
+        return self._run(inputs, weights, gather_reference)
 
     def compiled(self, inputs, weights):
-        return self._run(inputs, gather_compiled)
+        return self._run(inputs, weights, gather_compiled)
 
     def torch_oracle(self, inputs, weights):
         import torch
 
         (x,) = torch_tensors(inputs[0])
-        (indices,) = torch_tensors(self.indices(inputs))
+        (indices,) = torch_tensors(self.indices(inputs, weights))
         axis = self.axis % x.dim()
         indices = indices.long() % x.shape[axis]
         picked = torch.index_select(x, axis, indices.reshape(-1))
