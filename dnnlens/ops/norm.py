@@ -134,10 +134,11 @@ class Norm(Op):
             out = out + np.asarray(weights["bias"]).reshape(shape)
         return out.astype(x.dtype, copy=False)
 
-    def _channel_scale_shift(self, x, weights) -> tuple[np.ndarray, np.ndarray]:
-        """Inference batch norm as one scale and shift per channel:
-        ``(x - mean) / sqrt(var + eps) * weight + bias = x * scale + shift``."""
-        c = x.shape[1]
+    def scale_shift(self, weights) -> tuple[np.ndarray, np.ndarray]:
+        """Inference batch norm as one scale and shift per channel (float64):
+        ``(x - mean) / sqrt(var + eps) * weight + bias = x * scale + shift``; what folding it
+        into the convolution before it multiplies that conv's weights and bias by."""
+        c = len(weights["running_mean"])
         mean = np.asarray(weights["running_mean"], dtype=np.float64)
         var = np.asarray(weights["running_var"], dtype=np.float64)
         weight = np.asarray(weights.get("weight", np.ones(c)), dtype=np.float64)
@@ -172,7 +173,7 @@ class Norm(Op):
             n, c = x.shape[:2]
             planes = contiguous(x).reshape(n, c, -1)
             out = np.empty_like(planes)
-            scale, shift = self._channel_scale_shift(x, weights)
+            scale, shift = self.scale_shift(weights)
             kernel = compiled_kernel(scale_shift_loops, parallel=x.size >= PARALLEL_MIN_WORK)
             kernel(planes, scale.astype(x.dtype), shift.astype(x.dtype), out)
             return out.reshape(x.shape)
