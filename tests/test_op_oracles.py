@@ -147,7 +147,14 @@ def binary_cases(draw):
                 value = 2
             scalars.append((position, value))
     mode = draw(st.sampled_from([None, "trunc", "floor"])) if function == "div" else None
-    return Binary(function, scalars=tuple(scalars), rounding_mode=mode), operands, {}
+    op = Binary(function, scalars=tuple(scalars), rounding_mode=mode)
+    arrays = [i for i in range(count) if i not in dict(scalars)]
+    if len(arrays) > 1 and draw(st.booleans()):  # one operand is a parameter, in its place
+        at = draw(st.sampled_from(arrays[1:] if function == "where" else arrays))
+        weight = operands.pop(arrays.index(at))
+        op = Binary(function, scalars=tuple(scalars), rounding_mode=mode, param_positions=(at,))
+        return op, operands, {"weight": weight}
+    return op, operands, {}
 
 
 @st.composite

@@ -454,7 +454,11 @@ def _binary(function: str, swapped: bool = False, rounding_mode: str | None = No
         # A 1-d parameter added to activations is a bias (MultiheadAttention's in_proj_bias).
         role = "bias" if (function == "add" and any(
             c.pref(t) is not None and len(c.pref(t).shape) == 1 for t in tensors)) else "weight"
-        op = Binary(function=function, scalars=scalars, rounding_mode=mode)
+        # parameters keep their place when one comes before an input (w - x)
+        slots = [i for i in range(len(operands)) if i not in dict(scalars)]
+        at = tuple(i for i in slots if c.pref(operands[i]) is not None)
+        at = () if at == tuple(slots[len(slots) - len(at):]) else at
+        op = Binary(function=function, scalars=scalars, rounding_mode=mode, param_positions=at)
         return c.generic(op, tensors, role)
     return build
 

@@ -395,16 +395,19 @@ class Binary(Op):
     """Element-wise arithmetic, comparison or ``where`` between tensors, parameters and
     constants, with broadcasting.
 
-    Operands in order: the inputs, then any parameters (a learned scale, a position embedding;
-    they count as weights), with each constant of ``scalars`` (``(position, value)`` pairs:
-    ``1 - x`` is ``sub`` with ``scalars=((0, 1),)``) put at its position. A constant keeps
-    its type: integer arithmetic stays integer, as in PyTorch. ``where`` takes (condition, a,
-    b). ``div``'s ``rounding_mode`` is torch's (None: true division, ``trunc``, ``floor``).
+    Operands in order: each constant of ``scalars`` (``(position, value)`` pairs: ``1 - x``
+    is ``sub`` with ``scalars=((0, 1),)``) at its position; the parameters (a learned scale, a
+    position embedding; they count as weights), in role order, at ``param_positions`` (empty:
+    after the inputs); the inputs fill the remaining places in order (``w - x`` with a
+    parameter ``w`` is ``param_positions=(0,)``). A constant keeps its type: integer
+    arithmetic stays integer, as in PyTorch. ``where`` takes (condition, a, b). ``div``'s
+    ``rounding_mode`` is torch's (None: true division, ``trunc``, ``floor``).
     """
 
     KIND: ClassVar[str] = "binary"
     function: str = "add"
     scalars: tuple[tuple[int, Scalar], ...] = ()
+    param_positions: tuple[int, ...] = ()
     rounding_mode: str | None = None
 
     def __post_init__(self):
@@ -433,11 +436,20 @@ class Binary(Op):
         return None
 
     def operands(self, inputs, weights) -> list:
-        """Inputs, then parameters, with the constants put in their places."""
-        operands: list = [np.asarray(a) for a in (*inputs, *weights.values())]
-        for position, value in sorted(self.scalars):
-            operands.insert(position, value)
-        return operands
+        """Constants, parameters and inputs, each in its place (see the class)."""
+        params = [np.asarray(a) for a in weights.values()]
+        arrays = [np.asarray(a) for a in inputs]
+        count = len(arrays) + len(params) + len(self.scalars)
+        placed: dict[int, object] = dict(self.scalars)
+        if self.param_positions:
+            if len(self.param_positions) != len(params):
+                raise ShapeError(f"{len(params)} parameters for positions "
+                                 f"{self.param_positions}")
+            placed.update(zip(self.param_positions, params))
+        else:
+            arrays += params  # after the inputs
+        rest = iter(arrays)
+        return [placed[i] if i in placed else next(rest) for i in range(count)]
 
     def reference(self, inputs, weights):
         """Operands broadcast against each other; folded left to right for more than two."""
