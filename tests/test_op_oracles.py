@@ -246,7 +246,23 @@ def attention_cases(draw):
             else values(draw, shape)
         inputs.append(mask)
     scale = draw(st.sampled_from([None, 0.25, 1.5]))
-    return Attention(causal=causal, has_mask=mask_kind is not None, scale=scale), inputs, {}
+    op = Attention(causal=causal, has_mask=mask_kind is not None, scale=scale)
+    return op, inputs, {}
+
+
+@st.composite
+def grouped_attention_cases(draw):
+    """Grouped-query attention: 2 key/value heads serving 2 or 4 query heads (4-d, as torch)."""
+    batch, kv_heads, group = draw(st.integers(1, 2)), 2, draw(st.sampled_from([1, 2]))
+    length, source, e = (draw(st.integers(1, 4)) for _ in range(3))
+    q = values(draw, (batch, kv_heads * group, length, e))
+    k, v = (values(draw, (batch, kv_heads, source, e)) for _ in range(2))
+    return Attention(causal=draw(st.booleans()), enable_gqa=True), [q, k, v], {}
+
+
+@st.composite
+def any_attention_cases(draw):
+    return draw(attention_cases() | grouped_attention_cases())
 
 
 @st.composite
@@ -460,7 +476,7 @@ def cumsum_cases(draw):
 
 CASES = {
     Activation: activation_cases, Binary: binary_cases, Softmax: softmax_cases,
-    Norm: norm_cases, Reduce: reduce_cases, MatMul: matmul_cases, Attention: attention_cases,
+    Norm: norm_cases, Reduce: reduce_cases, MatMul: matmul_cases, Attention: any_attention_cases,
     Linear: linear_cases, Conv: conv_cases, Pool: pool_cases, AdaptivePool: adaptive_cases,
     Reshape: reshape_cases, Permute: permute_cases, Slice: slice_cases, Expand: expand_cases,
     Concat: concat_cases, Copy: copy_cases, Dropout: copy_cases, Embedding: embedding_cases,

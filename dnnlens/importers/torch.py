@@ -366,7 +366,8 @@ def _attention(c: Call) -> Built:
     mask = named.get("attn_mask", named.get("attn_bias"))
     scale = named.get("scale")
     op = Attention(causal=bool(named.get("is_causal", False)), has_mask=mask is not None,
-                   scale=None if scale is None else float(scale))
+                   scale=None if scale is None else float(scale),
+                   enable_gqa=bool(named.get("enable_gqa", False)))
     inputs = [q, k, v] + ([mask] if mask is not None and c.tracer.known(mask) else [])
     return Built(op, inputs, c.out0)
 

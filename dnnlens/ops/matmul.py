@@ -175,6 +175,7 @@ class Attention(Op):
     causal: bool = False  # query l sees keys s <= l (PyTorch's lower-left triangle)
     has_mask: bool = False  # a 4th input: boolean (True = attend) or added to the scores
     scale: float | None = None  # None: 1 / sqrt(E)
+    enable_gqa: bool = False  # grouped-query: each key/value head serves Hq/Hkv query heads
 
     def output_shape(self, input_shapes, params):
         if len(input_shapes) < 3:
@@ -186,8 +187,18 @@ class Attention(Op):
             raise ShapeError(f"query {q} and key {k} have different feature sizes")
         if k[-2] != v[-2]:
             raise ShapeError(f"key {k} and value {v} have different lengths")
+        k, v = self.grouped(q, k), self.grouped(q, v)
         lead = broadcast([q[:-2], k[:-2], v[:-2]])
         return (*lead, q[-2], v[-1])
+
+    def grouped(self, q: Shape, kv: Shape) -> Shape:
+        """A key/value shape with its heads (dimension -3) repeated to the query's, for
+        grouped-query attention; ShapeError when they do not divide."""
+        if not self.enable_gqa or len(q) < 3 or len(kv) < 3 or kv[-3] == q[-3]:
+            return kv
+        if q[-3] % kv[-3]:
+            raise ShapeError(f"{q[-3]} query heads are not a multiple of {kv[-3]} key heads")
+        return (*kv[:-3], q[-3], *kv[-2:])
 
     def macs(self, input_shapes, output_shape, params):
         q, k, v = input_shapes[:3]
@@ -207,6 +218,9 @@ class Attention(Op):
         mask becomes 0 / minus infinity, the causal mask is added to it."""
         q, k, v = (np.asarray(a) for a in inputs[:3])
         out_shape = self.output_shape([q.shape, k.shape, v.shape], {})
+        if self.grouped(q.shape, k.shape) != k.shape:  # head h reads key head h // group
+            group = q.shape[-3] // k.shape[-3]
+            k, v = np.repeat(k, group, axis=-3), np.repeat(v, group, axis=-3)
         lead = out_shape[:-2]
         length, source = q.shape[-2], k.shape[-2]
         dtype = np.result_type(q, k, v)
@@ -270,7 +284,7 @@ class Attention(Op):
                     if mask.dtype == torch.bool else extra + mask)
             causal = False
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              scale=self.scale)
+                                              scale=self.scale, enable_gqa=self.enable_gqa)
 
 
 def attention_loops(q, k, v, mask, scale, out):  # pragma: no cover - compiled
