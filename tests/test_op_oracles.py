@@ -588,3 +588,19 @@ def test_counts_of_3d_and_transposed_convolution():
     out = up.output_shape([(1, 3, 4, 4)], {"weight": (3, 5, 3, 3)})
     assert out == (1, 5, 9, 9)
     assert up.macs([(1, 3, 4, 4)], out, {"weight": (3, 5, 3, 3)}) == 2_160
+
+
+def test_counts_of_broadcast_matmul_and_grouped_attention():
+    # (2, 1, 3, 4) @ (5, 4, 6): leading dims broadcast to (2, 5) -> out (2, 5, 3, 6),
+    # 2*5*3*6 = 180 outputs, each a 4-term dot product: 720 MACs
+    mm = MatMul()
+    out = mm.output_shape([(2, 1, 3, 4), (5, 4, 6)], {})
+    assert out == (2, 5, 3, 6)
+    assert mm.macs([(2, 1, 3, 4), (5, 4, 6)], out, {}) == 720
+    # grouped-query: 4 query heads on 2 key/value heads, L=3, S=5, E=Ev=8:
+    # 4 heads * 3 * 5 * (8 + 8) = 960 MACs (q k^T, then scores v)
+    attention = Attention(enable_gqa=True)
+    shapes_in = [(1, 4, 3, 8), (1, 2, 5, 8), (1, 2, 5, 8)]
+    out = attention.output_shape(shapes_in, {})
+    assert out == (1, 4, 3, 8)
+    assert attention.macs(shapes_in, out, {}) == 960
