@@ -604,3 +604,41 @@ def test_counts_of_broadcast_matmul_and_grouped_attention():
     out = attention.output_shape(shapes_in, {})
     assert out == (1, 4, 3, 8)
     assert attention.macs(shapes_in, out, {}) == 960
+
+
+def onnxruntime_single(op_type: str, inputs: list[np.ndarray], **attrs) -> np.ndarray:
+    """One ONNX node run by onnxruntime (the ONNX side's truth)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import helper
+
+    names = [f"x{i}" for i in range(len(inputs))]
+    types = {np.dtype(np.int64): onnx.TensorProto.INT64,
+             np.dtype(np.float64): onnx.TensorProto.DOUBLE,
+             np.dtype(np.float32): onnx.TensorProto.FLOAT}
+    node = helper.make_node(op_type, names, ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "one",
+        [helper.make_tensor_value_info(n, types[a.dtype], a.shape) for n, a in zip(names, inputs)],
+        [helper.make_tensor_value_info("y", types[inputs[0].dtype], None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString())
+    return session.run(None, dict(zip(names, inputs)))[0]
+
+
+def test_onnx_integer_div_mod_and_hardsigmoid_against_onnxruntime():
+    a, b = np.array([-7, 7, -7, 7, 9]), np.array([2, 2, -2, -2, 3])
+    # ONNX Div on integers truncates: -7 / 2 = -3
+    np.testing.assert_array_equal(Binary("div", rounding_mode="trunc").compiled([a, b], {}),
+                                  onnxruntime_single("Div", [a, b]))
+    # ONNX Mod (fmod=0) takes the divisor's sign, as Python's %; fmod=1 the dividend's
+    np.testing.assert_array_equal(Binary("remainder").compiled([a, b], {}),
+                                  onnxruntime_single("Mod", [a, b]))
+    np.testing.assert_array_equal(Binary("fmod").compiled([a, b], {}),
+                                  onnxruntime_single("Mod", [a, b], fmod=1))
+    x = np.linspace(-5.0, 5.0, 21, dtype=np.float32)  # (onnxruntime has no float64 kernel)
+    for alpha, beta in ((0.2, 0.5), (0.3, 0.1)):  # ONNX's default, and another
+        np.testing.assert_allclose(
+            Activation("hardsigmoid", alpha=alpha, beta=beta).compiled([x], {}),
+            onnxruntime_single("HardSigmoid", [x], alpha=alpha, beta=beta), rtol=1e-6)
