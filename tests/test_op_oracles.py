@@ -460,10 +460,13 @@ def resize_cases(draw):
         out = tuple(int(s * f) for s, f in zip(sizes, scales))
         if min(out) < 1:
             reject()
-        return Resize(mode, out, scales=scales), [x], {}
+        torch_mode = "nearest" if mode == "nearest" else "linear"
+        return Resize.from_torch(torch_mode, out, scales, False), [x], {}
     out = tuple(draw(st.integers(1, 7)) for _ in range(dims))
+    torch_mode = draw(st.sampled_from(["nearest", "nearest-exact"] if mode == "nearest"
+                                      else ["linear"]))
     corners = mode == "linear" and draw(st.booleans())
-    return Resize(mode, out, align_corners=corners), [x], {}
+    return Resize.from_torch(torch_mode, out, None, corners), [x], {}
 
 
 @st.composite
@@ -642,3 +645,34 @@ def test_onnx_integer_div_mod_and_hardsigmoid_against_onnxruntime():
         np.testing.assert_allclose(
             Activation("hardsigmoid", alpha=alpha, beta=beta).compiled([x], {}),
             onnxruntime_single("HardSigmoid", [x], alpha=alpha, beta=beta), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode, coordinates, rounding", [
+    ("nearest", "half_pixel", "round_prefer_floor"),  # ONNX's defaults
+    ("nearest", "asymmetric", "ceil"),
+    ("nearest", "align_corners", "round_prefer_ceil"),
+    ("linear", "pytorch_half_pixel", "floor"),
+    ("linear", "asymmetric", "floor"),
+])
+def test_onnx_resize_modes_against_onnxruntime(mode, coordinates, rounding):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import helper, numpy_helper
+
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 5)).astype(np.float32)
+    for size in ((7, 2), (1, 9), (3, 5)):
+        node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode=mode,
+                                coordinate_transformation_mode=coordinates,
+                                nearest_mode=rounding)
+        sizes = numpy_helper.from_array(np.array((1, 2, *size), dtype=np.int64), "sizes")
+        graph = helper.make_graph(
+            [node], "resize", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                             x.shape)],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [sizes])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        truth = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        op = Resize(mode, size, coordinate_mode=coordinates, nearest_mode=rounding)
+        for path in PATHS:
+            np.testing.assert_allclose(getattr(op, path)([x], {}), truth, rtol=1e-5,
+                                       atol=1e-6, err_msg=f"{path} {size}")
