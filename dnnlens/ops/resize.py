@@ -57,7 +57,7 @@ class Resize(Op):
 
     @classmethod
     def from_torch(cls, mode: str, size: tuple[int, ...], scales: tuple[float, ...] | None,
-                   align_corners: bool | None) -> "Resize":
+                   align_corners: bool | None) -> Resize:
         """``F.interpolate``'s arguments: mode ``nearest``, ``nearest-exact``, ``linear``,
         ``bilinear`` or ``trilinear``."""
         if mode == "nearest-exact":
