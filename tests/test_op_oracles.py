@@ -197,7 +197,7 @@ def norm_cases(draw):
 @st.composite
 def reduce_cases(draw):
     function = draw(st.sampled_from(["mean", "sum", "amax", "amin", "prod", "var", "std",
-                                     "norm"]))
+                                     "norm", "logsumexp", "sumsquare"]))
     shape = draw(shapes(1, 4))
     integer = function in ("sum", "amax", "amin", "prod") and draw(st.booleans())
     dims = tuple(draw(st.lists(st.integers(-len(shape), len(shape) - 1), max_size=3,

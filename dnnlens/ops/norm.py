@@ -33,7 +33,8 @@ from dnnlens.ops.base import (
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
 NORMS = frozenset({"batchnorm", "layernorm", "groupnorm", "instancenorm"})
-REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "prod", "var", "std", "norm"})
+REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "prod", "var", "std", "norm",
+                        "logsumexp", "sumsquare"})
 
 
 @register
@@ -310,10 +311,20 @@ class Reduce(Op):
             for j in range(1, length):
                 result = (np.maximum if f == "amax" else np.minimum)(result, rows[:, j])
             return result.reshape(out_shape)
+        if f == "logsumexp":  # max + log(sum(exp(x - max))): exp never overflows
+            largest = rows.max(axis=1) if length else np.full(count, -np.inf)
+            shift = np.where(np.isfinite(largest), largest, 0.0)
+            total = np.zeros(count)
+            for j in range(length):
+                total += np.exp(rows[:, j] - shift)
+            with np.errstate(divide="ignore"):
+                return (shift + np.log(total)).astype(dtype).reshape(out_shape)
         accumulate = np.int64 if dtype.kind == "i" else np.float64
         result = np.full(count, 1 if f == "prod" else 0, dtype=accumulate)
         for j in range(length):
-            if f == "prod":
+            if f == "sumsquare":
+                result += rows[:, j] * rows[:, j]
+            elif f == "prod":
                 result *= rows[:, j]
             elif f == "norm":
                 result += np.abs(rows[:, j]) ** self.p
@@ -360,13 +371,16 @@ class Reduce(Op):
             for d in sorted((d % x.dim() for d in dims), reverse=True):
                 x = torch.prod(x, d, keepdim=self.keepdim)
             return x
+        if self.function == "sumsquare":  # ONNX ReduceSumSquare
+            return torch.sum(x * x, dims, keepdim=self.keepdim)
         return getattr(torch, self.function)(x, dims, keepdim=self.keepdim)
 
 
 #: Codes of the reductions in the compiled loop (module constants: literals to Numba).
-SUM, MEAN, AMAX, AMIN, PROD, VAR, STD, NORM = range(8)
+SUM, MEAN, AMAX, AMIN, PROD, VAR, STD, NORM, LOGSUMEXP, SUMSQUARE = range(10)
 REDUCE_CODES = {"sum": SUM, "mean": MEAN, "amax": AMAX, "amin": AMIN, "prod": PROD,
-                "var": VAR, "std": STD, "norm": NORM}
+                "var": VAR, "std": STD, "norm": NORM, "logsumexp": LOGSUMEXP,
+                "sumsquare": SUMSQUARE}
 
 
 def reduce_loops(rows, out, code, correction):  # pragma: no cover - compiled
@@ -387,11 +401,20 @@ def reduce_loops(rows, out, code, correction):  # pragma: no cover - compiled
             for j in range(length):
                 total *= rows[r, j]
             out[r] = total
-        elif code == NORM:
+        elif code == NORM or code == SUMSQUARE:
             total = 0.0
             for j in range(length):
                 total += rows[r, j] * rows[r, j]
-            out[r] = math.sqrt(total)
+            out[r] = math.sqrt(total) if code == NORM else total
+        elif code == LOGSUMEXP:
+            largest = -math.inf
+            for j in range(length):
+                largest = max(largest, rows[r, j])
+            shift = largest if math.isfinite(largest) else 0.0
+            total = 0.0
+            for j in range(length):
+                total += math.exp(rows[r, j] - shift)
+            out[r] = shift + math.log(total) if total > 0 else -math.inf
         else:
             total = 0.0
             for j in range(length):
