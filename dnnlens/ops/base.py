@@ -228,11 +228,12 @@ PARALLEL_MIN_WORK = 1_000_000
 
 
 def torch_tensors(*values: Any) -> list[Any]:
-    """Arrays (or tensors, or None) as torch tensors for an oracle; torch imported here."""
+    """Arrays (or tensors, or None) as torch tensors for an oracle; torch imported here.
+    Arrays are copied (torch takes no negative strides, and a broadcast view is read-only)."""
     import torch
 
-    return [None if v is None else torch.as_tensor(np.asarray(v) if not isinstance(
-        v, torch.Tensor) else v) for v in values]
+    return [None if v is None else v if isinstance(v, torch.Tensor)
+            else torch.from_numpy(np.array(v, copy=True)) for v in values]
 
 
 def contiguous(x: np.ndarray, dtype: Any = None) -> np.ndarray:
