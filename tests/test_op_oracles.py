@@ -55,12 +55,25 @@ PATHS = ("reference", "compiled")
 NO_KERNEL = {Unknown}
 
 
+def strided(a):
+    """The same values in a non-contiguous array (every other value of a wider buffer), as
+    the engine passes views of permuted or sliced tensors."""
+    if not isinstance(a, np.ndarray) or a.ndim == 0:
+        return a
+    wide = np.empty((*a.shape, 2), dtype=a.dtype)
+    wide[..., 0] = a
+    return wide[..., 0]
+
+
 def check(op: Op, inputs: list, weights: dict | None = None) -> None:
-    """Both kernel paths equal the oracle: same shape, same dtype kind, values to 1e-9."""
+    """Both kernel paths equal the oracle: same shape, same dtype kind, values to 1e-9; the
+    compiled path also on non-contiguous inputs."""
     weights = weights or {}
     expected = op.torch_oracle(inputs, weights).detach().numpy()
-    for path in PATHS:
-        got = np.asarray(getattr(op, path)(list(inputs), dict(weights)))
+    runs = [(path, list(inputs)) for path in PATHS]
+    runs.append(("compiled on views", [strided(a) for a in inputs]))
+    for path, arrays in runs:
+        got = np.asarray(getattr(op, path.split()[0])(arrays, dict(weights)))
         assert got.shape == expected.shape, (path, op, got.shape, expected.shape)
         assert got.dtype.kind == expected.dtype.kind, (path, op, got.dtype, expected.dtype)
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-10, err_msg=f"{path} {op}")
