@@ -210,16 +210,20 @@ def norm_cases(draw):
 @st.composite
 def reduce_cases(draw):
     function = draw(st.sampled_from(["mean", "sum", "amax", "amin", "prod", "var", "std",
-                                     "norm", "logsumexp", "sumsquare"]))
+                                     "norm", "logsumexp", "sumsquare", "argmax", "argmin"]))
     shape = draw(shapes(1, 4))
-    integer = function in ("sum", "amax", "amin", "prod") and draw(st.booleans())
-    dims = tuple(draw(st.lists(st.integers(-len(shape), len(shape) - 1), max_size=3,
+    integer = function in ("sum", "amax", "amin", "prod", "argmax") and draw(st.booleans())
+    dims = tuple(draw(st.lists(st.integers(-len(shape), len(shape) - 1),
+                               max_size=1 if function.startswith("arg") else 3,
                                unique_by=lambda d: d % len(shape))))
     reduced = prod(shape[d] for d in dims) if dims else prod(shape)
     correction = draw(st.sampled_from([0, 1])) if reduced > 1 else 0
     x = values(draw, shape, np.int64 if integer else np.float64, -3, 3)
+    if function.startswith("arg") and not integer and draw(st.booleans()):
+        x = np.round(x)  # ties, so the first or last of equal extremes matters
     op = Reduce(function, dims=dims, keepdim=draw(st.booleans()), correction=correction,
-                p=draw(st.sampled_from([1.0, 2.0, 3.0])))
+                p=draw(st.sampled_from([1.0, 2.0, 3.0])),
+                select_last=function.startswith("arg") and draw(st.booleans()))
     return op, [x], {}
 
 

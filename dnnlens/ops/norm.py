@@ -34,7 +34,7 @@ prange = range  # numba.prange once the loop nests are compiled (see base.compil
 
 NORMS = frozenset({"batchnorm", "layernorm", "groupnorm", "instancenorm"})
 REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "prod", "var", "std", "norm",
-                        "logsumexp", "sumsquare"})
+                        "logsumexp", "sumsquare", "argmax", "argmin"})
 
 
 @register
@@ -253,6 +253,7 @@ class Reduce(Op):
     keepdim: bool = False
     correction: int = 1  # var/std: divide by count - correction (1: unbiased, torch's default)
     p: float = 2.0  # norm: the p of the p-norm
+    select_last: bool = False  # argmax/argmin: the last of equal extremes (ONNX's option)
 
     def __post_init__(self):
         if self.function not in REDUCTIONS:
@@ -267,6 +268,8 @@ class Reduce(Op):
         for d in self.dims:
             if not -len(x) <= d < len(x):
                 raise ShapeError(f"{self.function} over dimension {d} does not fit shape {x}")
+        if self.function in ("argmax", "argmin") and len(self.dims) > 1:
+            raise ShapeError(f"{self.function} takes one dimension, got {self.dims}")
         axes = self.axes(len(x))
         if self.keepdim:
             return tuple(1 if i in axes else s for i, s in enumerate(x))
@@ -301,9 +304,20 @@ class Reduce(Op):
         mean, divided by ``count - correction``."""
         x = np.asarray(inputs[0])
         rows, out_shape = self.rows(x)
-        dtype = self._dtype(x)
         count, length = rows.shape
         f = self.function
+        if f in ("argmax", "argmin"):  # the position of the first (or last) extreme
+            if length == 0:
+                raise ShapeError(f"{f} over an empty dimension of {tuple(x.shape)}")
+            best, where = rows[:, 0].copy(), np.zeros(count, dtype=np.int64)
+            for j in range(1, length):
+                value = rows[:, j]
+                better = value > best if f == "argmax" else value < best
+                if self.select_last:
+                    better |= value == best
+                best, where = np.where(better, value, best), np.where(better, j, where)
+            return where.reshape(out_shape)
+        dtype = self._dtype(x)
         if f in ("amax", "amin"):
             if length == 0:
                 raise ShapeError(f"{f} over an empty dimension of {tuple(x.shape)}")
@@ -350,6 +364,13 @@ class Reduce(Op):
             return self.reference(inputs, weights)  # integers, rare p-norms
         rows, out_shape = self.rows(x)
         rows = contiguous(rows)
+        if self.function in ("argmax", "argmin"):
+            if rows.shape[1] == 0:
+                raise ShapeError(f"{self.function} over an empty dimension of {x.shape}")
+            where = np.empty(rows.shape[0], dtype=np.int64)
+            kernel = compiled_kernel(arg_loops, parallel=rows.size >= PARALLEL_MIN_WORK)
+            kernel(rows, where, self.function == "argmax", self.select_last)
+            return where.reshape(out_shape)
         if rows.shape[1] == 0 and self.function in ("amax", "amin"):
             raise ShapeError(f"{self.function} over an empty dimension of {tuple(x.shape)}")
         out = np.empty(rows.shape[0], dtype=x.dtype)
@@ -373,6 +394,14 @@ class Reduce(Op):
             return x
         if self.function == "sumsquare":  # ONNX ReduceSumSquare
             return torch.sum(x * x, dims, keepdim=self.keepdim)
+        if self.function in ("argmax", "argmin"):
+            dim = self.dims[0] if self.dims else None
+            if self.select_last:  # the first extreme of the flipped axis, counted back
+                flipped = x.flip(dim if dim is not None else list(range(x.dim())))
+                found = getattr(torch, self.function)(flipped, dim, keepdim=self.keepdim)
+                size = x.shape[dim] if dim is not None else x.numel()
+                return size - 1 - found
+            return getattr(torch, self.function)(x, dim, keepdim=self.keepdim)
         return getattr(torch, self.function)(x, dims, keepdim=self.keepdim)
 
 
@@ -381,6 +410,22 @@ SUM, MEAN, AMAX, AMIN, PROD, VAR, STD, NORM, LOGSUMEXP, SUMSQUARE = range(10)
 REDUCE_CODES = {"sum": SUM, "mean": MEAN, "amax": AMAX, "amin": AMIN, "prod": PROD,
                 "var": VAR, "std": STD, "norm": NORM, "logsumexp": LOGSUMEXP,
                 "sumsquare": SUMSQUARE}
+
+
+def arg_loops(rows, where, is_max, last):  # pragma: no cover - compiled
+    """rows ``(R, K)`` -> where ``(R,)``: the position of each row's largest (smallest)
+    value, the first of equal ones or, with ``last``, the last; a NaN wins, as in torch."""
+    count, length = rows.shape
+    for r in prange(count):
+        best, at = rows[r, 0], 0
+        for j in range(1, length):
+            v = rows[r, j]
+            if math.isnan(best):
+                break
+            better = (v > best) if is_max else (v < best)
+            if better or math.isnan(v) or (last and v == best):
+                best, at = v, j
+        where[r] = at
 
 
 def reduce_loops(rows, out, code, correction):  # pragma: no cover - compiled
