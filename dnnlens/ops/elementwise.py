@@ -183,7 +183,8 @@ class Activation(Op):
             elif field.name != "approximate":
                 object.__setattr__(self, field.name, float(value))
         if self.function == "gelu" and self.approximate not in ("none", "tanh"):
-            raise ValueError(f"gelu approximate must be 'none' or 'tanh', not {self.approximate!r}")
+            raise ValueError(f"gelu approximate must be 'none' or 'tanh', "
+                             f"not {self.approximate!r}")
         if self.function == "relu6" and (self.lower, self.upper) != (0.0, 6.0):
             raise ValueError("relu6 clamps to [0, 6]; use hardtanh or clamp for other bounds")
 
