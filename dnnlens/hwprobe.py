@@ -559,8 +559,11 @@ def measure_layers(model, analysis, device: HardwareSpec, seconds_per_layer: flo
             layer = roof[node.name]
             ours = torch_s = None
             inputs = [values.get(v) for v in node.inputs]
-            if covers and all(v is not None for v in inputs) and type(node.op).has_kernel():
+            shapes = {role: p.shape for role, p in node.params.items()}
+            if (covers and all(v is not None for v in inputs)
+                    and node.op.kernel_gap(node.input_shapes, shapes) is None):
                 params = node_weights(node, weights)
+                params |= {role: weights[name] for role, name in node.op.buffers().items()}
                 values[node.name] = run_node(node, inputs, params)
                 ours = _best_time(lambda n=node, i=inputs, p=params: run_node(n, i, p),
                                   seconds_per_layer)

@@ -128,10 +128,15 @@ def test_conv_channel_mismatch_names_both_shapes(path):
         run(op, path, [np.zeros((2, 3, 8, 8))], {"weight": np.zeros((4, 2, 3, 3))})
 
 
-def test_transposed_conv_has_no_kernel():
-    op = Conv(transposed=True)
-    with pytest.raises(NotImplementedError, match="convtranspose"):
-        op.reference([np.zeros((1, 2, 4, 4))], {"weight": np.zeros((2, 3, 3, 3))})
+def test_four_dimensional_conv_has_no_kernel():
+    """Transposed and 3-d convolutions have kernels now (tests/test_op_oracles.py); a 4-d
+    one does not, and both the per-node check and the kernel say so."""
+    op = Conv(stride=(1,) * 4, padding=((0, 0),) * 4, dilation=(1,) * 4,
+              output_padding=(0,) * 4)
+    x, w = np.zeros((1, 2, 3, 3, 3, 3)), np.zeros((2, 2, 1, 1, 1, 1))
+    assert "4-d conv" in op.kernel_gap([x.shape], {"weight": w.shape})
+    with pytest.raises(NotImplementedError, match="4-d conv"):
+        op.reference([x], {"weight": w})
 
 
 # --- linear -------------------------------------------------------------------------------
@@ -245,9 +250,15 @@ def test_activation_matches_torch(function):
                    TORCH_ACTIVATIONS[function](torch.from_numpy(x)))
 
 
-def test_activation_without_kernel_says_so():
-    with pytest.raises(NotImplementedError, match="gelu"):
-        Activation("gelu").reference([np.zeros(3)], {})
+def test_operator_without_kernel_says_so():
+    """Batch norm traced in training mode keeps no running statistics: no inference kernel,
+    and both the per-node check and the kernel say why."""
+    from dnnlens.ops import Norm
+
+    op = Norm("batchnorm")
+    assert "running statistics" in op.kernel_gap([(1, 3, 2, 2)], {})
+    with pytest.raises(NotImplementedError, match="running statistics"):
+        op.reference([np.zeros((1, 3, 2, 2))], {})
 
 
 @FAST

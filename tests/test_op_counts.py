@@ -245,10 +245,10 @@ def test_parameters_used_directly_are_params_not_inputs():
 
 
 def test_unknown_operator_is_listed_not_silent():
-    result = analyze(Fn(lambda x: torch.cumsum(x, dim=1)), (2, 7))
+    result = analyze(Fn(lambda x: torch.cumprod(x, dim=1)), (2, 7))
     row = only(result.rows, "unknown")
     assert row.output_shape == (2, 7)
-    assert result.warnings and "aten.cumsum" in result.warnings[0]
+    assert result.warnings and "aten.cumprod" in result.warnings[0]
     assert "warning:" in str(result)
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,9 @@ from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Co
                          Embedding, Expand, Linear, MatMul, Norm, Op, Permute, Pool, Reduce,
                          Reshape, Slice, Softmax, Unknown, infer_shape)
 from dnnlens.ops.conv import symmetric_padding
-from dnnlens.ops.elementwise import ACTIVATIONS
+from dnnlens.ops.scan import CumSum
+from dnnlens.ops.elementwise import (ACTIVATION_PARAMETERS, ACTIVATIONS, BINARY,
+                                     TORCH_PARAMETER_NAMES)
 
 __all__ = ["import_torch", "unknown_ops", "LEAF_RULES", "ATEN_RULES"]
 
@@ -156,9 +158,22 @@ def _leaf_adaptive(mode: str):
     return build
 
 
+def _activation_parameters(function: str, named: Mapping[str, Any]) -> dict[str, Any]:
+    """The activation's parameters from PyTorch's names for them (module attributes or aten
+    arguments); None where PyTorch gave none."""
+    taken = ACTIVATION_PARAMETERS.get(function, {})
+    found = {}
+    for torch_name, field_name in TORCH_PARAMETER_NAMES.items():
+        value = named.get(torch_name)
+        if field_name in taken and value is not None:
+            found[field_name] = value if isinstance(value, (str, int)) else float(value)
+    return found
+
+
 def _leaf_activation(function: str):
     def build(tr, m, x, out):
-        return Built(Activation(function=function), [x], out)
+        op = Activation(function=function, **_activation_parameters(function, vars(m)))
+        return Built(op, [x], out)
     return build
 
 
@@ -276,6 +291,23 @@ class Call:
 AtenRule = Callable[[Call], "Built | list[Built]"]
 
 
+#: Argument names of the torch functions recorded whole (they have no aten schema).
+_FUNCTION_ARGUMENTS = {
+    "scaled_dot_product_attention": ("query", "key", "value", "attn_mask", "dropout_p",
+                                     "is_causal", "scale", "enable_gqa"),
+}
+
+
+def _named(c: Call) -> dict[str, Any]:
+    """The call's arguments by their names in the aten schema (positional ones included)."""
+    schema = getattr(c.func, "_schema", None)
+    if schema is not None:
+        names: Sequence[str] = [a.name for a in schema.arguments]
+    else:
+        names = _FUNCTION_ARGUMENTS.get(getattr(c.func, "__name__", ""), ())
+    return {**dict(zip(names, c.args)), **c.kwargs}
+
+
 def _conv(c: Call) -> Built:
     x, weight, bias = c.args[:3]
     stride, padding, dilation, transposed, output_padding, groups = c.args[3:9]
@@ -330,8 +362,12 @@ def _addmm(c):
 
 def _attention(c: Call) -> Built:
     q, k, v = c.args[:3]
-    mask = c.arg(3, "attn_mask")
-    op = Attention(causal=bool(c.kwargs.get("is_causal", False)), has_mask=mask is not None)
+    named = _named(c)
+    mask = named.get("attn_mask", named.get("attn_bias"))
+    scale = named.get("scale")
+    op = Attention(causal=bool(named.get("is_causal", False)), has_mask=mask is not None,
+                   scale=None if scale is None else float(scale),
+                   enable_gqa=bool(named.get("enable_gqa", False)))
     inputs = [q, k, v] + ([mask] if mask is not None and c.tracer.known(mask) else [])
     return Built(op, inputs, c.out0)
 
@@ -353,6 +389,9 @@ def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = No
             kwargs["normalized_shape"] = tuple(int(d) for d in c.args[1])
         if function == "groupnorm":
             kwargs["groups"] = int(c.args[6])
+        eps = _named(c).get("eps")
+        if eps is not None:
+            kwargs["eps"] = float(eps)
         op = Norm(function=function, stats=stats, **kwargs)
         return Built(op, [x], c.out0, params)
     return build
@@ -393,17 +432,35 @@ def _adaptive(mode: str) -> AtenRule:
 
 def _activation(function: str) -> AtenRule:
     def build(c: Call) -> Built:
-        return c.generic(Activation(function=function), [c.args[0]])
+        named = _named(c)
+        if any(isinstance(v, torch.Tensor) for v in list(named.values())[1:]):
+            return _unknown(c)  # a parameter computed at run time (clamp.Tensor)
+        op = Activation(function=function, **_activation_parameters(function, named))
+        return c.generic(op, [c.args[0]])
     return build
 
 
-def _binary(function: str) -> AtenRule:
+def _binary(function: str, swapped: bool = False, rounding_mode: str | None = None
+            ) -> AtenRule:
+    """``swapped``: aten's rsub(a, b) is b - a; ``rounding_mode``: floor_divide's."""
     def build(c: Call) -> Built:
-        tensors = [a for a in c.args if isinstance(a, torch.Tensor)]
+        operands = list(c.args[:3 if function == "where" else 2])
+        if swapped:
+            operands.reverse()
+        tensors = [a for a in operands if isinstance(a, torch.Tensor)]
+        # Python numbers keep their place and type: 1 - x, x * 0.5, x // 2
+        scalars = tuple((i, a) for i, a in enumerate(operands)
+                        if isinstance(a, (bool, int, float)))
+        mode = c.kwargs.get("rounding_mode", rounding_mode) if function == "div" else None
         # A 1-d parameter added to activations is a bias (MultiheadAttention's in_proj_bias).
         role = "bias" if (function == "add" and any(
             c.pref(t) is not None and len(c.pref(t).shape) == 1 for t in tensors)) else "weight"
-        return c.generic(Binary(function=function), tensors, role)
+        # parameters keep their place when one comes before an input (w - x)
+        slots = [i for i in range(len(operands)) if i not in dict(scalars)]
+        at = tuple(i for i in slots if c.pref(operands[i]) is not None)
+        at = () if at == tuple(slots[len(slots) - len(at):]) else at
+        op = Binary(function=function, scalars=scalars, rounding_mode=mode, param_positions=at)
+        return c.generic(op, tensors, role)
     return build
 
 
@@ -418,8 +475,14 @@ def _reduce(function: str) -> AtenRule:
         x = c.args[0]
         dims = c.arg(1, "dim")
         dims = () if dims is None else _tuple(dims, 1) if isinstance(dims, int) else tuple(dims)
+        named = _named(c)
+        extra = {}
+        if function in ("var", "std") and named.get("correction") is not None:
+            extra["correction"] = int(named["correction"])
+        elif function in ("var", "std") and named.get("unbiased") is False:
+            extra["correction"] = 0
         op = Reduce(function=function, dims=tuple(int(d) for d in dims),
-                    keepdim=bool(c.arg(2, "keepdim", False)))
+                    keepdim=bool(named.get("keepdim", False)), **extra)
         return Built(op, [x], c.out0)
     return build
 
@@ -495,6 +558,10 @@ def _embedding(c: Call) -> Built:
     return Built(Embedding(), [indices], c.out0, {"weight": ref.param()})
 
 
+def _cumsum(c: Call) -> Built:
+    return c.generic(CumSum(axis=int(_named(c)["dim"])), [c.args[0]])
+
+
 def _unknown(c: Call) -> Built:
     tensors = [t for t in tree_flatten((c.args, c.kwargs))[0] if isinstance(t, torch.Tensor)]
     built = c.generic(Unknown(target=f"aten.{c.func.overloadpacket.__name__}",
@@ -514,9 +581,10 @@ def _act_table() -> dict[str, AtenRule]:
 
 def _binary_table() -> dict[str, AtenRule]:
     table: dict[str, AtenRule] = {}
-    for name in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "where"):
+    for name in BINARY:  # the aten names are the operator's function names
         table[name] = table[f"{name}_"] = _binary(name)
-    table["rsub"] = _binary("sub")
+    table["floor_divide"] = table["floor_divide_"] = _binary("div", rounding_mode="floor")
+    table["rsub"] = _binary("sub", swapped=True)
     return table
 
 
@@ -549,6 +617,7 @@ ATEN_RULES: dict[str, AtenRule] = {
     "cat": _cat,
     "clone": _copy, "_to_copy": _copy,
     "embedding": _embedding,
+    "cumsum": _cumsum,
     "_scaled_dot_product_flash_attention_for_cpu": _attention,
     "_scaled_dot_product_flash_attention": _attention,
     "_scaled_dot_product_efficient_attention": _attention,

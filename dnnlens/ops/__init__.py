@@ -11,11 +11,15 @@ from dnnlens.ops.pool import AdaptivePool, Pool
 from dnnlens.ops.shape import Concat, Copy, Dropout, Expand, Permute, Reshape, Slice
 from dnnlens.ops.matmul import Attention, MatMul
 from dnnlens.ops.norm import Norm, Reduce
-from dnnlens.ops.embedding import Embedding
+from dnnlens.ops.embedding import Embedding, Gather
+from dnnlens.ops.pad import Pad, Roll
+from dnnlens.ops.resize import Resize
+from dnnlens.ops.scan import CumSum
 
 __all__ = [
     "REGISTRY", "Op", "Unknown", "infer_shape", "register",
     "Conv", "Linear", "Pool", "AdaptivePool", "Activation", "Binary", "Softmax",
     "Reshape", "Permute", "Slice", "Expand", "Concat", "Copy", "Dropout",
-    "MatMul", "Attention", "Norm", "Reduce", "Embedding",
+    "MatMul", "Attention", "Norm", "Reduce", "Embedding", "Gather", "Pad", "Roll", "Resize",
+    "CumSum",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from math import prod
-from typing import ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -98,7 +98,28 @@ class Op:
 
     @classmethod
     def has_kernel(cls) -> bool:
+        """Whether the class has kernels at all; :meth:`kernel_gap` answers per node."""
         return cls.reference is not Op.reference
+
+    def kernel_gap(self, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> str | None:
+        """Why the kernels cannot run this node (one line, naming what is missing), or None
+        when they can. The engine asks every node before it runs anything, so a network the
+        kernels do not cover is refused up front rather than half-way through."""
+        if not type(self).has_kernel():
+            return f"no kernel for operator {self.kind!r}"
+        return None
+
+    def buffers(self) -> dict[str, str]:
+        """State the kernels read besides ``node.params``, as role -> state-dict name (batch
+        norm's running statistics). The engine passes them in the weights mapping by role."""
+        return {}
+
+    # --- the truth ------------------------------------------------------------------------
+    def torch_oracle(self, inputs: Sequence[Any], weights: Mapping[str, Any]) -> Any:
+        """The same operator computed by PyTorch (``torch.nn.functional`` or ``torch``), for
+        tests and the engine's per-layer check: NumPy arrays or tensors in (inputs, then
+        weights by role), a tensor out. Torch is imported inside, never by a kernel."""
+        raise NotImplementedError(f"no PyTorch oracle for operator {self.kind!r}")
 
 
 def check_fits(op: Op, x: np.ndarray, weights: Mapping[str, np.ndarray]) -> None:
@@ -155,6 +176,9 @@ class Unknown(Op):
     def output_shape(self, input_shapes, params):
         return self.observed_shape
 
+    def kernel_gap(self, input_shapes, params):
+        return f"{self.target or 'this operator'} has no rule (and no kernel) in dnnlens"
+
 
 # --- compiled kernels (added for the loop-nest engine, issue 3) ---------------------------
 _COMPILED: dict[object, object] = {}
@@ -201,3 +225,17 @@ def compiled_kernel(fn, parallel: bool = False):
 
 #: Work (multiply-accumulates or values) below which a kernel runs on one core.
 PARALLEL_MIN_WORK = 1_000_000
+
+
+def torch_tensors(*values: Any) -> list[Any]:
+    """Arrays (or tensors, or None) as torch tensors for an oracle; torch imported here.
+    Arrays are copied (torch takes no negative strides, and a broadcast view is read-only)."""
+    import torch
+
+    return [None if v is None else v if isinstance(v, torch.Tensor)
+            else torch.from_numpy(np.array(v, copy=True)) for v in values]
+
+
+def contiguous(x: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """``x`` as a C-contiguous array (of ``dtype``) the compiled loops can index flat."""
+    return np.ascontiguousarray(x, dtype=dtype if dtype is not None else x.dtype)

@@ -26,8 +26,10 @@ from dnnlens.ops.base import (
     Op,
     check_fits,
     compiled_kernel,
+    contiguous,
     expect_rank,
     register,
+    torch_tensors,
 )
 
 Pads = tuple[tuple[int, int], ...]
@@ -59,6 +61,11 @@ class Conv(Op):
     @property
     def spatial_dims(self) -> int:
         return len(self.stride)
+
+    @property
+    def extra_padding(self) -> tuple[int, ...]:
+        """``output_padding`` per spatial dimension (the default's two zeros fit any rank)."""
+        return (*self.output_padding, *(0,) * (self.spatial_dims - len(self.output_padding)))
 
     def _channels(self, input_shape, weight):
         """(Cin, Cout, kernel) checked against each other."""
@@ -95,7 +102,7 @@ class Conv(Op):
             )
         spatial = []
         for size, k, s, (pb, pe), dil, op in zip(
-            x[2:], kernel, self.stride, self.padding, self.dilation, self.output_padding
+            x[2:], kernel, self.stride, self.padding, self.dilation, self.extra_padding
         ):
             reach = dil * (k - 1) + 1
             if self.transposed:
@@ -154,13 +161,231 @@ class Conv(Op):
     def _finish(self, out: np.ndarray) -> np.ndarray:
         return out[:, :, 0, :] if self.spatial_dims == 1 else out
 
+    def kernel_gap(self, input_shapes, params):
+        if self.spatial_dims not in (1, 2, 3):
+            return f"no kernel for {self.spatial_dims}-d {self.kind}"
+        return None
+
+    @property
+    def general(self) -> bool:
+        """Whether the kernels are the 3-d loop nests (3-d or transposed convolution); 1-d and
+        2-d convolution keep their own 2-d kernels (the course network's speed)."""
+        return self.transposed or self.spatial_dims == 3
+
     def reference(self, inputs, weights):
+        if self.general:
+            return self._run_3d(inputs, weights, compiled=False)
         x, weight, bias, attrs = self.kernel_args(inputs, weights)
         return self._finish(conv2d_reference(x, weight, bias, attrs))
 
     def compiled(self, inputs, weights):
+        if self.general:
+            return self._run_3d(inputs, weights, compiled=True)
         x, weight, bias, attrs = self.kernel_args(inputs, weights)
         return self._finish(conv2d_compiled(x, weight, bias, attrs))
+
+    def _run_3d(self, inputs, weights, compiled: bool) -> np.ndarray:
+        """Any convolution as a 3-d one: a 1-d/2-d input gets unit depth (and height)."""
+        gap = self.kernel_gap([], {})
+        if gap:
+            raise NotImplementedError(gap)
+        x, weight = np.asarray(inputs[0]), np.asarray(weights["weight"])
+        bias = weights.get("bias")
+        out_shape = self.output_shape([x.shape], {r: np.shape(w) for r, w in weights.items()})
+        missing = 3 - self.spatial_dims
+        unit = (1,) * missing
+        x = x.reshape(*x.shape[:2], *unit, *x.shape[2:])
+        weight = weight.reshape(*weight.shape[:2], *unit, *weight.shape[2:])
+        attrs = Conv3dAttrs((*unit, *self.stride), (((0, 0),) * missing) + tuple(self.padding),
+                            (*unit, *self.dilation), self.groups,
+                            (*(0,) * missing, *self.extra_padding))
+        dtype = np.result_type(x, weight)
+        bias = np.zeros(out_shape[1], dtype) if bias is None else np.asarray(bias, dtype)
+        if self.transposed:
+            run = conv_transpose3d_compiled if compiled else conv_transpose3d_reference
+        else:
+            run = conv3d_compiled if compiled else conv3d_reference
+        return run(x.astype(dtype, copy=False), weight.astype(dtype, copy=False), bias,
+                   attrs).reshape(out_shape)
+
+    def torch_oracle(self, inputs, weights):
+        import torch.nn.functional as F
+
+        x, weight, bias = torch_tensors(inputs[0], weights["weight"], weights.get("bias"))
+        d = self.spatial_dims
+        if self.transposed:
+            begin = tuple(b for b, _ in self.padding)
+            if begin != tuple(e for _, e in self.padding):
+                raise NotImplementedError("PyTorch's transposed convolution pads evenly")
+            conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[d - 1]
+            return conv(x, weight, bias, self.stride, begin, self.extra_padding, self.groups,
+                        self.dilation)
+        pads = [p for pair in reversed(self.padding) for p in pair]  # F.pad: last dim first
+        conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+        return conv(F.pad(x, pads), weight, bias, self.stride, 0, self.dilation, self.groups)
+
+
+@dataclass(frozen=True)
+class Conv3dAttrs:
+    """A 3-d (or transposed) convolution's attributes as the kernels take them (triples:
+    depth, height, width)."""
+
+    stride: tuple[int, int, int]
+    padding: Pads  # (begin, end) per spatial dimension
+    dilation: tuple[int, int, int]
+    groups: int
+    output_padding: tuple[int, int, int]
+
+
+def _taps(k: int, d: int, s: int, count: int) -> slice:
+    """Positions ``k*d + s*o`` for ``o = 0..count-1``, as a slice."""
+    return slice(k * d, k * d + s * (count - 1) + 1, s)
+
+
+def conv3d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                     attrs: Conv3dAttrs) -> np.ndarray:
+    """x ``(N, Cin, D, H, W)``, weight ``(Cout, Cin/groups, Kd, Kh, Kw)``, bias ``(Cout,)`` ->
+    ``(N, Cout, Do, Ho, Wo)``: ``out[n, co, od, oh, ow] = bias[co] + sum over ci, kd, kh, kw
+    of weight[co, ci, kd, kh, kw] * x_padded[n, group(co) + ci, od*sd + kd*dd, ...]``; the
+    loops run over the output channel and the reduction indices, each step one
+    multiply-accumulate for every image and output position at once."""
+    xp = np.pad(x, ((0, 0), (0, 0), *attrs.padding))
+    cout, cin_per_group, *kernel = weight.shape
+    size = [(xp.shape[2 + i] - attrs.dilation[i] * (kernel[i] - 1) - 1) // attrs.stride[i] + 1
+            for i in range(3)]
+    out = np.zeros((x.shape[0], cout, *size), dtype=x.dtype)
+    cout_per_group = cout // attrs.groups
+    (sd, sh, sw), (dd, dh, dw) = attrs.stride, attrs.dilation
+    for co in range(cout):
+        first = (co // cout_per_group) * cin_per_group
+        for ci in range(cin_per_group):
+            for kd in range(kernel[0]):
+                for kh in range(kernel[1]):
+                    for kw in range(kernel[2]):
+                        window = xp[:, first + ci, _taps(kd, dd, sd, size[0]),
+                                    _taps(kh, dh, sh, size[1]), _taps(kw, dw, sw, size[2])]
+                        out[:, co] += weight[co, ci, kd, kh, kw] * window
+        out[:, co] += bias[co]
+    return out
+
+
+def conv3d_loops(xp, weight, bias, out, sd, sh, sw, dd, dh, dw, groups):  # pragma: no cover
+    """The same loop nest, scalar, for Numba: (image, output channel) pairs over the cores;
+    the innermost loop runs along an output row."""
+    n_images, cout, do, ho, wo = out.shape
+    cin_per_group, kd_size, kh_size, kw_size = weight.shape[1:]
+    cout_per_group = cout // groups
+    for job in prange(n_images * cout):
+        n, co = job // cout, job % cout
+        first = (co // cout_per_group) * cin_per_group
+        for od in range(do):
+            for oh in range(ho):
+                for ow in range(wo):
+                    out[n, co, od, oh, ow] = bias[co]
+        for ci in range(cin_per_group):
+            for kd in range(kd_size):
+                for kh in range(kh_size):
+                    for kw in range(kw_size):
+                        w = weight[co, ci, kd, kh, kw]
+                        for od in range(do):
+                            for oh in range(ho):
+                                row = xp[n, first + ci, od * sd + kd * dd, oh * sh + kh * dh]
+                                for ow in range(wo):
+                                    out[n, co, od, oh, ow] += w * row[ow * sw + kw * dw]
+
+
+def conv3d_compiled(x, weight, bias, attrs: Conv3dAttrs) -> np.ndarray:
+    """:func:`conv3d_loops` compiled with Numba; same contract as :func:`conv3d_reference`."""
+    xp = contiguous(np.pad(x, ((0, 0), (0, 0), *attrs.padding)))
+    cout, _, *kernel = weight.shape
+    size = [(xp.shape[2 + i] - attrs.dilation[i] * (kernel[i] - 1) - 1) // attrs.stride[i] + 1
+            for i in range(3)]
+    out = np.empty((x.shape[0], cout, *size), dtype=x.dtype)
+    macs = out.size * weight[0].size
+    kernel_fn = compiled_kernel(conv3d_loops, parallel=macs >= PARALLEL_MIN_WORK)
+    kernel_fn(xp, contiguous(weight), contiguous(bias), out, *attrs.stride, *attrs.dilation,
+              attrs.groups)
+    return out
+
+
+def _transposed_sizes(x_shape, kernel, attrs: Conv3dAttrs) -> tuple[list[int], list[int]]:
+    """(output sizes, sizes of the uncropped buffer every input scatters into): per axis
+    ``out = (L-1)*s - pad_begin - pad_end + d*(k-1) + output_padding + 1``; the buffer reaches
+    ``(L-1)*s + d*(k-1) + 1`` and at least ``pad_begin + out``."""
+    out, full = [], []
+    for i in range(3):
+        length, s, d, k = x_shape[2 + i], attrs.stride[i], attrs.dilation[i], kernel[i]
+        (begin, end), extra = attrs.padding[i], attrs.output_padding[i]
+        size = (length - 1) * s - begin - end + d * (k - 1) + extra + 1
+        out.append(size)
+        full.append(max((length - 1) * s + d * (k - 1) + 1, begin + size))
+    return out, full
+
+
+def _crop(full: np.ndarray, out_size: list[int], attrs: Conv3dAttrs,
+          bias: np.ndarray) -> np.ndarray:
+    (bd, _), (bh, _), (bw, _) = attrs.padding
+    out = full[:, :, bd:bd + out_size[0], bh:bh + out_size[1], bw:bw + out_size[2]]
+    return out + bias.reshape(1, -1, 1, 1, 1)
+
+
+def conv_transpose3d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                               attrs: Conv3dAttrs) -> np.ndarray:
+    """x ``(N, Cin, D, H, W)``, weight ``(Cin, Cout/groups, Kd, Kh, Kw)`` -> ``(N, Cout, Do,
+    Ho, Wo)``: every input value scattered through the kernel, ``full[n, co, id*sd + kd*dd,
+    ...] += weight[ci, co_in_group, kd, kh, kw] * x[n, ci, id, ...]``, then the padding cropped
+    off both ends. The loops run over channels and kernel taps, each step serving every image
+    and input position at once."""
+    cin, cout_per_group, *kernel = weight.shape
+    cin_per_group = cin // attrs.groups
+    out_size, full_size = _transposed_sizes(x.shape, kernel, attrs)
+    full = np.zeros((x.shape[0], cout_per_group * attrs.groups, *full_size), dtype=x.dtype)
+    size = x.shape[2:]
+    (sd, sh, sw), (dd, dh, dw) = attrs.stride, attrs.dilation
+    for ci in range(cin):
+        group = ci // cin_per_group
+        for j in range(cout_per_group):
+            co = group * cout_per_group + j
+            for kd in range(kernel[0]):
+                for kh in range(kernel[1]):
+                    for kw in range(kernel[2]):
+                        full[:, co, _taps(kd, dd, sd, size[0]), _taps(kh, dh, sh, size[1]),
+                             _taps(kw, dw, sw, size[2])] += weight[ci, j, kd, kh, kw] * x[:, ci]
+    return _crop(full, out_size, attrs, bias)
+
+
+def conv_transpose3d_loops(x, weight, full, groups, sd, sh, sw, dd, dh, dw):  # pragma: no cover
+    """The same scatter, scalar, for Numba: (image, output channel) pairs over the cores
+    (each writes only its own plane of ``full``, so no two threads add to one value)."""
+    n_images, cin, di, hi, wi = x.shape
+    cout_per_group, kd_size, kh_size, kw_size = weight.shape[1:]
+    cout = full.shape[1]
+    cin_per_group = cin // groups
+    for job in prange(n_images * cout):
+        n, co = job // cout, job % cout
+        group, j = co // cout_per_group, co % cout_per_group
+        for ci in range(group * cin_per_group, (group + 1) * cin_per_group):
+            for kd in range(kd_size):
+                for kh in range(kh_size):
+                    for kw in range(kw_size):
+                        w = weight[ci, j, kd, kh, kw]
+                        for i in range(di):
+                            for h in range(hi):
+                                for k in range(wi):
+                                    full[n, co, i * sd + kd * dd, h * sh + kh * dh,
+                                         k * sw + kw * dw] += w * x[n, ci, i, h, k]
+
+
+def conv_transpose3d_compiled(x, weight, bias, attrs: Conv3dAttrs) -> np.ndarray:
+    """:func:`conv_transpose3d_loops` compiled; contract of :func:`conv_transpose3d_reference`."""
+    cin, cout_per_group, *kernel = weight.shape
+    out_size, full_size = _transposed_sizes(x.shape, kernel, attrs)
+    full = np.zeros((x.shape[0], cout_per_group * attrs.groups, *full_size), dtype=x.dtype)
+    macs = x.size * weight[0].size
+    kernel_fn = compiled_kernel(conv_transpose3d_loops, parallel=macs >= PARALLEL_MIN_WORK)
+    kernel_fn(contiguous(x), contiguous(weight), full, attrs.groups, *attrs.stride,
+              *attrs.dilation)
+    return _crop(full, out_size, attrs, bias)
 
 
 @dataclass(frozen=True)

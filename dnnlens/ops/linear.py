@@ -13,7 +13,14 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, check_fits, compiled_kernel, register
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    check_fits,
+    compiled_kernel,
+    register,
+    torch_tensors,
+)
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
@@ -62,6 +69,12 @@ class Linear(Op):
     def compiled(self, inputs, weights):
         x, weight, bias, lead = self.kernel_args(inputs, weights)
         return linear_compiled(x, weight, bias).reshape(*lead, weight.shape[0])
+
+    def torch_oracle(self, inputs, weights):
+        import torch.nn.functional as F
+
+        x, weight, bias = torch_tensors(inputs[0], weights["weight"], weights.get("bias"))
+        return F.linear(x, weight, bias)
 
 
 def linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:

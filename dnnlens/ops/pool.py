@@ -18,7 +18,14 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import PARALLEL_MIN_WORK, Op, compiled_kernel, register
+from dnnlens.ops.base import (
+    PARALLEL_MIN_WORK,
+    Op,
+    compiled_kernel,
+    contiguous,
+    register,
+    torch_tensors,
+)
 
 Pads = tuple[tuple[int, int], ...]
 
@@ -87,8 +94,9 @@ class Pool(Op):
     def window(self, inputs) -> tuple[np.ndarray, PoolWindow, tuple[int, int]]:
         """Checked ``(x as (N, C, H, W), window, (Ho, Wo))``: 1-d pooling runs over a height
         of 1. ShapeError if the window does not fit the input."""
-        if self.mode not in ("max", "avg") or len(self.kernel) not in (1, 2):
-            raise NotImplementedError(f"no kernel for {len(self.kernel)}-d {self.kind}")
+        gap = self.kernel_gap([], {})
+        if gap or len(self.kernel) == 3:
+            raise NotImplementedError(gap or "3-d pooling runs as two 2-d passes (_pool3d)")
         x = np.asarray(inputs[0])
         out_shape = self.output_shape([tuple(x.shape)], {})  # raises ShapeError
         window = PoolWindow(
@@ -108,13 +116,48 @@ class Pool(Op):
     def _finish(self, out: np.ndarray) -> np.ndarray:
         return out[:, :, 0, :] if len(self.kernel) == 1 else out
 
+    def kernel_gap(self, input_shapes, params):
+        if self.mode not in ("max", "avg"):
+            return f"no kernel for {self.mode} pooling"
+        if len(self.kernel) not in (1, 2, 3):
+            return f"no kernel for {len(self.kernel)}-d pooling"
+        return None
+
+    def separated(self) -> tuple["Pool", "Pool"]:
+        """A 3-d pool as two 2-d pools: over (H, W) first, then over D with a ``(kd, 1)``
+        window. Max and average both separate: the window is a box, so its maximum is the
+        maximum of per-plane maxima, and its divisor (with or without the padding counted) is
+        the product of the per-axis counts."""
+        (kd, kh, kw), (sd, sh, sw) = self.kernel, self.stride
+        (pd, ph, pw), (dd, dh, dw) = self.padding, self.dilation
+        common = dict(mode=self.mode, ceil_mode=self.ceil_mode,
+                      count_include_pad=self.count_include_pad)
+        planes = Pool(kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw),
+                      **common)
+        depth = Pool(kernel=(kd, 1), stride=(sd, 1), padding=(pd, (0, 0)), dilation=(dd, 1),
+                     **common)
+        return planes, depth
+
+    def _pool3d(self, x: np.ndarray, path: str) -> np.ndarray:
+        """x ``(N, C, D, H, W)`` -> ``(N, C, Do, Ho, Wo)`` by :meth:`separated`."""
+        out_shape = self.output_shape([x.shape], {})
+        n, c, d = x.shape[:3]
+        planes, depth = self.separated()
+        pooled = getattr(planes, path)([x.reshape(n, c * d, *x.shape[3:])], {})
+        columns = pooled.reshape(n, c, d, -1)  # (N, C, D, Ho*Wo): pool along D
+        return getattr(depth, path)([columns], {}).reshape(out_shape)
+
     def reference(self, inputs, weights):
+        if len(self.kernel) == 3:
+            return self._pool3d(np.asarray(inputs[0]), "reference")
         x, window, out_size = self.window(inputs)
         if self.mode == "max":
             return self._finish(max_pool_reference(x, window, out_size))
         return self._finish(avg_pool_reference(x, window, out_size, self.count_include_pad))
 
     def compiled(self, inputs, weights):
+        if len(self.kernel) == 3:
+            return self._pool3d(np.asarray(inputs[0]), "compiled")
         x, window, out_size = self.window(inputs)
         if self.mode == "max":
             padded = window.pad(x, out_size, -np.inf)
@@ -136,6 +179,25 @@ class Pool(Op):
             *window.dilation,
         )
         return self._finish(out)
+
+    def torch_oracle(self, inputs, weights):
+        import torch.nn.functional as F
+
+        (x,) = torch_tensors(inputs[0])
+        dims = len(self.kernel)
+        begin = tuple(b for b, _ in self.padding)
+        if begin != tuple(e for _, e in self.padding):
+            if self.mode == "avg":
+                raise NotImplementedError("PyTorch has no average pooling with uneven padding")
+            pads = [p for pair in reversed(self.padding) for p in pair]  # F.pad: last dim first
+            x, begin = F.pad(x, pads, value=float("-inf")), (0,) * dims
+        if self.mode == "max":
+            pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
+            return pool(x, self.kernel, self.stride, begin, self.dilation,
+                        ceil_mode=self.ceil_mode)
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
+        return pool(x, self.kernel, self.stride, begin, ceil_mode=self.ceil_mode,
+                    count_include_pad=self.count_include_pad)
 
 
 @register
@@ -160,36 +222,74 @@ class AdaptivePool(Op):
         return (*x[:2], *self.output_size)
 
     # --- kernels ----------------------------------------------------------------------
-    def reference(self, inputs, weights):
-        """x ``(N, C, H, W)`` -> ``(N, C, Ho, Wo)``; output row ``oh`` pools input rows
-        ``floor(oh*H/Ho)`` to ``ceil((oh+1)*H/Ho) - 1`` (PyTorch's rule), columns likewise."""
-        if self.mode not in ("max", "avg") or len(self.output_size) not in (1, 2):
-            raise NotImplementedError(f"no kernel for {len(self.output_size)}-d {self.kind}")
+    def kernel_gap(self, input_shapes, params):
+        return None if self.mode in ("max", "avg") else f"no kernel for {self.kind}"
+
+    def _passes(self, inputs, one_axis) -> np.ndarray:
+        """x ``(N, C, *spatial)`` -> ``(N, C, *output_size)``, one spatial axis at a time:
+        adaptive windows are boxes (rows ``floor(o*L/Lo)`` to ``ceil((o+1)*L/Lo) - 1`` per
+        axis, PyTorch's rule), so the maximum or mean over a box is the maximum or mean, axis
+        after axis, of the per-axis windows."""
+        gap = self.kernel_gap([], {})
+        if gap:
+            raise NotImplementedError(gap)
         x = np.asarray(inputs[0])
         self.output_shape([tuple(x.shape)], {})  # raises ShapeError on a wrong rank
-        one_d = len(self.output_size) == 1
-        if one_d:
-            x = x[:, :, None, :]
-        ho, wo = (1, *self.output_size) if one_d else self.output_size
-        height, width = x.shape[2:]
-        out = np.empty((*x.shape[:2], ho, wo), dtype=x.dtype)
-        for oh in range(ho):
-            top, bottom = (oh * height) // ho, -(-((oh + 1) * height) // ho)
-            for ow in range(wo):
-                left, right = (ow * width) // wo, -(-((ow + 1) * width) // wo)
-                result = x[:, :, top, left].copy()  # (N, C): the window's first value
-                for row in range(top, bottom):
-                    for col in range(left, right):
-                        if (row, col) == (top, left):
-                            continue
-                        if self.mode == "max":
-                            result = np.maximum(result, x[:, :, row, col])
-                        else:
-                            result += x[:, :, row, col]
-                if self.mode == "avg":
-                    result /= (bottom - top) * (right - left)
-                out[:, :, oh, ow] = result
-        return out[:, :, 0, :] if one_d else out
+        for axis, size in enumerate(self.output_size, start=2):
+            moved = np.moveaxis(x, axis, -1)
+            rows = one_axis(moved.reshape(-1, moved.shape[-1]), size, self.mode == "max")
+            x = np.moveaxis(rows.reshape(*moved.shape[:-1], size), -1, axis)
+        return x
+
+    def reference(self, inputs, weights):
+        return self._passes(inputs, adaptive_rows_reference)
+
+    def compiled(self, inputs, weights):
+        def one_axis(rows, size, is_max):
+            rows = contiguous(rows)
+            out = np.empty((rows.shape[0], size), dtype=rows.dtype)
+            kernel = compiled_kernel(adaptive_rows_loops, parallel=rows.size >= PARALLEL_MIN_WORK)
+            kernel(rows, out, is_max)
+            return out
+        return self._passes(inputs, one_axis)
+
+    def torch_oracle(self, inputs, weights):
+        import torch.nn.functional as F
+
+        (x,) = torch_tensors(inputs[0])
+        return getattr(F, f"adaptive_{self.mode}_pool{len(self.output_size)}d")(
+            x, self.output_size)
+
+
+def adaptive_rows_reference(rows: np.ndarray, size: int, is_max: bool) -> np.ndarray:
+    """rows ``(R, L)`` -> ``(R, size)``: output ``o`` pools columns ``floor(o*L/size)`` to
+    ``ceil((o+1)*L/size) - 1``; the loop runs over the window, every row at once."""
+    length = rows.shape[1]
+    out = np.empty((rows.shape[0], size), dtype=rows.dtype)
+    for o in range(size):
+        start, end = (o * length) // size, -(-((o + 1) * length) // size)
+        result = rows[:, start].copy()
+        for j in range(start + 1, end):
+            result = np.maximum(result, rows[:, j]) if is_max else result + rows[:, j]
+        out[:, o] = result if is_max else result / (end - start)
+    return out
+
+
+def adaptive_rows_loops(rows, out, is_max):  # pragma: no cover - compiled
+    """The same, scalar, for Numba: rows over the cores."""
+    count, length = rows.shape
+    size = out.shape[1]
+    for r in prange(count):
+        for o in range(size):
+            start, end = (o * length) // size, -(-((o + 1) * length) // size)
+            result = rows[r, start]
+            for j in range(start + 1, end):
+                value = rows[r, j]
+                if is_max:
+                    result = max(result, value)
+                else:
+                    result += value
+            out[r, o] = result if is_max else result / (end - start)
 
 
 @dataclass(frozen=True)

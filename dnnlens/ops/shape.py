@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, register
+from dnnlens.ops.base import Op, register, torch_tensors
 
 
 def resolve_shape(target: tuple[int, ...], numel: int, source: tuple[int, ...]) -> tuple[int, ...]:
@@ -62,6 +62,13 @@ class Reshape(Op):
             target = (x.shape[0], *(-1 if d == -1 else d for d in target[1:]))
         return x.reshape(resolve_shape(tuple(target), x.size, x.shape))
 
+    def torch_oracle(self, inputs, weights):
+        (x,) = torch_tensors(inputs[0])
+        target = list(self.shape)
+        if self.keeps_batch and x.dim() and target:
+            target[0] = x.shape[0]
+        return x.reshape(target)
+
     @classmethod
     def between(cls, source: tuple[int, ...], target: tuple[int, ...]) -> "Reshape":
         """The reshape taking ``source`` to ``target``, recognising a flatten."""
@@ -81,14 +88,23 @@ class Permute(Op):
 
     def output_shape(self, input_shapes, params):
         x = input_shapes[0]
-        if sorted(self.dims) != list(range(len(x))):
-            raise ShapeError(f"permutation {self.dims} does not fit shape {tuple(x)}")
-        return tuple(x[d] for d in self.dims)
+        return tuple(x[d] for d in self.axes(len(x)))
+
+    def axes(self, rank: int) -> tuple[int, ...]:
+        """``dims`` made non-negative (``(0, -1, 1)`` on rank 3 is ``(0, 2, 1)``);
+        ShapeError unless they are a permutation of the axes."""
+        if any(not -rank <= d < rank for d in self.dims) or sorted(
+                d % rank for d in self.dims) != list(range(rank)):
+            raise ShapeError(f"permutation {self.dims} does not fit rank {rank}")
+        return tuple(d % rank for d in self.dims)
 
     def reference(self, inputs, weights):
         x = np.asarray(inputs[0])
-        self.output_shape([x.shape], {})
-        return x.transpose(self.dims)
+        return x.transpose(self.axes(x.ndim))
+
+    def torch_oracle(self, inputs, weights):
+        (x,) = torch_tensors(inputs[0])
+        return x.permute(self.dims)
 
 
 @register
@@ -124,6 +140,20 @@ class Slice(Op):
         index[axis] = slice(self.start, self.stop, self.step) if self.keep_dim else self.start
         return x[tuple(index)]
 
+    def kernel_gap(self, input_shapes, params):
+        return "a slice with step 0 selects nothing" if self.step == 0 else None
+
+    def torch_oracle(self, inputs, weights):
+        import torch
+
+        (x,) = torch_tensors(inputs[0])
+        axis = self.axis % x.dim()
+        if not self.keep_dim:
+            return x.select(axis, self.start)
+        # torch slices take no negative step: pick the same positions by index instead
+        picked = range(*slice(self.start, self.stop, self.step).indices(x.shape[axis]))
+        return x.index_select(axis, torch.tensor(list(picked), dtype=torch.long))
+
 
 @register
 @dataclass(frozen=True)
@@ -135,6 +165,8 @@ class Expand(Op):
     shape: tuple[int, ...] = ()
 
     def output_shape(self, input_shapes, params):
+        if not input_shapes and not params:  # a constant the importer did not capture:
+            return tuple(self.shape)  # the traced shape stands (kernel_gap says why not run)
         x = input_shapes[0] if input_shapes else next(iter(params.values()))
         lead = len(self.shape) - len(x)
         if lead < 0:
@@ -146,9 +178,20 @@ class Expand(Op):
             out.append(size if want == -1 else want)
         return tuple(out)
 
+    def kernel_gap(self, input_shapes, params):
+        if not input_shapes and not params:
+            return "expand of a value the importer did not capture (a computed constant)"
+        return None
+
     def reference(self, inputs, weights):
+        if not inputs and not weights:
+            raise NotImplementedError(self.kernel_gap([], {}))
         x = np.asarray(inputs[0] if inputs else next(iter(weights.values())))
         return np.broadcast_to(x, self.output_shape([x.shape], {}))
+
+    def torch_oracle(self, inputs, weights):
+        (x,) = torch_tensors(inputs[0] if inputs else next(iter(weights.values())))
+        return x.expand(self.shape)
 
 
 @register
@@ -162,6 +205,8 @@ class Concat(Op):
     def output_shape(self, input_shapes, params):
         shapes = [*input_shapes, *params.values()]
         rank = len(shapes[0])
+        if not -rank <= self.axis < rank:
+            raise ShapeError(f"concat axis {self.axis} is out of range for rank {rank}")
         axis = self.axis % rank
         for s in shapes:
             if len(s) != rank or any(
@@ -179,6 +224,11 @@ class Concat(Op):
         self.output_shape([a.shape for a in operands], {})  # ShapeError naming the shapes
         return np.concatenate(operands, axis=self.axis)
 
+    def torch_oracle(self, inputs, weights):
+        import torch
+
+        return torch.cat(torch_tensors(*inputs, *weights.values()), dim=self.axis)
+
 
 @register
 @dataclass(frozen=True)
@@ -192,6 +242,9 @@ class Copy(Op):
 
     def reference(self, inputs, weights):
         return np.array(inputs[0], copy=True)
+
+    def torch_oracle(self, inputs, weights):
+        return torch_tensors(inputs[0])[0].clone()
 
 
 @register
@@ -208,3 +261,8 @@ class Dropout(Op):
 
     def reference(self, inputs, weights):
         return np.asarray(inputs[0])  # inference: nothing is dropped
+
+    def torch_oracle(self, inputs, weights):
+        import torch.nn.functional as F
+
+        return F.dropout(torch_tensors(inputs[0])[0], self.p, training=False)
