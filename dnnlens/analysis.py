@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from dnnlens.errors import UsageError
 from dnnlens.ir import Graph, Node, Shape
-from dnnlens.ops.base import Unknown, bias_count, weight_count
+from dnnlens.ops.base import Unknown, bias_count, is_bias, weight_count
 
 if TYPE_CHECKING:
     import pandas
@@ -42,6 +42,8 @@ UNITS: dict[str, str] = {
             "(FLOPs = 2 x MACs)",
     "weights": "parameter values excluding biases (tied parameters once in the totals)",
     "biases": "bias values",
+    "params": "every parameter of the model once, used or not (torchvision's num_params); "
+              "buffers are never parameters",
     "weight_bytes": "weights x bytes per value of dtype",
     "values_moved": "input + weight + output values, each read or written once from main "
                     "memory; weights once per batch, activations per image; views move nothing",
@@ -74,9 +76,14 @@ class LayerRow:
 
 @dataclass(frozen=True)
 class Totals:
-    """Column totals. ``weights``/``biases`` count each distinct parameter once (tied modules),
-    ``macs``/``values_moved``/``bytes`` add every row, ``outputs`` adds every row's output
-    values (the notebook's sum of output sizes)."""
+    """Column totals. ``weights``/``biases`` count each distinct parameter the traced forward
+    used once (tied modules), ``macs``/``values_moved``/``bytes`` add every row, ``outputs``
+    adds every row's output values (the notebook's sum of output sizes).
+
+    ``params`` is every parameter of the model once, used or not: what
+    ``sum(p.numel() for p in model.parameters())`` and torchvision's ``num_params`` say.
+    ``params_unused`` of them belong to ``unused_modules``, whose parameters the traced forward
+    never touched (Inception's auxiliary head in eval mode). Buffers are never parameters."""
 
     weights: int
     biases: int
@@ -84,10 +91,13 @@ class Totals:
     outputs: int
     values_moved: int
     bytes: int
+    params: int = -1  # -1: weights + biases (a graph that does not list its parameters)
+    params_unused: int = 0
+    unused_modules: tuple[str, ...] = ()
 
-    @property
-    def params(self) -> int:
-        return self.weights + self.biases
+    def __post_init__(self) -> None:
+        if self.params < 0:
+            object.__setattr__(self, "params", self.weights + self.biases)
 
     @property
     def intensity(self) -> float:
@@ -135,12 +145,43 @@ def totals(graph: Graph, rows: Sequence[LayerRow], dtype: str = "fp32") -> Total
     for node in graph:
         for role, param in node.params.items():
             roles.setdefault(param.name, (role, param.numel))
-    weights = sum(n for role, n in roles.values() if role != "bias")
-    biases = sum(n for role, n in roles.values() if role == "bias")
+    weights = sum(n for role, n in roles.values() if not is_bias(role))
+    biases = sum(n for role, n in roles.values() if is_bias(role))
     moved = sum(r.values_moved for r in rows)
+    declared = graph.declared_params
+    used = {name.split("[", 1)[0] for name in roles}  # a slice ``w[0:768]`` uses ``w``
+    unused = [p for name, p in declared.items() if name not in used]
+    used_modules = {name.rsplit(".", i)[0] for name in used for i in range(1, name.count(".") + 1)}
+    modules = tuple(dict.fromkeys(_unused_module(p.name, used_modules) for p in unused))
     return Totals(weights=weights, biases=biases, macs=sum(r.macs for r in rows),
                   outputs=sum(prod(r.output_shape) for r in rows), values_moved=moved,
-                  bytes=moved * bytes_per_value(dtype))
+                  bytes=moved * bytes_per_value(dtype),
+                  params=sum(p.numel for p in declared.values()) if declared else -1,
+                  params_unused=sum(p.numel for p in unused),
+                  unused_modules=_outermost(modules))
+
+
+def _unused_module(param: str, used: set[str]) -> str:
+    """The outermost module holding ``param`` none of whose parameters were used
+    (``AuxLogits`` for ``AuxLogits.conv0.conv.weight``); ``used``: modules that used some."""
+    module = param.rsplit(".", 1)[0] if "." in param else param
+    while "." in module:
+        parent = module.rsplit(".", 1)[0]
+        if parent in used:
+            break
+        module = parent
+    return module
+
+
+def _outermost(modules: Sequence[str]) -> tuple[str, ...]:
+    """Module names without those inside another listed one (``AuxLogits`` covers
+    ``AuxLogits.conv0.conv``), in order."""
+    kept: list[str] = []
+    for name in modules:
+        if not any(name == k or name.startswith(k + ".") for k in kept):
+            kept = [k for k in kept if not k.startswith(name + ".")]
+            kept.append(name)
+    return tuple(kept)
 
 
 def group_rows(rows: Sequence[LayerRow], depth: int) -> list[LayerRow]:
@@ -238,7 +279,9 @@ class Analysis:
         return {"model": self.model, "input_shape": list(self.input_shape), "batch": self.batch,
                 "dtype": self.dtype, "units": UNITS, "layers": layers,
                 "totals": {"weights": t.weights, "biases": t.biases, "macs": t.macs,
-                           "outputs": t.outputs, "values_moved": t.values_moved}}
+                           "outputs": t.outputs, "values_moved": t.values_moved,
+                           "params": t.params, "params_unused": t.params_unused,
+                           "unused_modules": list(t.unused_modules)}}
 
     def to_json(self, depth: int | None = None, indent: int | None = 2) -> str:
         return json.dumps(self.to_json_dict(depth), indent=indent)
@@ -268,12 +311,14 @@ class Analysis:
 
 def analyze(model_or_graph: Any, input_shape: Sequence[int] | None = None, *,
             batch: int | None = None, dtype: str = "fp32", example_inputs: Any = None,
-            kwargs: dict | None = None) -> Analysis:
+            kwargs: dict | None = None, real: bool = False) -> Analysis:
     """Analyse an ``nn.Module`` (traced on the meta device) or an IR :class:`Graph`.
 
     ``input_shape`` is ``(N, C, H, W)``; ``batch``, when given, replaces ``N``. Shapes carry
     the batch, so MACs and activation traffic scale with it and weights are moved once.
-    ``dtype`` (fp32, fp16, bf16, int8) sets the bytes per value.
+    ``dtype`` (fp32, fp16, bf16, int8) sets the bytes per value. ``real=True`` traces a
+    CPU copy on the real values of ``example_inputs`` (models whose work depends on the data,
+    such as detection proposals; see :func:`dnnlens.importers.torch.import_torch`).
     """
     bytes_per_value(dtype)  # validate before any tracing
     if batch is not None and (not isinstance(batch, int) or batch < 1):
@@ -290,7 +335,7 @@ def analyze(model_or_graph: Any, input_shape: Sequence[int] | None = None, *,
         if input_shape is not None and batch is not None:
             input_shape = (batch, *tuple(input_shape)[1:])
         graph = import_torch(model_or_graph, input_shape, example_inputs=example_inputs,
-                             kwargs=kwargs)
+                             kwargs=kwargs, real=real)
     rows = layer_rows(graph, dtype)
     first = next(iter(graph.inputs.values()), ())
     return Analysis(rows=rows, totals=totals(graph, rows, dtype), graph=graph,
@@ -342,8 +387,17 @@ def render_text(a: Analysis, depth: int | None = None) -> str:
     out.append(f"memory traffic: {_bytes_text(t.bytes)}; weights: "
                f"{_bytes_text((t.weights + t.biases) * DTYPE_BYTES[a.dtype])} "
                f"({t.weights + t.biases:,} parameters); FLOPs: {2 * t.macs:,}")
+    if t.params_unused or t.params != t.weights + t.biases:
+        out.append(unused_line(t))
     out += [f"warning: {w}" for w in a.warnings]
     return "\n".join(out)
+
+
+def unused_line(t: Totals) -> str:
+    """The one line saying which parameters the traced forward never used."""
+    listed = ", ".join(t.unused_modules[:4]) + (", ..." if len(t.unused_modules) > 4 else "")
+    return (f"params: {t.params:,} in the model, {t.params_unused:,} of them never used by "
+            f"this forward ({listed or 'none'}): not in the table or its totals")
 
 
 def render_html(a: Analysis, depth: int | None = None) -> str:

@@ -73,8 +73,11 @@ def test_views_agree_with_rows(seed, tmp_path):
     assert list(doc["layers"][0]) == ["index", "name", "type", "descriptor", "input_shape",
                                       "output_shape", "weights", "biases", "weight_bytes",
                                       "macs", "values_moved", "intensity"]
+    # params: every parameter once, 103,812 weights + 278 biases; the seed network uses all.
     assert doc["totals"] == {"weights": 103_812, "biases": 278, "macs": 338_112,
-                             "outputs": 11_498, "values_moved": seed.totals.values_moved}
+                             "outputs": 11_498, "values_moved": seed.totals.values_moved,
+                             "params": 103_812 + 278, "params_unused": 0,
+                             "unused_modules": []}
     assert doc["input_shape"] == [1, 1, 28, 28]
     assert doc["layers"][0]["output_shape"] == [1, 4, 28, 28]
     frame = seed.to_dataframe()

@@ -12,10 +12,13 @@ from dnnlens.ops.shape import Concat, Copy, Dropout, Expand, Permute, Reshape, S
 from dnnlens.ops.matmul import Attention, MatMul
 from dnnlens.ops.norm import Norm, Reduce
 from dnnlens.ops.embedding import Embedding
+from dnnlens.ops.recurrent import Recurrent, RecurrentState
+from dnnlens.ops.constant import Constant
 
 __all__ = [
     "REGISTRY", "Op", "Unknown", "infer_shape", "register",
     "Conv", "Linear", "Pool", "AdaptivePool", "Activation", "Binary", "Softmax",
     "Reshape", "Permute", "Slice", "Expand", "Concat", "Copy", "Dropout",
-    "MatMul", "Attention", "Norm", "Reduce", "Embedding",
+    "MatMul", "Attention", "Norm", "Reduce", "Embedding", "Recurrent", "RecurrentState",
+    "Constant",
 ]
