@@ -359,7 +359,8 @@ def _cells(row: LayerRow) -> list[str]:
 def _header_lines(a: Analysis) -> list[str]:
     nbytes = DTYPE_BYTES[a.dtype]
     return [
-        f"{a.model}: input {_shape_text(a.input_shape)}, batch {a.batch}, {a.dtype} "
+        f"{a.model}: input {', '.join(map(_shape_text, a.graph.inputs.values())) or '()'}, "
+        f"batch {a.batch}, {a.dtype} "
         f"({nbytes} byte{'s' if nbytes > 1 else ''} per value)",
         "MACs: multiply-accumulates per batch, padding zeros counted, bias adds not "
         "(FLOPs = 2 x MACs).",

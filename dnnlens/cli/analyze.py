@@ -1,23 +1,34 @@
-"""``dnnlens analyze [MODEL] [--input N,C,H,W] [--batch B] [--dtype D] [--depth K]
+"""``dnnlens analyze [MODEL] [--input SHAPE[:DTYPE]]... [--batch B] [--dtype D] [--depth K]
 [--json | --csv FILE]``: the per-layer table of any network.
 
 MODEL is ``seed`` (the course's MNIST network, the default), a torchvision model name
-(``resnet18``, ``vit_b_16``, ...; built with ``weights=None`` on the meta device, nothing is
-downloaded or allocated) or ``package.module:factory`` (a function returning an ``nn.Module``).
+(``resnet18``, ``swin_t``, ``r3d_18``, ...; built as its DEFAULT weights configure it, with
+nothing downloaded and no weight allocated where torchvision allows: see :mod:`dnnlens.zoo`),
+a model file (ONNX, spec, SCALE-Sim topology) or ``package.module:factory`` (a function
+returning an ``nn.Module``, found from the current folder as ``python -m`` would).
+
+``--input`` may be given several times, one per positional input of the model; each is a
+shape with the batch, optionally typed: ``1,3,224,224`` (float32) or ``1,128:int64`` (token
+ids, drawn inside the smallest ``nn.Embedding``'s range). Without ``--input`` a torchvision
+model gets the input its published figures were measured on, and the command says which.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from dnnlens.errors import ModelError, UsageError
 
-#: Input shapes for models that do not take the usual (1, 3, 224, 224).
-_TORCHVISION_INPUTS = {"inception_v3": (1, 3, 299, 299)}
 SEED_INPUT = (1, 1, 28, 28)
+
+#: ``--input`` dtypes (after the colon) and the torch dtype each means.
+INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
+                "uint8", "bool")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,8 +38,10 @@ def add_parser(subparsers: Any) -> None:
                     "layer, its shapes, weights, MACs, values moved and compute intensity.")
     parser.add_argument("model", nargs="?", default="seed", metavar="MODEL",
                         help="seed (default), a torchvision model name, or package.module:factory")
-    parser.add_argument("--input", metavar="N,C,H,W", default=None,
-                        help="input shape with the batch (default: the model's usual input)")
+    parser.add_argument("--input", metavar="N,C,H,W[:DTYPE]", action="append", default=None,
+                        help="an input's shape with the batch, optionally typed (1,128:int64); "
+                             "repeat for a model with several inputs (default: the model's "
+                             "own input, printed)")
     parser.add_argument("--batch", type=int, default=None, metavar="B",
                         help="batch size; replaces N of the input shape")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16", "int8"),
@@ -63,8 +76,29 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def parse_input(text: str) -> tuple[tuple[int, ...], str]:
+    """``"1,128:int64"`` -> ``((1, 128), "int64")``; the dtype defaults to float32."""
+    shape_text, _, dtype = text.partition(":")
+    dtype = dtype.strip().lower() or "float32"
+    if dtype not in INPUT_DTYPES:
+        raise UsageError(f"--input {text!r}: unknown dtype {dtype!r}; choose one of "
+                         f"{', '.join(INPUT_DTYPES)}")
+    return parse_shape(shape_text), dtype
+
+
+@dataclass
+class Resolved:
+    """A model ready to trace: the module, its inputs and how they were chosen."""
+
+    model: Any
+    inputs: tuple  # positional inputs (tensors; a list of images for detection)
+    real: bool = False  # trace on real CPU tensors (detection)
+    default_note: str = ""  # said on stderr when the input is the model's default
+
+
 def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
-    """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown).
+    """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown; the
+    first input of a model with several).
 
     Raises ModelError for an unknown name or a factory that fails.
     """
@@ -77,17 +111,64 @@ def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
             return Net(), SEED_INPUT
     if ":" in spec:
         return _from_factory(spec), None
-    import torchvision
+    from dnnlens import zoo
 
-    if spec not in torchvision.models.list_models():
+    built = zoo.build(spec)
+    shapes = built.input_shapes
+    return built.module, (shapes[0] if shapes and not built.needs_real_data else None)
+
+
+def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
+    """The model named by ``spec`` with the inputs to trace it on: ``--input`` values when
+    given (``batch`` replaces their N), else the model's own default."""
+    import torch
+
+    parsed = [parse_input(text) for text in given or []]
+    if batch is not None:
+        parsed = [((batch, *shape[1:]), dtype) for shape, dtype in parsed]
+    if spec == "seed" or ":" in spec:
+        model, default = resolve_model(spec)
+        if not parsed:
+            if default is None:
+                raise UsageError(f"give --input N,C,H,W (repeat it for several inputs) for "
+                                 f"{spec!r}")
+            parsed = [((batch or default[0], *default[1:]), "float32")]
+        return Resolved(model, make_inputs(model, parsed))
+    from dnnlens import zoo
+
+    if spec not in zoo.names():
         raise ModelError(f"unknown model {spec!r}: use seed, a torchvision model name such as "
-                         "resnet18, or package.module:factory")
-    try:
-        with torch.device("meta"):
-            model = torchvision.models.get_model(spec, weights=None)
-    except Exception as exc:  # noqa: BLE001 - report any build failure as one line
-        raise ModelError(f"torchvision cannot build {spec!r}: {exc}") from None
-    return model, _TORCHVISION_INPUTS.get(spec, (1, 3, 224, 224))
+                         "resnet18, a model file, or package.module:factory")
+    built = zoo.build(spec, batch=batch or 1)
+    if not parsed:
+        return Resolved(built.module, built.inputs, built.needs_real_data,
+                        f"input: {built.input_note} ({spec}'s default; --input to change it)")
+    inputs = make_inputs(built.module, parsed, real=built.needs_real_data)
+    if zoo.task(spec) == "detection":  # detection models take a list of (3, H, W) images
+        inputs = (list(torch.cat([t for t in inputs if t.dim() == 4]).unbind(0)),)
+    return Resolved(built.module, inputs, built.needs_real_data)
+
+
+def make_inputs(model: Any, parsed: list[tuple[tuple[int, ...], str]],
+                real: bool = False) -> tuple:
+    """Tensors of the given shapes and dtypes (meta unless ``real``); integer inputs hold
+    values inside the smallest ``nn.Embedding``'s range, so token ids look up real rows."""
+    import torch
+    from torch import nn
+
+    high = min((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)),
+               default=2)
+    tensors = []
+    for shape, name in parsed:
+        dtype = getattr(torch, name)
+        if dtype.is_floating_point:
+            tensors.append(torch.rand(shape, dtype=dtype) if real
+                           else torch.empty(shape, dtype=dtype, device="meta"))
+        elif dtype == torch.bool:
+            tensors.append(torch.ones(shape, dtype=dtype))
+        else:
+            tensors.append(torch.randint(0, max(1, high), shape, dtype=dtype))
+    return tuple(tensors)
 
 
 def _from_factory(spec: str) -> Any:
@@ -95,10 +176,16 @@ def _from_factory(spec: str) -> Any:
     from torch import nn
 
     module_name, _, attr = spec.partition(":")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)  # as `python -m` does: the current folder's packages first
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot find factory {spec!r}: {exc}") from None
+        raise ModelError(f"cannot find factory {spec!r} (looked from {here}): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+        raise ModelError(f"importing {module_name!r} for {spec!r} raised "
+                         f"{type(exc).__name__}: {exc}") from None
     try:
         with torch.device("meta"):  # build without allocating weights where the factory can
             model = factory()
@@ -133,21 +220,25 @@ def _write_extras(args: argparse.Namespace, result: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
 
-    shape = parse_shape(args.input) if args.input is not None else None
+    given = args.input if isinstance(args.input, list) or args.input is None else [args.input]
     if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {args.batch}")
     from dnnlens.importers.spec import graph_from_file  # issue 6: ONNX, spec, topology files
 
+    if given and len(given) > 1 and args.model.lower().endswith(".onnx"):
+        raise UsageError("an ONNX file takes one --input (its other inputs have fixed shapes)")
+    shape = parse_input(given[0])[0] if given else None
     graph = graph_from_file(args.model, shape, args.batch)
     if graph is not None:
         model = None  # a file, not an nn.Module: nothing for PyTorch to time
         result = analyze(graph, dtype=args.dtype)
     else:
-        model, default = resolve_model(args.model)
-        shape = shape or default
-        if shape is None:
-            raise UsageError(f"give --input N,C,H,W for {args.model!r}")
-        result = analyze(model, shape, batch=args.batch, dtype=args.dtype)
+        resolved = resolve(args.model, given, args.batch)
+        model = resolved.model
+        if resolved.default_note:
+            print(resolved.default_note, file=sys.stderr)
+        result = analyze(model, example_inputs=resolved.inputs, dtype=args.dtype,
+                         real=resolved.real)
     result.graph.name = args.model
     if args.json:
         print(result.to_json(args.depth))
