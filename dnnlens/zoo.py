@@ -132,8 +132,8 @@ def builder_kwargs(name: str) -> dict[str, Any]:
     if name in ("inception_v3", "googlenet", "quantized_googlenet", "quantized_inception_v3"):
         kwargs["transform_input"] = True
         kwargs["init_weights"] = False  # torchvision skips its slow init when loading weights
-    if name in ("quantized_googlenet", "quantized_inception_v3"):
-        kwargs.pop("init_weights")  # the quantizable classes set it themselves
+    if name in ("googlenet", "quantized_googlenet"):
+        kwargs["aux_logits"] = False  # the builder drops the untrained aux heads it loads
     return kwargs
 
 
