@@ -86,6 +86,7 @@ def test_inception_lists_its_unused_aux_head():
     assert totals["unused_modules"] == ["AuxLogits"]
 
 
+@pytest.mark.slow
 def test_buffers_are_never_weights():
     # maxvit_t's int64 relative_position_index buffers (52,822 values) used to count.
     code, doc, _ = analyze_cli("maxvit_t")

@@ -20,7 +20,7 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from dnnlens.errors import ModelError, UsageError
 
@@ -94,6 +94,17 @@ class Resolved:
     inputs: tuple  # positional inputs (tensors; a list of images for detection)
     real: bool = False  # trace on real CPU tensors (detection)
     default_note: str = ""  # said on stderr when the input is the model's default
+    on_cpu: Callable[[], "Resolved"] | None = None  # the same, built on CPU with real inputs
+
+
+#: What PyTorch says when a forward reads tensor values, which meta tensors do not have.
+_NEEDS_VALUES = ("meta tensor", "data-dependent", "data dependent")
+
+
+def needs_real_values(message: str) -> bool:
+    """Whether a meta trace failed because the forward reads values (``.item()``, ``if``
+    on a tensor, ``nonzero``): then it is traced on real random inputs instead."""
+    return any(marker in message for marker in _NEEDS_VALUES)
 
 
 def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
@@ -133,7 +144,12 @@ def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
                 raise UsageError(f"give --input N,C,H,W (repeat it for several inputs) for "
                                  f"{spec!r}")
             parsed = [((batch or default[0], *default[1:]), "float32")]
-        return Resolved(model, make_inputs(model, parsed))
+
+        def on_cpu() -> Resolved:
+            cpu_model = _from_factory(spec, meta=False) if ":" in spec else _seed_on_cpu()
+            return Resolved(cpu_model, make_inputs(cpu_model, parsed, real=True), real=True)
+
+        return Resolved(model, make_inputs(model, parsed), on_cpu=on_cpu)
     from dnnlens import zoo
 
     if spec not in zoo.names():
@@ -171,7 +187,13 @@ def make_inputs(model: Any, parsed: list[tuple[tuple[int, ...], str]],
     return tuple(tensors)
 
 
-def _from_factory(spec: str) -> Any:
+def _seed_on_cpu() -> Any:
+    from dnnlens.models import Net
+
+    return Net()
+
+
+def _from_factory(spec: str, meta: bool = True) -> Any:
     import torch
     from torch import nn
 
@@ -187,7 +209,7 @@ def _from_factory(spec: str) -> Any:
         raise ModelError(f"importing {module_name!r} for {spec!r} raised "
                          f"{type(exc).__name__}: {exc}") from None
     try:
-        with torch.device("meta"):  # build without allocating weights where the factory can
+        with torch.device("meta" if meta else "cpu"):  # no weights allocated if it can
             model = factory()
     except Exception:  # noqa: BLE001 - some factories need real tensors: try on CPU
         try:
@@ -237,8 +259,19 @@ def run(args: argparse.Namespace) -> int:
         model = resolved.model
         if resolved.default_note:
             print(resolved.default_note, file=sys.stderr)
-        result = analyze(model, example_inputs=resolved.inputs, dtype=args.dtype,
-                         real=resolved.real)
+        try:
+            result = analyze(model, example_inputs=resolved.inputs, dtype=args.dtype,
+                             real=resolved.real)
+        except ModelError as exc:
+            if resolved.real or resolved.on_cpu is None or not needs_real_values(str(exc)):
+                raise
+            print(f"note: {args.model} reads tensor values in its forward, which the meta "
+                  "device does not have; tracing it on the CPU on random inputs instead "
+                  "(counts that depend on the data are those of this run)", file=sys.stderr)
+            resolved = resolved.on_cpu()
+            model = resolved.model
+            result = analyze(model, example_inputs=resolved.inputs, dtype=args.dtype,
+                             real=True)
     result.graph.name = args.model
     if args.json:
         print(result.to_json(args.depth))
