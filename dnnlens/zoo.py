@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from dnnlens.errors import ModelError
 
@@ -90,7 +91,7 @@ def names() -> list[str]:
 
 def task(name: str) -> str:
     """classification, segmentation, detection, video, optical_flow or quantization."""
-    import torchvision.models as models
+    from torchvision import models
 
     for module in ("segmentation", "detection", "video", "optical_flow", "quantization"):
         if name in models.list_models(module=getattr(models, module)):
@@ -141,7 +142,7 @@ def builder_kwargs(name: str) -> dict[str, Any]:
 def cheap_init() -> Iterator[None]:
     """``torch.nn.init``'s in-place initialisers do nothing while building: parameters keep
     ``torch.empty``'s values, which tracing never reads (the copy is moved to meta)."""
-    import torch.nn.init as init
+    from torch.nn import init
 
     names_ = [n for n in dir(init) if n.endswith("_") and not n.startswith("_")]
     saved = {n: getattr(init, n) for n in names_}
@@ -218,16 +219,16 @@ def default_inputs(name: str, *, real: bool = False, batch: int = 1) -> tuple[tu
                            "(proposals depend on the data; see docs/zoo.md)")
     if kind == "optical_flow":
         shape = (batch, 3, *FLOW_SIZE)
-        frames = (torch.rand(shape, device=device), torch.rand(shape, device=device))
-        return frames, f"two frames of {shape}"
+        pair = (torch.rand(shape, device=device), torch.rand(shape, device=device))
+        return pair, f"two frames of {shape}"
     if kind == "segmentation":
         shape = (batch, 3, SEGMENTATION_SIDE, SEGMENTATION_SIDE)
         return (torch.empty(shape, device=device),), f"{shape}"
     if kind == "video":
         h, w = crop if isinstance(crop, (tuple, list)) else (crop, crop)
-        frames = max(VIDEO_FRAMES, int(weights.meta.get("min_temporal_size", 1)))
-        shape = (batch, 3, frames, int(h), int(w))
-        return (torch.empty(shape, device=device),), f"{shape}: a clip of {frames} frames"
+        length = max(VIDEO_FRAMES, int(weights.meta.get("min_temporal_size", 1)))
+        clip = (batch, 3, length, int(h), int(w))
+        return (torch.empty(clip, device=device),), f"{clip}: a clip of {length} frames"
     side = int(crop[0] if isinstance(crop, (tuple, list)) else crop or 224)
     shape = (batch, 3, side, side)
     return (torch.empty(shape, device=device),), f"{shape}"

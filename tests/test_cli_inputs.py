@@ -109,7 +109,7 @@ def test_an_internal_error_is_one_line_with_the_layer_and_operator(monkeypatch):
         raise KeyError("a bug of ours")
 
     monkeypatch.setitem(torch_importer.LEAF_RULES, nn.Conv2d, broken)
-    code, out, err = run("analyze", "seed")
+    code, _, err = run("analyze", "seed")
     assert code == 1
     assert "Traceback" not in err
     lines = err.strip().splitlines()

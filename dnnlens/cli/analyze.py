@@ -19,8 +19,9 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from dnnlens.errors import ModelError, UsageError
 
@@ -94,7 +95,7 @@ class Resolved:
     inputs: tuple  # positional inputs (tensors; a list of images for detection)
     real: bool = False  # trace on real CPU tensors (detection)
     default_note: str = ""  # said on stderr when the input is the model's default
-    on_cpu: Callable[[], "Resolved"] | None = None  # the same, built on CPU with real inputs
+    on_cpu: Callable[[], Resolved] | None = None  # the same, built on CPU with real inputs
 
 
 #: What PyTorch says when a forward reads tensor values, which meta tensors do not have.

@@ -194,7 +194,7 @@ def _recurrent_mode(m: nn.Module) -> str:
     return str(m.mode).lower()  # nn.RNNBase: LSTM, GRU, RNN_TANH, RNN_RELU
 
 
-def _leaf_recurrent(tr: "Tracer", m: nn.Module, x: torch.Tensor,
+def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor,
                     out: torch.Tensor) -> list[Built]:
     """One node for the whole module (all layers, both directions) or the cell's step, then a
     ``state`` node for each further output (``h_n``, ``c_n``; a cell's new ``c``)."""
@@ -1062,7 +1062,7 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
             out = copied(*args, **kw)
     except DnnlensError:
         raise
-    except Exception as exc:  # noqa: BLE001 - sorted below: the model's fault, or ours
+    except Exception as exc:  # sorted below: the model's fault, or ours
         if annotation(exc) or str(exc).startswith("dnnlens bug") or not isinstance(
                 exc, _MODEL_ERRORS):
             annotate(exc, model=type(model).__name__, layer=tracer.failed_in or "",

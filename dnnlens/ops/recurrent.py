@@ -25,9 +25,9 @@ LSTM 4), ``in_l`` = E for the first layer and ``D * H_out`` after it:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from math import prod
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 from dnnlens.errors import ShapeError
 from dnnlens.ir import Shape
