@@ -49,7 +49,7 @@ from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Co
                          Pool, Recurrent, RecurrentState, Reduce, Reshape, Slice, Softmax,
                          Unknown, infer_shape)
 from dnnlens.ops.conv import symmetric_padding
-from dnnlens.ops.elementwise import ACTIVATIONS, broadcast
+from dnnlens.ops.elementwise import ACTIVATIONS, BINARY, broadcast
 
 __all__ = ["import_torch", "unknown_ops", "LEAF_RULES", "ATEN_RULES"]
 
@@ -508,9 +508,9 @@ def _permute(c: Call) -> Built:
     if name == "t":
         dims = (1, 0) if rank == 2 else (0,)
     elif name == "permute":
-        dims = tuple(int(d) % rank for d in c.args[1])
+        dims = tuple(int(d) % rank for d in c.arg(1, "dims"))
     else:  # transpose(a, b)
-        a, b = int(c.args[1]) % rank, int(c.args[2]) % rank
+        a, b = int(c.arg(1, "dim0")) % rank, int(c.arg(2, "dim1")) % rank
         order = list(range(rank))
         order[a], order[b] = order[b], order[a]
         dims = tuple(order)
@@ -653,6 +653,10 @@ _META_SHORTCUTS: dict[str, Callable[..., Any]] = {
 #: Operators that return their input unchanged (no node: the value keeps its producer).
 PASSTHROUGH = frozenset({"alias", "detach", "lift_fresh", "dropout", "feature_dropout",
                          "contiguous", "_conj", "resolve_conj", "resolve_neg"})
+
+#: Element-wise functions that, applied to one parameter alone, stand for it (no node).
+PARAMETER_MATH = ACTIVATIONS | BINARY | frozenset({"clamp_min", "clamp_max", "log2", "log1p",
+                                                   "sign", "square", "zero", "fill"})
 
 #: Operators whose result does not depend on their input's values (no node: a constant).
 CONSTANT_MAKERS = frozenset({"new_zeros", "new_ones", "new_empty", "new_full", "zeros_like",
@@ -801,7 +805,7 @@ class Tracer(TorchDispatchMode):
             return  # zeros_like(x), x.new_zeros(...): values that do not depend on x
         if not any(self.known(t) or id(t) in self.params for t in tensors):
             return  # made from constants and buffers only (zeros, arange, a mask): no layer
-        if self.parameter_arithmetic(tensors, out):
+        if name.rstrip("_") in PARAMETER_MATH and self.parameter_arithmetic(tensors, out):
             return
         call = Call(self, func, args, kwargs, out)
         rule = ATEN_RULES.get(name, _unknown)
