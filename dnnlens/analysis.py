@@ -413,6 +413,8 @@ def render_html(a: Analysis, depth: int | None = None) -> str:
             f"<th>{t.values_moved:,}</th><th>{t.intensity:.4f}</th></tr>")
     notes = "<br>".join(esc(line) for line in _header_lines(a))
     warn = "".join(f"<p><b>warning:</b> {esc(w)}</p>" for w in a.warnings)
+    if t.params_unused or t.params != t.weights + t.biases:
+        warn = f"<p>{esc(unused_line(t))}</p>" + warn
     return (f"<div><p>{notes}</p><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
             f"<tfoot>{foot}</tfoot></table>{warn}</div>")
 

@@ -22,8 +22,14 @@ How (in pipeline order):
    ``_native_multi_head_attention`` (in-projections, attention, out-projection).
 5. **Parameters** are recognised by identity: a parameter (or a view of one: ``W.t()``, a slice
    of ``in_proj_weight``) used by an operator becomes that node's ``params`` entry, never a
-   graph input. Tied modules name the same parameter: totals count it once.
-6. **Checks.** Every node's shape from our operator rule must equal the traced shape (a
+   graph input. Tied modules name the same parameter: totals count it once. Buffers are never
+   parameters, whatever their dtype: a buffer (or a tensor made from buffers and literals)
+   that a layer reads as an activation becomes a ``constant`` node. ``nn.RNN``/``LSTM``/
+   ``GRU`` and their cells are leaf modules (one ``recurrent`` node, plus ``state`` nodes for
+   ``h_n``/``c_n``).
+6. **Real data.** ``real=True`` traces a CPU copy on real inputs instead, for forwards whose
+   work depends on values (detection proposals and NMS), which meta cannot express.
+7. **Checks.** Every node's shape from our operator rule must equal the traced shape (a
    mismatch is a dnnlens bug and raises). Operators without a rule become
    ``Unknown(target, observed_shape)`` and are listed by :func:`unknown_ops`.
 """
@@ -194,16 +200,21 @@ def _recurrent_mode(m: nn.Module) -> str:
     return str(m.mode).lower()  # nn.RNNBase: LSTM, GRU, RNN_TANH, RNN_RELU
 
 
+def _recurrent_op(m: nn.Module) -> Recurrent:
+    return Recurrent(mode=_recurrent_mode(m), hidden_size=int(m.hidden_size),
+                     num_layers=int(getattr(m, "num_layers", 1)),
+                     bidirectional=bool(getattr(m, "bidirectional", False)),
+                     batch_first=bool(getattr(m, "batch_first", False)),
+                     proj_size=int(getattr(m, "proj_size", 0) or 0),
+                     cell=isinstance(m, nn.RNNCellBase))
+
+
 def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor,
                     out: torch.Tensor) -> list[Built]:
     """One node for the whole module (all layers, both directions) or the cell's step, then a
     ``state`` node for each further output (``h_n``, ``c_n``; a cell's new ``c``)."""
     cell = isinstance(m, nn.RNNCellBase)
-    op = Recurrent(mode=_recurrent_mode(m), hidden_size=int(m.hidden_size),
-                   num_layers=int(getattr(m, "num_layers", 1)),
-                   bidirectional=bool(getattr(m, "bidirectional", False)),
-                   batch_first=bool(getattr(m, "batch_first", False)),
-                   proj_size=int(getattr(m, "proj_size", 0) or 0), cell=cell)
+    op = _recurrent_op(m)
     roles = [name for name, _ in m.named_parameters(recurse=False)]
     given = getattr(m, "_dnnlens_args", ())[1:]
     states = [t for t in tree_flatten(list(given))[0] if tr.known(t)]  # h0 (c0) if traced
@@ -684,6 +695,12 @@ class Tracer(TorchDispatchMode):
     tensors cost no memory); on real tensors a finalizer forgets a tensor's id when it dies.
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No ``torch._dynamo.disable`` wrapper around ``__torch_dispatch__``: nothing here is
+        compiled, and the wrapper's first call imports ``torch._dynamo`` (seconds, cold)."""
+        return False
+
     def __init__(self, names: dict[int, str], real: bool = False):
         super().__init__()
         self.names = names
@@ -698,6 +715,7 @@ class Tracer(TorchDispatchMode):
         self.failed_in: str | None = None  # the innermost module whose forward raised
         self.operator = ""  # the operator being recorded (for an internal error's message)
         self.leaf_output: Any = None  # a leaf module's whole output (recurrent states)
+        self.recurrent: nn.RNNBase | None = None  # the recurrent leaf running on meta
 
     # --- bookkeeping -----------------------------------------------------------------------
     def known(self, t: Any) -> bool:
@@ -728,15 +746,14 @@ class Tracer(TorchDispatchMode):
     def constant(self, t: torch.Tensor) -> str:
         """A node for a tensor a layer reads but no traced layer made: a buffer, or something
         computed from buffers and literals (see :mod:`dnnlens.ops.constant`)."""
-        source = self.names.get(id(t), "")
-        module = self.stack[-1][0] if self.stack else ""
+        source = self.names.get(id(t), "")  # a buffer's state-dict name, if it is one
+        module, module_type = self.stack[-1] if self.stack else ("", "")
         base = source or (f"{module}.constant" if module else "constant")
         name = unique_name(base, self.taken)
         self.taken.add(name)
         shape = shape_of(t)
-        module_name, module_type = self.stack[-1] if self.stack else ("", "")
         self.nodes.append(Node(name=name, op=Constant(shape=shape, source=source), inputs=[],
-                               input_shapes=[], output_shape=shape, module=module_name,
+                               input_shapes=[], output_shape=shape, module=module,
                                module_type=module_type, source="constant"))
         self.bind(t, name)
         return name
@@ -876,6 +893,8 @@ class Tracer(TorchDispatchMode):
                 module._dnnlens_input = args[0] if args else next(iter(kwargs.values()))
                 module._dnnlens_args = tuple(args) + tuple(kwargs.values())
                 self.suppress += 1
+                if isinstance(module, nn.RNNBase) and not self.real:
+                    self.recurrent = module
         return hook
 
     def post_hook(self, qualname: str):
@@ -916,6 +935,23 @@ class Tracer(TorchDispatchMode):
                 module._dnnlens_args = ()
         return hook
 
+    def recurrent_outputs(self, args: tuple) -> tuple[torch.Tensor, ...]:
+        """What ``_VF.lstm``/``gru``/``rnn_*`` return, made from our shape rule on meta rather
+        than by unrolling every time step: ``(output, h_n[, c_n])``."""
+        module = self.recurrent
+        assert module is not None
+        self.recurrent = None  # once per leaf call
+        x = args[0]
+        op = _recurrent_op(module)
+        params = {name: shape_of(p) for name, p in module.named_parameters(recurse=False)}
+        n, _, _ = op.sequence(shape_of(x))
+        layers = op.num_layers * op.directions
+        batch = (n,) if x.dim() == 3 else ()
+        shapes = [op.output_shape([shape_of(x)], params), (layers, *batch, op.hidden_out)]
+        if op.mode == "lstm":
+            shapes.append((layers, *batch, op.hidden_size))
+        return tuple(torch.empty(s, dtype=x.dtype, device="meta") for s in shapes)
+
 
 _SDPA = torch.nn.functional.scaled_dot_product_attention
 
@@ -935,9 +971,17 @@ class _FusedFunctions(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _VF_RECURRENT and self.tracer.recurrent is not None:
+            return self.tracer.recurrent_outputs(args)
         if func is not _SDPA or self.tracer.suppress:
             return func(*args, **kwargs)
         return self.tracer.fused_attention(func, args, kwargs)
+
+
+#: The fused recurrent kernels ``nn.RNN``/``LSTM``/``GRU`` call; on meta PyTorch would unroll
+#: them into every gate product of every time step (seconds for a long sequence).
+_VF_RECURRENT = frozenset({torch._VF.lstm, torch._VF.gru, torch._VF.rnn_tanh,
+                           torch._VF.rnn_relu})
 
 
 @contextlib.contextmanager
@@ -996,7 +1040,7 @@ def _meta_inputs(input_shape: Sequence[int] | None, example_inputs: Any,
         shape = tuple(input_shape)
         if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
             raise UsageError(f"input shape must be positive integers, got {input_shape!r}")
-        args: tuple = (torch.empty(shape, device="cpu" if real else "meta"),)
+        args: tuple = (torch.rand(shape) if real else torch.empty(shape, device="meta"),)
     elif example_inputs is None:
         args = ()
     else:
