@@ -17,7 +17,8 @@ from dnnlens import analyze
 from dnnlens.errors import ShapeError
 from dnnlens.ops import Recurrent
 
-pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration")
+pytestmark = [pytest.mark.filterwarnings("ignore:TF32 acceleration"),
+              pytest.mark.filterwarnings("ignore:LSTM with projections")]
 
 
 def _macs(module: nn.Module, x: torch.Tensor) -> int:
