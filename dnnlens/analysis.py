@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from math import prod
 from typing import TYPE_CHECKING, Any, Sequence
 
-from dnnlens.errors import UsageError
+from dnnlens.errors import DnnlensError, UsageError, annotate
 from dnnlens.ir import Graph, Node, Shape
 from dnnlens.ops.base import Unknown, bias_count, is_bias, weight_count
 
@@ -136,7 +136,16 @@ def layer_row(index: int, node: Node, nbytes: int) -> LayerRow:
 
 def layer_rows(graph: Graph, dtype: str = "fp32") -> list[LayerRow]:
     nbytes = bytes_per_value(dtype)
-    return [layer_row(i, node, nbytes) for i, node in enumerate(graph.nodes, start=1)]
+    rows = []
+    for i, node in enumerate(graph.nodes, start=1):
+        try:
+            rows.append(layer_row(i, node, nbytes))
+        except DnnlensError:
+            raise
+        except Exception as exc:  # a bug in a count formula: say which layer, for the CLI
+            annotate(exc, layer=node.name, operator=f"{node.kind} ({node.source})")
+            raise
+    return rows
 
 
 def totals(graph: Graph, rows: Sequence[LayerRow], dtype: str = "fp32") -> Totals:
