@@ -7,9 +7,9 @@ precision, unless docs/zoo.md lists it with the measured difference and its reas
 runs in-process, as a user types it, and must never print a traceback.
 
 The ten models the issue names run in ``make test`` (slow-marked, under a minute on two
-cores). The whole zoo (121 models: 1.6 to 7 minutes on two shared cores depending on their load, about
-2 minutes of CPU; detection models really run on an 800x800 image) is marked ``zoo`` and runs
-only when asked, so that ``make test`` stays within its budget:
+cores). The whole zoo (121 models: 1.6 to 7 minutes on two shared cores depending on their
+load, about 2 minutes of CPU; detection models really run on an 800x800 image) is marked
+``zoo`` and runs only when asked, so that ``make test`` stays within its budget:
 ``DNNLENS_ZOO=1 pytest -m zoo tests/test_zoo.py``.
 """
 
