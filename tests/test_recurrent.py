@@ -148,3 +148,4 @@ def test_the_shape_rule_refuses_a_wrong_feature_count():
     op = Recurrent(mode="lstm", hidden_size=20)
     with pytest.raises(ShapeError, match="features"):
         op.output_shape([(3, 5, 11)], {"weight_ih_l0": (80, 10), "weight_hh_l0": (80, 20)})
+

@@ -377,7 +377,7 @@ def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
         if ref_c is not None and len(ref_c.shape) == 1:
             params["bias"] = ref_c.param()
         return Built(Linear(), [a], c.out0, params)
-    inputs = [t for t in (a, b) if c.tracer.known(t) and c.pref(t) is None]
+    inputs = [t for t in (a, b) if c.pref(t) is None]  # a constant operand is read too
     params: dict[str, Param] = {}
     operand = None
     transposed = False
