@@ -185,8 +185,9 @@ def build_module(name: str) -> tuple[Any, bool]:
     real = task(name) == DATA_DEPENDENT_TASK
     try:
         if real:  # proposals and NMS need real scores: keep torchvision's own random init
-            torch.manual_seed(0)
-            model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
+            with torch.random.fork_rng(devices=[]):  # seeded, the caller's generator untouched
+                torch.manual_seed(0)
+                model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
             if name in FROZEN_BACKBONE_NORMS:
                 freeze_batch_norms(model.backbone.body)
             return model, True
@@ -213,8 +214,9 @@ def default_inputs(name: str, *, real: bool = False, batch: int = 1) -> tuple[tu
         if hasattr(weights.transforms, "keywords") else None
     if kind == "detection":
         side = 320 if "320" in name else 300 if name.startswith("ssd300") else DETECTION_SIDE
-        torch.manual_seed(0)
-        images = [torch.rand(3, side, side, device=device) for _ in range(batch)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            images = [torch.rand(3, side, side, device=device) for _ in range(batch)]
         return (images,), (f"{batch} image(s) of (3, {side}, {side}) in a list, random values "
                            "(proposals depend on the data; see docs/zoo.md)")
     if kind == "optical_flow":
