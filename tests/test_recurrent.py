@@ -149,3 +149,37 @@ def test_the_shape_rule_refuses_a_wrong_feature_count():
     with pytest.raises(ShapeError, match="features"):
         op.output_shape([(3, 5, 11)], {"weight_ih_l0": (80, 10), "weight_hh_l0": (80, 20)})
 
+
+
+class _Packed(nn.Module):
+    """A recurrent layer on a packed batch of sequences of different lengths."""
+
+    def __init__(self, rnn: nn.Module):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)
+        out, _ = self.rnn(packed)
+        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0]
+
+
+@pytest.mark.parametrize("make, per_row", [
+    # bidirectional GRU, E=16, H=32: 2 * 3*32*(16+32) = 9,216 per packed row
+    (lambda: nn.GRU(16, 32, batch_first=True, bidirectional=True), 2 * 3 * 32 * 48),
+    # 2-layer LSTM, E=16, H=32: 4*32*(16+32) + 4*32*(32+32) = 6,144 + 8,192 = 14,336
+    (lambda: nn.LSTM(16, 32, num_layers=2, batch_first=True), 4 * 32 * 48 + 4 * 32 * 64),
+])
+def test_packed_sequences_count_every_real_step_and_no_padding(make, per_row):
+    torch.manual_seed(0)
+    module = _Packed(make()).eval()
+    x, lengths = torch.randn(2, 10, 16), [10, 7]  # 17 real steps of 20 padded ones
+    result = analyze(module, example_inputs=(x, lengths))
+    recurrent = result.rows[1]
+    assert recurrent.type in ("gru", "lstm")
+    assert recurrent.output_shape[0] == 17
+    assert result.totals.macs == 17 * per_row
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), \
+            FlopCounterMode(display=False) as counter:
+        module(x, lengths)
+    assert counter.get_total_flops() // 2 == 17 * per_row

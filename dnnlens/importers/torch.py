@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -200,13 +201,13 @@ def _recurrent_mode(m: nn.Module) -> str:
     return str(m.mode).lower()  # nn.RNNBase: LSTM, GRU, RNN_TANH, RNN_RELU
 
 
-def _recurrent_op(m: nn.Module) -> Recurrent:
+def _recurrent_op(m: nn.Module, packed_batch: int = 0) -> Recurrent:
     return Recurrent(mode=_recurrent_mode(m), hidden_size=int(m.hidden_size),
                      num_layers=int(getattr(m, "num_layers", 1)),
                      bidirectional=bool(getattr(m, "bidirectional", False)),
                      batch_first=bool(getattr(m, "batch_first", False)),
                      proj_size=int(getattr(m, "proj_size", 0) or 0),
-                     cell=isinstance(m, nn.RNNCellBase))
+                     cell=isinstance(m, nn.RNNCellBase), packed_batch=packed_batch)
 
 
 def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor,
@@ -214,7 +215,9 @@ def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor,
     """One node for the whole module (all layers, both directions) or the cell's step, then a
     ``state`` node for each further output (``h_n``, ``c_n``; a cell's new ``c``)."""
     cell = isinstance(m, nn.RNNCellBase)
-    op = _recurrent_op(m)
+    given_input = (getattr(m, "_dnnlens_args", ()) or (None,))[0]
+    packed = int(given_input.batch_sizes[0]) if isinstance(given_input, PackedSequence) else 0
+    op = _recurrent_op(m, packed)
     roles = [name for name, _ in m.named_parameters(recurse=False)]
     given = getattr(m, "_dnnlens_args", ())[1:]
     states = [t for t in tree_flatten(list(given))[0] if tr.known(t)]  # h0 (c0) if traced
@@ -885,12 +888,13 @@ class Tracer(TorchDispatchMode):
     def pre_hook(self, qualname: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             first = args[0] if args else next(iter(kwargs.values()), None)
+            packed = isinstance(first, PackedSequence) and isinstance(module, nn.RNNBase)
             leaf = (self.suppress == 0 and leaf_rule(module) is not None
-                    and isinstance(first, torch.Tensor))  # not a PackedSequence
+                    and (isinstance(first, torch.Tensor) or packed))
             self.stack.append((qualname, type(module).__name__))
             module._dnnlens_leaf = leaf  # type: ignore[attr-defined]
             if leaf:
-                module._dnnlens_input = args[0] if args else next(iter(kwargs.values()))
+                module._dnnlens_input = first.data if packed else first  # packed: (rows, E)
                 module._dnnlens_args = tuple(args) + tuple(kwargs.values())
                 self.suppress += 1
                 if isinstance(module, nn.RNNBase) and not self.real:
@@ -910,6 +914,8 @@ class Tracer(TorchDispatchMode):
             self.leaf_output = out
             if isinstance(out, (tuple, list)) and out:  # MaxPool2d(return_indices=True), LSTM
                 out = out[0]
+            if isinstance(out, PackedSequence):  # a recurrent layer on a packed sequence
+                out = out.data
             if not isinstance(out, torch.Tensor):
                 self.failed_in = self.failed_in or qualname
                 return  # forward raised (always_call hooks still run): nothing to record
@@ -947,6 +953,9 @@ class Tracer(TorchDispatchMode):
         n, _, _ = op.sequence(shape_of(x))
         layers = op.num_layers * op.directions
         batch = (n,) if x.dim() == 3 else ()
+        sizes = args[1] if len(args) > 1 else None
+        if isinstance(sizes, torch.Tensor) and not sizes.is_floating_point():
+            batch = (int(sizes[0]),)  # packed: (data, batch_sizes, hx, ...); N sequences
         shapes = [op.output_shape([shape_of(x)], params), (layers, *batch, op.hidden_out)]
         if op.mode == "lstm":
             shapes.append((layers, *batch, op.hidden_size))

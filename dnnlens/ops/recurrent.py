@@ -4,7 +4,8 @@ LSTM projections) and their cells ``nn.RNNCell``, ``nn.LSTMCell``, ``nn.GRUCell`
 Shape contract (PyTorch's): a sequence is ``(N, T, E)`` with ``batch_first``, else
 ``(T, N, E)``, or ``(T, E)`` unbatched; the output is ``(..., D * H_out)`` with ``D`` = 2 when
 bidirectional and ``H_out`` = ``proj_size`` if set, else ``hidden_size``. A cell takes one time
-step ``(N, E)`` (or ``(E,)``) and returns ``(N, H)``. The final states ``h_n`` (and ``c_n``)
+step ``(N, E)`` (or ``(E,)``) and returns ``(N, H)``. A ``PackedSequence`` input counts by
+its data ``(sum of lengths, E)``: every step of every sequence, no padding. The final states ``h_n`` (and ``c_n``)
 and a cell's new ``c`` are further outputs: the importer shows them as ``state`` rows that
 re-label the recurrent node's result (they cost nothing more; see :class:`RecurrentState`).
 
@@ -55,6 +56,7 @@ class Recurrent(Op):
     batch_first: bool = False
     proj_size: int = 0
     cell: bool = False  # an nn.*Cell: one time step
+    packed_batch: int = 0  # > 0: the input is a PackedSequence's data (rows, E) of N sequences
 
     @property
     def kind(self) -> str:
@@ -131,7 +133,8 @@ class Recurrent(Op):
         weights = weight_count(params)
         if self.cell:
             return moved + weights  # the new h (and c) are the step's outputs, counted above
-        final = self.num_layers * self.directions * n * (out + (hidden if lstm else 0))
+        sequences = self.packed_batch or n
+        final = self.num_layers * self.directions * sequences * (out + (hidden if lstm else 0))
         return moved + weights + final
 
     def descriptor(self, input_shapes, params):
