@@ -162,7 +162,9 @@ def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
                         f"input: {built.input_note} ({spec}'s default; --input to change it)")
     inputs = make_inputs(built.module, parsed, real=built.needs_real_data)
     if zoo.task(spec) == "detection":  # detection models take a list of (3, H, W) images
-        inputs = (list(torch.cat([t for t in inputs if t.dim() == 4]).unbind(0)),)
+        if any(t.dim() != 4 or not t.is_floating_point() for t in inputs):
+            raise UsageError(f"{spec} takes images: give --input N,3,H,W (float)")
+        inputs = (list(torch.cat(inputs).unbind(0)),)
     return Resolved(built.module, inputs, built.needs_real_data)
 
 
