@@ -8,7 +8,10 @@ torchinfo or fvcore has them), then times one call of the tool. Peak memory is t
 maximum resident set size (``ru_maxrss``), and the growth of it during the call (peak minus the
 resident size just before the call). Times are the median of ``--repeat`` processes.
 
-    .venv/bin/python benchmarks/analysis.py [--repeat 3] [--models vit_b_16,resnet50]
+    .venv/bin/python benchmarks/analysis.py [--repeat 3] [--models vit_b_16,resnet50,swin_t,lstm]
+
+``lstm`` is a word-level language model (:func:`lstm_model`: embedding, a 2-layer LSTM, a
+vocabulary head) on 128 tokens; every other name is a torchvision model at (1, 3, 224, 224).
 """
 
 from __future__ import annotations
@@ -31,6 +34,27 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def lstm_model() -> tuple:
+    """A word-level LSTM language model (vocabulary 10,000, embedding 256, 2 layers of 512)
+    and 128 token ids: the recurrent model of the comparison."""
+    import torch
+    from torch import nn
+
+    class LanguageModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10_000, 256)
+            self.lstm = nn.LSTM(256, 512, num_layers=2, batch_first=True)
+            self.head = nn.Linear(512, 10_000)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            out, _ = self.lstm(self.embed(tokens))  # (N, T, 512)
+            return self.head(out)
+
+    torch.manual_seed(0)
+    return LanguageModel().eval(), torch.randint(0, 10_000, (1, 128))
+
+
 def child(tool: str, name: str) -> None:
     """Build ``name`` on CPU, time one call of ``tool`` on it, print JSON."""
     import resource
@@ -39,18 +63,21 @@ def child(tool: str, name: str) -> None:
     import torchvision
 
     torch.set_num_threads(1)  # the machine is shared; same for every tool
-    model = torchvision.models.get_model(name, weights=None).eval()
-    shape = (1, 3, 224, 224)
+    if name == "lstm":
+        model, example = lstm_model()
+    else:
+        model = torchvision.models.get_model(name, weights=None).eval()
+        example = torch.zeros(1, 3, 224, 224)
     if tool == "dnnlens":
         from dnnlens.analysis import analyze
 
         def call() -> float:
-            return analyze(model, shape).totals.macs
+            return analyze(model, example_inputs=(example,)).totals.macs
     elif tool == "torchinfo":
         import torchinfo
 
         def call() -> float:
-            return torchinfo.summary(model, input_size=shape, verbose=0).total_mult_adds
+            return torchinfo.summary(model, input_data=[example], verbose=0).total_mult_adds
     else:
         import logging
 
@@ -60,7 +87,7 @@ def child(tool: str, name: str) -> None:
 
         def call() -> float:
             with torch.no_grad():
-                return FlopCountAnalysis(model, torch.zeros(shape)).total()
+                return FlopCountAnalysis(model, example).total()
     before = rss_bytes()
     start = time.perf_counter()
     macs = call()
@@ -159,7 +186,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--models", default="vit_b_16,resnet50")
+    parser.add_argument("--models", default="vit_b_16,resnet50,swin_t,lstm")
     parser.add_argument("--child", nargs=2, metavar=("TOOL", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--llm", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from math import prod
 from typing import TYPE_CHECKING, Any, Sequence
 
-from dnnlens.errors import UsageError
+from dnnlens.errors import DnnlensError, UsageError, annotate
 from dnnlens.ir import Graph, Node, Shape
-from dnnlens.ops.base import Unknown, bias_count, weight_count
+from dnnlens.ops.base import Unknown, bias_count, is_bias, weight_count
 
 if TYPE_CHECKING:
     import pandas
@@ -43,6 +43,8 @@ UNITS: dict[str, str] = {
             "(FLOPs = 2 x MACs)",
     "weights": "parameter values excluding biases (tied parameters once in the totals)",
     "biases": "bias values",
+    "params": "every parameter of the model once, used or not (torchvision's num_params); "
+              "buffers are never parameters",
     "weight_bytes": "weights x bytes per value of dtype",
     "values_moved": "input + weight + output values, each read or written once from main "
                     "memory; weights once per batch, activations per image; views move nothing",
@@ -75,9 +77,14 @@ class LayerRow:
 
 @dataclass(frozen=True)
 class Totals:
-    """Column totals. ``weights``/``biases`` count each distinct parameter once (tied modules),
-    ``macs``/``values_moved``/``bytes`` add every row, ``outputs`` adds every row's output
-    values (the notebook's sum of output sizes)."""
+    """Column totals. ``weights``/``biases`` count each distinct parameter the traced forward
+    used once (tied modules), ``macs``/``values_moved``/``bytes`` add every row, ``outputs``
+    adds every row's output values (the notebook's sum of output sizes).
+
+    ``params`` is every parameter of the model once, used or not: what
+    ``sum(p.numel() for p in model.parameters())`` and torchvision's ``num_params`` say.
+    ``params_unused`` of them belong to ``unused_modules``, whose parameters the traced forward
+    never touched (Inception's auxiliary head in eval mode). Buffers are never parameters."""
 
     weights: int
     biases: int
@@ -85,10 +92,13 @@ class Totals:
     outputs: int
     values_moved: int
     bytes: int
+    params: int = -1  # -1: weights + biases (a graph that does not list its parameters)
+    params_unused: int = 0
+    unused_modules: tuple[str, ...] = ()
 
-    @property
-    def params(self) -> int:
-        return self.weights + self.biases
+    def __post_init__(self) -> None:
+        if self.params < 0:
+            object.__setattr__(self, "params", self.weights + self.biases)
 
     @property
     def intensity(self) -> float:
@@ -127,7 +137,16 @@ def layer_row(index: int, node: Node, nbytes: int) -> LayerRow:
 
 def layer_rows(graph: Graph, dtype: str = "fp32") -> list[LayerRow]:
     nbytes = bytes_per_value(dtype)
-    return [layer_row(i, node, nbytes) for i, node in enumerate(graph.nodes, start=1)]
+    rows = []
+    for i, node in enumerate(graph.nodes, start=1):
+        try:
+            rows.append(layer_row(i, node, nbytes))
+        except DnnlensError:
+            raise
+        except Exception as exc:  # a bug in a count formula: say which layer, for the CLI
+            annotate(exc, layer=node.name, operator=f"{node.kind} ({node.source})")
+            raise
+    return rows
 
 
 def totals(graph: Graph, rows: Sequence[LayerRow], dtype: str = "fp32") -> Totals:
@@ -136,12 +155,43 @@ def totals(graph: Graph, rows: Sequence[LayerRow], dtype: str = "fp32") -> Total
     for node in graph:
         for role, param in node.params.items():
             roles.setdefault(param.name, (role, param.numel))
-    weights = sum(n for role, n in roles.values() if role != "bias")
-    biases = sum(n for role, n in roles.values() if role == "bias")
+    weights = sum(n for role, n in roles.values() if not is_bias(role))
+    biases = sum(n for role, n in roles.values() if is_bias(role))
     moved = sum(r.values_moved for r in rows)
+    declared = graph.declared_params
+    used = {name.split("[", 1)[0] for name in roles}  # a slice ``w[0:768]`` uses ``w``
+    unused = [p for name, p in declared.items() if name not in used]
+    used_modules = {name.rsplit(".", i)[0] for name in used for i in range(1, name.count(".") + 1)}
+    modules = tuple(dict.fromkeys(_unused_module(p.name, used_modules) for p in unused))
     return Totals(weights=weights, biases=biases, macs=sum(r.macs for r in rows),
                   outputs=sum(prod(r.output_shape) for r in rows), values_moved=moved,
-                  bytes=moved * bytes_per_value(dtype))
+                  bytes=moved * bytes_per_value(dtype),
+                  params=sum(p.numel for p in declared.values()) if declared else -1,
+                  params_unused=sum(p.numel for p in unused),
+                  unused_modules=_outermost(modules))
+
+
+def _unused_module(param: str, used: set[str]) -> str:
+    """The outermost module holding ``param`` none of whose parameters were used
+    (``AuxLogits`` for ``AuxLogits.conv0.conv.weight``); ``used``: modules that used some."""
+    module = param.rsplit(".", 1)[0] if "." in param else param
+    while "." in module:
+        parent = module.rsplit(".", 1)[0]
+        if parent in used:
+            break
+        module = parent
+    return module
+
+
+def _outermost(modules: Sequence[str]) -> tuple[str, ...]:
+    """Module names without those inside another listed one (``AuxLogits`` covers
+    ``AuxLogits.conv0.conv``), in order."""
+    kept: list[str] = []
+    for name in modules:
+        if not any(name == k or name.startswith(k + ".") for k in kept):
+            kept = [k for k in kept if not k.startswith(name + ".")]
+            kept.append(name)
+    return tuple(kept)
 
 
 def group_rows(rows: Sequence[LayerRow], depth: int) -> list[LayerRow]:
@@ -240,9 +290,11 @@ class Analysis:
                 "dtype": self.dtype, "units": UNITS, "layers": layers,
                 "totals": {"weights": t.weights, "biases": t.biases, "macs": t.macs,
                            "outputs": t.outputs, "values_moved": t.values_moved,
+                           "params": t.params, "params_unused": t.params_unused,
+                           "unused_modules": list(t.unused_modules),
                            # what the text's summary line shows, in base units
-                           "parameters": t.params, "bytes_moved": t.bytes,
-                           "parameter_bytes": t.params * DTYPE_BYTES[self.dtype],
+                           "bytes_moved": t.bytes,
+                           "parameter_bytes": (t.weights + t.biases) * DTYPE_BYTES[self.dtype],
                            "flops": 2 * t.macs}}
 
     def to_json(self, depth: int | None = None, indent: int | None = 2) -> str:
@@ -276,12 +328,14 @@ class Analysis:
 
 def analyze(model_or_graph: Any, input_shape: Sequence[int] | None = None, *,
             batch: int | None = None, dtype: str = "fp32", example_inputs: Any = None,
-            kwargs: dict | None = None) -> Analysis:
+            kwargs: dict | None = None, real: bool = False) -> Analysis:
     """Analyse an ``nn.Module`` (traced on the meta device) or an IR :class:`Graph`.
 
     ``input_shape`` is ``(N, C, H, W)``; ``batch``, when given, replaces ``N``. Shapes carry
     the batch, so MACs and activation traffic scale with it and weights are moved once.
-    ``dtype`` (fp32, fp16, bf16, int8) sets the bytes per value.
+    ``dtype`` (fp32, fp16, bf16, int8) sets the bytes per value. ``real=True`` traces a
+    CPU copy on the real values of ``example_inputs`` (models whose work depends on the data,
+    such as detection proposals; see :func:`dnnlens.importers.torch.import_torch`).
     """
     bytes_per_value(dtype)  # validate before any tracing
     if batch is not None and (not isinstance(batch, int) or batch < 1):
@@ -298,7 +352,7 @@ def analyze(model_or_graph: Any, input_shape: Sequence[int] | None = None, *,
         if input_shape is not None and batch is not None:
             input_shape = (batch, *tuple(input_shape)[1:])
         graph = import_torch(model_or_graph, input_shape, example_inputs=example_inputs,
-                             kwargs=kwargs)
+                             kwargs=kwargs, real=real)
     rows = layer_rows(graph, dtype)
     first = next(iter(graph.inputs.values()), ())
     return Analysis(rows=rows, totals=totals(graph, rows, dtype), graph=graph,
@@ -331,7 +385,8 @@ def _total_cells(t: Totals) -> list[str]:
 def _header_lines(a: Analysis) -> list[str]:
     nbytes = DTYPE_BYTES[a.dtype]
     return [
-        f"{a.model}: input {_shape_text(a.input_shape)}, batch {a.batch}, {a.dtype} "
+        f"{a.model}: input {', '.join(map(_shape_text, a.graph.inputs.values())) or '()'}, "
+        f"batch {a.batch}, {a.dtype} "
         f"({nbytes} byte{'s' if nbytes > 1 else ''} per value)",
         "MACs: multiply-accumulates per batch, padding zeros counted, bias adds not "
         "(FLOPs = 2 x MACs).",
@@ -347,8 +402,9 @@ def summary_line(a: Analysis) -> str:
 
     t = a.totals
     nbytes = DTYPE_BYTES[a.dtype]
-    return (f"parameters: {t.params:,} = {t.weights:,} weights + {t.biases:,} biases "
-            f"({size(t.params * nbytes)} in {a.dtype}); memory traffic: {size(t.bytes)}; "
+    used = t.weights + t.biases  # the forward's; unused_line names any others
+    return (f"parameters: {used:,} = {t.weights:,} weights + {t.biases:,} biases "
+            f"({size(used * nbytes)} in {a.dtype}); memory traffic: {size(t.bytes)}; "
             f"FLOPs: {2 * t.macs:,} (2 x MACs)")
 
 
@@ -359,8 +415,17 @@ def render_text(a: Analysis, depth: int | None = None) -> str:
     table = text_table(_columns(), [_cells(r) for r in a.grouped(depth)],
                        footer=_total_cells(a.totals))
     out = [*_header_lines(a), "", table, summary_line(a)]
+    if a.totals.params_unused or a.totals.params != a.totals.weights + a.totals.biases:
+        out.append(unused_line(a.totals))
     out += [f"warning: {w}" for w in a.warnings]
     return "\n".join(out)
+
+
+def unused_line(t: Totals) -> str:
+    """The one line saying which parameters the traced forward never used."""
+    listed = ", ".join(t.unused_modules[:4]) + (", ..." if len(t.unused_modules) > 4 else "")
+    return (f"params: {t.params:,} in the model, {t.params_unused:,} of them never used by "
+            f"this forward ({listed or 'none'}): not in the table or its totals")
 
 
 def render_html(a: Analysis, depth: int | None = None) -> str:
@@ -371,6 +436,9 @@ def render_html(a: Analysis, depth: int | None = None) -> str:
                        footer=_total_cells(a.totals))
     notes = "<br>".join(esc(line) for line in _header_lines(a))
     warn = "".join(f"<p><b>warning:</b> {esc(w)}</p>" for w in a.warnings)
+    t = a.totals
+    if t.params_unused or t.params != t.weights + t.biases:
+        warn = f"<p>{esc(unused_line(t))}</p>" + warn
     return (f"<div><p>{notes}</p>{table}<p>{esc(summary_line(a))}</p>{warn}</div>")
 
 

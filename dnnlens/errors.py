@@ -33,3 +33,27 @@ class SpecError(DnnlensError):
 
 class UsageError(DnnlensError):
     """A command-line or API option is out of range or malformed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where an unexpected exception (a dnnlens bug) happened, for the CLI's one-line report
+
+_WHERE = "_dnnlens_where"
+
+
+def annotate(exc: BaseException, **where: str) -> None:
+    """Attach where an unexpected exception happened (``model``, ``layer``, ``operator``);
+    the first place to say it wins, since the innermost knows best."""
+    found = dict(getattr(exc, _WHERE, {}) or {})
+    for key, value in where.items():
+        if value and not found.get(key):
+            found[key] = value
+    try:
+        setattr(exc, _WHERE, found)
+    except AttributeError:  # an exception type that refuses attributes: nothing to add
+        pass
+
+
+def annotation(exc: BaseException) -> dict[str, str]:
+    """What :func:`annotate` attached (empty if nothing)."""
+    return dict(getattr(exc, _WHERE, {}) or {})

@@ -68,13 +68,15 @@ class Graph:
     """A network in execution order.
 
     ``inputs`` maps each graph input name to its shape; ``outputs`` names the nodes whose values
-    the network returns.
+    the network returns. ``declared_params`` lists every parameter the model has, used by a
+    node or not, each once by name (empty when the source does not say, e.g. a spec file).
     """
 
     nodes: list[Node]
     inputs: dict[str, Shape]
     outputs: list[str]
     name: str = "network"
+    declared_params: dict[str, Param] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)

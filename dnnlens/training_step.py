@@ -419,6 +419,7 @@ class _TrainingTracer(Tracer):
     def __init__(self, names: dict[int, str]):
         super().__init__(names)
         self.marks: list[tuple[int, str]] = []  # (sequence number when added, node name)
+        self.shortcut_recurrent = False  # a recurrent layer's backward needs its products
 
     def add(self, built: Any, source: str, base: str) -> None:
         super().add(built, source, base)

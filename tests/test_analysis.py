@@ -74,11 +74,14 @@ def test_views_agree_with_rows(seed, tmp_path):
                                       "output_shape", "weights", "biases", "weight_bytes",
                                       "macs", "values_moved", "intensity"]
     moved = seed.totals.values_moved
+    # params: every parameter once, 103,812 weights + 278 biases; the seed network uses all.
     assert doc["totals"] == {"weights": 103_812, "biases": 278, "macs": 338_112,
                              "outputs": 11_498, "values_moved": moved,
+                             "params": 103_812 + 278, "params_unused": 0,
+                             "unused_modules": [],
                              # 103,812 + 278 parameters, 4 bytes each in fp32; FLOPs = 2 x MACs
-                             "parameters": 104_090, "bytes_moved": 4 * moved,
-                             "parameter_bytes": 416_360, "flops": 676_224}
+                             "bytes_moved": 4 * moved, "parameter_bytes": 416_360,
+                             "flops": 676_224}
     assert doc["input_shape"] == [1, 1, 28, 28]
     assert doc["layers"][0]["output_shape"] == [1, 4, 28, 28]
     frame = seed.to_dataframe()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from dnnlens.analysis import analyze
 from dnnlens.errors import ModelError, UsageError
 from dnnlens.importers.torch import import_torch, unknown_ops
 from dnnlens.ir import Param
@@ -128,3 +129,21 @@ def test_conv_with_reflect_padding_shows_its_pad_and_is_not_run_as_zero_padding(
                         {r: p.shape for r, p in conv.params.items()}) == 1152
     with pytest.raises(ModelError, match="reflection_pad2d|unknown"):
         run(graph, model, np.zeros((1, 1, 8, 8), np.float32), engine="reference")
+
+
+def test_a_buffer_read_as_an_operand_is_a_constant_not_a_weight():
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("proj", torch.randn(8, 3))  # a fixed random projection
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x @ self.proj)
+
+    result = analyze(Projected(), (4, 8))
+    assert [row.type for row in result.rows] == ["constant", "matmul", "fc"]
+    # x (4, 8) @ proj (8, 3): 4*3*8 = 96 MACs; moves x 32 + proj 24 + output 12 = 68
+    assert (result.rows[1].macs, result.rows[1].values_moved) == (96, 68)
+    assert result.totals.weights == 3 * 2  # the buffer is not a weight
+    assert result.totals.params == 3 * 2 + 2

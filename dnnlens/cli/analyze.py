@@ -1,10 +1,18 @@
-"""``dnnlens analyze [MODEL] [--input N,C,H,W] [--batch B] [--dtype D] [--depth K]
-[--json | --csv FILE] [--train [--optimizer O] [--amp] [--checkpoint-activations K]]``:
-the per-layer table of any network; with ``--train`` its training step (backward MACs, memory).
+"""``dnnlens analyze [MODEL] [--input SHAPE[:DTYPE]]... [--batch B] [--dtype D] [--depth K]
+[--json | --csv FILE] [--buffer SIZE] [--train [--optimizer O] [--amp]
+[--checkpoint-activations K]]``: the per-layer table of any network; with ``--train`` its
+training step (backward MACs, memory).
 
 MODEL is ``seed`` (the course's MNIST network, the default), a torchvision model name
-(``resnet18``, ``vit_b_16``, ...; built with ``weights=None`` on the meta device, nothing is
-downloaded or allocated) or ``package.module:factory`` (a function returning an ``nn.Module``).
+(``resnet18``, ``swin_t``, ``r3d_18``, ...; built as its DEFAULT weights configure it, with
+nothing downloaded and no weight allocated where torchvision allows: see :mod:`dnnlens.zoo`),
+a model file (ONNX, spec, SCALE-Sim topology) or ``package.module:factory`` (a function
+returning an ``nn.Module``, found from the current folder as ``python -m`` would).
+
+``--input`` may be given several times, one per positional input of the model; each is a
+shape with the batch, optionally typed: ``1,3,224,224`` (float32) or ``1,128:int64`` (token
+ids, drawn inside the smallest ``nn.Embedding``'s range). Without ``--input`` a torchvision
+model gets the input its published figures were measured on, and the command says which.
 """
 
 from __future__ import annotations
@@ -12,16 +20,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from dnnlens.cli.common import (add_model_options, check_output_file, resolve_device,
-                                roofline_extras, validate_model_options)
+from dnnlens.cli.common import (add_model_options, check_output_file, is_model_file,
+                                resolve_device, roofline_extras, validate_model_options)
 from dnnlens.errors import ModelError, UsageError
 
-#: Input shapes for models that do not take the usual (1, 3, 224, 224).
-_TORCHVISION_INPUTS = {"inception_v3": (1, 3, 299, 299)}
 SEED_INPUT = (1, 1, 28, 28)
+
+#: ``--input`` dtypes (after the colon) and the torch dtype each means.
+INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
+                "uint8", "bool")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -76,8 +89,40 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def parse_input(text: str) -> tuple[tuple[int, ...], str]:
+    """``"1,128:int64"`` -> ``((1, 128), "int64")``; the dtype defaults to float32."""
+    shape_text, _, dtype = text.partition(":")
+    dtype = dtype.strip().lower() or "float32"
+    if dtype not in INPUT_DTYPES:
+        raise UsageError(f"--input {text!r}: unknown dtype {dtype!r}; choose one of "
+                         f"{', '.join(INPUT_DTYPES)}")
+    return parse_shape(shape_text), dtype
+
+
+@dataclass
+class Resolved:
+    """A model ready to trace: the module, its inputs and how they were chosen."""
+
+    model: Any
+    inputs: tuple  # positional inputs (tensors; a list of images for detection)
+    real: bool = False  # trace on real CPU tensors (detection)
+    default_note: str = ""  # said on stderr when the input is the model's default
+    on_cpu: Callable[[], Resolved] | None = None  # the same, built on CPU with real inputs
+
+
+#: What PyTorch says when a forward reads tensor values, which meta tensors do not have.
+_NEEDS_VALUES = ("meta tensor", "data-dependent", "data dependent")
+
+
+def needs_real_values(message: str) -> bool:
+    """Whether a meta trace failed because the forward reads values (``.item()``, ``if``
+    on a tensor, ``nonzero``): then it is traced on real random inputs instead."""
+    return any(marker in message for marker in _NEEDS_VALUES)
+
+
 def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
-    """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown).
+    """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown; the
+    first input of a model with several).
 
     Raises ModelError for an unknown name or a factory that fails.
     """
@@ -90,33 +135,97 @@ def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
             return Net(), SEED_INPUT
     if ":" in spec:
         return _from_factory(spec), None
-    import torchvision
+    from dnnlens import zoo
 
-    if spec not in torchvision.models.list_models():
-        from dnnlens.formatting import did_you_mean
+    from dnnlens import zoo
 
-        hint = did_you_mean(spec, ["seed", *torchvision.models.list_models()])
-        raise ModelError(f"unknown model {spec!r}{hint}: use seed, a torchvision model name "
-                         "such as resnet18, or package.module:factory")
-    try:
-        with torch.device("meta"):
-            model = torchvision.models.get_model(spec, weights=None)
-    except Exception as exc:  # noqa: BLE001 - report any build failure as one line
-        raise ModelError(f"torchvision cannot build {spec!r}: {exc}") from None
-    return model, _TORCHVISION_INPUTS.get(spec, (1, 3, 224, 224))
+    zoo.check_known(spec)
+    built = zoo.build(spec)
+    shapes = built.input_shapes
+    return built.module, (shapes[0] if shapes and not built.needs_real_data else None)
 
 
-def _from_factory(spec: str) -> Any:
+def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
+    """The model named by ``spec`` with the inputs to trace it on: ``--input`` values when
+    given (``batch`` replaces their N), else the model's own default."""
+    import torch
+
+    parsed = [parse_input(text) for text in given or []]
+    if batch is not None:
+        parsed = [((batch, *shape[1:]), dtype) for shape, dtype in parsed]
+    if spec == "seed" or ":" in spec:
+        model, default = resolve_model(spec)
+        if not parsed:
+            if default is None:
+                raise UsageError(f"give --input N,C,H,W (repeat it for several inputs) for "
+                                 f"{spec!r}")
+            parsed = [((batch or default[0], *default[1:]), "float32")]
+
+        def on_cpu() -> Resolved:
+            cpu_model = _from_factory(spec, meta=False) if ":" in spec else _seed_on_cpu()
+            return Resolved(cpu_model, make_inputs(cpu_model, parsed, real=True), real=True)
+
+        return Resolved(model, make_inputs(model, parsed), on_cpu=on_cpu)
+    from dnnlens import zoo
+
+    zoo.check_known(spec)
+    built = zoo.build(spec, batch=batch or 1)
+    if not parsed:
+        return Resolved(built.module, built.inputs, built.needs_real_data,
+                        f"input: {built.input_note} ({spec}'s default; --input to change it)")
+    inputs = make_inputs(built.module, parsed, real=built.needs_real_data)
+    if zoo.task(spec) == "detection":  # detection models take a list of (3, H, W) images
+        if any(t.dim() != 4 or not t.is_floating_point() for t in inputs):
+            raise UsageError(f"{spec} takes images: give --input N,3,H,W (float)")
+        inputs = (list(torch.cat(inputs).unbind(0)),)
+    return Resolved(built.module, inputs, built.needs_real_data)
+
+
+def make_inputs(model: Any, parsed: list[tuple[tuple[int, ...], str]],
+                real: bool = False) -> tuple:
+    """Tensors of the given shapes and dtypes (meta unless ``real``); integer inputs hold
+    values inside the smallest ``nn.Embedding``'s range, so token ids look up real rows."""
+    import torch
+    from torch import nn
+
+    high = min((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)),
+               default=2)
+    tensors = []
+    for shape, name in parsed:
+        dtype = getattr(torch, name)
+        if dtype.is_floating_point:
+            tensors.append(torch.rand(shape, dtype=dtype) if real
+                           else torch.empty(shape, dtype=dtype, device="meta"))
+        elif dtype == torch.bool:
+            tensors.append(torch.ones(shape, dtype=dtype))
+        else:
+            tensors.append(torch.randint(0, max(1, high), shape, dtype=dtype))
+    return tuple(tensors)
+
+
+def _seed_on_cpu() -> Any:
+    from dnnlens.models import Net
+
+    return Net()
+
+
+def _from_factory(spec: str, meta: bool = True) -> Any:
     import torch
     from torch import nn
 
     module_name, _, attr = spec.partition(":")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)  # as `python -m` does: the current folder's packages first
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot find factory {spec!r}: {exc}") from None
+        raise ModelError(f"cannot find factory {spec!r} (looked from {here}): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+        raise ModelError(f"importing {module_name!r} for {spec!r} raised "
+                         f"{type(exc).__name__}: {exc}") from None
     try:
-        with torch.device("meta"):  # build without allocating weights where the factory can
+        with torch.device("meta" if meta else "cpu"):  # no weights allocated if it can
             model = factory()
     except Exception:  # noqa: BLE001 - some factories need real tensors: try on CPU
         try:
@@ -146,36 +255,55 @@ def _write_extras(args: argparse.Namespace, result: Any) -> None:
         print(f"wrote {args.netron}", file=sys.stderr)
 
 
-def resolve_source(source: str, input_text: str | None, batch: int | None
-                   ) -> tuple[Any, Any, tuple[int, ...] | None]:
-    """``(graph, None, None)`` for a model file, ``(None, nn.Module, input shape)`` for a
-    model name or factory: the one resolution of a MODEL argument."""
-    shape = parse_shape(input_text) if input_text is not None else None
-    if batch is not None and batch < 1:
-        raise UsageError(f"--batch must be a positive integer, got {batch}")
+def _as_list(given: str | list[str] | None) -> list[str] | None:
+    return [given] if isinstance(given, str) else given
+
+
+def model_file(source: str, given: list[str] | None, batch: int | None) -> Any:
+    """The graph of a model file (ONNX, spec, SCALE-Sim topology), or None for a model name
+    or factory."""
     from dnnlens.importers.spec import graph_from_file  # issue 6: ONNX, spec, topology files
 
-    graph = graph_from_file(source, shape, batch)
-    if graph is not None:
-        return graph, None, None
-    model, default = resolve_model(source)
-    shape = shape or default
-    if shape is None:
-        raise UsageError(f"give --input N,C,H,W for {source!r}")
-    return None, model, shape
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch must be a positive integer, got {batch}")
+    if given and len(given) > 1 and source.lower().endswith(".onnx"):
+        raise UsageError("an ONNX file takes one --input (its other inputs have fixed shapes)")
+    return graph_from_file(source, parse_input(given[0])[0] if given else None, batch)
 
 
-def load_analysis(source: str, input_text: str | None, batch: int | None,
-                  dtype: str) -> tuple[Any, Any]:
-    """``(Analysis, nn.Module or None)`` of a MODEL argument (a file gives no module): what
-    every sub-command that takes a MODEL analyses."""
+def trace(source: str, resolved: Resolved, dtype: str) -> tuple[Any, Any]:
+    """``(Analysis, the module traced)``: on meta, or on real random inputs on the CPU when
+    the forward reads tensor values."""
     from dnnlens.analysis import analyze
 
-    graph, model, shape = resolve_source(source, input_text, batch)
+    if resolved.default_note:
+        print(resolved.default_note, file=sys.stderr)
+    try:
+        return analyze(resolved.model, example_inputs=resolved.inputs, dtype=dtype,
+                       real=resolved.real), resolved.model
+    except ModelError as exc:
+        if resolved.real or resolved.on_cpu is None or not needs_real_values(str(exc)):
+            raise
+    print(f"note: {source} reads tensor values in its forward, which the meta device does "
+          "not have; tracing it on the CPU on random inputs instead (counts that depend on "
+          "the data are those of this run)", file=sys.stderr)
+    resolved = resolved.on_cpu()
+    return analyze(resolved.model, example_inputs=resolved.inputs, dtype=dtype,
+                   real=True), resolved.model
+
+
+def load_analysis(source: str, given: str | list[str] | None, batch: int | None,
+                  dtype: str) -> tuple[Any, Any]:
+    """``(Analysis, nn.Module or None)`` of a MODEL argument (a file gives no module): the
+    one resolution every sub-command that takes a MODEL uses."""
+    from dnnlens.analysis import analyze
+
+    given = _as_list(given)
+    graph = model_file(source, given, batch)
     if graph is not None:
-        result = analyze(graph, dtype=dtype)  # a file: nothing for PyTorch to time
+        result, model = analyze(graph, dtype=dtype), None  # nothing for PyTorch to time
     else:
-        result = analyze(model, shape, batch=batch, dtype=dtype)
+        result, model = trace(source, resolve(source, given, batch), dtype)
     result.graph.name = source
     return result, model
 
@@ -193,16 +321,18 @@ def validate(args: argparse.Namespace) -> None:
         from dnnlens.dataflow import parse_size
 
         parse_size(buffer)
+    if getattr(args, "train", False) and is_model_file(args.model):
+        raise UsageError("--train traces a PyTorch model's backward pass; give a model "
+                         "name or package.module:factory instead of a file")
+    if getattr(args, "train", False) and args.measure:
+        raise UsageError("--measure times inference layers; drop it with --train (use "
+                         "--device for the roofline of a training step)")
 
 
 def run(args: argparse.Namespace) -> int:
     validate(args)
     if getattr(args, "train", False):
-        graph, model, shape = resolve_source(args.model, args.input, args.batch)
-        if graph is not None:
-            raise UsageError("--train traces a PyTorch model's backward pass; give a model "
-                             "name or package.module:factory instead of a file")
-        return _run_training(args, model, shape)
+        return _run_training(args, resolve(args.model, _as_list(args.input), args.batch))
     result, model = load_analysis(args.model, args.input, args.batch, args.dtype)
     buffer = getattr(args, "buffer", None)
     placed = result  # what the roofline places each layer by
@@ -232,14 +362,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_training(args: argparse.Namespace, model: Any, shape: tuple[int, ...]) -> int:
+def _run_training(args: argparse.Namespace, resolved: Resolved) -> int:
     """``--train``: the training-step table (or JSON) of dnnlens.training_step."""
     from dnnlens.training_step import analyze_training
 
-    if getattr(args, "measure", False):
-        raise UsageError("--measure times inference layers; drop it with --train (use "
-                         "--device for the roofline of a training step)")
-    step = analyze_training(model, shape, batch=args.batch, dtype=args.dtype,
+    if resolved.default_note:
+        print(resolved.default_note, file=sys.stderr)
+    step = analyze_training(resolved.model, example_inputs=resolved.inputs, dtype=args.dtype,
                             optimizer=args.optimizer, amp=args.amp,
                             checkpoint_depth=args.checkpoint_activations,
                             workspace=args.workspace)

@@ -38,9 +38,11 @@ def add_model_options(
     )
     parser.add_argument(
         "--input",
-        metavar="N,C,H,W",
+        metavar="N,C,H,W[:DTYPE]",
+        action="append",
         default=None,
-        help="input shape with the batch (default: the model's usual input)",
+        help="an input's shape with the batch, optionally typed (1,128:int64); repeat for a "
+        "model with several inputs (default: the model's own input, printed)",
     )
     parser.add_argument(
         "--batch",
@@ -74,11 +76,12 @@ def add_model_options(
 
 
 def validate_model_options(args: argparse.Namespace) -> None:
-    """Check the shared options; sets ``args.shape`` (the parsed --input or None) and
+    """Check the shared options; sets ``args.shape`` (the first --input's shape or None) and
     ``args.spec`` (the loaded --device spec, None for none or ``probe``)."""
-    from dnnlens.cli.analyze import parse_shape
+    from dnnlens.cli.analyze import parse_input
 
-    args.shape = parse_shape(args.input) if args.input is not None else None
+    inputs = [parse_input(text) for text in args.input or []]
+    args.shape = inputs[0][0] if inputs else None  # the first input's shape
     if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {args.batch}")
     if getattr(args, "depth", None) is not None and args.depth < 0:

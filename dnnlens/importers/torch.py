@@ -22,8 +22,14 @@ How (in pipeline order):
    ``_native_multi_head_attention`` (in-projections, attention, out-projection).
 5. **Parameters** are recognised by identity: a parameter (or a view of one: ``W.t()``, a slice
    of ``in_proj_weight``) used by an operator becomes that node's ``params`` entry, never a
-   graph input. Tied modules name the same parameter: totals count it once.
-6. **Checks.** Every node's shape from our operator rule must equal the traced shape (a
+   graph input. Tied modules name the same parameter: totals count it once. Buffers are never
+   parameters, whatever their dtype: a buffer (or a tensor made from buffers and literals)
+   that a layer reads as an activation becomes a ``constant`` node. ``nn.RNN``/``LSTM``/
+   ``GRU`` and their cells are leaf modules (one ``recurrent`` node, plus ``state`` nodes for
+   ``h_n``/``c_n``).
+6. **Real data.** ``real=True`` traces a CPU copy on real inputs instead, for forwards whose
+   work depends on values (detection proposals and NMS), which meta cannot express.
+7. **Checks.** Every node's shape from our operator rule must equal the traced shape (a
    mismatch is a dnnlens bug and raises). Operators without a rule become
    ``Unknown(target, observed_shape)`` and are listed by :func:`unknown_ops`.
 """
@@ -32,24 +38,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from dnnlens.errors import ModelError, UsageError
+from dnnlens.errors import DnnlensError, ModelError, UsageError, annotate, annotation
 from dnnlens.ir import Graph, Node, Param, Shape, unique_name
-from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Conv, Copy, Dropout,
-                         Embedding, Expand, Linear, MatMul, Norm, Op, Permute, Pool, Reduce,
-                         Reshape, Slice, Softmax, Unknown, infer_shape)
+from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Constant, Conv,
+                         Copy, Dropout, Embedding, Expand, Linear, MatMul, Norm, Op, Permute,
+                         Pool, Recurrent, RecurrentState, Reduce, Reshape, Slice, Softmax,
+                         Unknown, infer_shape)
 from dnnlens.ops.conv import symmetric_padding
 from dnnlens.ops.scan import CumSum
 from dnnlens.ops.elementwise import (ACTIVATION_PARAMETERS, ACTIVATIONS, BINARY,
-                                     TORCH_PARAMETER_NAMES)
+                                     TORCH_PARAMETER_NAMES, broadcast)
 
 __all__ = ["import_torch", "unknown_ops", "LEAF_RULES", "ATEN_RULES"]
 
@@ -197,7 +206,52 @@ def _leaf_embedding(tr, m, x, out):
     return Built(op, [x], out, tr.module_params(m, ("weight",)))
 
 
-LeafRule = Callable[["Tracer", nn.Module, torch.Tensor, torch.Tensor], Built]
+def _recurrent_mode(m: nn.Module) -> str:
+    if isinstance(m, nn.RNNCell):
+        return f"rnn_{m.nonlinearity}"
+    if isinstance(m, nn.LSTMCell):
+        return "lstm"
+    if isinstance(m, nn.GRUCell):
+        return "gru"
+    return str(m.mode).lower()  # nn.RNNBase: LSTM, GRU, RNN_TANH, RNN_RELU
+
+
+def _recurrent_op(m: nn.Module, packed_batch: int = 0) -> Recurrent:
+    return Recurrent(mode=_recurrent_mode(m), hidden_size=int(m.hidden_size),
+                     num_layers=int(getattr(m, "num_layers", 1)),
+                     bidirectional=bool(getattr(m, "bidirectional", False)),
+                     batch_first=bool(getattr(m, "batch_first", False)),
+                     proj_size=int(getattr(m, "proj_size", 0) or 0),
+                     cell=isinstance(m, nn.RNNCellBase), packed_batch=packed_batch)
+
+
+def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor,
+                    out: torch.Tensor) -> list[Built]:
+    """One node for the whole module (all layers, both directions) or the cell's step, then a
+    ``state`` node for each further output (``h_n``, ``c_n``; a cell's new ``c``)."""
+    cell = isinstance(m, nn.RNNCellBase)
+    given_input = (getattr(m, "_dnnlens_args", ()) or (None,))[0]
+    packed = int(given_input.batch_sizes[0]) if isinstance(given_input, PackedSequence) else 0
+    op = _recurrent_op(m, packed)
+    roles = [name for name, _ in m.named_parameters(recurse=False)]
+    given = getattr(m, "_dnnlens_args", ())[1:]
+    states = [t for t in tree_flatten(list(given))[0] if tr.known(t)]  # h0 (c0) if traced
+    built = [Built(op, [x, *states], out, tr.module_params(m, roles))]
+    whole = tr.leaf_output
+    extras: list[tuple[str, Any]] = []
+    if cell and isinstance(whole, (tuple, list)):  # LSTMCell: (h, c)
+        extras = [("c", whole[1])]
+    elif not cell and isinstance(whole, (tuple, list)) and len(whole) > 1:
+        state = whole[1]
+        extras = [("h_n", state[0]), ("c_n", state[1])] if isinstance(state, (tuple, list)) \
+            else [("h_n", state)]
+    for which, t in extras:
+        if isinstance(t, torch.Tensor):
+            built.append(Built(RecurrentState(which=which, shape=shape_of(t)), [out], t))
+    return built
+
+
+LeafRule = Callable[["Tracer", nn.Module, torch.Tensor, torch.Tensor], "Built | list[Built]"]
 
 #: Module class -> rule; a module counts as a leaf when its class's ``forward`` is the
 #: ``forward`` of one of these classes (so subclasses that only change ``__init__`` count).
@@ -237,6 +291,8 @@ LEAF_RULES: dict[type[nn.Module], LeafRule] = {
     nn.Flatten: _leaf_reshape,
     nn.Unflatten: _leaf_reshape,
     nn.Embedding: _leaf_embedding,
+    **{cls: _leaf_recurrent for cls in (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell,
+                                        nn.GRUCell)},
 }
 
 
@@ -263,9 +319,18 @@ class Call:
         self.tracer, self.func, self.args, self.kwargs, self.out = tracer, func, args, kwargs, out
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
-        if index < len(self.args):
-            return self.args[index]
-        return self.kwargs.get(name, default)
+        """The argument ``name`` of the aten schema (``index`` is only the fallback for an
+        operator without a schema): read by name, never by position alone, because
+        overloads differ (``var.correction`` has ``keepdim`` third, ``mean.dim`` second)."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        position = self.schema_positions().get(name, index)
+        if position is not None and position < len(self.args):
+            return self.args[position]
+        return default
+
+    def schema_positions(self) -> dict[str, int]:
+        return _schema_positions(self.func)
 
     def pref(self, t: Any) -> ParamRef | None:
         return self.tracer.params.get(id(t)) if isinstance(t, torch.Tensor) else None
@@ -290,6 +355,19 @@ class Call:
 
 AtenRule = Callable[[Call], "Built | list[Built]"]
 
+_POSITIONS: dict[Any, dict[str, int]] = {}
+
+
+def _schema_positions(func: Any) -> dict[str, int]:
+    """Positional argument name -> index in an aten operator's schema (cached per overload)."""
+    positions = _POSITIONS.get(func)
+    if positions is None:
+        schema = getattr(func, "_schema", None)
+        positions = {} if schema is None else {
+            a.name: i for i, a in enumerate(schema.arguments) if not a.kwarg_only}
+        _POSITIONS[func] = positions
+    return positions
+
 
 #: Argument names of the torch functions recorded whole (they have no aten schema).
 _FUNCTION_ARGUMENTS = {
@@ -309,8 +387,10 @@ def _named(c: Call) -> dict[str, Any]:
 
 
 def _conv(c: Call) -> Built:
-    x, weight, bias = c.args[:3]
-    stride, padding, dilation, transposed, output_padding, groups = c.args[3:9]
+    x, weight, bias = c.arg(0, "input"), c.arg(1, "weight"), c.arg(2, "bias")
+    stride, padding, dilation = c.arg(3, "stride"), c.arg(4, "padding"), c.arg(5, "dilation")
+    transposed, output_padding = c.arg(6, "transposed"), c.arg(7, "output_padding")
+    groups = c.arg(8, "groups")
     rank = x.dim() - 2
     ref = c.pref(weight)
     if ref is None:  # a weight computed at run time: no rule (rare; reported as unknown)
@@ -332,7 +412,7 @@ def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
         if ref_c is not None and len(ref_c.shape) == 1:
             params["bias"] = ref_c.param()
         return Built(Linear(), [a], c.out0, params)
-    inputs = [t for t in (a, b) if c.tracer.known(t) and c.pref(t) is None]
+    inputs = [t for t in (a, b) if c.pref(t) is None]  # a constant operand is read too
     params: dict[str, Param] = {}
     operand = None
     transposed = False
@@ -381,14 +461,16 @@ def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = No
             if ref is not None:
                 params[role] = ref.param()
         stats: tuple[str, ...] = ()
-        if stats_at is not None:
-            refs = [c.pref(c.arg(stats_at + i, "")) for i in range(2)]
-            stats = tuple(r.name for r in refs if r is not None)
+        if stats_at is not None:  # running statistics are buffers: named, never weights
+            found = [c.arg(stats_at + i, name) for i, name in
+                     enumerate(("running_mean", "running_var"))]
+            stats = tuple(c.tracer.names[id(t)] for t in found
+                          if isinstance(t, torch.Tensor) and id(t) in c.tracer.names)
         kwargs: dict[str, Any] = {}
         if function == "layernorm":
-            kwargs["normalized_shape"] = tuple(int(d) for d in c.args[1])
+            kwargs["normalized_shape"] = tuple(int(d) for d in c.arg(1, "normalized_shape"))
         if function == "groupnorm":
-            kwargs["groups"] = int(c.args[6])
+            kwargs["groups"] = int(c.arg(6, "group"))
         eps = _named(c).get("eps")
         if eps is not None:
             kwargs["eps"] = float(eps)
@@ -460,13 +542,19 @@ def _binary(function: str, swapped: bool = False, rounding_mode: str | None = No
         at = tuple(i for i in slots if c.pref(operands[i]) is not None)
         at = () if at == tuple(slots[len(slots) - len(at):]) else at
         op = Binary(function=function, scalars=scalars, rounding_mode=mode, param_positions=at)
-        return c.generic(op, tensors, role)
+        built = c.generic(op, tensors, role)
+        shapes = [shape_of(t) for t in built.inputs] + [p.shape for p in built.params.values()]
+        if not shapes or broadcast(shapes) != shape_of(c.out0):
+            # A constant (RAFT's coordinate grid) widens the result: it is an operand.
+            constants = [t for t in tensors if c.pref(t) is None and not c.tracer.known(t)]
+            built.inputs.extend(constants)
+        return built
     return build
 
 
 def _softmax(log: bool) -> AtenRule:
     def build(c: Call) -> Built:
-        return Built(Softmax(axis=int(c.args[1]), log=log), [c.args[0]], c.out0)
+        return Built(Softmax(axis=int(c.arg(1, "dim")), log=log), [c.args[0]], c.out0)
     return build
 
 
@@ -497,9 +585,9 @@ def _permute(c: Call) -> Built:
     if name == "t":
         dims = (1, 0) if rank == 2 else (0,)
     elif name == "permute":
-        dims = tuple(int(d) % rank for d in c.args[1])
+        dims = tuple(int(d) % rank for d in c.arg(1, "dims"))
     else:  # transpose(a, b)
-        a, b = int(c.args[1]) % rank, int(c.args[2]) % rank
+        a, b = int(c.arg(1, "dim0")) % rank, int(c.arg(2, "dim1")) % rank
         order = list(range(rank))
         order[a], order[b] = order[b], order[a]
         dims = tuple(order)
@@ -521,7 +609,7 @@ def _slice(c: Call) -> Built:
 
 
 def _select(c: Call) -> Built:
-    x, dim, index = c.args[0], int(c.args[1]), int(c.args[2])
+    x, dim, index = c.args[0], int(c.arg(1, "dim")), int(c.arg(2, "index"))
     index %= int(x.shape[dim])
     return c.generic(Slice(axis=dim, start=index, stop=index + 1, keep_dim=False), [x])
 
@@ -530,7 +618,7 @@ def _split(c: Call) -> list[Built]:
     """split / split_with_sizes / unbind: one slice node per piece."""
     x = c.args[0]
     name = c.func.overloadpacket.__name__
-    dim = int(c.arg(1, "dim", 0)) if name == "unbind" else int(c.arg(2, "dim", 0))
+    dim = int(c.arg(1 if name == "unbind" else 2, "dim", 0))
     built, start = [], 0
     for piece in c.out:
         length = 1 if name == "unbind" else int(piece.shape[dim])
@@ -541,9 +629,14 @@ def _split(c: Call) -> list[Built]:
 
 
 def _cat(c: Call) -> Built:
-    tensors = list(c.args[0])
+    tensors = list(c.arg(0, "tensors"))
     dim = int(c.arg(1, "dim", 0))
-    return c.generic(Concat(axis=dim), [t for t in tensors if t.numel() or t.dim() > 1])
+    pieces = [t for t in tensors if t.numel() or t.dim() > 1] or tensors[:1]
+    built = c.generic(Concat(axis=dim), pieces)
+    # Constants concatenated with traced values (anchors, a zero row) are read like the rest;
+    # they become inputs, in order, so the concatenation's shape adds up.
+    built.inputs = [t for t in pieces if c.pref(t) is None]
+    return built
 
 
 def _copy(c: Call) -> Built:
@@ -551,7 +644,7 @@ def _copy(c: Call) -> Built:
 
 
 def _embedding(c: Call) -> Built:
-    weight, indices = c.args[:2]
+    weight, indices = c.arg(0, "weight"), c.arg(1, "indices")
     ref = c.pref(weight)
     if ref is None:
         return _unknown(c)
@@ -644,6 +737,15 @@ _META_SHORTCUTS: dict[str, Callable[..., Any]] = {
 PASSTHROUGH = frozenset({"alias", "detach", "lift_fresh", "dropout", "feature_dropout",
                          "contiguous", "_conj", "resolve_conj", "resolve_neg"})
 
+#: Element-wise functions that, applied to one parameter alone, stand for it (no node).
+PARAMETER_MATH = ACTIVATIONS | BINARY | frozenset({"clamp_min", "clamp_max", "log2", "log1p",
+                                                   "sign", "square", "zero", "fill"})
+
+#: Operators whose result does not depend on their input's values (no node: a constant).
+CONSTANT_MAKERS = frozenset({"new_zeros", "new_ones", "new_empty", "new_full", "zeros_like",
+                             "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+                             "randint_like", "new_empty_strided", "scalar_tensor"})
+
 #: View operators: applied to a parameter they give a view of it (no node).
 PARAM_VIEWS = frozenset({"t", "transpose", "permute", "view", "_unsafe_view", "reshape",
                          "unsqueeze", "squeeze", "flatten", "unflatten", "alias", "detach",
@@ -656,16 +758,25 @@ PARAM_VIEWS = frozenset({"t", "transpose", "permute", "view", "_unsafe_view", "r
 
 
 class Tracer(TorchDispatchMode):
-    """Records nodes while the meta copy runs.
+    """Records nodes while the meta copy (or, with ``real``, a CPU copy) runs.
 
     ``values`` maps ``id(tensor)`` to the IR value that holds it (graph input or node name);
-    ``params`` maps ``id(tensor)`` to the parameter (or view of one) it is. ``keep`` holds every
-    traced tensor so that ids are not reused while tracing (meta tensors cost no memory).
+    ``params`` maps ``id(tensor)`` to the parameter (or view of one) it is; ``names`` maps the
+    copy's parameters *and buffers* to their state-dict names (buffers are never parameters).
+    On meta, ``keep`` holds every traced tensor so that ids are not reused while tracing (meta
+    tensors cost no memory); on real tensors a finalizer forgets a tensor's id when it dies.
     """
 
-    def __init__(self, names: dict[int, str]):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """No ``torch._dynamo.disable`` wrapper around ``__torch_dispatch__``: nothing here is
+        compiled, and the wrapper's first call imports ``torch._dynamo`` (seconds, cold)."""
+        return False
+
+    def __init__(self, names: dict[int, str], real: bool = False):
         super().__init__()
         self.names = names
+        self.real = real
         self.values: dict[int, str] = {}
         self.params: dict[int, ParamRef] = {}
         self.keep: list[Any] = []
@@ -674,6 +785,13 @@ class Tracer(TorchDispatchMode):
         self.stack: list[tuple[str, str]] = []  # (qualified name, class name) of running modules
         self.suppress = 0  # > 0 while inside a leaf module or a fused function
         self.failed_in: str | None = None  # the innermost module whose forward raised
+        self.operator = ""  # the operator being recorded (for an internal error's message)
+        self.leaf_output: Any = None  # a leaf module's whole output (recurrent states)
+        self.recurrent: nn.RNNBase | None = None  # the recurrent leaf running on meta
+        # On meta, answer a recurrent leaf's fused call from our shape rule instead of letting
+        # PyTorch unroll every gate product of every step (a training trace needs the unrolled
+        # products: their backward is what it counts).
+        self.shortcut_recurrent = not real
 
     # --- bookkeeping -----------------------------------------------------------------------
     def known(self, t: Any) -> bool:
@@ -683,9 +801,38 @@ class Tracer(TorchDispatchMode):
         return self.values[id(t)]
 
     def bind(self, t: torch.Tensor, value: str) -> None:
-        self.keep.append(t)
+        if self.real:
+            if id(t) not in self.values:
+                weakref.finalize(t, self.forget, id(t))
+        else:
+            self.keep.append(t)
         self.values[id(t)] = value
         self.params.pop(id(t), None)  # an in-place op turned a parameter view into a value
+
+    def forget(self, key: int) -> None:
+        self.values.pop(key, None)
+
+    def keep_alive(self, t: torch.Tensor) -> None:
+        """Parameter views: kept on meta; on real tensors forgotten when they die."""
+        if self.real:
+            weakref.finalize(t, self.params.pop, id(t), None)
+        else:
+            self.keep.append(t)
+
+    def constant(self, t: torch.Tensor) -> str:
+        """A node for a tensor a layer reads but no traced layer made: a buffer, or something
+        computed from buffers and literals (see :mod:`dnnlens.ops.constant`)."""
+        source = self.names.get(id(t), "")  # a buffer's state-dict name, if it is one
+        module, module_type = self.stack[-1] if self.stack else ("", "")
+        base = source or (f"{module}.constant" if module else "constant")
+        name = unique_name(base, self.taken)
+        self.taken.add(name)
+        shape = shape_of(t)
+        self.nodes.append(Node(name=name, op=Constant(shape=shape, source=source), inputs=[],
+                               input_shapes=[], output_shape=shape, module=module,
+                               module_type=module_type, source="constant"))
+        self.bind(t, name)
+        return name
 
     def module_params(self, m: nn.Module, roles: Sequence[str]) -> dict[str, Param]:
         params = {}
@@ -708,8 +855,8 @@ class Tracer(TorchDispatchMode):
             raise RuntimeError(
                 f"dnnlens bug: layer {name!r} ({built.op.kind}, from {source}): our shape rule "
                 f"gives {inferred} but PyTorch traced {output_shape}; please report it")
-        self.nodes.append(Node(name=name, op=built.op,
-                               inputs=[self.value_of(t) for t in built.inputs],
+        inputs = [self.value_of(t) if self.known(t) else self.constant(t) for t in built.inputs]
+        self.nodes.append(Node(name=name, op=built.op, inputs=inputs,
                                input_shapes=input_shapes, output_shape=output_shape,
                                params=dict(built.params), module=module,
                                module_type=module_type, source=source))
@@ -718,12 +865,20 @@ class Tracer(TorchDispatchMode):
     # --- aten level ------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        shortcut = _META_SHORTCUTS.get(func.overloadpacket.__name__)
+        shortcut = None if self.real else _META_SHORTCUTS.get(func.overloadpacket.__name__)
         out = shortcut(*args) if shortcut is not None and not kwargs else NotImplemented
         if out is NotImplemented:
             out = func(*args, **kwargs)
         if self.suppress == 0:
-            self.record(func, args, kwargs, out)
+            self.operator = f"aten.{func.overloadpacket.__name__}"
+            try:
+                self.record(func, args, kwargs, out)
+            except DnnlensError:
+                raise
+            except Exception as exc:  # a bug of ours: say where, for the CLI's one line
+                annotate(exc, layer=self.stack[-1][0] if self.stack else "",
+                         operator=self.operator)
+                raise
         return out
 
     def record(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
@@ -739,8 +894,12 @@ class Tracer(TorchDispatchMode):
         if name in PASSTHROUGH and self.known(first) and isinstance(out, torch.Tensor):
             self.bind(out, self.value_of(first))
             return
-        if not any(self.known(t) or id(t) in self.params for t in tensors) and name != "expand":
-            return  # made from constants only (zeros, arange, a mask): not a layer
+        if name in CONSTANT_MAKERS:
+            return  # zeros_like(x), x.new_zeros(...): values that do not depend on x
+        if not any(self.known(t) or id(t) in self.params for t in tensors):
+            return  # made from constants and buffers only (zeros, arange, a mask): no layer
+        if name.rstrip("_") in PARAMETER_MATH and self.parameter_arithmetic(tensors, out):
+            return
         call = Call(self, func, args, kwargs, out)
         rule = ATEN_RULES.get(name, _unknown)
         built = rule(call)
@@ -748,6 +907,19 @@ class Tracer(TorchDispatchMode):
         for b in built if isinstance(built, list) else [built]:
             base = f"{module}.{b.op.kind}" if module else b.op.kind
             self.add(b, f"aten.{name}", base)
+
+    def parameter_arithmetic(self, tensors: list[torch.Tensor], out: Any) -> bool:
+        """An element-wise function of one parameter and constants (Swin V2's
+        ``clamp(logit_scale).exp()``) stands for that parameter, as a view does: a few values
+        computed once per call, no layer."""
+        refs = [self.params[id(t)] for t in tensors if id(t) in self.params]
+        if any(self.known(t) for t in tensors) or len(refs) != 1:
+            return False
+        if not isinstance(out, torch.Tensor) or shape_of(out) != refs[0].shape:
+            return False
+        self.keep_alive(out)
+        self.params[id(out)] = refs[0]
+        return True
 
     def derive(self, name: str, t: torch.Tensor, args: tuple, out: Any) -> None:
         """A view of a parameter is the parameter (sliced: the slice gets its own name)."""
@@ -761,7 +933,7 @@ class Tracer(TorchDispatchMode):
             for piece in pieces:
                 length = 1 if name in ("select", "unbind") else int(piece.shape[dim])
                 index = ":, " * (dim % len(ref.shape)) + f"{start}:{start + length}"
-                self.keep.append(piece)
+                self.keep_alive(piece)
                 self.params[id(piece)] = ParamRef(f"{ref.name}[{index}]", shape_of(piece))
                 start += length
             return
@@ -769,7 +941,7 @@ class Tracer(TorchDispatchMode):
         untransposed = None
         if name in ("t", "transpose", "permute") and len(shape) == 2 and len(ref.shape) == 2:
             untransposed = None if ref.untransposed is not None else ref.shape
-        self.keep.append(out)
+        self.keep_alive(out)
         self.params[id(out)] = ParamRef(ref.name, shape, untransposed)
 
     def fused_attention(self, func: Any, args: tuple, kwargs: dict) -> Any:
@@ -788,12 +960,18 @@ class Tracer(TorchDispatchMode):
     # --- module level ----------------------------------------------------------------------
     def pre_hook(self, qualname: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            leaf = self.suppress == 0 and leaf_rule(module) is not None
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            packed = isinstance(first, PackedSequence) and isinstance(module, nn.RNNBase)
+            leaf = (self.suppress == 0 and leaf_rule(module) is not None
+                    and (isinstance(first, torch.Tensor) or packed))
             self.stack.append((qualname, type(module).__name__))
             module._dnnlens_leaf = leaf  # type: ignore[attr-defined]
             if leaf:
-                module._dnnlens_input = args[0] if args else next(iter(kwargs.values()))
+                module._dnnlens_input = first.data if packed else first  # packed: (rows, E)
+                module._dnnlens_args = tuple(args) + tuple(kwargs.values())
                 self.suppress += 1
+                if isinstance(module, nn.RNNBase) and self.shortcut_recurrent:
+                    self.recurrent = module
         return hook
 
     def post_hook(self, qualname: str):
@@ -806,19 +984,55 @@ class Tracer(TorchDispatchMode):
             self.suppress -= 1
             x = module._dnnlens_input
             module._dnnlens_input = None
-            if isinstance(out, (tuple, list)) and out:  # MaxPool2d(return_indices=True)
+            self.leaf_output = out
+            if isinstance(out, (tuple, list)) and out:  # MaxPool2d(return_indices=True), LSTM
                 out = out[0]
+            if isinstance(out, PackedSequence):  # a recurrent layer on a packed sequence
+                out = out.data
             if not isinstance(out, torch.Tensor):
                 self.failed_in = self.failed_in or qualname
                 return  # forward raised (always_call hooks still run): nothing to record
             rule = leaf_rule(module)
-            built = rule(self, module, x, out)
+            source = f"nn.{type(module).__name__}"
+            self.operator = source
             self.stack.append((qualname, type(module).__name__))
             try:
-                self.add(built, f"nn.{type(module).__name__}", qualname or built.op.kind)
+                built = rule(self, module, x, out)
+                for b in built if isinstance(built, list) else [built]:
+                    base = qualname or b.op.kind
+                    if isinstance(b.op, RecurrentState):
+                        base = f"{base}.{b.op.which}" if qualname else b.op.which
+                    self.add(b, source, base)
+            except DnnlensError:
+                raise
+            except Exception as exc:  # a bug of ours: say where, for the CLI's one line
+                annotate(exc, layer=qualname, operator=source)
+                raise
             finally:
                 self.stack.pop()
+                self.leaf_output = None
+                module._dnnlens_args = ()
         return hook
+
+    def recurrent_outputs(self, args: tuple) -> tuple[torch.Tensor, ...]:
+        """What ``_VF.lstm``/``gru``/``rnn_*`` return, made from our shape rule on meta rather
+        than by unrolling every time step: ``(output, h_n[, c_n])``."""
+        module = self.recurrent
+        assert module is not None
+        self.recurrent = None  # once per leaf call
+        x = args[0]
+        op = _recurrent_op(module)
+        params = {name: shape_of(p) for name, p in module.named_parameters(recurse=False)}
+        n, _, _ = op.sequence(shape_of(x))
+        layers = op.num_layers * op.directions
+        batch = (n,) if x.dim() == 3 else ()
+        sizes = args[1] if len(args) > 1 else None
+        if isinstance(sizes, torch.Tensor) and not sizes.is_floating_point():
+            batch = (int(sizes[0]),)  # packed: (data, batch_sizes, hx, ...); N sequences
+        shapes = [op.output_shape([shape_of(x)], params), (layers, *batch, op.hidden_out)]
+        if op.mode == "lstm":
+            shapes.append((layers, *batch, op.hidden_size))
+        return tuple(torch.empty(s, dtype=x.dtype, device="meta") for s in shapes)
 
 
 _SDPA = torch.nn.functional.scaled_dot_product_attention
@@ -839,9 +1053,17 @@ class _FusedFunctions(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _VF_RECURRENT and self.tracer.recurrent is not None:
+            return self.tracer.recurrent_outputs(args)
         if func is not _SDPA or self.tracer.suppress:
             return func(*args, **kwargs)
         return self.tracer.fused_attention(func, args, kwargs)
+
+
+#: The fused recurrent kernels ``nn.RNN``/``LSTM``/``GRU`` call; on meta PyTorch would unroll
+#: them into every gate product of every time step (seconds for a long sequence).
+_VF_RECURRENT = frozenset({torch._VF.lstm, torch._VF.gru, torch._VF.rnn_tanh,
+                           torch._VF.rnn_relu})
 
 
 @contextlib.contextmanager
@@ -866,14 +1088,16 @@ def _patched_sdpa(tracer: Tracer) -> Iterator[None]:
 # Public entry point
 
 
-def meta_copy(model: nn.Module) -> tuple[nn.Module, dict[int, str]]:
-    """A deep copy of ``model`` whose parameters and buffers are meta tensors, in eval mode,
-    and ``id(tensor) -> state-dict name`` for the copy's parameters and buffers."""
+def meta_copy(model: nn.Module, real: bool = False) -> tuple[nn.Module, dict[int, str]]:
+    """A deep copy of ``model`` whose parameters and buffers are meta tensors (``real``: kept
+    as they are), in eval mode, and ``id(tensor) -> state-dict name`` for the copy's
+    parameters and buffers."""
     memo: dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta")
+    if not real:
+        for p in model.parameters():
+            memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+        for b in model.buffers():
+            memo[id(b)] = torch.empty_like(b, device="meta")
     try:
         copied = copy.deepcopy(model, memo)
     except Exception as exc:  # noqa: BLE001 - any failure to copy is the model's
@@ -889,15 +1113,16 @@ def meta_copy(model: nn.Module) -> tuple[nn.Module, dict[int, str]]:
 
 
 def _meta_inputs(input_shape: Sequence[int] | None, example_inputs: Any,
-                 kwargs: dict | None) -> tuple[tuple, dict]:
-    """Positional and keyword meta inputs from a shape or from example tensors."""
+                 kwargs: dict | None, real: bool = False) -> tuple[tuple, dict]:
+    """Positional and keyword inputs (on meta; ``real``: as given) from a shape or from
+    example tensors (lists and tuples of tensors, as detection models take, are kept)."""
     if input_shape is None and example_inputs is None and not kwargs:
         raise UsageError("give input_shape (e.g. (1, 3, 224, 224)) or example_inputs")
     if input_shape is not None:
         shape = tuple(input_shape)
         if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
             raise UsageError(f"input shape must be positive integers, got {input_shape!r}")
-        args: tuple = (torch.empty(shape, device="meta"),)
+        args: tuple = (torch.rand(shape) if real else torch.empty(shape, device="meta"),)
     elif example_inputs is None:
         args = ()
     else:
@@ -905,30 +1130,49 @@ def _meta_inputs(input_shape: Sequence[int] | None, example_inputs: Any,
             else (example_inputs,)
 
     def to_meta(v: Any) -> Any:
-        return torch.empty_like(v, device="meta") if isinstance(v, torch.Tensor) else v
+        if isinstance(v, (list, tuple)):
+            return type(v)(to_meta(x) for x in v)
+        if isinstance(v, torch.Tensor) and not real:
+            return torch.empty_like(v, device="meta")
+        return v
 
     return tuple(to_meta(a) for a in args), {k: to_meta(v) for k, v in (kwargs or {}).items()}
 
 
+def _input_tensors(args: tuple) -> list[torch.Tensor]:
+    """The tensors among positional inputs, looking into lists (detection: a list of images)."""
+    return [t for t in tree_flatten(list(args))[0] if isinstance(t, torch.Tensor)]
+
+
 def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
-                 example_inputs: Any = None, kwargs: dict | None = None) -> Graph:
+                 example_inputs: Any = None, kwargs: dict | None = None,
+                 real: bool = False) -> Graph:
     """Trace ``model`` on the meta device into a :class:`~dnnlens.ir.Graph`.
 
     ``input_shape`` gives one float input ``(N, C, H, W)`` (batch included); or pass
     ``example_inputs`` (a tensor or a tuple of them, any device: only shapes and dtypes are
-    used) and/or ``kwargs`` (keyword tensors). Graph inputs are named ``input`` (one positional
-    input) or ``input0``, ``input1``, ... and keyword inputs by their keyword.
-    Raises ModelError if the model rejects the input.
+    used; a list of tensors counts as several inputs) and/or ``kwargs`` (keyword tensors).
+    Graph inputs are named ``input`` (one input) or ``input0``, ``input1``, ... and keyword
+    inputs by their keyword.
+
+    ``real=True`` traces a CPU copy on the example inputs' real values instead of meta: for
+    models whose work depends on the data (detection proposals, NMS), which meta cannot
+    express. The model then really runs once.
+
+    The graph's ``declared_params`` lists every parameter of the model once (used or not).
+    Buffers are never parameters. Raises ModelError if the model rejects the input.
     """
     if not isinstance(model, nn.Module):
         raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    args, kw = _meta_inputs(input_shape, example_inputs, kwargs)
-    copied, names = meta_copy(model)
-    tracer = Tracer(names)
-    for t in [*copied.parameters(), *copied.buffers()]:
-        tracer.params[id(t)] = ParamRef(names[id(t)], shape_of(t))
+    args, kw = _meta_inputs(input_shape, example_inputs, kwargs, real)
+    copied, names = meta_copy(model, real)
+    tracer = Tracer(names, real=real)
+    declared: dict[str, Param] = {}
+    for name, p in copied.named_parameters():  # each parameter once, tied ones by first name
+        tracer.params[id(p)] = ParamRef(name, shape_of(p))
+        declared[name] = Param(name, shape_of(p))
     graph_inputs: dict[str, Shape] = {}
-    tensor_args = [a for a in args if isinstance(a, torch.Tensor)]
+    tensor_args = _input_tensors(args)
     for i, t in enumerate(tensor_args):
         value = "input" if len(tensor_args) == 1 and not kw else f"input{i}"
         graph_inputs[value] = shape_of(t)
@@ -946,18 +1190,26 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
     try:
         with torch.no_grad(), _patched_sdpa(tracer), _FusedFunctions(tracer), tracer:
             out = copied(*args, **kw)
-    except RuntimeError as exc:
-        if str(exc).startswith("dnnlens bug"):
-            raise
-        raise ModelError(_rejected(args, kw, tracer, exc)) from None
-    except (TypeError, ValueError, IndexError, AssertionError, NotImplementedError) as exc:
+    except DnnlensError:
+        raise
+    except Exception as exc:  # sorted below: the model's fault, or ours
+        if annotation(exc) or str(exc).startswith("dnnlens bug") or not isinstance(
+                exc, _MODEL_ERRORS):
+            annotate(exc, model=type(model).__name__, layer=tracer.failed_in or "",
+                     operator=tracer.operator)
+            raise  # a dnnlens bug: the CLI turns it into one line, exit code 1
         raise ModelError(_rejected(args, kw, tracer, exc)) from None
     finally:
         for handle in handles:
             handle.remove()
     outputs = [tracer.value_of(t) for t in tree_flatten(out)[0] if tracer.known(t)]
     return Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
-                 name=type(model).__name__)
+                 name=type(model).__name__, declared_params=declared)
+
+
+#: Exceptions from running the model itself that mean "this input does not fit the model".
+_MODEL_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, AssertionError,
+                 NotImplementedError)
 
 
 def unknown_ops(graph: Graph) -> list[Node]:

@@ -15,11 +15,13 @@ from dnnlens.ops.embedding import Embedding, Gather
 from dnnlens.ops.pad import Pad, Roll
 from dnnlens.ops.resize import Resize
 from dnnlens.ops.scan import CumSum
+from dnnlens.ops.recurrent import Recurrent, RecurrentState
+from dnnlens.ops.constant import Constant
 
 __all__ = [
     "REGISTRY", "Op", "Unknown", "infer_shape", "register",
     "Conv", "Linear", "Pool", "AdaptivePool", "Activation", "Binary", "Softmax",
     "Reshape", "Permute", "Slice", "Expand", "Concat", "Copy", "Dropout",
     "MatMul", "Attention", "Norm", "Reduce", "Embedding", "Gather", "Pad", "Roll", "Resize",
-    "CumSum",
+    "CumSum", "Recurrent", "RecurrentState", "Constant",
 ]

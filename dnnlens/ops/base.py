@@ -137,13 +137,18 @@ def _output_shape_once(op: Op, input_shape: Shape, weight_shapes: tuple) -> Shap
     return op.output_shape([input_shape], dict(weight_shapes))
 
 
+def is_bias(role: str) -> bool:
+    """``bias``, or a named bias of an operator with several (an LSTM's ``bias_ih_l0``)."""
+    return role == "bias" or role.startswith("bias_")
+
+
 def weight_count(params: Mapping[str, Shape]) -> int:
-    """Values in every parameter whose role is not ``bias``."""
-    return sum(prod(shape) for role, shape in params.items() if role != "bias")
+    """Values in every parameter whose role is not a bias."""
+    return sum(prod(shape) for role, shape in params.items() if not is_bias(role))
 
 
 def bias_count(params: Mapping[str, Shape]) -> int:
-    return sum(prod(shape) for role, shape in params.items() if role == "bias")
+    return sum(prod(shape) for role, shape in params.items() if is_bias(role))
 
 
 def infer_shape(
