@@ -36,7 +36,7 @@ _API = {
     "write_report": "dnnlens.report",
     "analyze": "dnnlens.analysis",
     "run": "dnnlens.engine",
-    "verify": "dnnlens.engine",
+    "verify": "dnnlens.verify",
 }
 
 __all__ = sorted(_API)

@@ -9,15 +9,11 @@ downloaded or allocated) or ``package.module:factory`` (a function returning an 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Any
 
 from dnnlens.errors import ModelError, UsageError
 
-#: Input shapes for models that do not take the usual (1, 3, 224, 224).
-_TORCHVISION_INPUTS = {"inception_v3": (1, 3, 299, 299)}
-SEED_INPUT = (1, 1, 28, 28)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -64,58 +60,17 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
-    """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown).
+    """The ``nn.Module`` named by ``spec`` (built on the meta device) and its usual input
+    shape (None if unknown); ModelError for an unknown name or a factory that fails."""
+    from dnnlens.importers import build_model
 
-    Raises ModelError for an unknown name or a factory that fails.
-    """
-    import torch
-
-    if spec == "seed":
-        from dnnlens.models import Net
-
-        with torch.device("meta"):
-            return Net(), SEED_INPUT
-    if ":" in spec:
-        return _from_factory(spec), None
-    import torchvision
-
-    if spec not in torchvision.models.list_models():
-        raise ModelError(f"unknown model {spec!r}: use seed, a torchvision model name such as "
-                         "resnet18, or package.module:factory")
-    try:
-        with torch.device("meta"):
-            model = torchvision.models.get_model(spec, weights=None)
-    except Exception as exc:  # noqa: BLE001 - report any build failure as one line
-        raise ModelError(f"torchvision cannot build {spec!r}: {exc}") from None
-    return model, _TORCHVISION_INPUTS.get(spec, (1, 3, 224, 224))
-
-
-def _from_factory(spec: str) -> Any:
-    import torch
-    from torch import nn
-
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot find factory {spec!r}: {exc}") from None
-    try:
-        with torch.device("meta"):  # build without allocating weights where the factory can
-            model = factory()
-    except Exception:  # noqa: BLE001 - some factories need real tensors: try on CPU
-        try:
-            model = factory()
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"factory {spec!r} raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"factory {spec!r} returned {type(model).__name__}, not an nn.Module")
-    return model
+    return build_model(spec, device="meta")
 
 
 def _write_extras(args: argparse.Namespace, result: Any) -> None:
     """--scalesim and --netron (issue 6): files beside the table, reported on stderr."""
     if getattr(args, "scalesim", None):
-        from dnnlens.scalesim import write_topology
+        from dnnlens.importers.scalesim import write_topology
 
         for layer, reason in write_topology(result.graph, args.scalesim):
             print(f"warning: SCALE-Sim topology skips {layer}: {reason}", file=sys.stderr)
@@ -136,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input) if args.input is not None else None
     if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {args.batch}")
-    from dnnlens.importers.spec import graph_from_file  # issue 6: ONNX, spec, topology files
+    from dnnlens.importers import graph_from_file  # ONNX, spec, topology files
 
     graph = graph_from_file(args.model, shape, args.batch)
     if graph is not None:

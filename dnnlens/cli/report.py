@@ -61,9 +61,9 @@ def verification_for(checkpoint: str, model_name: str) -> Any:
     if model_name != "seed":
         raise UsageError("--checkpoint verification is for the seed network; "
                          f"drop --checkpoint to report on {model_name!r}")
-    from dnnlens.engine import verify
+    from dnnlens.verify import verify
 
-    return verify(checkpoint)
+    return verify(checkpoint, data="sample")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {args.batch}")
-    from dnnlens.importers.spec import graph_from_file  # ONNX, spec and topology files
+    from dnnlens.importers import graph_from_file  # ONNX, spec and topology files
     from dnnlens.roofline import roofline
 
     given = parse_shape(args.input) if args.input else None

@@ -1,4 +1,10 @@
-"""``dnnlens verify CHECKPOINT``: our loop-nest engine against PyTorch on the same images."""
+"""``dnnlens verify MODEL``: our loop-nest engine against the real model on the same inputs.
+
+MODEL is anything ``dnnlens analyze`` takes that has weights: the course network's
+checkpoint (``my_mnist_net.pth``), a torchvision name or ``package.module:factory`` (seeded
+initial weights, or ``--weights CHECKPOINT``), or an ONNX file (checked against
+onnxruntime). Exit code 0 when no prediction differs, 1 when some do.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +16,65 @@ from dnnlens.errors import UsageError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "verify", help="run a checkpoint through our engine and PyTorch and compare them",
-        description="Run the reference network's checkpoint through our own loop-nest kernels "
-                    "and through PyTorch on the same images: accuracy, differing predictions "
-                    "(should be 0), largest logit difference, per-layer activation "
-                    "differences and both throughputs.")
-    parser.add_argument("checkpoint",
-                        help="state-dict checkpoint of the reference network, or an ONNX file "
-                             "(then compared with onnxruntime instead of PyTorch)")
-    parser.add_argument("--data", default="sample",
-                        help="sample (default), idx:FOLDER, mnist or fashion-mnist")
-    parser.add_argument("--limit", default=None, metavar="N", help="only the first N images")
+        "verify", help="run a model through our engine and through PyTorch/onnxruntime and "
+                       "compare them",
+        description="Run a model through our own loop-nest kernels and through the real model "
+                    "(PyTorch, or onnxruntime for an ONNX file) on the same inputs: differing "
+                    "predictions (should be 0), the largest logit difference next to the "
+                    "largest logit, per-layer differences from the real model's own "
+                    "intermediate values, both throughputs, and accuracy with --data.")
+    parser.add_argument("model", metavar="MODEL",
+                        help="the course network's checkpoint (.pth), a torchvision model "
+                             "name, package.module:factory, or an ONNX file")
+    parser.add_argument("--data", default=None,
+                        help="images to use: sample, idx:FOLDER, mnist or fashion-mnist "
+                             "(default: --images random inputs)")
+    parser.add_argument("--limit", default=None, metavar="N",
+                        help="with --data: only the first N images")
+    parser.add_argument("--images", default="8", metavar="N",
+                        help="without --data: this many seeded random inputs (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and "
+                        "of the initial weights (default 0)")
+    parser.add_argument("--weights", default=None, metavar="CHECKPOINT",
+                        help="a state-dict checkpoint to load into a torchvision or factory "
+                             "model")
+    parser.add_argument("--input", default=None, metavar="N,C,H,W",
+                        help="input shape, for models that do not say it")
     parser.add_argument("--engine", default="compiled", metavar="compiled|reference",
                         help="compiled (Numba, default) or reference (readable NumPy loops)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
 
-def parse_limit(text: str | None) -> int | None:
+def parse_count(text: str | None, option: str) -> int | None:
     if text is None:
         return None
     try:
-        limit = int(text)
+        count = int(text)
     except ValueError:
-        raise UsageError(f"--limit must be a whole number of images, got {text!r}") from None
-    if limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
-    return limit
+        raise UsageError(f"{option} must be a whole number of images, got {text!r}") from None
+    if count < 1:
+        raise UsageError(f"{option} must be at least 1, got {count}")
+    return count
+
+
+def parse_limit(text: str | None) -> int | None:
+    return parse_count(text, "--limit")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dnnlens.engine import ENGINES, verify
+    from dnnlens.cli.analyze import parse_shape
+    from dnnlens.engine import ENGINES
+    from dnnlens.verify import verify
 
     if args.engine not in ENGINES:
         raise UsageError(f"--engine must be {' or '.join(ENGINES)}, got {args.engine!r}")
-    if str(args.checkpoint).endswith(".onnx"):
-        return run_onnx(args)
-    result = verify(args.checkpoint, data=args.data, limit=parse_limit(args.limit),
-                    engine=args.engine)
+    limit = parse_limit(args.limit)
+    images = parse_count(args.images, "--images")
+    shape = parse_shape(args.input) if args.input else None
+    result = verify(args.model, data=args.data, limit=limit, engine=args.engine,
+                    images=images or 8, seed=args.seed, weights=args.weights,
+                    input_shape=shape)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -55,38 +82,38 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.mismatches == 0 else 1
 
 
-def run_onnx(args: argparse.Namespace) -> int:
-    """An ONNX classifier: our engine against onnxruntime on the same images."""
-    from dnnlens.importers.onnx import verify_onnx
-
-    check = verify_onnx(args.checkpoint, data=args.data, limit=parse_limit(args.limit),
-                        engine=args.engine)
-    if args.json:
-        print(json.dumps({"images": check.images, "mismatches": check.differing_predictions,
-                          "max_abs_diff": check.max_abs_diff, "engine": check.engine,
-                          "reference": "onnxruntime"}, indent=2))
-    else:
-        print(f"verify {args.checkpoint} on {args.data}: {check.summary()}")
-    return 0 if check.differing_predictions == 0 else 1
+def _diff(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def render(result) -> str:
     """The human-readable report: totals, then one row per layer."""
+    reference = "PyTorch" if result.reference == "pytorch" else "onnxruntime"
     lines = [
-        f"verify on {result.data}: {result.images:,} images, {result.engine} engine",
-        f"  accuracy              ours {result.correct}/{result.images} "
-        f"({result.accuracy:.2%})   PyTorch {result.torch_correct}/{result.images} "
-        f"({result.torch_accuracy:.2%})",
-        f"  differing predictions {result.mismatches}",
-        f"  max |logit diff|      {result.max_abs_diff:.3g}",
-        f"  throughput            ours {result.images_per_s:,.0f} images/s   PyTorch "
-        f"{result.torch_images_per_s:,.0f} images/s   ({result.threads} threads; warm-up "
-        f"{result.warmup_seconds:.2f} s)",
-        "",
-        f"  {'layer':<16} {'kind':<12} {'shape':<16} max |diff|",
+        f"verify {result.model} on {result.data}: {result.images:,} images, {result.engine} "
+        f"engine against {reference}",
     ]
-    for layer in result.layers:
-        diff = "n/a" if layer.max_abs_diff is None else f"{layer.max_abs_diff:.3g}"
-        shape = "x".join(str(d) for d in layer.shape)
-        lines.append(f"  {layer.name:<16} {layer.kind:<12} {shape:<16} {diff}")
+    if result.accuracy is not None:
+        lines.append(
+            f"  accuracy              ours {result.correct}/{result.images} "
+            f"({result.accuracy:.2%})   {reference} {result.reference_correct}/{result.images} "
+            f"({result.reference_accuracy:.2%})")
+    lines += [
+        f"  differing predictions {result.mismatches}",
+        f"  max |logit diff|      {result.max_abs_diff:.3g}   (max |{reference} logit| "
+        f"{result.max_abs_reference:.3g})",
+        f"  throughput            ours {result.images_per_s:,.0f} images/s   {reference} "
+        f"{result.reference_images_per_s:,.0f} images/s   ({result.threads} threads; warm-up "
+        f"{result.warmup_seconds:.2f} s)",
+    ]
+    if result.layers:
+        width = max(16, *(len(layer.name) for layer in result.layers))
+        lines += ["", f"  {'layer':<{width}} {'kind':<14} {'shape':<16} {'max |diff|':>10} "
+                      f"{'max |ref|':>10}"]
+        for layer in result.layers:
+            shape = "x".join(str(d) for d in layer.shape)
+            note = f"  {layer.note}" if layer.note else ""
+            lines.append(f"  {layer.name:<{width}} {layer.kind:<14} {shape:<16} "
+                         f"{_diff(layer.max_abs_diff):>10} {_diff(layer.max_abs_reference):>10}"
+                         f"{note}")
     return "\n".join(lines)

@@ -1,4 +1,155 @@
 """Importers translate a network from somewhere else into the IR (:mod:`dnnlens.ir`), nothing
-more: ``torch`` traces any ``nn.Module`` on the meta device. Import them by module
-(``from dnnlens.importers.torch import import_torch``) so that ``import dnnlens`` stays light.
+more: ``torch`` traces any ``nn.Module`` on the meta device, ``onnx`` reads ONNX files, ``spec``
+the course notebook's layer lists in TOML, ``scalesim`` SCALE-Sim topology CSVs. Every graph
+then goes through :func:`dnnlens.canonical.canonicalise`, so a model gives the same IR
+wherever it came from.
+
+This package's functions are the one place that routes a model argument (what a user types
+after ``dnnlens analyze`` / ``verify`` / ``report``) to its importer:
+
+* :func:`graph_from_file` -- ``model.onnx``, ``net.toml`` or ``spec:PATH``, ``topology.csv``;
+* :func:`build_model` -- ``seed`` (the course network), a torchvision model name, or
+  ``package.module:factory``, as an ``nn.Module``;
+* :func:`load_graph` -- either of the above, as a canonical graph.
+
+The importers themselves are imported inside the functions, so that ``import dnnlens`` stays
+light (no torch, no onnx until needed).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dnnlens.errors import ModelError, UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from dnnlens.ir import Graph
+
+#: File endings :func:`graph_from_file` reads, besides ``spec:PATH``.
+FILE_SOURCES = (".onnx", ".toml", ".csv")
+#: Input shapes for torchvision models that do not take the usual (1, 3, 224, 224).
+TORCHVISION_INPUTS = {"inception_v3": (1, 3, 299, 299)}
+IMAGENET_INPUT = (1, 3, 224, 224)
+SEED_INPUT = (1, 1, 28, 28)
+
+
+def is_model_file(source: str) -> bool:
+    """Whether ``source`` names a model *file* (ONNX, spec, SCALE-Sim topology)."""
+    lower = str(source).lower()
+    return lower.startswith("spec:") or lower.endswith(FILE_SOURCES)
+
+
+def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
+                    batch: int | None = None) -> "Graph | None":
+    """The canonical graph of a model *file* named on the command line, or None for other
+    sources.
+
+    ``model.onnx`` (ONNX; ``input_shape`` fills dynamic dimensions, ``batch`` replaces N),
+    ``net.toml`` or ``spec:PATH`` (a spec file), ``topology.csv`` (a SCALE-Sim topology).
+    """
+    from dnnlens.canonical import canonicalise
+
+    source = str(source)
+    lower = source.lower()
+    is_spec = source.startswith("spec:") or lower.endswith(".toml")
+    if not is_model_file(source):
+        return None
+    if input_shape is not None and not lower.endswith(".onnx"):
+        raise UsageError(f"--input does not apply to {source}: its layers fix the input "
+                         "shape (edit the file's input instead); --batch sets N")
+    if is_spec:
+        from dnnlens.importers.spec import import_spec
+
+        return canonicalise(import_spec(source.removeprefix("spec:"), batch))
+    if lower.endswith(".csv"):
+        from dnnlens.importers.scalesim import import_topology
+
+        return canonicalise(import_topology(source, batch))
+    from dnnlens.importers.onnx import import_onnx, onnx_input_dims
+
+    shape = input_shape
+    if batch is not None:
+        base = shape or tuple(d if isinstance(d, int) and d > 0 else 1
+                              for d in onnx_input_dims(source))
+        shape = (batch, *base[1:])
+    graph, _ = import_onnx(source, input_shape=shape)
+    return graph  # import_onnx canonicalises
+
+
+def build_model(spec: str, device: str = "meta", seed: int | None = None
+                ) -> tuple["nn.Module", tuple[int, ...] | None]:
+    """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown).
+
+    ``spec``: ``seed`` (the course network), a torchvision model name (``weights=None``:
+    nothing is downloaded) or ``package.module:factory``. ``device="meta"`` builds without
+    allocating weights (for the analysis); ``"cpu"`` with real, initialised ones (for the
+    engine), seeded with ``seed`` when given. ModelError for an unknown name or a factory that
+    fails.
+    """
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    if spec == "seed":
+        from dnnlens.models import Net
+
+        with torch.device(device):
+            return Net(), SEED_INPUT
+    if ":" in spec:
+        return _from_factory(spec, device), None
+    import torchvision
+
+    if spec not in torchvision.models.list_models():
+        raise ModelError(f"unknown model {spec!r}: use seed, a torchvision model name such as "
+                         "resnet18, or package.module:factory")
+    try:
+        with torch.device(device):
+            model = torchvision.models.get_model(spec, weights=None)
+    except Exception as exc:  # noqa: BLE001 - report any build failure as one line
+        raise ModelError(f"torchvision cannot build {spec!r}: {exc}") from None
+    return model, TORCHVISION_INPUTS.get(spec, IMAGENET_INPUT)
+
+
+def _from_factory(spec: str, device: str) -> "nn.Module":
+    import torch
+    from torch import nn
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot find factory {spec!r}: {exc}") from None
+    try:
+        with torch.device(device):  # build without allocating weights where the factory can
+            model = factory()
+    except Exception:  # noqa: BLE001 - some factories need real tensors: try on CPU
+        try:
+            model = factory()
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"factory {spec!r} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def load_graph(source: Any, input_shape: tuple[int, ...] | None = None,
+               batch: int | None = None) -> "Graph":
+    """Any model argument as a canonical graph: a model file, a model name or factory, or an
+    ``nn.Module`` (then ``input_shape`` is required)."""
+    from dnnlens.canonical import canonicalise
+    from dnnlens.importers.torch import import_torch
+
+    if isinstance(source, str):
+        graph = graph_from_file(source, input_shape, batch)
+        if graph is not None:
+            return graph
+        source, default = build_model(source, device="meta")
+        input_shape = input_shape or default
+    if input_shape is None:
+        raise UsageError("give the input shape (--input N,C,H,W) for this model")
+    if batch is not None:
+        input_shape = (batch, *input_shape[1:])
+    return canonicalise(import_torch(source, tuple(input_shape)))

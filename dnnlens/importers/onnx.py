@@ -115,6 +115,7 @@ class _Ctx:
     # SplitToSequence outputs: value -> (input, axis, [(start, stop)], keep_dim)
     sequences: dict[str, tuple[str, int, list[tuple[int, int]], bool]] = field(
         default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)  # IR node -> the ONNX value it is
 
     def is_param(self, value: str) -> bool:
         const = self.consts.get(value)
@@ -482,6 +483,7 @@ def _emit(ctx: _Ctx, node, op: Op, inputs: list[str], params: dict[str, Param],
         params=params, module=module, module_type=_module_type(node),
         source=f"onnx:{node.op_type} {node.name}".rstrip()))
     ctx.alias[out_value] = name
+    ctx.values[name] = out_value
     return name
 
 
@@ -723,11 +725,7 @@ def _reduce(ctx: _Ctx, node) -> None:
     keep = bool(attrs.get("keepdims", 1))
     dims = tuple(sorted(a % len(x) for a in axes)) if axes else ()
     function = REDUCE_OPS[node.op_type]
-    if function in ("mean", "amax") and keep and len(x) > 2 and dims == tuple(range(2, len(x))):
-        # x.mean((2, 3), keepdim=True): adaptive pooling to 1 x 1, as PyTorch's module.
-        mode = "avg" if function == "mean" else "max"
-        return _emit(ctx, node, AdaptivePool(mode=mode, output_size=(1,) * (len(x) - 2)),
-                     [node.input[0]], {})
+    # (a mean over H, W keeping them is a global pool: dnnlens.canonical makes it one)
     _emit(ctx, node, Reduce(function=function, dims=dims, keepdim=keep), [node.input[0]], {})
 
 
@@ -918,8 +916,19 @@ def import_onnx(path: str | Path, input_shape: InputShapes = None
     ``input_shape``: the input's shape (batch included) when the file leaves dimensions
     dynamic, or a dict of shapes by input name for several inputs. The weights dict maps each
     ``Param.name`` (and batch-norm statistics by name) to its array, in the layout the IR
-    operator expects, ready for :func:`dnnlens.engine.run`.
+    operator expects, ready for :func:`dnnlens.engine.run`. The graph is canonical
+    (:func:`dnnlens.canonical.canonicalise`).
     """
+    graph, weights, _ = import_onnx_with_values(path, input_shape)
+    return graph, weights
+
+
+def import_onnx_with_values(path: str | Path, input_shape: InputShapes = None
+                            ) -> tuple[Graph, dict[str, np.ndarray], dict[str, str]]:
+    """:func:`import_onnx`, plus the ONNX value each IR node computes (by node name), so that
+    onnxruntime's intermediate values can be compared with ours layer by layer."""
+    from dnnlens.canonical import canonicalise
+
     path = Path(path)
     model = _load(path)
     _check(model, path)
@@ -946,75 +955,4 @@ def import_onnx(path: str | Path, input_shape: InputShapes = None
             continue  # a constant output: nothing to compute
         else:
             raise ModelError(f"{path}: graph output {out.name!r} is not computed by any node")
-    return graph, ctx.weights
-
-
-# --- running an ONNX file in our engine against onnxruntime -----------------------------------
-
-@dataclass(frozen=True)
-class OnnxCheck:
-    """Our engine against onnxruntime on the same images."""
-
-    images: int
-    differing_predictions: int
-    max_abs_diff: float  # largest |logit difference|
-    engine: str
-
-    def summary(self) -> str:
-        return (f"{self.images} images: {self.differing_predictions} differing predictions, "
-                f"max |logit difference| {self.max_abs_diff:.3g} ({self.engine} engine vs "
-                f"onnxruntime)")
-
-
-def _ort_logits(path: Path, images: np.ndarray, input_name: str, fixed_batch: int | None,
-                batch: int = 256) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    step = fixed_batch or batch
-    parts = []
-    for start in range(0, len(images), step):
-        chunk = images[start:start + step]
-        if fixed_batch and len(chunk) < fixed_batch:  # pad a last partial batch
-            pad = np.zeros((fixed_batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            out = session.run(None, {input_name: np.concatenate([chunk, pad])})[0][:len(chunk)]
-        else:
-            out = session.run(None, {input_name: chunk})[0]
-        parts.append(np.asarray(out))
-    return np.concatenate(parts)
-
-
-def verify_onnx(path: str | Path, data: Any = "sample", limit: int | None = 1000,
-                engine: str = "compiled") -> OnnxCheck:
-    """Run an ONNX classifier with our kernels and with onnxruntime on the same images.
-
-    ``data``: a :class:`dnnlens.data.Dataset`, an ``(N, C, H, W)`` float32 array, or a
-    :func:`dnnlens.data.load_data` source name (test split). ``limit``: the first images only.
-    """
-    from dnnlens.engine import predict
-
-    path = Path(path)
-    if isinstance(data, str):
-        from dnnlens.data import load_data
-
-        data = load_data(data, "test")
-    images = np.ascontiguousarray(getattr(data, "images", data), dtype=np.float32)
-    if limit is not None:
-        images = images[:limit]
-    model = _load(path)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelError(f"{path} has {len(inputs)} inputs; verify takes a one-input classifier")
-    dims = _dims(inputs[0])
-    fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
-    want = tuple(images.shape[1:])
-    if tuple(d for d in dims[1:]) != want and not all(isinstance(d, str) for d in dims[1:]):
-        raise ModelError(f"{path} takes input ({', '.join(map(str, dims))}); the images are "
-                         f"(N, {', '.join(map(str, want))})")
-    graph, weights = import_onnx(path, input_shape=(fixed or 1, *want))
-    ours = predict(graph, weights, images, engine=engine)
-    theirs = _ort_logits(path, images, inputs[0].name, fixed)
-    differing = int(np.sum(ours.argmax(axis=1) != theirs.argmax(axis=1)))
-    return OnnxCheck(images=len(images), differing_predictions=differing,
-                     max_abs_diff=float(np.max(np.abs(ours - theirs))), engine=engine)
+    return canonicalise(graph), ctx.weights, ctx.values
