@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.mismatches == 0 else 1
 
 
+def _rate(value: float) -> str:
+    """Images per second: whole numbers from 100 up, three significant digits below."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _diff(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
@@ -102,8 +107,8 @@ def render(result) -> str:
         f"  differing predictions {result.mismatches}",
         f"  max |logit diff|      {result.max_abs_diff:.3g}   (max |{reference} logit| "
         f"{result.max_abs_reference:.3g})",
-        f"  throughput            ours {result.images_per_s:,.0f} images/s   {reference} "
-        f"{result.reference_images_per_s:,.0f} images/s   ({result.threads} threads; warm-up "
+        f"  throughput            ours {_rate(result.images_per_s)} images/s   {reference} "
+        f"{_rate(result.reference_images_per_s)} images/s   ({result.threads} threads; warm-up "
         f"{result.warmup_seconds:.2f} s)",
     ]
     if result.layers:
