@@ -120,8 +120,10 @@ def run_node(node: Node, inputs: Sequence[np.ndarray], weights: Mapping[str, np.
 
 
 def _describe(node: Node) -> str:
-    what = getattr(node.op, "target", "") or node.source or node.kind
-    return f"layer {node.name!r} is a {node.kind} ({what})"
+    """``layer 'bn1' (batchnorm, nn.BatchNorm2d)``; an unknown operator by what it was."""
+    target = getattr(node.op, "target", "")
+    what = target or ", ".join(dict.fromkeys(p for p in (node.kind, node.source) if p))
+    return f"layer {node.name!r} ({what})"
 
 
 def missing_kernels(graph: Graph, steps: Sequence["Step"] | None = None) -> list[Node]:
@@ -141,8 +143,8 @@ def check_kernels(graph: Graph, steps: Sequence["Step"] | None = None) -> None:
     if len(missing) > 1:
         kinds = sorted({node.kind for node in missing})
         more = f" (and {len(missing) - 1} more layer(s) of kind {', '.join(kinds)})"
-    raise ModelError(f"{_describe(missing[0])}, which has no kernel in dnnlens{more}: the "
-                     "engine cannot run this network")
+    raise ModelError(f"{_describe(missing[0])} has no kernel in dnnlens{more}: the engine "
+                     "cannot run this network")
 
 
 # --- the plan: steps ----------------------------------------------------------------------

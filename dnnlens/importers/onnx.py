@@ -442,7 +442,7 @@ def _param(ctx: _Ctx, value: str, layout: np.ndarray | None = None,
     if existing is not None and (existing.shape != array.shape
                                  or not np.array_equal(existing, array)):
         name = unique_name(f"{name}:{value}", set(ctx.weights))
-    ctx.weights[name] = np.ascontiguousarray(array)
+    ctx.weights[name] = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d 1-d)
     return Param(name, tuple(int(d) for d in array.shape))
 
 
@@ -487,8 +487,9 @@ def _emit(ctx: _Ctx, node, op: Op, inputs: list[str], params: dict[str, Param],
     return name
 
 
-def _unknown(ctx: _Ctx, node) -> None:
-    """An op dnnlens has no rule for: kept with its shapes, flagged as unknown."""
+def _unknown(ctx: _Ctx, node, reason: str = "") -> None:
+    """An op dnnlens has no rule for (or cannot express: ``reason`` says why): kept with its
+    shapes, flagged as unknown."""
     for index, out in enumerate(o for o in node.output if o):
         shape = ctx.shapes.get(out)
         if shape is None:
@@ -496,7 +497,8 @@ def _unknown(ctx: _Ctx, node) -> None:
                              f"{node.op_type} node {node.name!r} dnnlens does not know")
         params = {f"input{i}": _param(ctx, v) for i, v in enumerate(node.input)
                   if v and ctx.is_param(v)}
-        _emit(ctx, node, Unknown(target=f"onnx:{node.op_type}", observed_shape=shape),
+        target = f"onnx:{node.op_type}" + (f" with {reason}" if reason else "")
+        _emit(ctx, node, Unknown(target=target, observed_shape=shape),
               _activations(ctx, node), params, output=out,
               suffix="" if index == 0 else f".{index}")
 
@@ -666,30 +668,103 @@ def _layernorm(ctx: _Ctx, node) -> None:
     _emit(ctx, node, op, [x], params)
 
 
+#: ONNX's defaults of the activation attributes dnnlens keeps.
+ONNX_ACTIVATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "HardSigmoid": {"alpha": 0.2, "beta": 0.5},
+    "LeakyRelu": {"alpha": 0.01},
+    "Elu": {"alpha": 1.0},
+    "Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+    "Gelu": {"approximate": "none"},
+}
+#: What each activation computes when the operator has no field for an attribute (PyTorch's
+#: definitions): a node whose attribute differs is refused rather than run with the wrong one.
+IMPLIED_ACTIVATION_ATTRIBUTES: dict[str, dict[str, Any]] = {
+    "hardsigmoid": {"alpha": 1 / 6, "beta": 0.5},
+    "leaky_relu": {"alpha": 0.01},
+    "elu": {"alpha": 1.0},
+    "selu": {"alpha": 1.6732632423543772, "gamma": 1.0507009873554805},
+    "gelu": {"approximate": "none"},
+    "clamp": {"min": None, "max": None},
+}
+
+
+def _same_attribute(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 1e-6 * max(1.0, abs(b))  # float32 attributes
+    return a == b
+
+
+def activation_op(function: str, attributes: Mapping[str, Any]) -> Activation | str:
+    """``Activation(function, **attributes)`` keeping every attribute the operator has a
+    field for; else the reason it cannot be expressed (an attribute the operator has no
+    field for and whose value differs from what its kernel computes)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(Activation)}
+    implied = IMPLIED_ACTIVATION_ATTRIBUTES.get(function, {})
+    kept = {}
+    for key, value in attributes.items():
+        if key in names:
+            kept[key] = value
+        elif not _same_attribute(value, implied.get(key, value)):
+            return f"{key}={value!r}, which dnnlens does not keep yet"
+    return Activation(function=function, **kept)
+
+
 def _unary(ctx: _Ctx, node) -> None:
     function = UNARY[node.op_type]
+    attrs = {**ONNX_ACTIVATION_DEFAULTS.get(node.op_type, {}), **_attrs(node)}
     if node.op_type == "Clip":
         bounds = [ctx.consts[v].array.item() if v in ctx.consts else None
                   for v in node.input[1:3]] + [None, None]
-        attrs = _attrs(node)
-        low, high = attrs.get("min", bounds[0]), attrs.get("max", bounds[1])
+        if any(v and v not in ctx.consts for v in node.input[1:3]):
+            return _unknown(ctx, node, "bounds computed at run time")
+        low, high = attrs.pop("min", bounds[0]), attrs.pop("max", bounds[1])
         if low == 0 and high == 6:
             function = "relu6"
         elif low == 0 and high is None:
             function = "relu"
-    _emit(ctx, node, Activation(function=function), [node.input[0]], {})
+        else:
+            attrs.update(min=low, max=high)
+    op = activation_op(function, attrs if function not in ("relu", "relu6") else {})
+    if isinstance(op, str):
+        return _unknown(ctx, node, op)
+    _emit(ctx, node, op, [node.input[0]], {})
+
+
+#: Binary operators whose operands cannot be swapped.
+ORDERED = frozenset({"sub", "div", "pow", "where"})
+INTEGER_KINDS = "iub"
 
 
 def _binary(ctx: _Ctx, node) -> None:
+    """Element-wise arithmetic: the activation operands are inputs; every constant operand
+    (a learned tensor, or a scalar such as the 0.5 of ``x * 0.5``, of any dtype) a parameter
+    in operand order, learned ones as ``weight``, the rest as ``constant``."""
     acts = _activations(ctx, node)
-    params: dict[str, Param] = {}
-    for i, value in enumerate(v for v in node.input if v and v in ctx.consts):
-        const = ctx.consts[value]
-        if const.origin is not None:  # a learned tensor (position embedding, layer scale)
-            params["weight" if not params else f"weight{i}"] = _param(ctx, value)
     if not acts:
         return _unknown(ctx, node)
-    _emit(ctx, node, Binary(function=BINARY_OPS[node.op_type]), acts, params)
+    function = BINARY_OPS[node.op_type]
+    operands = [v for v in node.input if v]
+    if function in ORDERED and any(v in ctx.consts for v in operands[:operands.index(acts[-1])]):
+        return _unknown(ctx, node, "a constant before an activation operand")
+    dtype = ctx.dtypes.get(node.output[0])
+    if dtype is not None and np.dtype(dtype).kind in INTEGER_KINDS:
+        if function == "div":
+            return _unknown(ctx, node, "integer division, which has no integer kernel yet")
+        kinds = {np.dtype(ctx.consts[v].array.dtype if v in ctx.consts
+                          else ctx.dtypes.get(v, dtype)).kind for v in operands}
+        if kinds - set(INTEGER_KINDS):  # Pow(int, float) is an int in ONNX, a float in NumPy
+            return _unknown(ctx, node, f"an integer result from operands of kinds "
+                                       f"{''.join(sorted(kinds))}")
+    params: dict[str, Param] = {}
+    for value in operands:
+        if value not in ctx.consts:
+            continue
+        role = "weight" if ctx.is_param(value) else "constant"
+        count = sum(1 for r in params if r.startswith(role))
+        params[role if not count else f"{role}{count + 1}"] = _param(ctx, value)
+    _emit(ctx, node, Binary(function=function), acts, params)
 
 
 def _pool(ctx: _Ctx, node) -> None:
@@ -733,7 +808,8 @@ def _reshape_like(ctx: _Ctx, node) -> None:
     """Flatten, Reshape, Squeeze, Unsqueeze: a view to the inferred output shape."""
     x = ctx.graph.shape_of(_ir(ctx, node.input[0]))
     if node.op_type == "Flatten":
-        axis = int(_attrs(node).get("axis", 1)) % (len(x) + 1) if x else 0
+        axis = int(_attrs(node).get("axis", 1))
+        axis = axis + len(x) if axis < 0 else axis  # -1 on (N, C, H, W): (N*C*H, W)
         target: Shape = (prod(x[:axis]), prod(x[axis:]))
     else:
         target = ctx.shapes.get(node.output[0])  # type: ignore[assignment]
@@ -779,23 +855,49 @@ def _gather(ctx: _Ctx, node) -> None:
     _unknown(ctx, node)
 
 
+def _slice_arguments(ctx: _Ctx, node) -> tuple[list, list, list, list] | None:
+    """``(starts, ends, axes, steps)``: attributes up to opset 9, constant inputs from 10;
+    None when one of them is computed at run time."""
+    if ctx.opset < 10 or len(node.input) == 1:
+        attrs = _attrs(node)
+        starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
+        axes = list(attrs.get("axes", range(len(starts))))
+        return starts, ends, axes, [1] * len(starts)
+    values = []
+    for value in node.input[1:5]:
+        if not value:
+            values.append(None)
+        elif value in ctx.consts:
+            values.append([int(v) for v in ctx.consts[value].array.reshape(-1)])
+        else:
+            return None
+    values += [None] * (4 - len(values))
+    starts, ends, axes, steps = values
+    if starts is None or ends is None:
+        return None
+    return (starts, ends, list(axes if axes is not None else range(len(starts))),
+            list(steps if steps is not None else [1] * len(starts)))
+
+
 def _slice(ctx: _Ctx, node) -> None:
-    values = [ctx.consts[v].array.reshape(-1) if v in ctx.consts else None
-              for v in node.input[1:]]
-    if any(v is None for v in values[:2]) or (len(values) > 2 and values[2] is None and
-                                               node.input[3]):
-        return _unknown(ctx, node)
-    starts, ends = values[0], values[1]
-    axes = values[2] if len(values) > 2 and values[2] is not None else range(len(starts))
-    steps = values[3] if len(values) > 3 and values[3] is not None else [1] * len(starts)
-    if len(starts) != 1:
-        return _unknown(ctx, node)
-    big = 2 ** 62
-    start, stop = int(starts[0]), int(ends[0])
-    stop = min(stop, big)
-    stop = max(stop, -big)
-    _emit(ctx, node, Slice(axis=int(next(iter(axes))), start=start, stop=stop,
-                           step=int(steps[0])), [node.input[0]], {})
+    """One IR slice per sliced axis, chained."""
+    arguments = _slice_arguments(ctx, node)
+    if arguments is None:
+        return _unknown(ctx, node, "bounds computed at run time")
+    starts, ends, axes, steps = arguments
+    big = 2 ** 62  # ONNX writes "to the end" as INT64_MAX (or INT64_MIN going backwards)
+    source = node.input[0]
+    rank = len(ctx.graph.shape_of(_ir(ctx, source)))
+    for index, (start, stop, axis, step) in enumerate(zip(starts, ends, axes, steps)):
+        last = index == len(starts) - 1
+        output = node.output[0] if last else f"{node.output[0]}#slice{index}"
+        op = Slice(axis=int(axis) % rank, start=int(start), stop=max(min(int(stop), big), -big),
+                   step=int(step))
+        _emit(ctx, node, op, [source], {}, output=output,
+              suffix="" if index == 0 else f".{index}")
+        source = output
+    if not starts:
+        _identity(ctx, node)
 
 
 def _split(ctx: _Ctx, node) -> None:
@@ -862,6 +964,10 @@ def _expand(ctx: _Ctx, node) -> None:
 
 
 def _dropout(ctx: _Ctx, node) -> None:
+    training = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if training is not None and (training not in ctx.consts
+                                 or bool(ctx.consts[training].array.reshape(-1)[0])):
+        return _unknown(ctx, node, "training_mode on (random masks)")
     ratio = _attrs(node).get("ratio", 0.5)
     if len(node.input) > 1 and node.input[1] in ctx.consts:
         ratio = float(ctx.consts[node.input[1]].array)
