@@ -7,6 +7,7 @@ What it makes the same (each rewrite keeps the node's name, inputs, shapes and c
 
 * axes are non-negative (``softmax(dim=-1)`` on ``(N, C)`` and ONNX ``axis=1`` are one
   node); reduction axes are sorted;
+* a max pool's ``count_include_pad`` (meaningless for a max) is the operator's default;
 * a mean (max) over every spatial axis with the dimensions kept -- ``x.mean((2, 3),
   keepdim=True)``, ONNX ``ReduceMean`` over H, W -- is the global average (max) pool it is,
   the node ``nn.AdaptiveAvgPool2d(1)`` and ONNX ``GlobalAveragePool`` give.
@@ -18,10 +19,10 @@ the model as written.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from dnnlens.ir import Graph, Node
-from dnnlens.ops import AdaptivePool, Concat, Op, Reduce, Slice, Softmax
+from dnnlens.ops import AdaptivePool, Concat, Op, Pool, Reduce, Slice, Softmax
 
 #: Reductions that are a global pooling when taken over every spatial axis, keeping them.
 _GLOBAL_POOLS = {"mean": "avg", "amax": "max"}
@@ -44,6 +45,9 @@ def canonical_op(node: Node) -> Op:
         if pool and op.keepdim and rank > 2 and dims == tuple(range(2, rank)):
             return AdaptivePool(mode=pool, output_size=(1,) * (rank - 2))
         return replace(op, dims=dims)
+    if isinstance(op, Pool) and op.mode == "max":
+        default = next(f.default for f in fields(Pool) if f.name == "count_include_pad")
+        return replace(op, count_include_pad=default)
     if isinstance(op, Softmax) and rank and op.axis < 0:
         return replace(op, axis=op.axis % rank)
     if isinstance(op, Concat) and node.output_shape and op.axis < 0:

@@ -154,14 +154,13 @@ def _check_finite(weights: dict[str, np.ndarray]) -> None:
 
 def torch_subject(model: Any, input_shape: tuple[int, ...] | None, weights: Any = None,
                   seed: int = 0) -> Subject:
-    from dnnlens.canonical import canonicalise
     from dnnlens.importers.torch import import_torch
 
     module, default, name = _torch_module(model, weights, seed)
     shape = tuple(input_shape or default or ())
     if not shape:
         raise UsageError(f"give the input shape of {name} (--input N,C,H,W)")
-    graph = canonicalise(import_torch(module, (1, *shape[1:])))
+    graph = import_torch(module, (1, *shape[1:]))
     arrays = load_weights(module)
     _check_finite(arrays)
     return Subject(name, "pytorch", graph, arrays, shape, module=module)

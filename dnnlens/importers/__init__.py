@@ -4,7 +4,8 @@ the course notebook's layer lists in TOML, ``scalesim`` SCALE-Sim topology CSVs.
 then goes through :func:`dnnlens.canonical.canonicalise`, so a model gives the same IR
 wherever it came from.
 
-This package's functions are the one place that routes a model argument (what a user types
+Each importer's public function returns the canonical graph. This package's functions are
+the one place that routes a model argument (what a user types
 after ``dnnlens analyze`` / ``verify`` / ``report``) to its importer:
 
 * :func:`graph_from_file` -- ``model.onnx``, ``net.toml`` or ``spec:PATH``, ``topology.csv``;
@@ -50,8 +51,6 @@ def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
     ``model.onnx`` (ONNX; ``input_shape`` fills dynamic dimensions, ``batch`` replaces N),
     ``net.toml`` or ``spec:PATH`` (a spec file), ``topology.csv`` (a SCALE-Sim topology).
     """
-    from dnnlens.canonical import canonicalise
-
     source = str(source)
     lower = source.lower()
     is_spec = source.startswith("spec:") or lower.endswith(".toml")
@@ -63,11 +62,11 @@ def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
     if is_spec:
         from dnnlens.importers.spec import import_spec
 
-        return canonicalise(import_spec(source.removeprefix("spec:"), batch))
+        return import_spec(source.removeprefix("spec:"), batch)
     if lower.endswith(".csv"):
         from dnnlens.importers.scalesim import import_topology
 
-        return canonicalise(import_topology(source, batch))
+        return import_topology(source, batch)
     from dnnlens.importers.onnx import import_onnx, onnx_input_dims
 
     shape = input_shape
@@ -76,7 +75,7 @@ def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
                               for d in onnx_input_dims(source))
         shape = (batch, *base[1:])
     graph, _ = import_onnx(source, input_shape=shape)
-    return graph  # import_onnx canonicalises
+    return graph
 
 
 def build_model(spec: str, device: str = "meta", seed: int | None = None
@@ -139,7 +138,6 @@ def load_graph(source: Any, input_shape: tuple[int, ...] | None = None,
                batch: int | None = None) -> "Graph":
     """Any model argument as a canonical graph: a model file, a model name or factory, or an
     ``nn.Module`` (then ``input_shape`` is required)."""
-    from dnnlens.canonical import canonicalise
     from dnnlens.importers.torch import import_torch
 
     if isinstance(source, str):
@@ -152,4 +150,4 @@ def load_graph(source: Any, input_shape: tuple[int, ...] | None = None,
         raise UsageError("give the input shape (--input N,C,H,W) for this model")
     if batch is not None:
         input_shape = (batch, *input_shape[1:])
-    return canonicalise(import_torch(source, tuple(input_shape)))
+    return import_torch(source, tuple(input_shape))

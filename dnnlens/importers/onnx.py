@@ -360,10 +360,20 @@ def _attr_value(attr) -> Any:
     return onnx.helper.get_attribute_value(attr)
 
 
+def _decimal(value: float) -> float:
+    """A float32 attribute as the decimal it was written as (1e-5, not 9.99999975e-06), so
+    that an eps or a slope reads the same as in the PyTorch model it was exported from."""
+    return float(str(np.float32(value)))
+
+
 def _attrs(node) -> dict[str, Any]:
     out = {}
     for attr in node.attribute:
         value = _attr_value(attr)
+        if isinstance(value, float):
+            value = _decimal(value)
+        elif isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+            value = [_decimal(v) for v in value]
         out[attr.name] = value.decode() if isinstance(value, bytes) else value
     return out
 

@@ -408,7 +408,9 @@ def spec_from_dict(doc: Raw, path: str = "<spec>") -> Graph:
     for index, raw in enumerate(layers, start=1):
         _add_layer(index, raw, st)
     graph.outputs = [st.current]
-    return graph
+    from dnnlens.canonical import canonicalise
+
+    return canonicalise(graph)
 
 
 def import_spec(path: str | Path, batch: int | None = None) -> Graph:

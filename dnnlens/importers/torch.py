@@ -887,8 +887,10 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
         for handle in handles:
             handle.remove()
     outputs = [tracer.value_of(t) for t in tree_flatten(out)[0] if tracer.known(t)]
-    return Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
-                 name=type(model).__name__)
+    from dnnlens.canonical import canonicalise
+
+    return canonicalise(Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
+                              name=type(model).__name__))
 
 
 def unknown_ops(graph: Graph) -> list[Node]:

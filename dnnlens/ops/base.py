@@ -26,7 +26,7 @@ from typing import ClassVar, Mapping, Sequence
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ir import Shape
+from dnnlens.shapes import Shape
 
 #: Every operator class by its ``KIND``; filled by :func:`register`.
 REGISTRY: dict[str, type["Op"]] = {}

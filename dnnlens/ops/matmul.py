@@ -22,7 +22,7 @@ from math import prod
 from typing import ClassVar, Mapping, Sequence
 
 from dnnlens.errors import ShapeError
-from dnnlens.ir import Shape
+from dnnlens.shapes import Shape
 from dnnlens.ops.base import Op, register
 from dnnlens.ops.elementwise import broadcast
 
