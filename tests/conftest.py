@@ -54,3 +54,19 @@ def fashion_dir() -> Path:
         pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: run `make test-data` "
                     "(apt-get install dataset-fashion-mnist)")
     return FASHION_MNIST_DIR
+
+
+# --- the torchvision zoo through our engine: minutes per model on two cores --------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-zoo", action="store_true", default=False,
+                     help="also run the tests marked zoo (every torchvision classification "
+                          "model through our engine; an hour or more on two cores)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-zoo"):
+        return
+    skip = pytest.mark.skip(reason="zoo: run with --run-zoo (minutes per model)")
+    for item in items:
+        if "zoo" in item.keywords:
+            item.add_marker(skip)
