@@ -24,10 +24,10 @@ Verification against PyTorch and onnxruntime lives in :mod:`dnnlens.verify`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -126,14 +126,14 @@ def _describe(node: Node) -> str:
     return f"layer {node.name!r} ({what})"
 
 
-def missing_kernels(graph: Graph, steps: Sequence["Step"] | None = None) -> list[Node]:
+def missing_kernels(graph: Graph, steps: Sequence[Step] | None = None) -> list[Node]:
     """The nodes the engine would have to run and has no kernel for (a batch norm the plan
     folds into its conv needs none)."""
     steps = plan(graph, fuse=False) if steps is None else steps
     return [step.nodes[0] for step in steps if not node_has_kernel(step.nodes[0])]
 
 
-def check_kernels(graph: Graph, steps: Sequence["Step"] | None = None) -> None:
+def check_kernels(graph: Graph, steps: Sequence[Step] | None = None) -> None:
     """ModelError naming the first node the engine cannot run (and how many more, of which
     kinds), before anything runs."""
     missing = missing_kernels(graph, steps)

@@ -301,7 +301,7 @@ def device_section(device: HardwareSpec) -> str:
 
 
 def verification_section(verification: Any) -> str:
-    """The result of :func:`dnnlens.engine.verify`, whatever its exact fields."""
+    """The result of :func:`dnnlens.verify.verify`, whatever its exact fields."""
     scalars, layers = [], None
     fields = (dataclasses.asdict(verification) if dataclasses.is_dataclass(verification)
               else dict(vars(verification)) if hasattr(verification, "__dict__")
@@ -369,7 +369,10 @@ def render_html(analysis: "Analysis", charts: dict[str, str], *, roof: Roofline 
     for title, svg in charts.items():
         parts.append(f'<h2>{_esc(title)}</h2><div class="chart">{inline_svg(svg)}</div>')
     if verification is not None:
-        parts.append("<h2>Verification against PyTorch</h2>" + verification_section(verification))
+        against = {"onnxruntime": "onnxruntime"}.get(getattr(verification, "reference", ""),
+                                                     "PyTorch")
+        parts.append(f"<h2>Verification against {against}</h2>"
+                     + verification_section(verification))
     if device:
         parts.append("<h2>Device</h2>" + device_section(device))
     parts.append("</body></html>")
@@ -384,7 +387,7 @@ def write_report(analysis: "Analysis", out_dir: str | Path,
 
     ``device`` (a spec or a name/path for :func:`~dnnlens.roofline.load_spec`) adds the
     roofline columns, chart and memory fit; ``verification`` is the result of
-    :func:`dnnlens.engine.verify`; ``sweep`` rooflines at other batch sizes
+    :func:`dnnlens.verify.verify`; ``sweep`` rooflines at other batch sizes
     (:func:`~dnnlens.roofline.batch_sweep`); ``measured`` maps layer names to measured MACs/s.
     """
     out = Path(out_dir)

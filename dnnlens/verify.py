@@ -30,9 +30,10 @@ import os
 import sys
 import time
 import types
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -209,7 +210,7 @@ def _first_tensor(value: Any) -> Any:
     return None
 
 
-def torch_predict(model: "torch.nn.Module", images: np.ndarray, batch: int = TORCH_BATCH
+def torch_predict(model: torch.nn.Module, images: np.ndarray, batch: int = TORCH_BATCH
                   ) -> np.ndarray:
     """PyTorch eager outputs, ``batch`` images per call (``(N, ...)`` -> ``(N, classes)``)."""
     import torch
@@ -281,7 +282,7 @@ def _mark(value: Any) -> list[Any]:
     return tensors
 
 
-def torch_values(model: "torch.nn.Module", images: np.ndarray
+def torch_values(model: torch.nn.Module, images: np.ndarray
                  ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
     """The real model's own intermediate values on ``images``, copied at once (an in-place
     ReLU after them would overwrite them):

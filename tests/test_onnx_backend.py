@@ -21,8 +21,8 @@ from dnnlens.errors import DnnlensError
 
 onnx = pytest.importorskip("onnx")
 
-from dnnlens import engine  # noqa: E402
-from dnnlens.importers.onnx import RULES, import_onnx  # noqa: E402
+from dnnlens import engine
+from dnnlens.importers.onnx import RULES, import_onnx
 
 #: Operators the importer claims (its rules; Identity is an alias, not a layer).
 CLAIMED = sorted(RULES)

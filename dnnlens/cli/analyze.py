@@ -12,8 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from dnnlens.errors import ModelError, UsageError
-
+from dnnlens.errors import UsageError
 
 
 def add_parser(subparsers: Any) -> None:

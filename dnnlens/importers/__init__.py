@@ -44,7 +44,7 @@ def is_model_file(source: str) -> bool:
 
 
 def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
-                    batch: int | None = None) -> "Graph | None":
+                    batch: int | None = None) -> Graph | None:
     """The canonical graph of a model *file* named on the command line, or None for other
     sources.
 
@@ -79,7 +79,7 @@ def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
 
 
 def build_model(spec: str, device: str = "meta", seed: int | None = None
-                ) -> tuple["nn.Module", tuple[int, ...] | None]:
+                ) -> tuple[nn.Module, tuple[int, ...] | None]:
     """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown).
 
     ``spec``: ``seed`` (the course network), a torchvision model name (``weights=None``:
@@ -112,7 +112,7 @@ def build_model(spec: str, device: str = "meta", seed: int | None = None
     return model, TORCHVISION_INPUTS.get(spec, IMAGENET_INPUT)
 
 
-def _from_factory(spec: str, device: str) -> "nn.Module":
+def _from_factory(spec: str, device: str) -> nn.Module:
     import torch
     from torch import nn
 
@@ -135,7 +135,7 @@ def _from_factory(spec: str, device: str) -> "nn.Module":
 
 
 def load_graph(source: Any, input_shape: tuple[int, ...] | None = None,
-               batch: int | None = None) -> "Graph":
+               batch: int | None = None) -> Graph:
     """Any model argument as a canonical graph: a model file, a model name or factory, or an
     ``nn.Module`` (then ``input_shape`` is required)."""
     from dnnlens.importers.torch import import_torch

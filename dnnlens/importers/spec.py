@@ -30,7 +30,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from dnnlens.errors import ShapeError, SpecError, UsageError
+from dnnlens.errors import ShapeError, SpecError
 from dnnlens.ir import Graph, Node, Param, Shape
 from dnnlens.ops import (
     Activation,
