@@ -341,8 +341,8 @@ BOUND_SHAPES = 16
 class Plan:
     """A graph prepared to run: its steps, each step's parameters (looked up, checked, batch
     norms folded in), and, in the compiled engine, each step's kernel bound per input shape.
-    Made by :func:`prepare`; holds no reference to the weights it was given beyond the arrays
-    it packed."""
+    Made by :func:`prepare`. It holds the weight arrays it was given, uncopied (a folded
+    batch norm's conv gets arrays of its own): prepare again after changing them."""
 
     def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], engine: str,
                  keep_activations: bool) -> None:

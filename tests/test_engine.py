@@ -89,14 +89,13 @@ def test_repeated_calls_through_bound_kernels_stay_exact():
     weights = engine.load_weights(model)
     images = torch.randn(40, 1, 28, 28).numpy()
     truth = torch_logits(model, images)
-    one_by_one = np.concatenate([engine.run(graph, weights, images[i:i + 1]).logits
-                                 for i in range(len(images))])
+    plan = engine.prepare(graph, weights)
+    one_by_one = np.concatenate([plan.run(images[i:i + 1]).logits for i in range(len(images))])
     np.testing.assert_allclose(one_by_one, truth, rtol=0, atol=1e-5)
     for _ in range(2):  # batches of 20: the lanes path, bound on the second call
-        batched = np.concatenate([engine.run(graph, weights, images[i:i + 20]).logits
-                                  for i in (0, 20)])
+        batched = np.concatenate([plan.run(images[i:i + 20]).logits for i in (0, 20)])
         np.testing.assert_allclose(batched, truth, rtol=0, atol=1e-5)
-    other = Net().eval()  # other weights, same graph and shapes: not the bound ones
+    other = Net().eval()  # other weights, same graph and shapes: a plan of their own
     np.testing.assert_allclose(engine.run(graph, engine.load_weights(other), images[:1]).logits,
                                torch_logits(other, images[:1]), rtol=0, atol=1e-5)
 
@@ -156,9 +155,9 @@ def test_other_networks_match_torch(model_class, engine_name):
     model = model_class().eval()
     graph = import_torch(model, (1, 1, 28, 28))
     images = torch.randn(20, 1, 28, 28).numpy()
-    weights = engine.load_weights(model)
+    plan = engine.prepare(graph, engine.load_weights(model), engine_name)
     for _ in range(2):  # the second call runs the bound kernels
-        result = engine.run(graph, weights, images, engine_name)
+        result = plan.run(images)
         np.testing.assert_allclose(result.logits, torch_logits(model, images), rtol=0,
                                    atol=1e-4)
     checked = verify(model, input_shape=(1, 1, 28, 28), images=20, engine=engine_name)
