@@ -35,6 +35,7 @@ import numpy as np
 
 from dnnlens.errors import ModelError, ShapeError
 from dnnlens.ir import Graph, Node, Param, Shape, unique_name
+from dnnlens.ops.conv import same_padding
 from dnnlens.ops import (
     Activation,
     AdaptivePool,
@@ -519,13 +520,8 @@ def _spatial_pads(attrs: dict, x: Shape, kernel: Sequence[int], strides: Sequenc
     d = len(kernel)
     auto = attrs.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pairs = []
-        for size, k, s, dil in zip(x[2:], kernel, strides, dilations):
-            total = max((-(-size // s) - 1) * s + (k - 1) * dil + 1 - size, 0)
-            small = total // 2
-            upper = auto == "SAME_UPPER"
-            pairs.append((small, total - small) if upper else (total - small, small))
-        return tuple(pairs)
+        return same_padding(tuple(x[2:]), tuple(kernel), tuple(strides), tuple(dilations),
+                            extra_at_end=auto == "SAME_UPPER")
     if auto == "VALID":
         return tuple((0, 0) for _ in range(d))
     pads = list(attrs.get("pads", [0] * (2 * d)))

@@ -46,7 +46,7 @@ from dnnlens.ir import Graph, Node, Param, Shape, unique_name
 from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Conv, Copy, Dropout,
                          Embedding, Expand, Linear, MatMul, Norm, Op, Permute, Pool, Reduce,
                          Reshape, Slice, Softmax, Unknown, infer_shape)
-from dnnlens.ops.conv import symmetric_padding
+from dnnlens.ops.conv import same_padding, symmetric_padding
 from dnnlens.ops.elementwise import ACTIVATIONS
 
 __all__ = ["import_torch", "unknown_ops", "LEAF_RULES", "ATEN_RULES"]
@@ -103,12 +103,11 @@ def _tuple(value: Any, rank: int) -> tuple[int, ...]:
 
 def _leaf_conv(tr: "Tracer", m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Built:
     rank = len(m.kernel_size)
-    if isinstance(m.padding, str):  # 'same' / 'valid'
-        pads = []
-        for k, d in zip(m.kernel_size, m.dilation):
-            total = d * (k - 1) if m.padding == "same" else 0
-            pads.append((total // 2, total - total // 2))
-        padding = tuple(pads)
+    if isinstance(m.padding, str):  # 'same' (stride 1 only, in PyTorch) / 'valid'
+        sizes = tuple(x.shape[2:])
+        padding = (same_padding(sizes, _tuple(m.kernel_size, rank), _tuple(m.stride, rank),
+                                _tuple(m.dilation, rank)) if m.padding == "same"
+                   else symmetric_padding((0,) * rank))
     else:
         padding = symmetric_padding(_tuple(m.padding, rank))
     transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
