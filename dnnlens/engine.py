@@ -102,8 +102,28 @@ def node_weights(node: Node, weights: Mapping[str, np.ndarray]) -> dict[str, np.
 
 # --- which nodes can run ------------------------------------------------------------------
 def node_has_kernel(node: Node) -> bool:
-    """Whether the engine has a kernel for this node (the one place that decides it)."""
-    return type(node.op).has_kernel()
+    """Whether the engine has a kernel for this node (the one place that decides it).
+
+    The operator class says whether it has kernels at all; until each operator answers per
+    node, the variants its kernels leave out are listed here, so that a model is refused
+    before anything runs rather than in the middle of a run."""
+    from dnnlens.ops import AdaptivePool, Binary
+    from dnnlens.ops.elementwise import ACTIVATION_KERNELS, BINARY_KERNELS
+
+    op = node.op
+    if not type(op).has_kernel():
+        return False
+    if isinstance(op, Activation):
+        return op.function in ACTIVATION_KERNELS
+    if isinstance(op, Binary):
+        return op.function in BINARY_KERNELS
+    if isinstance(op, Conv):
+        return not op.transposed and op.spatial_dims in (1, 2)
+    if isinstance(op, Pool):
+        return len(op.kernel) in (1, 2)
+    if isinstance(op, AdaptivePool):
+        return len(op.output_size) in (1, 2)
+    return True
 
 
 def run_node(node: Node, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
