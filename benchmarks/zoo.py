@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         lines.append(row(name))
         print(lines[-1], flush=True)
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
+        atomic_write_text(args.out, "\n".join(lines) + "\n")  # a stopped run keeps its rows
     return 0
 
 
