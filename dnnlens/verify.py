@@ -154,11 +154,11 @@ def _check_finite(weights: dict[str, np.ndarray]) -> None:
 
 
 def torch_subject(model: Any, input_shape: tuple[int, ...] | None, weights: Any = None,
-                  seed: int = 0) -> Subject:
+                  seed: int = 0, fallback_shape: tuple[int, ...] | None = None) -> Subject:
     from dnnlens.importers.torch import import_torch
 
     module, default, name = _torch_module(model, weights, seed)
-    shape = tuple(input_shape or default or ())
+    shape = tuple(input_shape or default or fallback_shape or ())
     if not shape:
         raise UsageError(f"give the input shape of {name} (--input N,C,H,W)")
     graph = import_torch(module, (1, *shape[1:]))
@@ -185,14 +185,15 @@ def onnx_subject(path: str | os.PathLike, input_shape: tuple[int, ...] | None) -
 
 
 def subject_for(model: Any, input_shape: tuple[int, ...] | None = None, weights: Any = None,
-                seed: int = 0) -> Subject:
+                seed: int = 0, fallback_shape: tuple[int, ...] | None = None) -> Subject:
     """Route a model argument to its reference: an ONNX file to onnxruntime, everything else
-    to PyTorch."""
+    to PyTorch. ``fallback_shape``: the input shape when neither the caller nor the model
+    says it (the data's images)."""
     if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
         if weights is not None:
             raise UsageError("--weights is for PyTorch models; an ONNX file holds its own")
-        return onnx_subject(model, input_shape)
-    return torch_subject(model, input_shape, weights, seed)
+        return onnx_subject(model, input_shape or fallback_shape)
+    return torch_subject(model, input_shape, weights, seed, fallback_shape)
 
 
 # --- the reference's outputs --------------------------------------------------------------
@@ -435,18 +436,21 @@ def _best_of(function: Callable[[], Any], repeats: int) -> tuple[Any, float]:
     return runs[0][0], min(seconds for _, seconds in runs)
 
 
-def _inputs(subject: Subject, data: Any, limit: int | None, images: int, seed: int,
-            split: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _dataset(data: Any, split: str) -> Any:
+    from dnnlens.data import Dataset, load_data
+
+    return data if isinstance(data, Dataset) else load_data(str(data), split)
+
+
+def _inputs(subject: Subject, dataset: Any, limit: int | None, images: int, seed: int
+            ) -> tuple[np.ndarray, np.ndarray | None, str]:
     """``(images, labels or None, description)``: a data set's, or seeded random ones."""
-    if data is None:
+    if dataset is None:
         if images < 1:
             raise UsageError(f"--images must be at least 1, got {images}")
         rng = np.random.default_rng(seed)
         shape = (images, *subject.input_shape[1:])
         return rng.standard_normal(shape, dtype=np.float32), None, f"random (seed {seed})"
-    from dnnlens.data import Dataset, load_data
-
-    dataset = data if isinstance(data, Dataset) else load_data(str(data), split)
     pixels, labels = dataset.images[:limit], dataset.labels[:limit]
     if tuple(pixels.shape[1:]) != tuple(subject.input_shape[1:]):
         raise UsageError(f"{dataset.name} has images of shape {tuple(pixels.shape[1:])} but "
@@ -479,9 +483,11 @@ def verify(model: Any, data: Any = None, limit: int | None = None, engine: str =
         raise UsageError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be a positive number of images, got {limit}")
-    subject = subject_for(model, input_shape, weights, seed)
+    dataset = _dataset(data, split) if data is not None else None
+    fallback = (1, *dataset.images.shape[1:]) if dataset is not None else None
+    subject = subject_for(model, input_shape, weights, seed, fallback)
     plan: Plan = prepare(subject.graph, subject.weights, engine)  # refuses missing kernels
-    pixels, labels, described = _inputs(subject, data, limit, images, seed, split)
+    pixels, labels, described = _inputs(subject, dataset, limit, images, seed)
 
     _, warmup = _timed(lambda: plan.predict(pixels[:1]))  # compiles (once per machine)
     repeats = THROUGHPUT_REPEATS if data is not None else 1
