@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from dnnlens.errors import UsageError
 from dnnlens.ir import Graph, Node, Shape
-from dnnlens.ops.base import Unknown, bias_count, weight_count
+from dnnlens.ops.base import Unknown, bias_count, is_weight, weight_count
 
 if TYPE_CHECKING:
     import pandas
@@ -135,7 +135,7 @@ def totals(graph: Graph, rows: Sequence[LayerRow], dtype: str = "fp32") -> Total
     for node in graph:
         for role, param in node.params.items():
             roles.setdefault(param.name, (role, param.numel))
-    weights = sum(n for role, n in roles.values() if role != "bias")
+    weights = sum(n for role, n in roles.values() if is_weight(role))
     biases = sum(n for role, n in roles.values() if role == "bias")
     moved = sum(r.values_moved for r in rows)
     return Totals(weights=weights, biases=biases, macs=sum(r.macs for r in rows),

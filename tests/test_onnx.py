@@ -73,9 +73,12 @@ def test_torchvision_round_trip_gives_the_pytorch_totals(onnx_dir, name):
     assert ours.totals.params == theirs.totals.params == n_params  # exactly
     assert ours.totals.macs == pytest.approx(theirs.totals.macs, rel=0.005)
     assert ours.warnings == []  # every op translated, none unknown
-    # Parameters keep their state-dict names and values.
+    # Parameters keep their state-dict names and values (constant operands, such as a
+    # scale of 0.125, are kept too, under their ONNX names, and are not parameters).
     state = model.state_dict()
-    for param in graph.params().values():
+    learned = {p.name: p for node in graph for role, p in node.params.items()
+               if not role.startswith("constant")}
+    for param in learned.values():
         assert param.name in state
         assert weights[param.name].size == state[param.name].numel()
     path.unlink()

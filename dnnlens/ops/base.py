@@ -116,9 +116,15 @@ def _output_shape_once(op: Op, input_shape: Shape, weight_shapes: tuple) -> Shap
     return op.output_shape([input_shape], dict(weight_shapes))
 
 
+def is_weight(role: str) -> bool:
+    """A parameter counts as a weight unless it is a ``bias`` or a ``constant`` (a fixed
+    operand an importer kept, such as the 0.5 of ``x * 0.5``: not learned, not counted)."""
+    return role != "bias" and not role.startswith("constant")
+
+
 def weight_count(params: Mapping[str, Shape]) -> int:
-    """Values in every parameter whose role is not ``bias``."""
-    return sum(prod(shape) for role, shape in params.items() if role != "bias")
+    """Values in every parameter that :func:`is_weight`."""
+    return sum(prod(shape) for role, shape in params.items() if is_weight(role))
 
 
 def bias_count(params: Mapping[str, Shape]) -> int:
