@@ -33,7 +33,7 @@ import numpy as np
 
 from dnnlens.errors import CheckpointError, DataError, ModelError, ShapeError, UsageError
 from dnnlens.ir import Graph, Node
-from dnnlens.ops import Activation, Conv, Linear, Norm, Pool
+from dnnlens.ops import Activation, Binary, Conv, Linear, Norm, Pool
 
 ENGINES = ("compiled", "reference")
 
@@ -107,7 +107,7 @@ def node_has_kernel(node: Node) -> bool:
     The operator class says whether it has kernels at all; until each operator answers per
     node, the variants its kernels leave out are listed here, so that a model is refused
     before anything runs rather than in the middle of a run."""
-    from dnnlens.ops import AdaptivePool, Binary
+    from dnnlens.ops import AdaptivePool
     from dnnlens.ops.elementwise import ACTIVATION_KERNELS, BINARY_KERNELS
 
     op = node.op
@@ -115,8 +115,8 @@ def node_has_kernel(node: Node) -> bool:
         return False
     if isinstance(op, Activation):
         return op.function in ACTIVATION_KERNELS
-    if isinstance(op, Binary):
-        return op.function in BINARY_KERNELS
+    if isinstance(op, Binary):  # one operand: an importer lost the other (a scalar)
+        return op.function in BINARY_KERNELS and len(node.inputs) + len(node.params) >= 2
     if isinstance(op, Conv):
         return not op.transposed and op.spatial_dims in (1, 2)
     if isinstance(op, Pool):
@@ -143,6 +143,9 @@ def _describe(node: Node) -> str:
     """``layer 'bn1' (batchnorm, nn.BatchNorm2d)``; an unknown operator by what it was."""
     target = getattr(node.op, "target", "")
     what = target or ", ".join(dict.fromkeys(p for p in (node.kind, node.source) if p))
+    operands = len(node.inputs) + len(node.params)
+    if isinstance(node.op, Binary) and operands < 2:
+        what += f", with {operands} operand: the importer kept no other"
     return f"layer {node.name!r} ({what})"
 
 
@@ -175,7 +178,7 @@ class Step:
     node's value is kept."""
 
     nodes: list[Node]
-    kind: str = "single"  # "single", "conv_relu_maxpool", "fc_relu"
+    kind: str = "single"  # "single", "conv_relu_maxpool", "fc_relu", "batch_expand"
     free: list[str] = field(default_factory=list)  # values no later step reads
     folded: Node | None = None  # a batch norm folded into nodes[0]'s weights
     params: dict[str, np.ndarray] = field(default_factory=dict)  # nodes[0]'s, packed
@@ -291,12 +294,16 @@ def fold_batchnorm(producer: Node, norm: Node, params: Mapping[str, np.ndarray],
 
 
 def run_step(step: Step, values: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
-             engine: str) -> np.ndarray:
+             engine: str, batch: int | None = None) -> np.ndarray:
     """One step on the values computed so far (``weights`` are used only when the step's
-    parameters were not packed by :func:`prepare`)."""
+    parameters were not packed by :func:`prepare`; ``batch``: the batch being run)."""
     first = step.nodes[0]
     inputs = [values[name] for name in first.inputs]
     params = step.params or _step_params(step, weights)
+    if step.kind == "batch_expand" and batch is not None:
+        # a parameter broadcast over the batch (a class token): to the batch being run
+        x = inputs[0] if inputs else next(iter(params.values()))
+        return np.broadcast_to(x, (batch, *first.op.shape[1:]))
     if step.kind == "conv_relu_maxpool":
         from dnnlens.ops.conv import conv_relu_maxpool_compiled
 
@@ -377,8 +384,11 @@ class Plan:
             (lambda norm: not node_has_kernel(norm)) if keep_activations else True)
         self.steps = plan(graph, fuse=engine == "compiled" and not keep_activations, fold=fold)
         check_kernels(graph, self.steps)
+        traced = next(iter(graph.inputs.values()), (None,))[0]
         for step in self.steps:
             step.params = _step_params(step, weights)
+            if _expands_to_the_batch(step.nodes[0], traced):
+                step.kind = "batch_expand"
         for name, index in _last_use(self.steps).items():
             if name not in graph.outputs:
                 self.steps[index].free.append(name)
@@ -399,12 +409,13 @@ class Plan:
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> EngineResult:
         """The graph on ``inputs``: a batch ``(N, ...)`` of any N, or a dict by input name."""
         values: dict[str, np.ndarray] = _graph_inputs(self.graph, inputs)
+        batch = next(iter(values.values())).shape[0] if values else None
         calls = self._calls(values)
         for index, step in enumerate(self.steps):
             call = calls[index] if calls is not None else None
             if call is None:
                 seen = [values[name] for name in step.inputs]
-                values[step.output] = run_step(step, values, {}, self.engine)
+                values[step.output] = run_step(step, values, {}, self.engine, batch)
                 if calls is not None:  # bind on this first, checked, run
                     calls[index] = bind_step(step, seen)
             else:
@@ -424,6 +435,16 @@ class Plan:
         batch = batch or ENGINE_BATCH[self.engine]
         parts = [self.run(images[i:i + batch]).logits for i in range(0, len(images), batch)]
         return np.concatenate(parts)
+
+
+def _expands_to_the_batch(node: Node, traced_batch: int | None) -> bool:
+    """An expand whose first dimension is the batch the graph was traced at: like a
+    reshape's, it follows the batch being run."""
+    from dnnlens.ops import Expand
+
+    op = node.op
+    return (isinstance(op, Expand) and bool(op.shape) and traced_batch is not None
+            and op.shape[0] == traced_batch and len(node.output_shape) == len(op.shape))
 
 
 def prepare(graph: Graph, weights: WeightSource, engine: str = "compiled",

@@ -266,24 +266,25 @@ def reference_predict(subject: Subject, images: np.ndarray) -> np.ndarray:
 
 # --- the reference's intermediate values --------------------------------------------------
 _MARK = "_dnnlens_from_input"  # set on every tensor computed from the model's input
+_PARAM = "_dnnlens_parameter"  # set on parameters and views of them
 
 
-def _from_input(tensor: Any) -> bool:
-    return getattr(tensor, _MARK, False)
+def _marked(tensor: Any, mark: str) -> bool:
+    return getattr(tensor, mark, False)
 
 
-def _mark(value: Any) -> list[Any]:
-    """Mark the tensors in ``value`` as computed from the input; returns them."""
+def _mark(value: Any, mark: str = _MARK) -> list[Any]:
+    """Mark the tensors in ``value``; returns them."""
     import torch
     from torch.utils._pytree import tree_flatten
 
     tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
     for tensor in tensors:
-        setattr(tensor, _MARK, True)
+        setattr(tensor, mark, True)
     return tensors
 
 
-def torch_values(model: torch.nn.Module, images: np.ndarray
+def torch_values(model: "torch.nn.Module", images: np.ndarray
                  ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
     """The real model's own intermediate values on ``images``, copied at once (an in-place
     ReLU after them would overwrite them):
@@ -291,13 +292,14 @@ def torch_values(model: torch.nn.Module, images: np.ndarray
     * by module name, one entry per call: the output of every module the torch importer
       makes one node of (forward hooks);
     * by aten operator, in call order: the outputs of the operators called outside those
-      modules on values computed from the input (``F.relu``, ``x + y``, ``flatten``).
+      modules that the importer makes nodes of (the same rule: operators on values computed
+      from the input or on parameters, except views of parameters and pass-through ops).
     """
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    from dnnlens.importers.torch import leaf_rule
+    from dnnlens.importers.torch import PARAM_VIEWS, PASSTHROUGH, leaf_rule
 
     modules: dict[str, list[np.ndarray]] = {}
     operators: dict[str, list[np.ndarray]] = {}
@@ -319,21 +321,33 @@ def torch_values(model: torch.nn.Module, images: np.ndarray
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             if inside[0] == 0:
-                tensors = [t for t in tree_flatten((args, kwargs))[0]
-                           if isinstance(t, torch.Tensor)]
-                if any(_from_input(t) for t in tensors):
-                    name = func.overloadpacket.__name__
-                    for tensor in _mark(out):
-                        operators.setdefault(name, []).append(tensor.detach().clone().numpy())
+                record(func.overloadpacket.__name__, args, kwargs or {}, out)
             return out
+
+    def record(name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        first = tensors[0] if tensors else None
+        if first is not None and _marked(first, _PARAM) and name in PARAM_VIEWS:
+            _mark(out, _PARAM)  # a view of a parameter is the parameter: no node
+            return
+        if name in PASSTHROUGH and first is not None and _marked(first, _MARK):
+            _mark(out)
+            return
+        if not any(_marked(t, _MARK) or _marked(t, _PARAM) for t in tensors) \
+                and name != "expand":
+            return  # made from constants only: not a node
+        for tensor in _mark(out):
+            operators.setdefault(name, []).append(tensor.detach().clone().numpy())
 
     handles = []
     for name, module in model.named_modules():
         if name and leaf_rule(module) is not None:
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(leave(name)))
+    marked = [*model.parameters(), *model.buffers()]
     try:
         with torch.inference_mode():
+            _mark(marked, _PARAM)
             x = torch.from_numpy(images).clone()
             _mark(x)
             with Operators():
@@ -341,6 +355,9 @@ def torch_values(model: torch.nn.Module, images: np.ndarray
     finally:
         for handle in handles:
             handle.remove()
+        for tensor in marked:
+            if hasattr(tensor, _PARAM):
+                delattr(tensor, _PARAM)
     return modules, operators
 
 
