@@ -123,7 +123,8 @@ class Subject:
     onnx_values: dict[str, str] = field(default_factory=dict)  # IR node -> ONNX value
 
 
-def _torch_module(model: Any, weights: Any, seed: int) -> tuple[Any, tuple[int, ...] | None, str]:
+def _torch_module(model: Any, weights: Any, seed: int
+                  ) -> tuple[Any, tuple[int, ...] | None, str]:
     """``(nn.Module in eval mode, its usual input shape or None, its name)``."""
     import torch
 
@@ -135,6 +136,9 @@ def _torch_module(model: Any, weights: Any, seed: int) -> tuple[Any, tuple[int, 
     elif str(model).lower().endswith(CHECKPOINT_FILES):  # the course network's checkpoint
         from dnnlens.importers import SEED_INPUT
 
+        if weights is not None:
+            raise UsageError(f"{model} is already a checkpoint (of the course network); "
+                             "--weights goes with a model name or package.module:factory")
         return load_checkpoint(model), SEED_INPUT, str(model)
     else:
         module, shape = build_model(str(model), device="cpu", seed=seed)

@@ -35,7 +35,6 @@ import numpy as np
 
 from dnnlens.errors import ModelError, ShapeError
 from dnnlens.ir import Graph, Node, Param, Shape, unique_name
-from dnnlens.ops.conv import same_padding
 from dnnlens.ops import (
     Activation,
     AdaptivePool,
@@ -59,6 +58,7 @@ from dnnlens.ops import (
     Unknown,
     infer_shape,
 )
+from dnnlens.ops.conv import same_padding
 
 InputShapes = Shape | Sequence[int] | Mapping[str, Sequence[int]] | None
 
