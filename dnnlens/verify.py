@@ -193,6 +193,12 @@ def subject_for(model: Any, input_shape: tuple[int, ...] | None = None, weights:
     """Route a model argument to its reference: an ONNX file to onnxruntime, everything else
     to PyTorch. ``fallback_shape``: the input shape when neither the caller nor the model
     says it (the data's images)."""
+    from dnnlens.importers import is_model_file
+
+    if isinstance(model, (str, os.PathLike)) and is_model_file(str(model)) \
+            and not str(model).lower().endswith(".onnx"):
+        raise UsageError(f"{model} describes layers without weights: nothing to run; verify "
+                         "an ONNX file, a checkpoint, a torchvision name or a factory")
     if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
         if weights is not None:
             raise UsageError("--weights is for PyTorch models; an ONNX file holds its own")

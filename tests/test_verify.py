@@ -136,3 +136,9 @@ def test_cli_refuses_an_unknown_model_in_one_line(capsys):
     assert main(["verify", "resnet19"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown model 'resnet19'") and err.count("\n") == 1
+
+
+def test_cli_refuses_a_spec_file_which_has_no_weights(capsys):
+    spec = Path(__file__).resolve().parent.parent / "examples" / "specs" / "analyzing-dnns.toml"
+    assert main(["verify", str(spec)]) == 2
+    assert "without weights" in capsys.readouterr().err
