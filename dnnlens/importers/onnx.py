@@ -818,10 +818,40 @@ def _reshape_like(ctx: _Ctx, node) -> None:
         axis = axis + len(x) if axis < 0 else axis  # -1 on (N, C, H, W): (N*C*H, W)
         target: Shape = (prod(x[:axis]), prod(x[axis:]))
     else:
-        target = ctx.shapes.get(node.output[0])  # type: ignore[assignment]
+        target = ctx.shapes.get(node.output[0]) or _view_shape(ctx, node, x)  # type: ignore
         if target is None:
             return _unknown(ctx, node)
+        ctx.shapes[node.output[0]] = tuple(target)
     _emit(ctx, node, Reshape.between(x, tuple(target)), [node.input[0]], {})
+
+
+def _view_shape(ctx: _Ctx, node, x: Shape) -> Shape | None:
+    """The output shape of a Reshape/Squeeze/Unsqueeze whose shape or axes we folded to a
+    constant where ONNX's shape inference gave up; None if they are not constant."""
+    attrs = _attrs(node)
+    second = node.input[1] if len(node.input) > 1 and node.input[1] else None
+    if second is not None and second not in ctx.consts:
+        return None
+    values = ([int(v) for v in ctx.consts[second].array.reshape(-1)] if second
+              else [int(v) for v in attrs.get("axes", [])])
+    if node.op_type == "Reshape":
+        if second is None:
+            return None
+        keep_zero = bool(attrs.get("allowzero", 0))
+        shape = [x[i] if d == 0 and not keep_zero else d for i, d in enumerate(values)]
+        if shape.count(-1) == 1:
+            known = prod(d for d in shape if d != -1)
+            shape[shape.index(-1)] = prod(x) // known if known else 0
+        return tuple(shape)
+    if node.op_type == "Unsqueeze":
+        rank = len(x) + len(values)
+        axes = sorted(a % rank for a in values)
+        shape = list(x)
+        for axis in axes:
+            shape.insert(axis, 1)
+        return tuple(shape)
+    axes = {a % len(x) for a in values} if values else {i for i, d in enumerate(x) if d == 1}
+    return tuple(d for i, d in enumerate(x) if i not in axes)  # Squeeze
 
 
 def _transpose(ctx: _Ctx, node) -> None:
@@ -960,6 +990,18 @@ def _sequence_at(ctx: _Ctx, node) -> None:
 def _expand(ctx: _Ctx, node) -> None:
     x = node.input[0]
     target = ctx.shapes.get(node.output[0])
+    if target is None and len(node.input) > 1 and node.input[1] in ctx.consts:
+        # ONNX's inference gave up (a shape computed from Shape ops, folded by us since):
+        # Expand broadcasts the input's shape and the given one, NumPy's way.
+        given = tuple(int(v) for v in ctx.consts[node.input[1]].array.reshape(-1))
+        source = (ctx.consts[x].array.shape if x in ctx.consts
+                  else ctx.graph.shape_of(_ir(ctx, x)))
+        try:
+            target = tuple(np.broadcast_shapes(tuple(source), given))
+        except ValueError:
+            raise ModelError(f"{ctx.path}: Expand node {node.name!r} cannot expand "
+                             f"{tuple(source)} to {given}") from None
+        ctx.shapes[node.output[0]] = target
     if target is None:
         return _unknown(ctx, node)
     if ctx.is_param(x):  # a class token broadcast over the batch
