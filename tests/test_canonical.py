@@ -45,6 +45,7 @@ def _import_both(model: nn.Module, shape: tuple[int, ...], tmp_path: Path):
     return import_torch(model, shape), graph
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keepdim", [True, False])
 def test_a_mean_over_height_and_width_is_one_node_from_either_importer(tmp_path, keepdim):
     from_torch, from_onnx = _import_both(GlobalMean(keepdim), (1, 3, 8, 8), tmp_path)
@@ -58,6 +59,7 @@ def test_a_mean_over_height_and_width_is_one_node_from_either_importer(tmp_path,
     assert softmax and softmax[0].axis >= 0  # dim=-1 and axis=3 are one attribute
 
 
+@pytest.mark.slow
 def test_the_course_network_is_the_same_from_pytorch_and_onnx(tmp_path):
     from dnnlens.models import Net
 

@@ -24,6 +24,8 @@ onnx = pytest.importorskip("onnx")
 from dnnlens import engine
 from dnnlens.importers.onnx import RULES, import_onnx
 
+pytestmark = pytest.mark.slow  # generating onnx's cases takes some seconds
+
 #: Operators the importer claims (its rules; Identity is an alias, not a layer).
 CLAIMED = sorted(RULES)
 
