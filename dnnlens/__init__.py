@@ -38,7 +38,7 @@ _API = {
     "analyze_training": "dnnlens.training_step",
     "TrainingStep": "dnnlens.training_step",
     "run": "dnnlens.engine",
-    "verify": "dnnlens.engine",
+    "verify": "dnnlens.verify",
     "traffic": "dnnlens.dataflow",
     "parse_size": "dnnlens.dataflow",
 }

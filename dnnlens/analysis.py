@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from dnnlens.errors import DnnlensError, UsageError, annotate
 from dnnlens.ir import Graph, Node, Shape
-from dnnlens.ops.base import Unknown, bias_count, is_bias, weight_count
+from dnnlens.ops.base import Unknown, bias_count, is_bias, is_weight, weight_count
 
 if TYPE_CHECKING:
     import pandas
@@ -155,7 +155,7 @@ def totals(graph: Graph, rows: Sequence[LayerRow], dtype: str = "fp32") -> Total
     for node in graph:
         for role, param in node.params.items():
             roles.setdefault(param.name, (role, param.numel))
-    weights = sum(n for role, n in roles.values() if not is_bias(role))
+    weights = sum(n for role, n in roles.values() if is_weight(role))
     biases = sum(n for role, n in roles.values() if is_bias(role))
     moved = sum(r.values_moved for r in rows)
     declared = graph.declared_params

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import TYPE_CHECKING, Iterator
 
+from dnnlens.shapes import Shape
+
 if TYPE_CHECKING:
     from dnnlens.ops.base import Op
 
-Shape = tuple[int, ...]
+__all__ = ["Graph", "Node", "Param", "Shape", "unique_name"]
 
 
 @dataclass(frozen=True)

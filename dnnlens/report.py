@@ -910,59 +910,71 @@ def device_section(device: HardwareSpec) -> str:
 # --------------------------------------------------------------------------------------
 # Verification (text and HTML share these rows)
 # --------------------------------------------------------------------------------------
+def reference_name(result: Any) -> str:
+    return "PyTorch" if result.reference == "pytorch" else "onnxruntime"
+
+
+def _rate(value: float | None) -> str:
+    """Images per second: whole numbers from 100 up, three significant digits below."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def verification_pairs(result: Any) -> list[tuple[str, str]]:
-    """The verification's figures as (label, value), with units."""
-    return [
-        (
+    """The figures of a :class:`dnnlens.verify.VerifyResult` as (label, value), with units."""
+    theirs = reference_name(result)
+    pairs = []
+    if result.accuracy is not None:
+        pairs.append((
             "accuracy",
             f"ours {result.correct:,}/{result.images:,} ({result.accuracy:.2%})   "
-            f"PyTorch {result.torch_correct:,}/{result.images:,} "
-            f"({result.torch_accuracy:.2%})",
-        ),
+            f"{theirs} {result.reference_correct:,}/{result.images:,} "
+            f"({result.reference_accuracy:.2%})",
+        ))
+    pairs += [
         ("differing predictions", count(result.mismatches)),
-        ("max |logit diff|", f"{result.max_abs_diff:.3g}"),
+        ("max |logit diff|", f"{result.max_abs_diff:.3g}   (max |{theirs} logit| "
+                             f"{result.max_abs_reference:.3g})"),
         (
             "throughput",
-            f"ours {result.images_per_s:,.0f} images/s   PyTorch "
-            f"{result.torch_images_per_s:,.0f} images/s   ({result.threads} threads; "
+            f"ours {_rate(result.images_per_s)} images/s   {theirs} "
+            f"{_rate(result.reference_images_per_s)} images/s   ({result.threads} threads; "
             f"warm-up {duration(result.warmup_seconds)})",
         ),
     ]
+    return pairs
 
 
 def verification_columns() -> list[Column]:
-    return [left("layer"), left("kind"), left("shape"), right("max |diff|")]
+    return [left("layer"), left("kind"), left("shape"), right("max |diff|"), right("max |ref|"),
+            left("note")]
+
+
+def _diff(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def verification_layer_rows(result: Any) -> list[list[str]]:
     return [
-        [
-            layer.name,
-            layer.kind,
-            "x".join(str(d) for d in layer.shape),
-            "n/a" if layer.max_abs_diff is None else f"{layer.max_abs_diff:.3g}",
-        ]
+        [layer.name, layer.kind, "x".join(str(d) for d in layer.shape),
+         _diff(layer.max_abs_diff), _diff(layer.max_abs_reference), layer.note]
         for layer in result.layers
     ]
 
 
 def verification_section(result: Any) -> str:
-    """The result of :func:`dnnlens.engine.verify` as two tables: figures, then per layer."""
-    if not hasattr(result, "layers"):  # another checker's result: its fields as a table
-        is_instance = dataclasses.is_dataclass(result) and not isinstance(result, type)
-        fields = dataclasses.asdict(result) if is_instance else dict(vars(result))
-        return html_table(
-            [left("figure"), right("value")], [[k.replace("_", " "), v] for k, v in fields.items()]
-        )
-    ok = result.mismatches == 0
+    """A :class:`dnnlens.verify.VerifyResult` as two tables: figures, then per layer."""
+    theirs = reference_name(result)
     verdict = (
-        Markup('<p class="ok">Every prediction agrees with PyTorch.</p>')
-        if ok
-        else Markup(f'<p class="bad">{result.mismatches:,} predictions differ from PyTorch.</p>')
+        Markup(f'<p class="ok">Every prediction agrees with {theirs}.</p>')
+        if result.mismatches == 0
+        else Markup(f'<p class="bad">{result.mismatches:,} predictions differ from '
+                    f"{theirs}.</p>")
     )
     head = (
         f"<p>{result.images:,} images of {esc(result.data)}, our {esc(result.engine)} "
-        "engine against PyTorch.</p>"
+        f"engine against {theirs}.</p>"
     )
     return (
         head
@@ -1038,7 +1050,10 @@ def render_html(
     if training is not None:
         parts.append("<h2>Training step</h2>" + training_section(training, training_roof))
     if verification is not None:
-        parts.append("<h2>Verification against PyTorch</h2>" + verification_section(verification))
+        against = {"onnxruntime": "onnxruntime"}.get(getattr(verification, "reference", ""),
+                                                     "PyTorch")
+        parts.append(f"<h2>Verification against {against}</h2>"
+                     + verification_section(verification))
     if device:
         parts.append("<h2>Device</h2>" + device_section(device))
     parts.append("</body></html>")
@@ -1087,7 +1102,7 @@ def write_report(
 
     ``device`` (a spec or a name/path for :func:`~dnnlens.roofline.load_spec`) adds the
     roofline columns, chart and memory fit; ``verification`` is the result of
-    :func:`dnnlens.engine.verify`; ``sweep`` rooflines at other batch sizes
+    :func:`dnnlens.verify.verify`; ``sweep`` rooflines at other batch sizes
     (:func:`~dnnlens.roofline.batch_sweep`); ``measured`` maps layer names to measured MACs/s;
     ``depth`` the module depth the layer tree and the block chart show (default by size);
     ``training`` (a :class:`~dnnlens.training_step.TrainingStep`) adds the training section and,

@@ -60,8 +60,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--overwrite-golden", action="store_true", default=False,
                      help="rewrite tests/golden/*.txt from the current rendering (then review "
                           "the diff: a golden file is a snapshot, not a truth)")
+    # the torchvision zoo through our engine: minutes per model on two cores
+    parser.addoption("--run-engine-zoo", action="store_true", default=False,
+                     help="also run the tests marked engine_zoo (every torchvision "
+                          "classification model through our engine; an hour or more on two "
+                          "cores)")
 
 
 @pytest.fixture
 def overwrite_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--overwrite-golden"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-engine-zoo"):
+        return
+    skip = pytest.mark.skip(reason="engine_zoo: run with --run-engine-zoo (minutes per model)")
+    for item in items:
+        if "engine_zoo" in item.keywords:
+            item.add_marker(skip)

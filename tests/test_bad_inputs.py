@@ -169,7 +169,7 @@ def _engine_run(images: np.ndarray) -> Callable[[Path], Any]:
 
 def _verify(name: str, **options: Any) -> Callable[[Path], Any]:
     def call(d: Path) -> Any:
-        from dnnlens.engine import verify
+        from dnnlens.verify import verify
 
         opts = {k: v.format(d=d) if isinstance(v, str) else v for k, v in options.items()}
         return verify(d / name, **opts)

@@ -18,6 +18,7 @@ from dnnlens.importers.torch import import_torch
 from dnnlens.ir import Graph, Node, Param
 from dnnlens.models import Net, load_checkpoint
 from dnnlens.ops import Conv, Linear, Pool, Reshape, Unknown
+from dnnlens.verify import verify
 
 ENGINES = ("compiled", "reference")
 
@@ -31,7 +32,7 @@ def torch_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("engine_name", ENGINES)
 def test_sample_test_set_agrees_with_torch_prediction_for_prediction(
         sample_checkpoint, sample_test_data, engine_name):
-    result = engine.verify(sample_checkpoint, data="sample", engine=engine_name)
+    result = verify(sample_checkpoint, data="sample", engine=engine_name)
     assert result.images == len(sample_test_data) == 1000
     assert result.mismatches == 0
     assert result.max_abs_diff <= 1e-4
@@ -88,14 +89,13 @@ def test_repeated_calls_through_bound_kernels_stay_exact():
     weights = engine.load_weights(model)
     images = torch.randn(40, 1, 28, 28).numpy()
     truth = torch_logits(model, images)
-    one_by_one = np.concatenate([engine.run(graph, weights, images[i:i + 1]).logits
-                                 for i in range(len(images))])
+    plan = engine.prepare(graph, weights)
+    one_by_one = np.concatenate([plan.run(images[i:i + 1]).logits for i in range(len(images))])
     np.testing.assert_allclose(one_by_one, truth, rtol=0, atol=1e-5)
     for _ in range(2):  # batches of 20: the lanes path, bound on the second call
-        batched = np.concatenate([engine.run(graph, weights, images[i:i + 20]).logits
-                                  for i in (0, 20)])
+        batched = np.concatenate([plan.run(images[i:i + 20]).logits for i in (0, 20)])
         np.testing.assert_allclose(batched, truth, rtol=0, atol=1e-5)
-    other = Net().eval()  # other weights, same graph and shapes: not the bound ones
+    other = Net().eval()  # other weights, same graph and shapes: a plan of their own
     np.testing.assert_allclose(engine.run(graph, engine.load_weights(other), images[:1]).logits,
                                torch_logits(other, images[:1]), rtol=0, atol=1e-5)
 
@@ -155,13 +155,18 @@ def test_other_networks_match_torch(model_class, engine_name):
     model = model_class().eval()
     graph = import_torch(model, (1, 1, 28, 28))
     images = torch.randn(20, 1, 28, 28).numpy()
-    weights = engine.load_weights(model)
+    plan = engine.prepare(graph, engine.load_weights(model), engine_name)
     for _ in range(2):  # the second call runs the bound kernels
-        result = engine.run(graph, weights, images, engine_name)
+        result = plan.run(images)
         np.testing.assert_allclose(result.logits, torch_logits(model, images), rtol=0,
                                    atol=1e-4)
-    layers = engine.layer_differences(graph, engine.load_weights(model), images, engine_name)
-    assert all(layer.max_abs_diff is not None and layer.max_abs_diff < 1e-4 for layer in layers)
+    checked = verify(model, input_shape=(1, 1, 28, 28), images=20, engine=engine_name)
+    assert checked.mismatches == 0 and checked.max_abs_diff < 1e-4
+    # every module's own output (hooks), compared layer by layer
+    modules = [layer for layer in checked.layers if "." not in layer.name
+               and layer.kind not in ("add", "flatten")]
+    assert modules and all(layer.max_abs_diff is not None and layer.max_abs_diff < 1e-4
+                           for layer in modules), checked.layers
 
 
 def test_residual_network_really_adds():
@@ -240,17 +245,20 @@ def test_flatten_keeps_batch_in_a_hand_built_graph():
 
 # --- the command --------------------------------------------------------------------------
 def test_verify_command_json(sample_checkpoint, capsys):
-    code = main(["verify", str(sample_checkpoint), "--limit", "200", "--json"])
+    code = main(["verify", str(sample_checkpoint), "--data", "sample", "--limit", "200",
+                 "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert {"images", "accuracy", "torch_accuracy", "mismatches", "max_abs_diff",
-            "layers"} <= set(report)
+    assert {"reference", "images", "accuracy", "reference_accuracy", "mismatches",
+            "max_abs_diff", "max_abs_reference", "layers"} <= set(report)
+    assert report["reference"] == "pytorch"
     assert report["images"] == 200 and report["mismatches"] == 0
     assert report["max_abs_diff"] <= 1e-4
 
 
 def test_verify_command_text(sample_checkpoint, capsys):
-    code = main(["verify", str(sample_checkpoint), "--limit", "50", "--engine", "reference"])
+    code = main(["verify", str(sample_checkpoint), "--data", "sample", "--limit", "50",
+                 "--engine", "reference"])
     out = capsys.readouterr().out
     assert code == 0
     assert "differing predictions 0" in out and "fc2" in out and "images/s" in out

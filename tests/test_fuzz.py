@@ -319,7 +319,7 @@ def test_mutated_onnx_files_give_graphs_or_model_errors(
 def test_scalesim_topologies_give_graphs_or_spec_errors(scratch: Path, rows: list[list[str]],
                                                        header: bool) -> None:
     """SCALE-Sim topology CSVs with short, long, negative and non-numeric rows."""
-    from dnnlens.scalesim import import_topology
+    from dnnlens.importers.scalesim import import_topology
 
     head = ("Layer name,IFMAP Height,IFMAP Width,Filter Height,Filter Width,Channels,"
             "Num Filter,Strides,\n")

@@ -12,7 +12,8 @@ import pytest
 from dnnlens.analysis import analyze
 from dnnlens.cli import main
 from dnnlens.errors import ModelError
-from dnnlens.importers.onnx import import_onnx, verify_onnx
+from dnnlens.importers.onnx import import_onnx
+from dnnlens.verify import verify
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -72,9 +73,12 @@ def test_torchvision_round_trip_gives_the_pytorch_totals(onnx_dir, name):
     assert ours.totals.params == theirs.totals.params == n_params  # exactly
     assert ours.totals.macs == pytest.approx(theirs.totals.macs, rel=0.005)
     assert ours.warnings == []  # every op translated, none unknown
-    # Parameters keep their state-dict names and values.
+    # Parameters keep their state-dict names and values (constant operands, such as a
+    # scale of 0.125, are kept too, under their ONNX names, and are not parameters).
     state = model.state_dict()
-    for param in graph.params().values():
+    learned = {p.name: p for node in graph for role, p in node.params.items()
+               if not role.startswith("constant")}
+    for param in learned.values():
         assert param.name in state
         assert weights[param.name].size == state[param.name].numel()
     path.unlink()
@@ -91,10 +95,14 @@ def test_reference_network_matches_onnxruntime_on_the_sample(tmp_path, sample_ch
     net = Net()
     net.load_state_dict(torch.load(sample_checkpoint, weights_only=True))
     path = export(net.eval(), (1, 1, 28, 28), tmp_path / "net.onnx")
-    check = verify_onnx(path, sample_test_data, limit=1000)
-    assert check.images == 1000
-    assert check.differing_predictions == 0
+    check = verify(path, sample_test_data, limit=1000)
+    assert check.images == 1000 and check.reference == "onnxruntime"
+    assert check.mismatches == 0
     assert check.max_abs_diff < 1e-3
+    # onnxruntime's own intermediate values, layer by layer
+    compared = [layer for layer in check.layers if layer.max_abs_diff is not None]
+    assert {layer.kind for layer in compared} >= {"conv", "relu", "maxpool", "fc"}
+    assert all(layer.max_abs_diff < 1e-3 for layer in compared)
 
 
 def test_cli_verify_takes_an_onnx_file(tmp_path, sample_checkpoint, capsys):
@@ -108,7 +116,7 @@ def test_cli_verify_takes_an_onnx_file(tmp_path, sample_checkpoint, capsys):
     net = Net()
     net.load_state_dict(torch.load(sample_checkpoint, weights_only=True))
     path = export(net.eval(), (1, 1, 28, 28), tmp_path / "net.onnx")
-    assert main(["verify", str(path), "--limit", "200", "--json"]) == 0
+    assert main(["verify", str(path), "--data", "sample", "--limit", "200", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 200 and result["mismatches"] == 0
     assert result["reference"] == "onnxruntime"

@@ -127,9 +127,9 @@ def test_an_interrupted_write_removes_its_temp_file(tmp_path, monkeypatch):
 
 
 def test_report_includes_the_verification(tmp_path, sample_checkpoint):
-    from dnnlens.engine import verify
+    from dnnlens.verify import verify
 
-    result = verify(sample_checkpoint)
+    result = verify(sample_checkpoint, data="sample")
     page = write_report(analyze(Net(), (1, 1, 28, 28)), tmp_path, DEVICE, result).read_text()
     assert "Verification against PyTorch" in page
     assert f"{100 * result.accuracy:.2f}%" in page

@@ -10,7 +10,7 @@ import pytest
 from dnnlens.analysis import analyze
 from dnnlens.cli import main
 from dnnlens.errors import SpecError
-from dnnlens.scalesim import import_topology, write_topology
+from dnnlens.importers.scalesim import import_topology, write_topology
 
 scalesim_topology = pytest.importorskip("scalesim.topology_utils")
 NOTEBOOK_SPEC = Path(__file__).parent.parent / "examples" / "specs" / "analyzing-dnns.toml"

@@ -18,9 +18,7 @@ model gets the input its published figures were measured on, and the command say
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +28,6 @@ from dnnlens.cli.common import (add_model_options, check_output_file, is_model_f
                                 resolve_device, roofline_extras, validate_model_options)
 from dnnlens.errors import ModelError, UsageError
 
-SEED_INPUT = (1, 1, 28, 28)
 
 #: ``--input`` dtypes (after the colon) and the torch dtype each means.
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
@@ -121,28 +118,11 @@ def needs_real_values(message: str) -> bool:
 
 
 def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
-    """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown; the
-    first input of a model with several).
+    """The ``nn.Module`` named by ``spec`` (built on the meta device) and its usual input
+    shape (None if unknown); ModelError for an unknown name or a factory that fails."""
+    from dnnlens.importers import build_model
 
-    Raises ModelError for an unknown name or a factory that fails.
-    """
-    import torch
-
-    if spec == "seed":
-        from dnnlens.models import Net
-
-        with torch.device("meta"):
-            return Net(), SEED_INPUT
-    if ":" in spec:
-        return _from_factory(spec), None
-    from dnnlens import zoo
-
-    from dnnlens import zoo
-
-    zoo.check_known(spec)
-    built = zoo.build(spec)
-    shapes = built.input_shapes
-    return built.module, (shapes[0] if shapes and not built.needs_real_data else None)
+    return build_model(spec, device="meta")
 
 
 def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
@@ -162,7 +142,9 @@ def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
             parsed = [((batch or default[0], *default[1:]), "float32")]
 
         def on_cpu() -> Resolved:
-            cpu_model = _from_factory(spec, meta=False) if ":" in spec else _seed_on_cpu()
+            from dnnlens.importers import build_model
+
+            cpu_model, _ = build_model(spec, device="cpu")
             return Resolved(cpu_model, make_inputs(cpu_model, parsed, real=True), real=True)
 
         return Resolved(model, make_inputs(model, parsed), on_cpu=on_cpu)
@@ -203,44 +185,10 @@ def make_inputs(model: Any, parsed: list[tuple[tuple[int, ...], str]],
     return tuple(tensors)
 
 
-def _seed_on_cpu() -> Any:
-    from dnnlens.models import Net
-
-    return Net()
-
-
-def _from_factory(spec: str, meta: bool = True) -> Any:
-    import torch
-    from torch import nn
-
-    module_name, _, attr = spec.partition(":")
-    here = os.getcwd()
-    if here not in sys.path and "" not in sys.path:
-        sys.path.insert(0, here)  # as `python -m` does: the current folder's packages first
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot find factory {spec!r} (looked from {here}): {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-        raise ModelError(f"importing {module_name!r} for {spec!r} raised "
-                         f"{type(exc).__name__}: {exc}") from None
-    try:
-        with torch.device("meta" if meta else "cpu"):  # no weights allocated if it can
-            model = factory()
-    except Exception:  # noqa: BLE001 - some factories need real tensors: try on CPU
-        try:
-            model = factory()
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"factory {spec!r} raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"factory {spec!r} returned {type(model).__name__}, not an nn.Module")
-    return model
-
-
 def _write_extras(args: argparse.Namespace, result: Any) -> None:
     """--scalesim and --netron (issue 6): files beside the table, reported on stderr."""
     if getattr(args, "scalesim", None):
-        from dnnlens.scalesim import write_topology
+        from dnnlens.importers.scalesim import write_topology
 
         for layer, reason in write_topology(result.graph, args.scalesim):
             print(f"warning: SCALE-Sim topology skips {layer}: {reason}", file=sys.stderr)
@@ -262,7 +210,7 @@ def _as_list(given: str | list[str] | None) -> list[str] | None:
 def model_file(source: str, given: list[str] | None, batch: int | None) -> Any:
     """The graph of a model file (ONNX, spec, SCALE-Sim topology), or None for a model name
     or factory."""
-    from dnnlens.importers.spec import graph_from_file  # issue 6: ONNX, spec, topology files
+    from dnnlens.importers import graph_from_file  # ONNX, spec, topology files
 
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {batch}")

@@ -101,10 +101,9 @@ def validate_model_options(args: argparse.Namespace) -> None:
 
 def is_model_file(model: str) -> bool:
     """Whether MODEL names a file (ONNX, spec, topology) rather than a PyTorch model."""
-    from dnnlens.importers.spec import FILE_SOURCES
+    from dnnlens.importers import is_model_file as names_a_file
 
-    lower = model.lower()
-    return model.startswith("spec:") or lower.endswith((".toml", *FILE_SOURCES))
+    return names_a_file(model)
 
 
 def check_output_file(path: str | os.PathLike[str], what: str) -> None:

@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
     from dnnlens.cli.verify import render as render_verification
-    from dnnlens.engine import verify
+    from dnnlens.verify import verify
     from dnnlens.hwprobe import probe
     from dnnlens.models import Net
     from dnnlens.report import write_report

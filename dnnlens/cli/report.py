@@ -93,7 +93,7 @@ def validate(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
     from dnnlens.cli.analyze import resolve_model
-    from dnnlens.importers.spec import graph_from_file  # ONNX, spec and topology files
+    from dnnlens.importers import graph_from_file  # ONNX, spec and topology files
     from dnnlens.report import write_report
     from dnnlens.roofline import batch_sweep, roofline
 
@@ -121,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
     analysis.graph.name = args.model
     verification = None
     if args.checkpoint:
-        from dnnlens.engine import verify
+        from dnnlens.verify import verify
 
-        verification = verify(args.checkpoint)
+        verification = verify(args.checkpoint, data="sample")
     measured, table = None, ""
     if args.measure:  # timings on this machine belong next to this machine's roofline
         from dnnlens.hwprobe import measure_layers, measurement_html, probe

@@ -1,4 +1,10 @@
-"""``dnnlens verify CHECKPOINT``: our loop-nest engine against PyTorch on the same images."""
+"""``dnnlens verify MODEL``: our loop-nest engine against the real model on the same inputs.
+
+MODEL is anything ``dnnlens analyze`` takes that has weights: the course network's
+checkpoint (``my_mnist_net.pth``), a torchvision name or ``package.module:factory`` (seeded
+initial weights, or ``--weights CHECKPOINT``), or an ONNX file (checked against
+onnxruntime). Exit code 0 when no prediction differs, 1 when some do.
+"""
 
 from __future__ import annotations
 
@@ -11,44 +17,65 @@ from dnnlens.errors import UsageError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "verify", help="run a checkpoint through our engine and PyTorch and compare them",
-        description="Run the reference network's checkpoint through our own loop-nest kernels "
-                    "and through PyTorch on the same images: accuracy, differing predictions "
-                    "(should be 0), largest logit difference, per-layer activation "
-                    "differences and both throughputs.")
-    parser.add_argument("checkpoint",
-                        help="state-dict checkpoint of the reference network, or an ONNX file "
-                             "(then compared with onnxruntime instead of PyTorch)")
-    parser.add_argument("--data", default="sample",
-                        help="sample (default), idx:FOLDER, mnist or fashion-mnist")
-    parser.add_argument("--limit", default=None, metavar="N", help="only the first N images")
+        "verify", help="run a model through our engine and through PyTorch/onnxruntime and "
+                       "compare them",
+        description="Run a model through our own loop-nest kernels and through the real model "
+                    "(PyTorch, or onnxruntime for an ONNX file) on the same inputs: differing "
+                    "predictions (should be 0), the largest logit difference next to the "
+                    "largest logit, per-layer differences from the real model's own "
+                    "intermediate values, both throughputs, and accuracy with --data.")
+    parser.add_argument("model", metavar="MODEL",
+                        help="the course network's checkpoint (.pth), a torchvision model "
+                             "name, package.module:factory, or an ONNX file")
+    parser.add_argument("--data", default=None,
+                        help="images to use: sample, idx:FOLDER, mnist or fashion-mnist "
+                             "(default: --images random inputs)")
+    parser.add_argument("--limit", default=None, metavar="N",
+                        help="with --data: only the first N images")
+    parser.add_argument("--images", default="8", metavar="N",
+                        help="without --data: this many seeded random inputs (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs and "
+                        "of the initial weights (default 0)")
+    parser.add_argument("--weights", default=None, metavar="CHECKPOINT",
+                        help="a state-dict checkpoint to load into a torchvision or factory "
+                             "model")
+    parser.add_argument("--input", default=None, metavar="N,C,H,W",
+                        help="input shape, for models that do not say it")
     parser.add_argument("--engine", default="compiled", metavar="compiled|reference",
                         help="compiled (Numba, default) or reference (readable NumPy loops)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
 
-def parse_limit(text: str | None) -> int | None:
+def parse_count(text: str | None, option: str) -> int | None:
     if text is None:
         return None
     try:
-        limit = int(text)
+        count = int(text)
     except ValueError:
-        raise UsageError(f"--limit must be a whole number of images, got {text!r}") from None
-    if limit < 1:
-        raise UsageError(f"--limit must be at least 1, got {limit}")
-    return limit
+        raise UsageError(f"{option} must be a whole number of images, got {text!r}") from None
+    if count < 1:
+        raise UsageError(f"{option} must be at least 1, got {count}")
+    return count
+
+
+def parse_limit(text: str | None) -> int | None:
+    return parse_count(text, "--limit")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dnnlens.engine import ENGINES, verify
+    from dnnlens.cli.analyze import parse_shape
+    from dnnlens.engine import ENGINES
+    from dnnlens.verify import verify
 
     if args.engine not in ENGINES:
         raise UsageError(f"--engine must be {' or '.join(ENGINES)}, got {args.engine!r}")
-    if str(args.checkpoint).endswith(".onnx"):
-        return run_onnx(args)
-    result = verify(args.checkpoint, data=args.data, limit=parse_limit(args.limit),
-                    engine=args.engine)
+    limit = parse_limit(args.limit)
+    images = parse_count(args.images, "--images")
+    shape = parse_shape(args.input) if args.input else None
+    result = verify(args.model, data=args.data, limit=limit, engine=args.engine,
+                    images=images or 8, seed=args.seed, weights=args.weights,
+                    input_shape=shape)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -56,27 +83,14 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.mismatches == 0 else 1
 
 
-def run_onnx(args: argparse.Namespace) -> int:
-    """An ONNX classifier: our engine against onnxruntime on the same images."""
-    from dnnlens.importers.onnx import verify_onnx
-
-    check = verify_onnx(args.checkpoint, data=args.data, limit=parse_limit(args.limit),
-                        engine=args.engine)
-    if args.json:
-        print(json.dumps({"images": check.images, "mismatches": check.differing_predictions,
-                          "max_abs_diff": check.max_abs_diff, "engine": check.engine,
-                          "reference": "onnxruntime"}, indent=2))
-    else:
-        print(f"verify {args.checkpoint} on {args.data}: {check.summary()}")
-    return 0 if check.differing_predictions == 0 else 1
-
-
 def render(result: Any) -> str:
     """The human-readable report: a summary, then one row per layer."""
     from dnnlens.formatting import key_value_table, text_table
-    from dnnlens.report import verification_columns, verification_layer_rows, verification_pairs
+    from dnnlens.report import (reference_name, verification_columns, verification_layer_rows,
+                                verification_pairs)
 
     return "\n".join([
-        f"verify on {result.data}: {result.images:,} images, {result.engine} engine",
+        f"verify {result.model} on {result.data}: {result.images:,} images, {result.engine} "
+        f"engine against {reference_name(result)}",
         key_value_table(verification_pairs(result), indent=2), "",
         text_table(verification_columns(), verification_layer_rows(result), indent=2)])

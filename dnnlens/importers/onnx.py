@@ -58,6 +58,7 @@ from dnnlens.ops import (
     Unknown,
     infer_shape,
 )
+from dnnlens.ops.conv import same_padding
 
 InputShapes = Shape | Sequence[int] | Mapping[str, Sequence[int]] | None
 
@@ -115,6 +116,7 @@ class _Ctx:
     # SplitToSequence outputs: value -> (input, axis, [(start, stop)], keep_dim)
     sequences: dict[str, tuple[str, int, list[tuple[int, int]], bool]] = field(
         default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)  # IR node -> the ONNX value it is
 
     def is_param(self, value: str) -> bool:
         const = self.consts.get(value)
@@ -359,10 +361,20 @@ def _attr_value(attr) -> Any:
     return onnx.helper.get_attribute_value(attr)
 
 
+def _decimal(value: float) -> float:
+    """A float32 attribute as the decimal it was written as (1e-5, not 9.99999975e-06), so
+    that an eps or a slope reads the same as in the PyTorch model it was exported from."""
+    return float(str(np.float32(value)))
+
+
 def _attrs(node) -> dict[str, Any]:
     out = {}
     for attr in node.attribute:
         value = _attr_value(attr)
+        if isinstance(value, float):
+            value = _decimal(value)
+        elif isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+            value = [_decimal(v) for v in value]
         out[attr.name] = value.decode() if isinstance(value, bytes) else value
     return out
 
@@ -441,7 +453,7 @@ def _param(ctx: _Ctx, value: str, layout: np.ndarray | None = None,
     if existing is not None and (existing.shape != array.shape
                                  or not np.array_equal(existing, array)):
         name = unique_name(f"{name}:{value}", set(ctx.weights))
-    ctx.weights[name] = np.ascontiguousarray(array)
+    ctx.weights[name] = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d 1-d)
     return Param(name, tuple(int(d) for d in array.shape))
 
 
@@ -482,11 +494,13 @@ def _emit(ctx: _Ctx, node, op: Op, inputs: list[str], params: dict[str, Param],
         params=params, module=module, module_type=_module_type(node),
         source=f"onnx:{node.op_type} {node.name}".rstrip()))
     ctx.alias[out_value] = name
+    ctx.values[name] = out_value
     return name
 
 
-def _unknown(ctx: _Ctx, node) -> None:
-    """An op dnnlens has no rule for: kept with its shapes, flagged as unknown."""
+def _unknown(ctx: _Ctx, node, reason: str = "") -> None:
+    """An op dnnlens has no rule for (or cannot express: ``reason`` says why): kept with its
+    shapes, flagged as unknown."""
     for index, out in enumerate(o for o in node.output if o):
         shape = ctx.shapes.get(out)
         if shape is None:
@@ -494,7 +508,8 @@ def _unknown(ctx: _Ctx, node) -> None:
                              f"{node.op_type} node {node.name!r} dnnlens does not know")
         params = {f"input{i}": _param(ctx, v) for i, v in enumerate(node.input)
                   if v and ctx.is_param(v)}
-        _emit(ctx, node, Unknown(target=f"onnx:{node.op_type}", observed_shape=shape),
+        target = f"onnx:{node.op_type}" + (f" with {reason}" if reason else "")
+        _emit(ctx, node, Unknown(target=target, observed_shape=shape),
               _activations(ctx, node), params, output=out,
               suffix="" if index == 0 else f".{index}")
 
@@ -505,13 +520,8 @@ def _spatial_pads(attrs: dict, x: Shape, kernel: Sequence[int], strides: Sequenc
     d = len(kernel)
     auto = attrs.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pairs = []
-        for size, k, s, dil in zip(x[2:], kernel, strides, dilations):
-            total = max((-(-size // s) - 1) * s + (k - 1) * dil + 1 - size, 0)
-            small = total // 2
-            upper = auto == "SAME_UPPER"
-            pairs.append((small, total - small) if upper else (total - small, small))
-        return tuple(pairs)
+        return same_padding(tuple(x[2:]), tuple(kernel), tuple(strides), tuple(dilations),
+                            extra_at_end=auto == "SAME_UPPER")
     if auto == "VALID":
         return tuple((0, 0) for _ in range(d))
     pads = list(attrs.get("pads", [0] * (2 * d)))
@@ -664,30 +674,103 @@ def _layernorm(ctx: _Ctx, node) -> None:
     _emit(ctx, node, op, [x], params)
 
 
+#: ONNX's defaults of the activation attributes dnnlens keeps.
+ONNX_ACTIVATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "HardSigmoid": {"alpha": 0.2, "beta": 0.5},
+    "LeakyRelu": {"alpha": 0.01},
+    "Elu": {"alpha": 1.0},
+    "Selu": {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+    "Gelu": {"approximate": "none"},
+}
+#: What each activation computes when the operator has no field for an attribute (PyTorch's
+#: definitions): a node whose attribute differs is refused rather than run with the wrong one.
+IMPLIED_ACTIVATION_ATTRIBUTES: dict[str, dict[str, Any]] = {
+    "hardsigmoid": {"alpha": 1 / 6, "beta": 0.5},
+    "leaky_relu": {"alpha": 0.01},
+    "elu": {"alpha": 1.0},
+    "selu": {"alpha": 1.6732632423543772, "gamma": 1.0507009873554805},
+    "gelu": {"approximate": "none"},
+    "clamp": {"min": None, "max": None},
+}
+
+
+def _same_attribute(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 1e-6 * max(1.0, abs(b))  # float32 attributes
+    return a == b
+
+
+def activation_op(function: str, attributes: Mapping[str, Any]) -> Activation | str:
+    """``Activation(function, **attributes)`` keeping every attribute the operator has a
+    field for; else the reason it cannot be expressed (an attribute the operator has no
+    field for and whose value differs from what its kernel computes)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(Activation)}
+    implied = IMPLIED_ACTIVATION_ATTRIBUTES.get(function, {})
+    kept = {}
+    for key, value in attributes.items():
+        if key in names:
+            kept[key] = value
+        elif not _same_attribute(value, implied.get(key, value)):
+            return f"{key}={value!r}, which dnnlens does not keep yet"
+    return Activation(function=function, **kept)
+
+
 def _unary(ctx: _Ctx, node) -> None:
     function = UNARY[node.op_type]
+    attrs = {**ONNX_ACTIVATION_DEFAULTS.get(node.op_type, {}), **_attrs(node)}
     if node.op_type == "Clip":
         bounds = [ctx.consts[v].array.item() if v in ctx.consts else None
                   for v in node.input[1:3]] + [None, None]
-        attrs = _attrs(node)
-        low, high = attrs.get("min", bounds[0]), attrs.get("max", bounds[1])
+        if any(v and v not in ctx.consts for v in node.input[1:3]):
+            return _unknown(ctx, node, "bounds computed at run time")
+        low, high = attrs.pop("min", bounds[0]), attrs.pop("max", bounds[1])
         if low == 0 and high == 6:
             function = "relu6"
         elif low == 0 and high is None:
             function = "relu"
-    _emit(ctx, node, Activation(function=function), [node.input[0]], {})
+        else:
+            attrs.update(min=low, max=high)
+    op = activation_op(function, attrs if function not in ("relu", "relu6") else {})
+    if isinstance(op, str):
+        return _unknown(ctx, node, op)
+    _emit(ctx, node, op, [node.input[0]], {})
+
+
+#: Binary operators whose operands cannot be swapped.
+ORDERED = frozenset({"sub", "div", "pow", "where"})
+INTEGER_KINDS = "iub"
 
 
 def _binary(ctx: _Ctx, node) -> None:
+    """Element-wise arithmetic: the activation operands are inputs; every constant operand
+    (a learned tensor, or a scalar such as the 0.5 of ``x * 0.5``, of any dtype) a parameter
+    in operand order, learned ones as ``weight``, the rest as ``constant``."""
     acts = _activations(ctx, node)
-    params: dict[str, Param] = {}
-    for i, value in enumerate(v for v in node.input if v and v in ctx.consts):
-        const = ctx.consts[value]
-        if const.origin is not None:  # a learned tensor (position embedding, layer scale)
-            params["weight" if not params else f"weight{i}"] = _param(ctx, value)
     if not acts:
         return _unknown(ctx, node)
-    _emit(ctx, node, Binary(function=BINARY_OPS[node.op_type]), acts, params)
+    function = BINARY_OPS[node.op_type]
+    operands = [v for v in node.input if v]
+    if function in ORDERED and any(v in ctx.consts for v in operands[:operands.index(acts[-1])]):
+        return _unknown(ctx, node, "a constant before an activation operand")
+    dtype = ctx.dtypes.get(node.output[0])
+    if dtype is not None and np.dtype(dtype).kind in INTEGER_KINDS:
+        if function == "div":
+            return _unknown(ctx, node, "integer division, which has no integer kernel yet")
+        kinds = {np.dtype(ctx.consts[v].array.dtype if v in ctx.consts
+                          else ctx.dtypes.get(v, dtype)).kind for v in operands}
+        if kinds - set(INTEGER_KINDS):  # Pow(int, float) is an int in ONNX, a float in NumPy
+            return _unknown(ctx, node, f"an integer result from operands of kinds "
+                                       f"{''.join(sorted(kinds))}")
+    params: dict[str, Param] = {}
+    for value in operands:
+        if value not in ctx.consts:
+            continue
+        role = "weight" if ctx.is_param(value) else "constant"
+        count = sum(1 for r in params if r.startswith(role))
+        params[role if not count else f"{role}{count + 1}"] = _param(ctx, value)
+    _emit(ctx, node, Binary(function=function), acts, params)
 
 
 def _pool(ctx: _Ctx, node) -> None:
@@ -723,11 +806,7 @@ def _reduce(ctx: _Ctx, node) -> None:
     keep = bool(attrs.get("keepdims", 1))
     dims = tuple(sorted(a % len(x) for a in axes)) if axes else ()
     function = REDUCE_OPS[node.op_type]
-    if function in ("mean", "amax") and keep and len(x) > 2 and dims == tuple(range(2, len(x))):
-        # x.mean((2, 3), keepdim=True): adaptive pooling to 1 x 1, as PyTorch's module.
-        mode = "avg" if function == "mean" else "max"
-        return _emit(ctx, node, AdaptivePool(mode=mode, output_size=(1,) * (len(x) - 2)),
-                     [node.input[0]], {})
+    # (a mean over H, W keeping them is a global pool: dnnlens.canonical makes it one)
     _emit(ctx, node, Reduce(function=function, dims=dims, keepdim=keep), [node.input[0]], {})
 
 
@@ -735,13 +814,44 @@ def _reshape_like(ctx: _Ctx, node) -> None:
     """Flatten, Reshape, Squeeze, Unsqueeze: a view to the inferred output shape."""
     x = ctx.graph.shape_of(_ir(ctx, node.input[0]))
     if node.op_type == "Flatten":
-        axis = int(_attrs(node).get("axis", 1)) % (len(x) + 1) if x else 0
+        axis = int(_attrs(node).get("axis", 1))
+        axis = axis + len(x) if axis < 0 else axis  # -1 on (N, C, H, W): (N*C*H, W)
         target: Shape = (prod(x[:axis]), prod(x[axis:]))
     else:
-        target = ctx.shapes.get(node.output[0])  # type: ignore[assignment]
+        target = ctx.shapes.get(node.output[0]) or _view_shape(ctx, node, x)  # type: ignore
         if target is None:
             return _unknown(ctx, node)
+        ctx.shapes[node.output[0]] = tuple(target)
     _emit(ctx, node, Reshape.between(x, tuple(target)), [node.input[0]], {})
+
+
+def _view_shape(ctx: _Ctx, node, x: Shape) -> Shape | None:
+    """The output shape of a Reshape/Squeeze/Unsqueeze whose shape or axes we folded to a
+    constant where ONNX's shape inference gave up; None if they are not constant."""
+    attrs = _attrs(node)
+    second = node.input[1] if len(node.input) > 1 and node.input[1] else None
+    if second is not None and second not in ctx.consts:
+        return None
+    values = ([int(v) for v in ctx.consts[second].array.reshape(-1)] if second
+              else [int(v) for v in attrs.get("axes", [])])
+    if node.op_type == "Reshape":
+        if second is None:
+            return None
+        keep_zero = bool(attrs.get("allowzero", 0))
+        shape = [x[i] if d == 0 and not keep_zero else d for i, d in enumerate(values)]
+        if shape.count(-1) == 1:
+            known = prod(d for d in shape if d != -1)
+            shape[shape.index(-1)] = prod(x) // known if known else 0
+        return tuple(shape)
+    if node.op_type == "Unsqueeze":
+        rank = len(x) + len(values)
+        axes = sorted(a % rank for a in values)
+        shape = list(x)
+        for axis in axes:
+            shape.insert(axis, 1)
+        return tuple(shape)
+    axes = {a % len(x) for a in values} if values else {i for i, d in enumerate(x) if d == 1}
+    return tuple(d for i, d in enumerate(x) if i not in axes)  # Squeeze
 
 
 def _transpose(ctx: _Ctx, node) -> None:
@@ -781,23 +891,49 @@ def _gather(ctx: _Ctx, node) -> None:
     _unknown(ctx, node)
 
 
+def _slice_arguments(ctx: _Ctx, node) -> tuple[list, list, list, list] | None:
+    """``(starts, ends, axes, steps)``: attributes up to opset 9, constant inputs from 10;
+    None when one of them is computed at run time."""
+    if ctx.opset < 10 or len(node.input) == 1:
+        attrs = _attrs(node)
+        starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
+        axes = list(attrs.get("axes", range(len(starts))))
+        return starts, ends, axes, [1] * len(starts)
+    values = []
+    for value in node.input[1:5]:
+        if not value:
+            values.append(None)
+        elif value in ctx.consts:
+            values.append([int(v) for v in ctx.consts[value].array.reshape(-1)])
+        else:
+            return None
+    values += [None] * (4 - len(values))
+    starts, ends, axes, steps = values
+    if starts is None or ends is None:
+        return None
+    return (starts, ends, list(axes if axes is not None else range(len(starts))),
+            list(steps if steps is not None else [1] * len(starts)))
+
+
 def _slice(ctx: _Ctx, node) -> None:
-    values = [ctx.consts[v].array.reshape(-1) if v in ctx.consts else None
-              for v in node.input[1:]]
-    if any(v is None for v in values[:2]) or (len(values) > 2 and values[2] is None and
-                                               node.input[3]):
-        return _unknown(ctx, node)
-    starts, ends = values[0], values[1]
-    axes = values[2] if len(values) > 2 and values[2] is not None else range(len(starts))
-    steps = values[3] if len(values) > 3 and values[3] is not None else [1] * len(starts)
-    if len(starts) != 1:
-        return _unknown(ctx, node)
-    big = 2 ** 62
-    start, stop = int(starts[0]), int(ends[0])
-    stop = min(stop, big)
-    stop = max(stop, -big)
-    _emit(ctx, node, Slice(axis=int(next(iter(axes))), start=start, stop=stop,
-                           step=int(steps[0])), [node.input[0]], {})
+    """One IR slice per sliced axis, chained."""
+    arguments = _slice_arguments(ctx, node)
+    if arguments is None:
+        return _unknown(ctx, node, "bounds computed at run time")
+    starts, ends, axes, steps = arguments
+    big = 2 ** 62  # ONNX writes "to the end" as INT64_MAX (or INT64_MIN going backwards)
+    source = node.input[0]
+    rank = len(ctx.graph.shape_of(_ir(ctx, source)))
+    for index, (start, stop, axis, step) in enumerate(zip(starts, ends, axes, steps)):
+        last = index == len(starts) - 1
+        output = node.output[0] if last else f"{node.output[0]}#slice{index}"
+        op = Slice(axis=int(axis) % rank, start=int(start), stop=max(min(int(stop), big), -big),
+                   step=int(step))
+        _emit(ctx, node, op, [source], {}, output=output,
+              suffix="" if index == 0 else f".{index}")
+        source = output
+    if not starts:
+        _identity(ctx, node)
 
 
 def _split(ctx: _Ctx, node) -> None:
@@ -854,6 +990,18 @@ def _sequence_at(ctx: _Ctx, node) -> None:
 def _expand(ctx: _Ctx, node) -> None:
     x = node.input[0]
     target = ctx.shapes.get(node.output[0])
+    if target is None and len(node.input) > 1 and node.input[1] in ctx.consts:
+        # ONNX's inference gave up (a shape computed from Shape ops, folded by us since):
+        # Expand broadcasts the input's shape and the given one, NumPy's way.
+        given = tuple(int(v) for v in ctx.consts[node.input[1]].array.reshape(-1))
+        source = (ctx.consts[x].array.shape if x in ctx.consts
+                  else ctx.graph.shape_of(_ir(ctx, x)))
+        try:
+            target = tuple(np.broadcast_shapes(tuple(source), given))
+        except ValueError:
+            raise ModelError(f"{ctx.path}: Expand node {node.name!r} cannot expand "
+                             f"{tuple(source)} to {given}") from None
+        ctx.shapes[node.output[0]] = target
     if target is None:
         return _unknown(ctx, node)
     if ctx.is_param(x):  # a class token broadcast over the batch
@@ -864,6 +1012,10 @@ def _expand(ctx: _Ctx, node) -> None:
 
 
 def _dropout(ctx: _Ctx, node) -> None:
+    training = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if training is not None and (training not in ctx.consts
+                                 or bool(ctx.consts[training].array.reshape(-1)[0])):
+        return _unknown(ctx, node, "training_mode on (random masks)")
     ratio = _attrs(node).get("ratio", 0.5)
     if len(node.input) > 1 and node.input[1] in ctx.consts:
         ratio = float(ctx.consts[node.input[1]].array)
@@ -918,8 +1070,19 @@ def import_onnx(path: str | Path, input_shape: InputShapes = None
     ``input_shape``: the input's shape (batch included) when the file leaves dimensions
     dynamic, or a dict of shapes by input name for several inputs. The weights dict maps each
     ``Param.name`` (and batch-norm statistics by name) to its array, in the layout the IR
-    operator expects, ready for :func:`dnnlens.engine.run`.
+    operator expects, ready for :func:`dnnlens.engine.run`. The graph is canonical
+    (:func:`dnnlens.canonical.canonicalise`).
     """
+    graph, weights, _ = import_onnx_with_values(path, input_shape)
+    return graph, weights
+
+
+def import_onnx_with_values(path: str | Path, input_shape: InputShapes = None
+                            ) -> tuple[Graph, dict[str, np.ndarray], dict[str, str]]:
+    """:func:`import_onnx`, plus the ONNX value each IR node computes (by node name), so that
+    onnxruntime's intermediate values can be compared with ours layer by layer."""
+    from dnnlens.canonical import canonicalise
+
     path = Path(path)
     model = _load(path)
     _check(model, path)
@@ -946,75 +1109,4 @@ def import_onnx(path: str | Path, input_shape: InputShapes = None
             continue  # a constant output: nothing to compute
         else:
             raise ModelError(f"{path}: graph output {out.name!r} is not computed by any node")
-    return graph, ctx.weights
-
-
-# --- running an ONNX file in our engine against onnxruntime -----------------------------------
-
-@dataclass(frozen=True)
-class OnnxCheck:
-    """Our engine against onnxruntime on the same images."""
-
-    images: int
-    differing_predictions: int
-    max_abs_diff: float  # largest |logit difference|
-    engine: str
-
-    def summary(self) -> str:
-        return (f"{self.images} images: {self.differing_predictions} differing predictions, "
-                f"max |logit difference| {self.max_abs_diff:.3g} ({self.engine} engine vs "
-                f"onnxruntime)")
-
-
-def _ort_logits(path: Path, images: np.ndarray, input_name: str, fixed_batch: int | None,
-                batch: int = 256) -> np.ndarray:
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    step = fixed_batch or batch
-    parts = []
-    for start in range(0, len(images), step):
-        chunk = images[start:start + step]
-        if fixed_batch and len(chunk) < fixed_batch:  # pad a last partial batch
-            pad = np.zeros((fixed_batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            out = session.run(None, {input_name: np.concatenate([chunk, pad])})[0][:len(chunk)]
-        else:
-            out = session.run(None, {input_name: chunk})[0]
-        parts.append(np.asarray(out))
-    return np.concatenate(parts)
-
-
-def verify_onnx(path: str | Path, data: Any = "sample", limit: int | None = 1000,
-                engine: str = "compiled") -> OnnxCheck:
-    """Run an ONNX classifier with our kernels and with onnxruntime on the same images.
-
-    ``data``: a :class:`dnnlens.data.Dataset`, an ``(N, C, H, W)`` float32 array, or a
-    :func:`dnnlens.data.load_data` source name (test split). ``limit``: the first images only.
-    """
-    from dnnlens.engine import predict
-
-    path = Path(path)
-    if isinstance(data, str):
-        from dnnlens.data import load_data
-
-        data = load_data(data, "test")
-    images = np.ascontiguousarray(getattr(data, "images", data), dtype=np.float32)
-    if limit is not None:
-        images = images[:limit]
-    model = _load(path)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelError(f"{path} has {len(inputs)} inputs; verify takes a one-input classifier")
-    dims = _dims(inputs[0])
-    fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
-    want = tuple(images.shape[1:])
-    if tuple(d for d in dims[1:]) != want and not all(isinstance(d, str) for d in dims[1:]):
-        raise ModelError(f"{path} takes input ({', '.join(map(str, dims))}); the images are "
-                         f"(N, {', '.join(map(str, want))})")
-    graph, weights = import_onnx(path, input_shape=(fixed or 1, *want))
-    ours = predict(graph, weights, images, engine=engine)
-    theirs = _ort_logits(path, images, inputs[0].name, fixed)
-    differing = int(np.sum(ours.argmax(axis=1) != theirs.argmax(axis=1)))
-    return OnnxCheck(images=len(images), differing_predictions=differing,
-                     max_abs_diff=float(np.max(np.abs(ours - theirs))), engine=engine)
+    return canonicalise(graph), ctx.weights, ctx.values

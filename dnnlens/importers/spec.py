@@ -30,7 +30,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from dnnlens.errors import ShapeError, SpecError, UsageError
+from dnnlens.errors import ShapeError, SpecError
 from dnnlens.ir import Graph, Node, Param, Shape
 from dnnlens.ops import (
     Activation,
@@ -408,7 +408,9 @@ def spec_from_dict(doc: Raw, path: str = "<spec>") -> Graph:
     for index, raw in enumerate(layers, start=1):
         _add_layer(index, raw, st)
     graph.outputs = [st.current]
-    return graph
+    from dnnlens.canonical import canonicalise
+
+    return canonicalise(graph)
 
 
 def import_spec(path: str | Path, batch: int | None = None) -> Graph:
@@ -432,38 +434,3 @@ def import_spec(path: str | Path, batch: int | None = None) -> Graph:
     if batch is not None and isinstance(doc.get("input"), list) and doc["input"]:
         doc["input"] = [batch, *doc["input"][1:]]
     return spec_from_dict(doc, str(path))
-
-
-#: File endings :func:`graph_from_file` reads, besides ``spec:PATH``.
-FILE_SOURCES = (".onnx", ".toml", ".csv")
-
-
-def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
-                    batch: int | None = None) -> Graph | None:
-    """The graph of a model *file* named on the command line, or None for other sources.
-
-    ``model.onnx`` (ONNX; ``input_shape`` fills dynamic dimensions, ``batch`` replaces N),
-    ``net.toml`` or ``spec:PATH`` (a spec file), ``topology.csv`` (a SCALE-Sim topology).
-    """
-    lower = source.lower()
-    is_spec = source.startswith("spec:") or lower.endswith(".toml")
-    if not is_spec and not lower.endswith(FILE_SOURCES):
-        return None
-    if input_shape is not None and not lower.endswith(".onnx"):
-        raise UsageError(f"--input does not apply to {source}: its layers fix the input "
-                         "shape (edit the file's input instead); --batch sets N")
-    if is_spec:
-        return import_spec(source.removeprefix("spec:"), batch)
-    if lower.endswith(".csv"):
-        from dnnlens.scalesim import import_topology
-
-        return import_topology(source, batch)
-    from dnnlens.importers.onnx import import_onnx, onnx_input_dims
-
-    shape = input_shape
-    if batch is not None:
-        base = shape or tuple(d if isinstance(d, int) and d > 0 else 1
-                              for d in onnx_input_dims(source))
-        shape = (batch, *base[1:])
-    graph, _ = import_onnx(source, input_shape=shape)
-    return graph

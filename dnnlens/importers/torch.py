@@ -55,7 +55,7 @@ from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Co
                          Copy, Dropout, Embedding, Expand, Linear, MatMul, Norm, Op, Permute,
                          Pool, Recurrent, RecurrentState, Reduce, Reshape, Slice, Softmax,
                          Unknown, infer_shape)
-from dnnlens.ops.conv import symmetric_padding
+from dnnlens.ops.conv import same_padding, symmetric_padding
 from dnnlens.ops.scan import CumSum
 from dnnlens.ops.elementwise import (ACTIVATION_PARAMETERS, ACTIVATIONS, BINARY,
                                      TORCH_PARAMETER_NAMES, broadcast)
@@ -114,12 +114,11 @@ def _tuple(value: Any, rank: int) -> tuple[int, ...]:
 
 def _leaf_conv(tr: "Tracer", m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Built:
     rank = len(m.kernel_size)
-    if isinstance(m.padding, str):  # 'same' / 'valid'
-        pads = []
-        for k, d in zip(m.kernel_size, m.dilation):
-            total = d * (k - 1) if m.padding == "same" else 0
-            pads.append((total // 2, total - total // 2))
-        padding = tuple(pads)
+    if isinstance(m.padding, str):  # 'same' (stride 1 only, in PyTorch) / 'valid'
+        sizes = tuple(x.shape[2:])
+        padding = (same_padding(sizes, _tuple(m.kernel_size, rank), _tuple(m.stride, rank),
+                                _tuple(m.dilation, rank)) if m.padding == "same"
+                   else symmetric_padding((0,) * rank))
     else:
         padding = symmetric_padding(_tuple(m.padding, rank))
     transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
@@ -1203,8 +1202,10 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
         for handle in handles:
             handle.remove()
     outputs = [tracer.value_of(t) for t in tree_flatten(out)[0] if tracer.known(t)]
-    return Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
-                 name=type(model).__name__, declared_params=declared)
+    from dnnlens.canonical import canonicalise
+
+    return canonicalise(Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
+                              name=type(model).__name__, declared_params=declared))
 
 
 #: Exceptions from running the model itself that mean "this input does not fit the model".

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ir import Shape
+from dnnlens.shapes import Shape
 
 #: Every operator class by its ``KIND``; filled by :func:`register`.
 REGISTRY: dict[str, type["Op"]] = {}
@@ -142,9 +142,15 @@ def is_bias(role: str) -> bool:
     return role == "bias" or role.startswith("bias_")
 
 
+def is_weight(role: str) -> bool:
+    """A parameter counts as a weight unless it is a bias or a ``constant`` (a fixed operand
+    an importer kept, such as the 0.5 of ``x * 0.5``: not learned, not counted)."""
+    return not is_bias(role) and not role.startswith("constant")
+
+
 def weight_count(params: Mapping[str, Shape]) -> int:
-    """Values in every parameter whose role is not a bias."""
-    return sum(prod(shape) for role, shape in params.items() if not is_bias(role))
+    """Values in every parameter that :func:`is_weight`."""
+    return sum(prod(shape) for role, shape in params.items() if is_weight(role))
 
 
 def bias_count(params: Mapping[str, Shape]) -> int:

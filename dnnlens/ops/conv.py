@@ -42,6 +42,21 @@ def symmetric_padding(padding: tuple[int, ...]) -> Pads:
     return tuple((int(p), int(p)) for p in padding)
 
 
+def same_padding(sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+                 dilation: tuple[int, ...], extra_at_end: bool = True) -> Pads:
+    """"Same" padding, the one definition every importer uses: the (begin, end) pairs that
+    make the output ``ceil(size / stride)`` long; an odd total puts the extra zero at the end
+    (PyTorch's ``padding="same"``, ONNX ``SAME_UPPER``) or at the beginning (``SAME_LOWER``).
+    ``total = max((ceil(size / stride) - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)``.
+    """
+    pairs = []
+    for size, k, s, d in zip(sizes, kernel, stride, dilation):
+        total = max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+        small = total // 2
+        pairs.append((small, total - small) if extra_at_end else (total - small, small))
+    return tuple(pairs)
+
+
 @register
 @dataclass(frozen=True)
 class Conv(Op):

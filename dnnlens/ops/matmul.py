@@ -26,7 +26,6 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ir import Shape
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
     Op,
@@ -35,6 +34,7 @@ from dnnlens.ops.base import (
     register,
     torch_tensors,
 )
+from dnnlens.shapes import Shape
 from dnnlens.ops.elementwise import broadcast
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)

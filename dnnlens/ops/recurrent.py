@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from dnnlens.errors import ShapeError
-from dnnlens.ir import Shape
+from dnnlens.shapes import Shape
 from dnnlens.ops.base import Op, register, weight_count
 
 #: Gate matrices per mode (rows of ``weight_ih`` are ``GATES * hidden_size``).

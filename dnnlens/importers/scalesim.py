@@ -272,4 +272,6 @@ def import_topology(path: str | Path, batch: int | None = None) -> Graph:
         graph.inputs[source] = shape
         graph.nodes.append(node)
         graph.outputs.append(node.name)
-    return graph
+    from dnnlens.canonical import canonicalise
+
+    return canonicalise(graph)

@@ -1,0 +1,97 @@
+"""The torchvision classification zoo through our engine, one row per model (issue 10).
+
+For each model of ``torchvision.models.list_models(module=torchvision.models)`` (or the names
+given): built with ``weights=None`` and seeded weights, run on 8 seeded random inputs through
+our compiled engine and through PyTorch (:func:`dnnlens.verify.verify`), against the bar of
+tests/test_engine_zoo.py: 0 differing predictions and max |logit diff| <= 1e-3 x max
+|PyTorch logit|. A model the engine refuses (an operator without a kernel) gets a row naming
+the layer and the operator.
+
+The table goes to ``docs/zoo.md`` (rewritten whole). Every MAC of every image runs in our own
+loop nests, so the whole list takes hours on two cores: ``python benchmarks/zoo.py resnet18
+mobilenet_v2`` runs some.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torchvision
+
+from dnnlens.errors import DnnlensError
+from dnnlens.fileio import atomic_write_text
+from dnnlens.verify import verify
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = 8
+BAR = 1e-3
+
+
+def row(name: str) -> str:
+    start = time.perf_counter()
+    try:
+        result = verify(name, images=IMAGES, seed=0, layers=False)
+    except DnnlensError as exc:
+        return f"| {name} | refused | | | | {str(exc).replace('|', '/')} |"
+    except Exception as exc:  # noqa: BLE001 - a bug, reported in the table, not a stop
+        first = (str(exc).splitlines() or [""])[0].replace("|", "/")
+        return f"| {name} | CRASH | | | | {type(exc).__name__}: {first} |"
+    seconds = time.perf_counter() - start
+    ratio = result.max_abs_diff / result.max_abs_reference
+    ok = result.mismatches == 0 and ratio <= BAR
+    return (f"| {name} | {'pass' if ok else 'FAIL'} | {result.mismatches} | "
+            f"{result.max_abs_diff:.3g} | {result.max_abs_reference:.3g} | "
+            f"{seconds:.0f} s |")
+
+
+def by_macs(names: list[str]) -> list[str]:
+    """Cheapest first (MACs per image from our analysis), so that a run stopped early has
+    covered the most models; models the analysis cannot read last."""
+    from dnnlens.analysis import analyze
+    from dnnlens.importers import build_model
+
+    def macs(name: str) -> float:
+        try:
+            model, shape = build_model(name, device="meta")
+            return analyze(model.eval(), shape).totals.macs
+        except Exception:  # noqa: BLE001 - ordering only; the row reports the failure
+            return float("inf")
+
+    return sorted(names, key=macs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="models (default: the whole list)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "zoo.md")
+    args = parser.parse_args(argv)
+    names = args.names or by_macs(sorted(torchvision.models.list_models(
+        module=torchvision.models)))
+    lines = [
+        "# The torchvision zoo through our engine", "",
+        f"`{' '.join(['python benchmarks/zoo.py', *args.names])}`, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or 'CPU'}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads. {IMAGES} seeded random inputs per model, weights=None with seeded "
+        f"initialisation; pass = 0 differing predictions and max |diff| <= {BAR:g} x max "
+        "|PyTorch logit|. The time includes building the model, tracing it and compiling "
+        "the kernels.", "",
+        "| model | result | differing predictions | max abs logit diff | max abs PyTorch logit "
+        "| time or reason |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for name in names:
+        lines.append(row(name))
+        print(lines[-1], flush=True)
+        atomic_write_text(args.out, "\n".join(lines) + "\n")  # a stopped run keeps its rows
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
