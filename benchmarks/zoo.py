@@ -33,6 +33,17 @@ IMAGES = 8
 BAR = 1e-3
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
 def row(name: str) -> str:
     start = time.perf_counter()
     try:
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# The torchvision zoo through our engine", "",
         f"`{' '.join(['python benchmarks/zoo.py', *args.names])}`, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or 'CPU'}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu_name()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads. {IMAGES} seeded random inputs per model, weights=None with seeded "
         f"initialisation; pass = 0 differing predictions and max |diff| <= {BAR:g} x max "
