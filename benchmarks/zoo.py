@@ -45,9 +45,11 @@ def row(name: str) -> str:
     seconds = time.perf_counter() - start
     ratio = result.max_abs_diff / result.max_abs_reference
     ok = result.mismatches == 0 and ratio <= BAR
-    return (f"| {name} | {'pass' if ok else 'FAIL'} | {result.mismatches} | "
-            f"{result.max_abs_diff:.3g} | {result.max_abs_reference:.3g} | "
-            f"{seconds:.0f} s |")
+    return (
+        f"| {name} | {'pass' if ok else 'FAIL'} | {result.mismatches} | "
+        f"{result.max_abs_diff:.3g} | {result.max_abs_reference:.3g} | "
+        f"{seconds:.0f} s |"
+    )
 
 
 def by_macs(names: list[str]) -> list[str]:
@@ -71,17 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="models (default: the whole list)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "zoo.md")
     args = parser.parse_args(argv)
-    names = args.names or by_macs(sorted(torchvision.models.list_models(
-        module=torchvision.models)))
+    names = args.names or by_macs(
+        sorted(torchvision.models.list_models(module=torchvision.models))
+    )
     lines = [
-        "# The torchvision zoo through our engine", "",
+        "# The torchvision zoo through our engine",
+        "",
         f"`{' '.join(['python benchmarks/zoo.py', *args.names])}`, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or 'CPU'}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
         f"threads. {IMAGES} seeded random inputs per model, weights=None with seeded "
         f"initialisation; pass = 0 differing predictions and max |diff| <= {BAR:g} x max "
         "|PyTorch logit|. The time includes building the model, tracing it and compiling "
-        "the kernels.", "",
+        "the kernels.",
+        "",
         "| model | result | differing predictions | max abs logit diff | max abs PyTorch logit "
         "| time or reason |",
         "|---|---|---:|---:|---:|---|",

@@ -20,16 +20,26 @@ INPUT_SHAPE = (1, 1, 28, 28)
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train, verify, analyse and report on the course network (the main job)",
+        "demo",
+        help="train, verify, analyse and report on the course network (the main job)",
         description="Train the course notebook's MNIST network for 10 epochs on the bundled "
-                    "sample (4,000 train / 1,000 test digits), verify our loop-nest engine "
-                    "against PyTorch on the test images, print the per-layer analysis and "
-                    "write an HTML report with the roofline of this machine, offline.")
-    parser.add_argument("--data", default="sample", metavar="SRC",
-                        help="sample (default, offline), idx:PATH, mnist or fashion-mnist")
-    parser.add_argument("--out", type=Path, default=Path("dnnlens-demo"), metavar="DIR",
-                        help="folder for the checkpoint and the report "
-                             "(default ./dnnlens-demo)")
+        "sample (4,000 train / 1,000 test digits), verify our loop-nest engine "
+        "against PyTorch on the test images, print the per-layer analysis and "
+        "write an HTML report with the roofline of this machine, offline.",
+    )
+    parser.add_argument(
+        "--data",
+        default="sample",
+        metavar="SRC",
+        help="sample (default, offline), idx:PATH, mnist or fashion-mnist",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("dnnlens-demo"),
+        metavar="DIR",
+        help="folder for the checkpoint and the report (default ./dnnlens-demo)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -45,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"1. training the course network on {args.data} for {DEMO_EPOCHS} epochs")
     result = train(data=args.data, epochs=DEMO_EPOCHS, out=args.out / "my_mnist_net.pth")
-    print(f"   test accuracy {result.final_accuracy:.2%} ({result.wall_time:.1f} s); "
-          f"checkpoint {result.checkpoint}")
+    print(
+        f"   test accuracy {result.final_accuracy:.2%} ({result.wall_time:.1f} s); "
+        f"checkpoint {result.checkpoint}"
+    )
 
     print("\n2. our loop-nest engine against PyTorch on the test images")
     check = verify(result.checkpoint, data=args.data)

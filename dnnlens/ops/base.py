@@ -243,8 +243,14 @@ def torch_tensors(*values: Any) -> list[Any]:
     Arrays are copied (torch takes no negative strides, and a broadcast view is read-only)."""
     import torch
 
-    return [None if v is None else v if isinstance(v, torch.Tensor)
-            else torch.from_numpy(np.array(v, copy=True)) for v in values]
+    return [
+        None
+        if v is None
+        else v
+        if isinstance(v, torch.Tensor)
+        else torch.from_numpy(np.array(v, copy=True))
+        for v in values
+    ]
 
 
 def contiguous(x: np.ndarray, dtype: Any = None) -> np.ndarray:

@@ -47,8 +47,9 @@ def matmul_shape(a: Shape, b: Shape) -> Shape:
     a2 = (1, *a) if len(a) == 1 else tuple(a)
     b2 = (*b, 1) if len(b) == 1 else tuple(b)
     if a2[-1] != b2[-2]:
-        raise ShapeError(f"matmul of {tuple(a)} and {tuple(b)}: inner dimensions "
-                         f"{a2[-1]} and {b2[-2]} differ")
+        raise ShapeError(
+            f"matmul of {tuple(a)} and {tuple(b)}: inner dimensions {a2[-1]} and {b2[-2]} differ"
+        )
     lead = broadcast([a2[:-2], b2[:-2]]) if (a2[:-2] or b2[:-2]) else ()
     out = (*lead, a2[-2], b2[-1])
     if len(a) == 1:
@@ -228,8 +229,10 @@ class Attention(Op):
         if self.has_mask:
             given = np.asarray(inputs[3])
             if broadcast([given.shape, (*lead, length, source)]) != (*lead, length, source):
-                raise ShapeError(f"mask {given.shape} does not broadcast to the scores "
-                                 f"{(*lead, length, source)}")
+                raise ShapeError(
+                    f"mask {given.shape} does not broadcast to the scores "
+                    f"{(*lead, length, source)}"
+                )
             if given.dtype == bool:
                 given = np.where(given, 0.0, -np.inf).astype(dtype)
             mask = mask + given
@@ -280,11 +283,15 @@ class Attention(Op):
         if causal and mask is not None:  # torch takes one or the other: combine them here
             keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
             extra = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))
-            mask = (extra + torch.zeros_like(extra).masked_fill(~mask, float("-inf"))
-                    if mask.dtype == torch.bool else extra + mask)
+            mask = (
+                extra + torch.zeros_like(extra).masked_fill(~mask, float("-inf"))
+                if mask.dtype == torch.bool
+                else extra + mask
+            )
             causal = False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              scale=self.scale, enable_gqa=self.enable_gqa)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=self.enable_gqa
+        )
 
 
 def attention_loops(q, k, v, mask, scale, out):  # pragma: no cover - compiled

@@ -130,12 +130,15 @@ class Pool(Op):
         the product of the per-axis counts."""
         (kd, kh, kw), (sd, sh, sw) = self.kernel, self.stride
         (pd, ph, pw), (dd, dh, dw) = self.padding, self.dilation
-        common = dict(mode=self.mode, ceil_mode=self.ceil_mode,
-                      count_include_pad=self.count_include_pad)
-        planes = Pool(kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw),
-                      **common)
-        depth = Pool(kernel=(kd, 1), stride=(sd, 1), padding=(pd, (0, 0)), dilation=(dd, 1),
-                     **common)
+        common = dict(
+            mode=self.mode, ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad
+        )
+        planes = Pool(
+            kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), **common
+        )
+        depth = Pool(
+            kernel=(kd, 1), stride=(sd, 1), padding=(pd, (0, 0)), dilation=(dd, 1), **common
+        )
         return planes, depth
 
     def _pool3d(self, x: np.ndarray, path: str) -> np.ndarray:
@@ -193,11 +196,18 @@ class Pool(Op):
             x, begin = F.pad(x, pads, value=float("-inf")), (0,) * dims
         if self.mode == "max":
             pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
-            return pool(x, self.kernel, self.stride, begin, self.dilation,
-                        ceil_mode=self.ceil_mode)
+            return pool(
+                x, self.kernel, self.stride, begin, self.dilation, ceil_mode=self.ceil_mode
+            )
         pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
-        return pool(x, self.kernel, self.stride, begin, ceil_mode=self.ceil_mode,
-                    count_include_pad=self.count_include_pad)
+        return pool(
+            x,
+            self.kernel,
+            self.stride,
+            begin,
+            ceil_mode=self.ceil_mode,
+            count_include_pad=self.count_include_pad,
+        )
 
 
 @register
@@ -251,6 +261,7 @@ class AdaptivePool(Op):
             kernel = compiled_kernel(adaptive_rows_loops, parallel=rows.size >= PARALLEL_MIN_WORK)
             kernel(rows, out, is_max)
             return out
+
         return self._passes(inputs, one_axis)
 
     def torch_oracle(self, inputs, weights):
@@ -258,7 +269,8 @@ class AdaptivePool(Op):
 
         (x,) = torch_tensors(inputs[0])
         return getattr(F, f"adaptive_{self.mode}_pool{len(self.output_size)}d")(
-            x, self.output_size)
+            x, self.output_size
+        )
 
 
 def adaptive_rows_reference(rows: np.ndarray, size: int, is_max: bool) -> np.ndarray:

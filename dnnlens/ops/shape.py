@@ -94,7 +94,8 @@ class Permute(Op):
         """``dims`` made non-negative (``(0, -1, 1)`` on rank 3 is ``(0, 2, 1)``);
         ShapeError unless they are a permutation of the axes."""
         if any(not -rank <= d < rank for d in self.dims) or sorted(
-                d % rank for d in self.dims) != list(range(rank)):
+            d % rank for d in self.dims
+        ) != list(range(rank)):
             raise ShapeError(f"permutation {self.dims} does not fit rank {rank}")
         return tuple(d % rank for d in self.dims)
 
