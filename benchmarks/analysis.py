@@ -111,8 +111,8 @@ def llm_7b() -> None:
     import resource
 
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     from dnnlens.analysis import analyze
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dnnlens.analysis import analyze
 from dnnlens.hwprobe import Measurement, measure_layers, probe
@@ -39,7 +39,7 @@ def main() -> None:
     spec = result.to_spec("this-machine")
     theory = result.theoretical
     brief = theory.cores * 16 * theory.clock_hz  # the rule: 16 FP32 FMA per cycle
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(
         f"Machine: {result.cpu.model} ({platform.machine()}), {result.cpu.cores} cores, "
         f"{theory.clock_hz / 1e9:.2f} GHz nominal, LLC {result.cpu.llc_bytes / 2**20:.0f} MiB, "

@@ -21,9 +21,10 @@ Units, once (docs/units.md says more):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from math import prod
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dnnlens.errors import DnnlensError, UsageError, annotate
 from dnnlens.ir import Graph, Node, Shape
@@ -300,7 +301,7 @@ class Analysis:
         """Every row as a dict of its fields (tuples kept as tuples)."""
         return [asdict(row) for row in self.grouped(depth)]
 
-    def to_dataframe(self, depth: int | None = None) -> "pandas.DataFrame":
+    def to_dataframe(self, depth: int | None = None) -> pandas.DataFrame:
         import pandas  # lazily: pandas is optional
 
         return pandas.DataFrame(self.to_dicts(depth)).set_index("index")

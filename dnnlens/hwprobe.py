@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -375,7 +375,7 @@ def probe(seconds: float = 2.0, threads: int | None = None) -> ProbeResult:
         clock = measure_clock(0.1 * seconds)
     finally:
         numba.set_num_threads(available)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return ProbeResult(fma, bandwidth, clock, threads, seconds, cpu_info(), when)
 
 

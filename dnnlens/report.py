@@ -22,7 +22,6 @@ Numbers and units come from :mod:`dnnlens.formatting`, like every other view.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import re
 from collections.abc import Iterator, Sequence

@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from math import isfinite, prod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dnnlens.analysis import DTYPE_BYTES, bytes_per_value
 from dnnlens.errors import SpecError
@@ -454,7 +455,7 @@ class Footprint:
         return None if memory is None else self.total_bytes <= memory.value
 
 
-def memory_footprint(graph: "Graph", dtype: str = "fp32") -> Footprint:
+def memory_footprint(graph: Graph, dtype: str = "fp32") -> Footprint:
     """Parameter bytes and peak live activation bytes of ``graph`` run in its node order.
 
     The liveness model (what a framework with a caching allocator does, minus fragmentation):

@@ -50,9 +50,10 @@ import contextlib
 import functools
 import json
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from math import prod
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -291,7 +292,7 @@ class TrainingStep:
             )
         return rows
 
-    def to_dataframe(self, depth: int | None = None) -> "pandas.DataFrame":
+    def to_dataframe(self, depth: int | None = None) -> pandas.DataFrame:
         import pandas  # lazily: pandas is optional
 
         return pandas.DataFrame(self.to_dicts(depth)).set_index("index")

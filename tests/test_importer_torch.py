@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from dnnlens.analysis import analyze
 from dnnlens.errors import ModelError, UsageError

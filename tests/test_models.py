@@ -20,7 +20,7 @@ class NotebookNet(nn.Module):
     """The course notebook's cell, verbatim (the independent truth)."""
 
     def __init__(self):
-        super(NotebookNet, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2d(1, 4, 5, padding=2)
         self.pool = nn.MaxPool2d(2, 2)
         self.conv2 = nn.Conv2d(4, 8, 5, padding=2)

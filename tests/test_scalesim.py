@@ -131,7 +131,6 @@ def test_malformed_topologies(tmp_path, text, needle):
 def test_topology_takes_the_batch(tmp_path):
     """A topology is per image; --batch B multiplies every layer's MACs by B."""
     from dnnlens.cli import main
-
     from dnnlens.importers.spec import import_spec
 
     path = tmp_path / "net.csv"

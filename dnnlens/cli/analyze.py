@@ -34,7 +34,6 @@ from dnnlens.cli.common import (
 )
 from dnnlens.errors import ModelError, UsageError
 
-
 #: ``--input`` dtypes (after the colon) and the torch dtype each means.
 INPUT_DTYPES = (
     "float32",

@@ -46,12 +46,12 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
     from dnnlens.cli.verify import render as render_verification
-    from dnnlens.verify import verify
     from dnnlens.hwprobe import probe
     from dnnlens.models import Net
     from dnnlens.report import write_report
     from dnnlens.roofline import memory_footprint, render_roofline, roofline
     from dnnlens.training import train
+    from dnnlens.verify import verify
 
     print(f"1. training the course network on {args.data} for {DEMO_EPOCHS} epochs")
     result = train(data=args.data, epochs=DEMO_EPOCHS, out=args.out / "my_mnist_net.pth")

@@ -39,8 +39,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +80,6 @@ from dnnlens.ops import (
     infer_shape,
 )
 from dnnlens.ops.conv import same_padding, symmetric_padding
-from dnnlens.ops.scan import CumSum
 from dnnlens.ops.elementwise import (
     ACTIVATION_PARAMETERS,
     ACTIVATIONS,
@@ -87,6 +87,7 @@ from dnnlens.ops.elementwise import (
     TORCH_PARAMETER_NAMES,
     broadcast,
 )
+from dnnlens.ops.scan import CumSum
 
 __all__ = ["import_torch", "unknown_ops", "LEAF_RULES", "ATEN_RULES"]
 
@@ -140,7 +141,7 @@ def _tuple(value: Any, rank: int) -> tuple[int, ...]:
 # Leaf modules: one node each
 
 
-def _leaf_conv(tr: "Tracer", m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Built:
+def _leaf_conv(tr: Tracer, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Built:
     rank = len(m.kernel_size)
     if isinstance(m.padding, str):  # 'same' (stride 1 only, in PyTorch) / 'valid'
         sizes = tuple(x.shape[2:])
@@ -394,7 +395,7 @@ def leaf_rule(module: nn.Module) -> LeafRule | None:
 class Call:
     """One aten call as a rule sees it: arguments, output, and how each tensor is classified."""
 
-    def __init__(self, tracer: "Tracer", func: Any, args: tuple, kwargs: dict, out: Any):
+    def __init__(self, tracer: Tracer, func: Any, args: tuple, kwargs: dict, out: Any):
         self.tracer, self.func, self.args, self.kwargs, self.out = tracer, func, args, kwargs, out
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:

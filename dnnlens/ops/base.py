@@ -19,9 +19,10 @@ Counting conventions (stated once, here, and in docs/units.md):
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,10 +30,10 @@ from dnnlens.errors import ShapeError
 from dnnlens.shapes import Shape
 
 #: Every operator class by its ``KIND``; filled by :func:`register`.
-REGISTRY: dict[str, type["Op"]] = {}
+REGISTRY: dict[str, type[Op]] = {}
 
 
-def register(cls: type["Op"]) -> type["Op"]:
+def register(cls: type[Op]) -> type[Op]:
     """Class decorator adding an operator to :data:`REGISTRY`; a second ``KIND`` is a bug."""
     kind = cls.KIND
     if not kind:

@@ -14,9 +14,10 @@ convolution scatters every input value through its kernel: ``N * Cin * H*W * (Co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 

@@ -6,9 +6,10 @@ MACs: ``prod(leading dims) * in * out`` (for a ``(N, in)`` input: ``N * in * out
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 

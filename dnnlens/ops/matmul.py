@@ -34,8 +34,8 @@ from dnnlens.ops.base import (
     register,
     torch_tensors,
 )
-from dnnlens.shapes import Shape
 from dnnlens.ops.elementwise import broadcast
+from dnnlens.shapes import Shape
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 

@@ -123,7 +123,7 @@ class Pool(Op):
             return f"no kernel for {len(self.kernel)}-d pooling"
         return None
 
-    def separated(self) -> tuple["Pool", "Pool"]:
+    def separated(self) -> tuple[Pool, Pool]:
         """A 3-d pool as two 2-d pools: over (H, W) first, then over D with a ``(kd, 1)``
         window. Max and average both separate: the window is a box, so its maximum is the
         maximum of per-plane maxima, and its divisor (with or without the padding counted) is

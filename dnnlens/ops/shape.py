@@ -70,7 +70,7 @@ class Reshape(Op):
         return x.reshape(target)
 
     @classmethod
-    def between(cls, source: tuple[int, ...], target: tuple[int, ...]) -> "Reshape":
+    def between(cls, source: tuple[int, ...], target: tuple[int, ...]) -> Reshape:
         """The reshape taking ``source`` to ``target``, recognising a flatten."""
         flatten = len(source) > 2 and len(target) == 2 and target[0] == source[0]
         keeps_batch = bool(source) and bool(target) and source[0] == target[0]
