@@ -51,8 +51,8 @@ def main() -> None:
             [
                 [
                     "FP32 peak, measured (Numba FMA loop, all cores)",
-                    f"{result.fp32_macs_per_s / 1e9:,.1f} GMAC/s ({2 * result.fp32_macs_per_s / 1e9:,.1f}"
-                    " GFLOP/s)",
+                    f"{result.fp32_macs_per_s / 1e9:,.1f} GMAC/s "
+                    f"({2 * result.fp32_macs_per_s / 1e9:,.1f} GFLOP/s)",
                 ],
                 [
                     "theoretical, issue's rule: cores x 16 FMA/cycle x nominal clock",
@@ -60,8 +60,8 @@ def main() -> None:
                     f"{result.fp32_macs_per_s / brief:.2f})",
                 ],
                 [
-                    f"theoretical, this core: cores x {theory.lanes_per_cycle} FMA/cycle x nominal clock "
-                    f"({theory.reason})",
+                    f"theoretical, this core: cores x {theory.lanes_per_cycle} FMA/cycle"
+                    f" x nominal clock ({theory.reason})",
                     f"{theory.macs_per_s / 1e9:,.1f} GMAC/s (measured / theoretical = "
                     f"{result.fp32_macs_per_s / theory.macs_per_s:.2f})",
                 ],

@@ -132,9 +132,12 @@ def child(tool: str, name: str) -> None:
             model.train()
             with FlopCounterMode(display=False) as counter:
                 out = model(x)
-                out.float().mean().backward() if out.dim() != 2 else torch.nn.functional.cross_entropy(
-                    out, torch.zeros(out.shape[0], dtype=torch.long, device="meta")
-                ).backward()
+                if out.dim() != 2:
+                    loss = out.float().mean()
+                else:
+                    labels = torch.zeros(out.shape[0], dtype=torch.long, device="meta")
+                    loss = torch.nn.functional.cross_entropy(out, labels)
+                loss.backward()
             return counter.get_total_flops() // 2
 
     before = rss_bytes()

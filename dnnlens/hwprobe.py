@@ -338,7 +338,8 @@ class ProbeResult:
                 "fp32": Figure(
                     self.fp32_macs_per_s,
                     (
-                        f"{how}: Numba FMA loop, {NACC} register accumulators per core; theoretical "
+                        f"{how}: Numba FMA loop, {NACC} register accumulators per core; "
+                        "theoretical "
                         f"{theory.macs_per_s / 1e9:.1f} GMAC/s = {theory.cores} cores x "
                         f"{theory.lanes_per_cycle} lanes x {theory.clock_hz / 1e9:.2f} GHz nominal"
                     ),

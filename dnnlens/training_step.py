@@ -1227,7 +1227,8 @@ def memory_lines(step: TrainingStep) -> list[str]:
             + (
                 f"saved tensors per layer sum to {_bytes_text(step.saved_bytes)}, with the input"
                 if step.checkpoint_depth is None
-                else "checkpointed: the saved column stays empty, what is kept is the blocks' inputs"
+                else "checkpointed: the saved column stays empty, "
+                "what is kept is the blocks' inputs"
             )
             + f"), input batch {_bytes_text(m.inputs)}"
         ),

@@ -146,11 +146,14 @@ def test_torchscript_export_keeps_module_paths_and_the_table(tmp_path):
     path = export_torchscript_net(tmp_path / "ts.onnx")
     ours = analyze(import_onnx(path)[0])
     theirs = analyze(Net(), (1, 1, 28, 28))
-    pick = lambda a: [
-        (r.type, r.macs, r.weights, r.output_shape)
-        for r in a.rows
-        if r.type in ("conv", "fc", "maxpool")
-    ]
+
+    def pick(a):
+        return [
+            (r.type, r.macs, r.weights, r.output_shape)
+            for r in a.rows
+            if r.type in ("conv", "fc", "maxpool")
+        ]
+
     assert pick(ours) == pick(theirs)
     assert [r.module for r in ours.rows if r.type in ("conv", "fc")] == [
         "conv1",

@@ -21,8 +21,9 @@ from dnnlens.errors import DnnlensError
 
 onnx = pytest.importorskip("onnx")
 
-from dnnlens import engine
-from dnnlens.importers.onnx import RULES, import_onnx
+# After the importorskip on purpose: without onnx the module is skipped, not an import error.
+from dnnlens import engine  # noqa: E402
+from dnnlens.importers.onnx import RULES, import_onnx  # noqa: E402
 
 pytestmark = pytest.mark.slow  # generating onnx's cases takes some seconds
 

@@ -51,7 +51,7 @@ def test_scalesim_reads_our_topology_with_the_module_dimensions(tmp_path, name):
     assert write_topology(analyze(model, shape).graph, path) == []
     topo = read_with_scalesim(path)
     expected, torch_macs = [], 0
-    for _, m, x, out in torch_layers(model, shape):
+    for _, m, _x, out in torch_layers(model, shape):
         if isinstance(m, nn.Linear):
             # SCALE-Sim's GEMM mapping: IFMAP M x K, filter 1 x K, 1 channel, N filters.
             expected.append([1, m.in_features, 1, m.in_features, 1, m.out_features, 1, 1])

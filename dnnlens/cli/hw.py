@@ -79,8 +79,9 @@ def run_probe(args: argparse.Namespace) -> int:
             [
                 (
                     "CPU",
-                    f"{result.cpu.model}, {result.cpu.cores} cores, {theory.clock_hz / 1e9:.2f} GHz "
-                    f"nominal, about {result.clock_hz / 1e9:.2f} GHz under load",
+                    f"{result.cpu.model}, {result.cpu.cores} cores, "
+                    f"{theory.clock_hz / 1e9:.2f} GHz nominal, "
+                    f"about {result.clock_hz / 1e9:.2f} GHz under load",
                 ),
                 (
                     "FP32 peak",

@@ -261,8 +261,9 @@ def import_topology(path: str | Path, batch: int | None = None) -> Graph:
     """A SCALE-Sim topology as a :class:`~dnnlens.ir.Graph`: one conv/fc node per line.
 
     A topology lists layers, not how they connect, so every layer reads its own graph input
-    (its padded IFMAP, ``batch`` images, default 1) and padding is 0. Depthwise (``DP``) lines become one grouped
-    conv; GEMM-mapped lines (1 channel, 1 x K filter across the IFMAP) become fc layers.
+    (its padded IFMAP, ``batch`` images, default 1) and padding is 0. Depthwise (``DP``) lines
+    become one grouped conv; GEMM-mapped lines (1 channel, 1 x K filter across the IFMAP)
+    become fc layers.
     """
     rows = read_topology(path)
     graph = Graph(nodes=[], inputs={}, outputs=[], name=Path(path).stem)

@@ -61,7 +61,9 @@ class Op:
 
     # --- shape rule -------------------------------------------------------------------
     def output_shape(self, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> Shape:
-        """Output shape from input shapes and parameter shapes (by role); ShapeError if they do not fit."""
+        """Output shape from input shapes and parameter shapes (by role).
+
+        ShapeError if they do not fit."""
         raise NotImplementedError
 
     # --- costs ------------------------------------------------------------------------
@@ -72,7 +74,9 @@ class Op:
         return 0
 
     def descriptor(self, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> tuple:
-        """The course notebook's layer tuple: conv (Kw,Kh,Cin,Cout), pool (xw,yw,xs,ys), fc (out,in)."""
+        """The course notebook's layer tuple.
+
+        conv (Kw,Kh,Cin,Cout), pool (xw,yw,xs,ys), fc (out,in)."""
         return ()
 
     def values_moved(

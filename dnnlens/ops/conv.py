@@ -9,7 +9,8 @@ Shape contract (2-d shown; 1-d and 3-d drop or add a spatial dimension):
   transposed: ``Ho = (H-1)*stride - pad_begin - pad_end + dilation*(Kh-1) + output_padding + 1``.
 
 MACs, padding zeros counted: ``N * Cout * Ho*Wo * (Cin/groups) * Kh*Kw``; a transposed
-convolution scatters every input value through its kernel: ``N * Cin * H*W * (Cout/groups) * Kh*Kw``.
+convolution scatters every input value through its kernel:
+``N * Cin * H*W * (Cout/groups) * Kh*Kw``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ prange = range  # numba.prange once the loop nests are compiled (see base.compil
 
 
 def symmetric_padding(padding: tuple[int, ...]) -> Pads:
-    """``(1, 2)`` -> ``((1, 1), (2, 2))``: PyTorch's per-dimension padding as (begin, end) pairs."""
+    """``(1, 2)`` -> ``((1, 1), (2, 2))``: PyTorch's per-dimension padding as (begin, end)."""
     return tuple((int(p), int(p)) for p in padding)
 
 
@@ -104,8 +105,8 @@ class Conv(Op):
         else:
             if weight[1] * self.groups != cin:
                 raise ShapeError(
-                    f"input {tuple(input_shape)} has {cin} channels but the weight {tuple(weight)} "
-                    f"with groups={self.groups} expects {weight[1] * self.groups}"
+                    f"input {tuple(input_shape)} has {cin} channels but the weight "
+                    f"{tuple(weight)} with groups={self.groups} expects {weight[1] * self.groups}"
                 )
             cout = weight[0]
         if cin % self.groups or cout % self.groups:
@@ -131,8 +132,8 @@ class Conv(Op):
             else:
                 if size + pb + pe < reach:
                     raise ShapeError(
-                        f"kernel {tuple(kernel)} (dilation {self.dilation}) is larger than the padded "
-                        f"input {tuple(x)}"
+                        f"kernel {tuple(kernel)} (dilation {self.dilation}) is larger than the "
+                        f"padded input {tuple(x)}"
                     )
                 out = (size + pb + pe - reach) // s + 1
             if out < 1:

@@ -301,14 +301,14 @@ def attention_loops(q, k, v, mask, scale, out):  # pragma: no cover - compiled
     batches, length, features = q.shape
     source, values = k.shape[1], v.shape[2]
     for job in prange(batches * length):
-        b, l = job // length, job % length
+        b, row = job // length, job % length
         scores = np.empty(source, dtype=np.float64)
         largest = -np.inf
         for s in range(source):
             total = 0.0
             for e in range(features):
-                total += q[b, l, e] * k[b, s, e]
-            scores[s] = total * scale + mask[b, l, s]
+                total += q[b, row, e] * k[b, s, e]
+            scores[s] = total * scale + mask[b, row, s]
             largest = max(largest, scores[s])
         if largest == -np.inf:  # no key visible: zeros, as PyTorch's safe softmax
             largest = 0.0
@@ -317,9 +317,9 @@ def attention_loops(q, k, v, mask, scale, out):  # pragma: no cover - compiled
             scores[s] = math.exp(scores[s] - largest)
             total += scores[s]
         for j in range(values):
-            out[b, l, j] = 0
+            out[b, row, j] = 0
         if total > 0:
             for s in range(source):
                 weight = scores[s] / total
                 for j in range(values):
-                    out[b, l, j] += weight * v[b, s, j]
+                    out[b, row, j] += weight * v[b, s, j]

@@ -39,7 +39,8 @@ def pooled_size(
     span = size + pads[0] + pads[1] - reach
     if span < 0:
         raise ShapeError(
-            f"window {k} (dilation {dilation}) is larger than the padded input size {size + sum(pads)}"
+            f"window {k} (dilation {dilation}) is larger than "
+            f"the padded input size {size + sum(pads)}"
         )
     out = -(-span // s) + 1 if ceil_mode else span // s + 1
     if ceil_mode and (out - 1) * s >= size + pads[0]:

@@ -198,7 +198,7 @@ class Expand(Op):
 @register
 @dataclass(frozen=True)
 class Concat(Op):
-    """Concatenate along ``axis``; inputs may be activations and/or parameters (ViT's class token)."""
+    """Concatenate along ``axis``; inputs may be activations or parameters (ViT's class token)."""
 
     KIND: ClassVar[str] = "concat"
     axis: int = 1
@@ -214,7 +214,8 @@ class Concat(Op):
                 a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis
             ):
                 raise ShapeError(
-                    f"cannot concatenate shapes {[tuple(s) for s in shapes]} along axis {self.axis}"
+                    f"cannot concatenate shapes {[tuple(s) for s in shapes]} "
+                    f"along axis {self.axis}"
                 )
         out = list(shapes[0])
         out[axis] = sum(s[axis] for s in shapes)
@@ -234,7 +235,7 @@ class Concat(Op):
 @register
 @dataclass(frozen=True)
 class Copy(Op):
-    """An explicit copy (``contiguous`` after a permute, ``clone``): reads and writes every value."""
+    """An explicit copy (``contiguous`` after a permute, ``clone``): reads, writes every value."""
 
     KIND: ClassVar[str] = "copy"
 
