@@ -44,7 +44,7 @@ SAMPLE_SPLIT_SEED = 20_240_501
 SAMPLE_CACHE_NAME = "mnist-sample-v1.npz"
 
 #: IDX type code -> big-endian NumPy dtype (the IDX format's table).
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -294,7 +294,8 @@ def _sample_arrays_ok(arrays: dict[str, np.ndarray]) -> bool:
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_open(path, "wb", error=DataError, what="the sample cache ") as handle:
-        np.savez(handle, **arrays)
+        # numpy's stub matches **arrays against the keyword allow_pickle: bool; keys are names.
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------

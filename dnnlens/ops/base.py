@@ -196,6 +196,22 @@ class Unknown(Op):
         return f"{self.target or 'this operator'} has no rule (and no kernel) in dnnlens"
 
 
+def as_pair(values: Sequence[int], fill: int = 1) -> tuple[int, int]:
+    """A 1-d or 2-d attribute as the 2-d kernels take it, (height, width): a 1-d one gets a
+    unit height (``fill``)."""
+    if len(values) == 1:
+        return (fill, int(values[0]))
+    height, width = values
+    return (int(height), int(width))
+
+
+def as_triple(values: Sequence[int], fill: int = 1) -> tuple[int, int, int]:
+    """A 1-d, 2-d or 3-d attribute as the 3-d kernels take it, (depth, height, width): the
+    missing leading dimensions get ``fill``."""
+    depth, height, width = (fill,) * (3 - len(values)) + tuple(values)
+    return (int(depth), int(height), int(width))
+
+
 # --- compiled kernels (added for the loop-nest engine, issue 3) ---------------------------
 _COMPILED: dict[object, object] = {}
 

@@ -26,6 +26,8 @@ from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
     Op,
+    as_pair,
+    as_triple,
     check_fits,
     compiled_kernel,
     contiguous,
@@ -171,13 +173,13 @@ class Conv(Op):
         bias = weights.get("bias")
         check_fits(self, x, weights)
         attrs = Conv2dAttrs(
-            tuple(self.stride), tuple(self.padding), tuple(self.dilation), self.groups
+            as_pair(self.stride),
+            ((0, 0),) * (2 - len(self.padding)) + tuple(self.padding),
+            as_pair(self.dilation),
+            self.groups,
         )
         if self.spatial_dims == 1:  # (N, C, L) -> (N, C, 1, L)
             x, weight = x[:, :, None, :], weight[:, :, None, :]
-            attrs = Conv2dAttrs(
-                (1, *attrs.stride), ((0, 0), *attrs.padding), (1, *attrs.dilation), self.groups
-            )
         return x, weight, bias, attrs
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
@@ -219,11 +221,11 @@ class Conv(Op):
         x = x.reshape(*x.shape[:2], *unit, *x.shape[2:])
         weight = weight.reshape(*weight.shape[:2], *unit, *weight.shape[2:])
         attrs = Conv3dAttrs(
-            (*unit, *self.stride),
+            as_triple(self.stride),
             (((0, 0),) * missing) + tuple(self.padding),
-            (*unit, *self.dilation),
+            as_triple(self.dilation),
             self.groups,
-            (*(0,) * missing, *self.extra_padding),
+            as_triple(self.extra_padding, fill=0),
         )
         dtype = np.result_type(x, weight)
         bias = np.zeros(out_shape[1], dtype) if bias is None else np.asarray(bias, dtype)
@@ -244,8 +246,8 @@ class Conv(Op):
             begin = tuple(b for b, _ in self.padding)
             if begin != tuple(e for _, e in self.padding):
                 raise NotImplementedError("PyTorch's transposed convolution pads evenly")
-            conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[d - 1]
-            return conv(
+            transposed = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[d - 1]
+            return transposed(
                 x, weight, bias, self.stride, begin, self.extra_padding, self.groups, self.dilation
             )
         pads = [p for pair in reversed(self.padding) for p in pair]  # F.pad: last dim first

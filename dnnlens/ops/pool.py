@@ -11,7 +11,7 @@ per output): 0 MACs, but it moves its input and output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 from typing import ClassVar
 
@@ -21,6 +21,7 @@ from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
     Op,
+    as_pair,
     compiled_kernel,
     contiguous,
     register,
@@ -101,17 +102,13 @@ class Pool(Op):
         x = np.asarray(inputs[0])
         out_shape = self.output_shape([tuple(x.shape)], {})  # raises ShapeError
         window = PoolWindow(
-            tuple(self.kernel), tuple(self.stride), tuple(self.padding), tuple(self.dilation)
+            as_pair(self.kernel),
+            as_pair(self.stride),
+            ((0, 0),) * (2 - len(self.padding)) + tuple(self.padding),
+            as_pair(self.dilation),
         )
         if len(self.kernel) == 1:  # (N, C, L) -> (N, C, 1, L)
-            x = x[:, :, None, :]
-            window = PoolWindow(
-                (1, *window.kernel),
-                (1, *window.stride),
-                ((0, 0), *window.padding),
-                (1, *window.dilation),
-            )
-            return x, window, (1, out_shape[2])
+            return x[:, :, None, :], window, (1, out_shape[2])
         return x, window, (out_shape[2], out_shape[3])
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
@@ -131,14 +128,12 @@ class Pool(Op):
         the product of the per-axis counts."""
         (kd, kh, kw), (sd, sh, sw) = self.kernel, self.stride
         (pd, ph, pw), (dd, dh, dw) = self.padding, self.dilation
-        common = dict(
-            mode=self.mode, ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad
+        # replace() keeps mode, ceil_mode and count_include_pad.
+        planes = replace(
+            self, kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw)
         )
-        planes = Pool(
-            kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), **common
-        )
-        depth = Pool(
-            kernel=(kd, 1), stride=(sd, 1), padding=(pd, (0, 0)), dilation=(dd, 1), **common
+        depth = replace(
+            self, kernel=(kd, 1), stride=(sd, 1), padding=(pd, (0, 0)), dilation=(dd, 1)
         )
         return planes, depth
 
@@ -196,12 +191,12 @@ class Pool(Op):
             pads = [p for pair in reversed(self.padding) for p in pair]  # F.pad: last dim first
             x, begin = F.pad(x, pads, value=float("-inf")), (0,) * dims
         if self.mode == "max":
-            pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
-            return pool(
+            max_pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
+            return max_pool(
                 x, self.kernel, self.stride, begin, self.dilation, ceil_mode=self.ceil_mode
             )
-        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
-        return pool(
+        avg_pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
+        return avg_pool(
             x,
             self.kernel,
             self.stride,

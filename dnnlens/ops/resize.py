@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -106,13 +107,13 @@ class Resize(Op):
 
     def nearest(self, src: np.ndarray, length: int) -> np.ndarray:
         """The input position nearest mode picks for each coordinate, clamped to the input."""
-        rounding = {
+        roundings: dict[str, Callable[[np.ndarray], np.ndarray]] = {
             "floor": np.floor,
             "ceil": np.ceil,
             "round_prefer_floor": lambda s: np.ceil(s - 0.5),
             "round_prefer_ceil": lambda s: np.floor(s + 0.5),
-        }[self.nearest_mode]
-        return np.clip(rounding(src), 0, length - 1).astype(np.int64)
+        }
+        return np.clip(roundings[self.nearest_mode](src), 0, length - 1).astype(np.int64)
 
     def reference(self, inputs, weights):
         """Axis by axis: nearest copies one position; linear takes
@@ -141,14 +142,15 @@ class Resize(Op):
         d = len(self.size)
         corners = None
         if self.mode == "nearest":
-            modes = {
+            modes: dict[tuple[str | None, str], str] = {
                 ("asymmetric", "floor"): "nearest",
                 ("half_pixel", "round_prefer_ceil"): "nearest-exact",
             }
             mode = modes.get((self.coordinate_mode, self.nearest_mode))
         else:
             mode = ("linear", "bilinear", "trilinear")[d - 1]
-            corners = {"half_pixel": False, "align_corners": True}.get(self.coordinate_mode)
+            aligned: dict[str | None, bool] = {"half_pixel": False, "align_corners": True}
+            corners = aligned.get(self.coordinate_mode)
             mode = mode if corners is not None else None
         if mode is None:
             raise NotImplementedError(

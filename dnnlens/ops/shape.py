@@ -136,7 +136,7 @@ class Slice(Op):
     def reference(self, inputs, weights):
         x = np.asarray(inputs[0])
         self.output_shape([x.shape], {})
-        index: list[object] = [slice(None)] * x.ndim
+        index: list[slice | int] = [slice(None)] * x.ndim
         axis = self.axis % x.ndim
         index[axis] = slice(self.start, self.stop, self.step) if self.keep_dim else self.start
         return x[tuple(index)]
