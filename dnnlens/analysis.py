@@ -411,7 +411,11 @@ def analyze(
         if input_shape is not None and batch is not None:
             input_shape = (batch, *tuple(input_shape)[1:])
         graph = import_torch(
-            model_or_graph, input_shape, example_inputs=example_inputs, kwargs=kwargs, real=real
+            model_or_graph,
+            None if input_shape is None else tuple(input_shape),
+            example_inputs=example_inputs,
+            kwargs=kwargs,
+            real=real,
         )
     rows = layer_rows(graph, dtype)
     first = next(iter(graph.inputs.values()), ())

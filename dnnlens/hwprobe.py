@@ -365,7 +365,8 @@ def probe(seconds: float = 2.0, threads: int | None = None) -> ProbeResult:
 
     if not seconds > 0:
         raise UsageError(f"--seconds must be positive, got {seconds}")
-    available = numba.config.NUMBA_NUM_THREADS
+    # numba.config sets its NUMBA_* names at import time from the environment: no stub sees them
+    available = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
     if threads is not None and not 1 <= threads <= available:
         raise UsageError(f"--threads must be between 1 and {available}, got {threads}")
     threads = threads or available
@@ -636,13 +637,10 @@ def measure_layers(
         for index, node in enumerate(graph.nodes, start=1):
             layer = roof[node.name]
             ours = torch_s = None
-            inputs = [values.get(v) for v in node.inputs]
+            inputs = [values[v] for v in node.inputs if v in values]
+            complete = len(inputs) == len(node.inputs)  # every input computed before
             shapes = {role: p.shape for role, p in node.params.items()}
-            if (
-                covers
-                and all(v is not None for v in inputs)
-                and node.op.kernel_gap(node.input_shapes, shapes) is None
-            ):
+            if covers and complete and node.op.kernel_gap(node.input_shapes, shapes) is None:
                 params = node_weights(node, weights)
                 params |= {role: weights[name] for role, name in node.op.buffers().items()}
                 values[node.name] = run_node(node, inputs, params)
@@ -651,7 +649,7 @@ def measure_layers(
                 )
             else:
                 covers = False
-            if inputs and inputs[0] is not None and len(inputs) == 1:
+            if complete and len(inputs) == 1:
                 call = _torch_layer(model, node, torch.from_numpy(np.ascontiguousarray(inputs[0])))
                 if call is not None:
                     torch_s = _best_time(call, seconds_per_layer)
@@ -684,13 +682,14 @@ def _measure_fused(
             continue
         ours = _best_time(lambda s=step: run_step(s, values, weights, "compiled"), seconds)
         parts = [by_name[node.name] for node in step.nodes]
-        torch_parts = [t.torch_s for t in parts]
+        torch_parts = [t.torch_s for t in parts if t.torch_s is not None]
+        ours_parts = [t.ours_s for t in parts if t.ours_s is not None]  # all: the run covers
         fused.append(
             FusedTiming(
                 names=tuple(t.name for t in parts),
                 ours_s=ours,
-                separate_s=sum(t.ours_s for t in parts),
-                torch_s=None if None in torch_parts else sum(torch_parts),
+                separate_s=sum(ours_parts),
+                torch_s=sum(torch_parts) if len(torch_parts) == len(parts) else None,
                 estimate_s=sum(t.estimate_s for t in parts),
             )
         )

@@ -229,13 +229,13 @@ def spec_to_toml(spec: HardwareSpec) -> str:
     for dtype, fig in spec.peak_macs.items():
         lines += table(f"peak_macs_per_s.{dtype}", fig)
     lines += table("memory_bandwidth", spec.bandwidth)
-    for key, fig in (
+    for key, memory in (
         ("on_chip_memory", spec.on_chip_memory),
         ("main_memory", spec.main_memory),
         ("on_chip_buffer", spec.on_chip_buffer),
     ):
-        if fig is not None:
-            lines += table(key, fig)
+        if memory is not None:
+            lines += table(key, memory)
     return "\n".join(lines) + "\n"
 
 
@@ -329,7 +329,7 @@ def roofline(analysis: Any, device: HardwareSpec | str) -> Roofline:
     spec = device if isinstance(device, HardwareSpec) else load_spec(device)
     dtype = getattr(analysis, "dtype", "fp32")
     peak, bandwidth = spec.peak(dtype), spec.bandwidth.value
-    layers = []
+    layers: list[LayerRoof] = []
     for row in analysis.rows:
         intensity, attainable, bound, time_s = layer_roof(
             int(row.macs), int(row.bytes_moved), peak, bandwidth
@@ -360,7 +360,7 @@ def training_roofline(step: Any, device: HardwareSpec | str) -> Roofline:
     analysis = step.analysis
     nbytes = bytes_per_value(analysis.dtype)
     peak, bandwidth = spec.peak(analysis.dtype), spec.bandwidth.value
-    layers = []
+    layers: list[LayerRoof] = []
     for row in analysis.rows:
         intensity, attainable, bound, time_s = layer_roof(
             int(row.macs), int(row.bytes_moved), peak, bandwidth

@@ -506,7 +506,9 @@ def _fused_attention_on_meta() -> Iterator[None]:
     """``torch.nn.functional.scaled_dot_product_attention`` is :func:`fused_attention` inside
     (``nn.MultiheadAttention`` looks the name up at each call); restored on exit."""
     functional = torch.nn.functional
-    functional.scaled_dot_product_attention = fused_attention
+    # torch's stub lists enable_gqa as an 8th positional; fused_attention takes it by keyword,
+    # as nn.MultiheadAttention passes it
+    functional.scaled_dot_product_attention = fused_attention  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -790,7 +792,7 @@ def default_loss(out: Any) -> torch.Tensor:
     return first.float().mean()
 
 
-def _optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def _optimizer(name: str, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
     cls_name, kwargs = OPTIMIZERS[name]
     return getattr(torch.optim, cls_name)(params, **kwargs)
 
@@ -863,8 +865,8 @@ def _run_steps(
     kw: dict,
     opt: torch.optim.Optimizer,
     tracker: _Allocations,
-    trainable: list[torch.Tensor],
-    masters: list[torch.Tensor],
+    trainable: Sequence[torch.Tensor],
+    masters: Sequence[torch.Tensor],
     loss_fn: Callable[[Any], torch.Tensor],
     *,
     optimizer: str,
@@ -951,7 +953,7 @@ def wrap_checkpoints(model: nn.Module, depth: int, stack: list[str]) -> list[str
                 return _run(*args, **kwargs)
             return checkpoint(_run, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
 
-        module.forward = checkpointed  # type: ignore[method-assign]
+        module.forward = checkpointed
         wrapped.append(name)
     if not wrapped:
         raise UsageError(

@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "train", False):
         from dnnlens.training_step import analyze_training
 
+        assert model is not None  # the checks above refuse --train with a model file
         training = analyze_training(
             model, shape, batch=args.batch, dtype=args.dtype, optimizer=args.optimizer
         )

@@ -133,7 +133,7 @@ ACTIVATION_KERNELS: dict[str, Callable[..., np.ndarray]] = {
     "sign": lambda x, a: np.sign(x),
     "floor": lambda x, a: np.floor(x),
     "ceil": lambda x, a: np.ceil(x),
-    "round": lambda x, a: np.round(x),  # half to even, as torch.round
+    "round": lambda x, a: np.rint(x),  # half to even, as torch.round (np.round's 0 decimals)
     "sin": lambda x, a: np.sin(x),
     "cos": lambda x, a: np.cos(x),
 }
@@ -237,6 +237,13 @@ class Activation(Op):
         """The function's parameters as set (defaults filled in)."""
         return {name: getattr(self, name) for name in ACTIVATION_PARAMETERS.get(self.function, {})}
 
+    def number(self, name: str) -> float:
+        """A numeric parameter this function takes (``__post_init__`` filled its default)."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"{self.function} takes no parameter {name!r}")
+        return value
+
     def output_shape(self, input_shapes, params):
         return tuple(input_shapes[0])
 
@@ -289,9 +296,9 @@ class Activation(Op):
         (x,) = torch_tensors(inputs[0])
         f, a = self.function, self
         if f == "leaky_relu":
-            return F.leaky_relu(x, a.alpha)
+            return F.leaky_relu(x, a.number("alpha"))
         if f in ("hardtanh", "relu6"):
-            return F.hardtanh(x, a.lower, a.upper)
+            return F.hardtanh(x, a.number("lower"), a.number("upper"))
         if f == "clamp":  # ONNX's Clip without bounds is the identity; torch refuses that
             return (
                 x.clone()
@@ -301,13 +308,13 @@ class Activation(Op):
         if f == "elu":
             return torch.ops.aten.elu(x, a.alpha, a.scale, a.input_scale)
         if f == "celu":
-            return F.celu(x, a.alpha)
+            return F.celu(x, a.number("alpha"))
         if f == "selu":
             return torch.ops.aten.elu(x, a.alpha, a.scale, 1.0)
         if f == "gelu":
-            return F.gelu(x, approximate=a.approximate)
+            return F.gelu(x, approximate=a.approximate or "none")  # None: not gelu
         if f == "softplus":
-            return F.softplus(x, a.beta, a.threshold)
+            return F.softplus(x, a.number("beta"), a.number("threshold"))
         if f == "hardsigmoid":
             return torch.clamp(a.alpha * x + a.beta, 0, 1)
         if f in ("silu", "mish", "hardswish", "softsign"):

@@ -20,8 +20,8 @@ rule, like pooling); reads the input, writes the output.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
