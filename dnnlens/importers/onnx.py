@@ -25,7 +25,7 @@ dimensions without ``input_shape``.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
@@ -763,11 +763,11 @@ def _matmul_general(ctx: _Ctx, node) -> None:
     if node.op_type == "Gemm":
         return _unknown(ctx, node)
     if len(acts) == 2:
-        return _emit(ctx, node, MatMul(), acts, {})
+        _emit(ctx, node, MatMul(), acts, {})
+        return
     if len(acts) == 1 and node.input[0] in ctx.consts:
-        return _emit(
-            ctx, node, MatMul(weight_operand=0), acts, {"weight": _param(ctx, node.input[0])}
-        )
+        _emit(ctx, node, MatMul(weight_operand=0), acts, {"weight": _param(ctx, node.input[0])})
+        return
     _unknown(ctx, node)
 
 
@@ -1004,8 +1004,8 @@ def _view_shape(ctx: _Ctx, node, x: Shape) -> Shape | None:
         for axis in axes:
             shape.insert(axis, 1)
         return tuple(shape)
-    axes = {a % len(x) for a in values} if values else {i for i, d in enumerate(x) if d == 1}
-    return tuple(d for i, d in enumerate(x) if i not in axes)  # Squeeze
+    squeezed = {a % len(x) for a in values} if values else {i for i, d in enumerate(x) if d == 1}
+    return tuple(d for i, d in enumerate(x) if i not in squeezed)  # Squeeze
 
 
 def _transpose(ctx: _Ctx, node) -> None:
@@ -1015,7 +1015,7 @@ def _transpose(ctx: _Ctx, node) -> None:
 
 
 def _concat(ctx: _Ctx, node) -> None:
-    params = {}
+    params: dict[str, Param] = {}
     for i, value in enumerate(node.input):
         if value in ctx.consts:
             if not ctx.is_param(value):
@@ -1035,27 +1035,32 @@ def _gather(ctx: _Ctx, node) -> None:
     data, indices = node.input[0], node.input[1]
     axis = int(_attrs(node).get("axis", 0))
     if ctx.is_param(data) and indices not in ctx.consts and axis == 0:
-        return _emit(ctx, node, Embedding(), [indices], {"weight": _param(ctx, data)})
+        _emit(ctx, node, Embedding(), [indices], {"weight": _param(ctx, data)})
+        return
     if data not in ctx.consts and indices in ctx.consts and ctx.consts[indices].array.size == 1:
         index = int(ctx.consts[indices].array.reshape(-1)[0])
         x = ctx.graph.shape_of(_ir(ctx, data))
         index %= x[axis % len(x)]
         keep = ctx.consts[indices].array.ndim > 0
-        return _emit(
-            ctx, node, Slice(axis=axis, start=index, stop=index + 1, keep_dim=keep), [data], {}
-        )
+        _emit(ctx, node, Slice(axis=axis, start=index, stop=index + 1, keep_dim=keep), [data], {})
+        return
     _unknown(ctx, node)
+
+
+def _slice_attributes(node) -> tuple[list, list, list, list]:
+    """``(starts, ends, axes, steps)`` from a Slice's attributes (up to opset 9: step 1)."""
+    attrs = _attrs(node)
+    starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
+    axes = list(attrs.get("axes", range(len(starts))))
+    return starts, ends, axes, [1] * len(starts)
 
 
 def _slice_arguments(ctx: _Ctx, node) -> tuple[list, list, list, list] | None:
     """``(starts, ends, axes, steps)``: attributes up to opset 9, constant inputs from 10;
     None when one of them is computed at run time."""
     if ctx.opset < 10 or len(node.input) == 1:
-        attrs = _attrs(node)
-        starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
-        axes = list(attrs.get("axes", range(len(starts))))
-        return starts, ends, axes, [1] * len(starts)
-    values = []
+        return _slice_attributes(node)
+    values: list[list[int] | None] = []
     for value in node.input[1:5]:
         if not value:
             values.append(None)
@@ -1175,7 +1180,8 @@ def _expand(ctx: _Ctx, node) -> None:
     if target is None:
         return _unknown(ctx, node)
     if ctx.is_param(x):  # a class token broadcast over the batch
-        return _emit(ctx, node, Expand(shape=tuple(target)), [], {"weight": _param(ctx, x)})
+        _emit(ctx, node, Expand(shape=tuple(target)), [], {"weight": _param(ctx, x)})
+        return
     if x in ctx.consts:
         return _unknown(ctx, node)
     _emit(ctx, node, Expand(shape=tuple(target)), [x], {})
@@ -1203,7 +1209,7 @@ def _identity(ctx: _Ctx, node) -> None:
 
 
 #: ONNX op type -> the rule that writes its IR node; anything else becomes ``unknown``.
-RULES = {
+RULES: dict[str, Callable[..., None]] = {
     "Identity": _identity,
     "Conv": _conv,
     "ConvTranspose": _conv,
