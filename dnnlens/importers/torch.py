@@ -141,7 +141,8 @@ def _tuple(value: Any, rank: int) -> tuple[int, ...]:
 # Leaf modules: one node each
 
 
-def _leaf_conv(tr: Tracer, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Built:
+def _leaf_conv(tr: Tracer, m: Any, x: torch.Tensor, out: torch.Tensor) -> Built:
+    # m: Any: any of the conv classes; nn.Module's stub does not know their kernel_size, ...
     rank = len(m.kernel_size)
     if isinstance(m.padding, str):  # 'same' (stride 1 only, in PyTorch) / 'valid'
         sizes = tuple(x.shape[2:])
@@ -271,7 +272,7 @@ def _recurrent_mode(m: nn.Module) -> str:
     return str(m.mode).lower()  # nn.RNNBase: LSTM, GRU, RNN_TANH, RNN_RELU
 
 
-def _recurrent_op(m: nn.Module, packed_batch: int = 0) -> Recurrent:
+def _recurrent_op(m: nn.RNNBase | nn.RNNCellBase, packed_batch: int = 0) -> Recurrent:
     return Recurrent(
         mode=_recurrent_mode(m),
         hidden_size=int(m.hidden_size),
@@ -287,6 +288,7 @@ def _recurrent_op(m: nn.Module, packed_batch: int = 0) -> Recurrent:
 def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> list[Built]:
     """One node for the whole module (all layers, both directions) or the cell's step, then a
     ``state`` node for each further output (``h_n``, ``c_n``; a cell's new ``c``)."""
+    assert isinstance(m, (nn.RNNBase, nn.RNNCellBase))  # LEAF_RULES gives it these only
     cell = isinstance(m, nn.RNNCellBase)
     given_input = (getattr(m, "_dnnlens_args", ()) or (None,))[0]
     packed = int(given_input.batch_sizes[0]) if isinstance(given_input, PackedSequence) else 0
@@ -384,7 +386,7 @@ def leaf_rule(module: nn.Module) -> LeafRule | None:
     for cls in type(module).__mro__:
         rule = LEAF_RULES.get(cls)
         if rule is not None:
-            return rule if cls.forward is forward else None
+            return rule if getattr(cls, "forward", None) is forward else None
     return None
 
 
@@ -422,7 +424,8 @@ class Call:
     def generic(self, op: Op, tensors: Iterable[Any], role: str = "weight") -> Built:
         """Activation tensors become inputs, parameters become params (``weight``,
         ``weight2``, ...), anything else (scalars, masks we did not see made) is ignored."""
-        inputs, params = [], {}
+        inputs: list[Any] = []
+        params: dict[str, Param] = {}
         for t in tensors:
             ref = self.pref(t)
             if ref is not None:
@@ -495,8 +498,9 @@ def _conv(c: Call) -> Built:
         output_padding=_tuple(output_padding, rank),
     )
     params = {"weight": ref.param()}
-    if c.pref(bias) is not None:
-        params["bias"] = c.pref(bias).param()
+    bias_ref = c.pref(bias)
+    if bias_ref is not None:
+        params["bias"] = bias_ref.param()
     return Built(op, [x], c.out0, params)
 
 
@@ -504,10 +508,10 @@ def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
     """mm/bmm/addmm/baddbmm: ``x @ W.t() (+ b)`` with a parameter W is a ``fc``."""
     ref_a, ref_b, ref_c = c.pref(a), c.pref(b), c.pref(addend)
     if ref_b is not None and ref_b.untransposed is not None and ref_a is None:
-        params = {"weight": Param(ref_b.name, ref_b.untransposed)}
+        linear_params = {"weight": Param(ref_b.name, ref_b.untransposed)}
         if ref_c is not None and len(ref_c.shape) == 1:
-            params["bias"] = ref_c.param()
-        return Built(Linear(), [a], c.out0, params)
+            linear_params["bias"] = ref_c.param()
+        return Built(Linear(), [a], c.out0, linear_params)
     inputs = [t for t in (a, b) if c.pref(t) is None]  # a constant operand is read too
     params: dict[str, Param] = {}
     operand = None
@@ -591,6 +595,7 @@ def _pool(c: Call, mode: str) -> Built:
     rank = x.dim() - 2
     kernel = _tuple(c.arg(1, "kernel_size"), rank)
     stride = c.arg(2, "stride") or kernel
+    extra: dict[str, Any]  # Pool's mode-specific fields
     if mode == "max":
         extra = dict(
             dilation=_tuple(c.arg(4, "dilation", 1), rank),
@@ -658,7 +663,7 @@ def _binary(function: str, swapped: bool = False, rounding_mode: str | None = No
             "bias"
             if (
                 function == "add"
-                and any(c.pref(t) is not None and len(c.pref(t).shape) == 1 for t in tensors)
+                and any(len(getattr(c.pref(t), "shape", ())) == 1 for t in tensors)
             )
             else "weight"
         )
@@ -691,7 +696,7 @@ def _reduce(function: str) -> AtenRule:
         dims = c.arg(1, "dim")
         dims = () if dims is None else _tuple(dims, 1) if isinstance(dims, int) else tuple(dims)
         named = _named(c)
-        extra = {}
+        extra: dict[str, Any] = {}
         if function in ("var", "std") and named.get("correction") is not None:
             extra["correction"] = int(named["correction"])
         elif function in ("var", "std") and named.get("unbiased") is False:
@@ -715,7 +720,7 @@ def _permute(c: Call) -> Built:
     rank = c.args[0].dim()
     name = c.func.overloadpacket.__name__
     if name == "t":
-        dims = (1, 0) if rank == 2 else (0,)
+        dims: tuple[int, ...] = (1, 0) if rank == 2 else (0,)
     elif name == "permute":
         dims = tuple(int(d) % rank for d in c.arg(1, "dims"))
     else:  # transpose(a, b)
@@ -1118,7 +1123,12 @@ class Tracer(TorchDispatchMode):
         if first is not None and id(first) in self.params and name in PARAM_VIEWS:
             self.derive(name, first, args, out)
             return
-        if name in PASSTHROUGH and self.known(first) and isinstance(out, torch.Tensor):
+        if (
+            name in PASSTHROUGH
+            and first is not None
+            and self.known(first)
+            and isinstance(out, torch.Tensor)
+        ):
             self.bind(out, self.value_of(first))
             return
         if name in CONSTANT_MAKERS:
@@ -1189,7 +1199,9 @@ class Tracer(TorchDispatchMode):
 
     # --- module level ----------------------------------------------------------------------
     def pre_hook(self, qualname: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # module: Any, not nn.Module: the hooks keep plain markers on it (_dnnlens_leaf, ...),
+        # which nn.Module's stub would type as Tensor | Module.
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
             first = args[0] if args else next(iter(kwargs.values()), None)
             packed = isinstance(first, PackedSequence) and isinstance(module, nn.RNNBase)
             leaf = (
@@ -1198,9 +1210,10 @@ class Tracer(TorchDispatchMode):
                 and (isinstance(first, torch.Tensor) or packed)
             )
             self.stack.append((qualname, type(module).__name__))
-            module._dnnlens_leaf = leaf  # type: ignore[attr-defined]
+            module._dnnlens_leaf = leaf
             if leaf:
-                module._dnnlens_input = first.data if packed else first  # packed: (rows, E)
+                # packed: the rows (sum of lengths, E)
+                module._dnnlens_input = first.data if isinstance(first, PackedSequence) else first
                 module._dnnlens_args = tuple(args) + tuple(kwargs.values())
                 self.suppress += 1
                 if isinstance(module, nn.RNNBase) and self.shortcut_recurrent:
@@ -1209,7 +1222,7 @@ class Tracer(TorchDispatchMode):
         return hook
 
     def post_hook(self, qualname: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
             self.stack.pop()
             if out is None and self.failed_in is None and qualname:
                 self.failed_in = qualname  # always_call: forward raised inside this module
@@ -1227,6 +1240,7 @@ class Tracer(TorchDispatchMode):
                 self.failed_in = self.failed_in or qualname
                 return  # forward raised (always_call hooks still run): nothing to record
             rule = leaf_rule(module)
+            assert rule is not None  # the pre-hook marked it a leaf because it has a rule
             source = f"nn.{type(module).__name__}"
             self.operator = source
             self.stack.append((qualname, type(module).__name__))
