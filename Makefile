@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 demo: setup
 	$(BIN)/dnnlens demo
 
-test: setup-test test-data
+# Lint first: a lint, format or type error fails `make test` (and so CI) before any test runs.
+test: setup-test test-data lint
 	$(BIN)/python -m pytest -q
 
 setup: $(VENV)/.installed-base
@@ -35,7 +36,8 @@ test-data:
 notebook: setup-test
 	$(BIN)/python scripts/execute_notebook.py examples/analyzing-dnns.ipynb
 
-# The lint and type gate: ruff (lint + format check) and mypy over the package, tests and scripts.
+# The lint and type gate: ruff (lint + format check) over the package, tests, scripts and
+# benchmarks; mypy over the package (pyproject's [tool.mypy] files).
 lint: setup-test
 	$(BIN)/ruff check dnnlens tests scripts benchmarks
 	$(BIN)/ruff format --check dnnlens tests scripts benchmarks

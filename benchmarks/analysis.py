@@ -88,13 +88,22 @@ def child(tool: str, name: str) -> None:
         def call() -> float:
             with torch.no_grad():
                 return FlopCountAnalysis(model, example).total()
+
     before = rss_bytes()
     start = time.perf_counter()
     macs = call()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak": peak, "growth": max(0, peak - before),
-                      "macs": float(macs)}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak": peak,
+                "growth": max(0, peak - before),
+                "macs": float(macs),
+            }
+        )
+    )
 
 
 def llm_7b() -> None:
@@ -102,8 +111,8 @@ def llm_7b() -> None:
     import resource
 
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     from dnnlens.analysis import analyze
 
@@ -128,8 +137,10 @@ def llm_7b() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             b, t, _ = x.shape
             h = self.attn_norm(x)
-            q, k, v = (p(h).view(b, t, heads, dim // heads).transpose(1, 2)
-                       for p in (self.q, self.k, self.v))  # (B, heads, T, head_dim)
+            q, k, v = (
+                p(h).view(b, t, heads, dim // heads).transpose(1, 2)
+                for p in (self.q, self.k, self.v)
+            )  # (B, heads, T, head_dim)
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.o(a.transpose(1, 2).reshape(b, t, dim))
             h = self.mlp_norm(x)
@@ -158,15 +169,26 @@ def llm_7b() -> None:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t = result.totals
-    print(json.dumps({"seconds": seconds, "peak": peak, "growth": max(0, peak - before),
-                      "params": t.weights + t.biases, "macs": t.macs, "rows": len(result.rows),
-                      "warnings": result.warnings,
-                      "weights_fp16_bytes": 2 * (t.weights + t.biases)}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak": peak,
+                "growth": max(0, peak - before),
+                "params": t.weights + t.biases,
+                "macs": t.macs,
+                "rows": len(result.rows),
+                "warnings": result.warnings,
+                "weights_fp16_bytes": 2 * (t.weights + t.biases),
+            }
+        )
+    )
 
 
 def run_child(*argv: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, *argv], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -179,8 +201,10 @@ def machine() -> str:
         pass
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def main() -> None:
@@ -196,29 +220,39 @@ def main() -> None:
     if args.llm:
         llm_7b()
         return
-    print(f"# {machine()}; {time.strftime('%Y-%m-%d')}; one thread per tool; "
-          f"median of {args.repeat} fresh processes\n")
-    print("| model | tool | time (s) | peak RSS (MB) | RSS growth in call (MB) | MACs (G) "
-          "| time / dnnlens | growth / dnnlens |")
+    print(
+        f"# {machine()}; {time.strftime('%Y-%m-%d')}; one thread per tool; "
+        f"median of {args.repeat} fresh processes\n"
+    )
+    print(
+        "| model | tool | time (s) | peak RSS (MB) | RSS growth in call (MB) | MACs (G) "
+        "| time / dnnlens | growth / dnnlens |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
         results = {}
         for tool in TOOLS:
             runs = [run_child("--child", tool, name) for _ in range(args.repeat)]
-            results[tool] = {key: statistics.median(r[key] for r in runs)
-                             for key in ("seconds", "peak", "growth", "macs")}
+            results[tool] = {
+                key: statistics.median(r[key] for r in runs)
+                for key in ("seconds", "peak", "growth", "macs")
+            }
         ours = results["dnnlens"]
         for tool, r in results.items():
-            print(f"| {name} | {tool} | {r['seconds']:.3f} | {r['peak'] / 1e6:.0f} | "
-                  f"{r['growth'] / 1e6:.1f} | {r['macs'] / 1e9:.3f} | "
-                  f"{r['seconds'] / ours['seconds']:.1f}x | "
-                  f"{r['growth'] / max(ours['growth'], 1):.1f}x |")
+            print(
+                f"| {name} | {tool} | {r['seconds']:.3f} | {r['peak'] / 1e6:.0f} | "
+                f"{r['growth'] / 1e6:.1f} | {r['macs'] / 1e9:.3f} | "
+                f"{r['seconds'] / ours['seconds']:.1f}x | "
+                f"{r['growth'] / max(ours['growth'], 1):.1f}x |"
+            )
     llm = run_child("--llm")
-    print(f"\n7B transformer on meta (LLaMA-7B shapes, 2,048 tokens): {llm['params']:,} "
-          f"parameters ({llm['weights_fp16_bytes'] / 1e9:.1f} GB in fp16, never allocated), "
-          f"{llm['macs'] / 1e12:.2f} TMACs, {llm['rows']} rows in {llm['seconds']:.2f} s, "
-          f"peak RSS {llm['peak'] / 1e6:.0f} MB (growth {llm['growth'] / 1e6:.0f} MB), "
-          f"warnings: {llm['warnings'] or 'none'}")
+    print(
+        f"\n7B transformer on meta (LLaMA-7B shapes, 2,048 tokens): {llm['params']:,} "
+        f"parameters ({llm['weights_fp16_bytes'] / 1e9:.1f} GB in fp16, never allocated), "
+        f"{llm['macs'] / 1e12:.2f} TMACs, {llm['rows']} rows in {llm['seconds']:.2f} s, "
+        f"peak RSS {llm['peak'] / 1e6:.0f} MB (growth {llm['growth'] / 1e6:.0f} MB), "
+        f"warnings: {llm['warnings'] or 'none'}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def nb_conv(x, W, b):
     for c in range(C_out):
         for i in range(M):
             for j in range(N):
-                out[c, i, j] = np.sum(x_padded[:, i:i + Kx, j:j + Ky] * W[c, :, :, :]) + b[c]
+                out[c, i, j] = np.sum(x_padded[:, i : i + Kx, j : j + Ky] * W[c, :, :, :]) + b[c]
     return out
 
 
@@ -79,7 +79,7 @@ def nb_pool2(x, dh, dw):
     for c in range(C):
         for i in range(H_out):
             for j in range(W_out):
-                out[c, i, j] = np.max(x[c, i * dh:(i + 1) * dh, j * dw:(j + 1) * dw])
+                out[c, i, j] = np.max(x[c, i * dh : (i + 1) * dh, j * dw : (j + 1) * dw])
     return out
 
 
@@ -104,18 +104,18 @@ def best_rate(run: Callable[[], object], images: int, repeats: int) -> float:
 def torch_batched(model: torch.nn.Module, images: torch.Tensor, batch: int) -> None:
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            model(images[i:i + batch])
+            model(images[i : i + batch])
 
 
 def torch_per_image(model: torch.nn.Module, images: torch.Tensor) -> None:
     with torch.inference_mode():
         for i in range(len(images)):
-            model(images[i:i + 1]).argmax(dim=1).item()
+            model(images[i : i + 1]).argmax(dim=1).item()
 
 
 def ours_per_image(plan: engine.Plan, images: np.ndarray) -> None:
     for i in range(len(images)):
-        int(plan.run(images[i:i + 1]).logits.argmax())
+        int(plan.run(images[i : i + 1]).logits.argmax())
 
 
 COMPILE_SNIPPET = """
@@ -135,8 +135,13 @@ print(time.perf_counter() - t0)
 def compile_seconds(cache_dir: str) -> float:
     """First calls (batch and single image) of the compiled engine in a fresh process."""
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, NUMBA_NUM_THREADS=str(THREADS))
-    done = subprocess.run([sys.executable, "-c", COMPILE_SNIPPET], env=env, check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_SNIPPET],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -164,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(f"idx:{FASHION}", "test")
     else:
         sample = load_data("sample", "test")
-        data = type(sample)(np.tile(sample.images, (10, 1, 1, 1)),
-                            np.tile(sample.labels, 10), sample.name + " x10")
+        data = type(sample)(
+            np.tile(sample.images, (10, 1, 1, 1)), np.tile(sample.labels, 10), sample.name + " x10"
+        )
     images = data.images if not args.quick else data.images[:2000]
     repeats = 2 if args.quick else 3
     torch.manual_seed(0)
@@ -182,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     # (a) batched, each at its best batch size
     engine.predict(graph, weights, images[:4096])  # warm-up (and compile, if not cached)
     torch_batched(model, timages[:4096], 256)
-    torch_rates = {b: best_rate(lambda b=b: torch_batched(model, timages, b), n, repeats)
-                   for b in (32, 64, 128, 256, 512, 1024, n)}
-    our_rates = {b: best_rate(lambda b=b: engine.predict(graph, weights, images, batch=b), n,
-                              repeats) for b in (256, 1024, 2048, 4096)}
+    torch_rates = {
+        b: best_rate(lambda b=b: torch_batched(model, timages, b), n, repeats)
+        for b in (32, 64, 128, 256, 512, 1024, n)
+    }
+    our_rates = {
+        b: best_rate(lambda b=b: engine.predict(graph, weights, images, batch=b), n, repeats)
+        for b in (256, 1024, 2048, 4096)
+    }
     ours_logits = engine.predict(graph, weights, images)
     with torch.inference_mode():
         torch_logits = model(timages).numpy()
@@ -193,33 +203,48 @@ def main(argv: list[str] | None = None) -> int:
     max_diff = float(np.max(np.abs(ours_logits - torch_logits)))
 
     # (b) one image at a time
-    single = images[:1000 if args.quick else 3000]
+    single = images[: 1000 if args.quick else 3000]
     plan = engine.prepare(graph, weights)  # planned once, as a loop over images should
     ours_per_image(plan, single[:20])
     torch_per_image(model, timages[:20])
     our_single = best_rate(lambda: ours_per_image(plan, single), len(single), repeats)
-    torch_single = best_rate(lambda: torch_per_image(model, timages[:len(single)]),
-                             len(single), repeats)
+    torch_single = best_rate(
+        lambda: torch_per_image(model, timages[: len(single)]), len(single), repeats
+    )
 
     # (c) the readable reference path against the notebook's loops
-    subset = images[:20 if args.quick else 100]
+    subset = images[: 20 if args.quick else 100]
     params = {k: v.astype(np.float32) for k, v in weights.items()}
-    notebook = best_rate(lambda: [nb_run_inference(img[0], params) for img in subset],
-                         len(subset), 1)
+    notebook = best_rate(
+        lambda: [nb_run_inference(img[0], params) for img in subset], len(subset), 1
+    )
     reference_plan = engine.prepare(graph, weights, "reference")
     reference_single = best_rate(
-        lambda: [reference_plan.run(subset[i:i + 1]) for i in range(len(subset))],
-        len(subset), 1)
+        lambda: [reference_plan.run(subset[i : i + 1]) for i in range(len(subset))], len(subset), 1
+    )
     reference_batched = best_rate(
-        lambda: engine.predict(graph, weights, images[:2000], "reference"), 2000, 1)
+        lambda: engine.predict(graph, weights, images[:2000], "reference"), 2000, 1
+    )
 
     peak = measured_peak()
     results = dict(
-        n=n, data=data.name, torch_rates=torch_rates, our_rates=our_rates,
-        mismatches=mismatches, max_diff=max_diff, our_single=our_single,
-        torch_single=torch_single, single=len(single), notebook=notebook,
-        reference_single=reference_single, reference_batched=reference_batched,
-        subset=len(subset), cold=cold, cached=cached, peak=peak)
+        n=n,
+        data=data.name,
+        torch_rates=torch_rates,
+        our_rates=our_rates,
+        mismatches=mismatches,
+        max_diff=max_diff,
+        our_single=our_single,
+        torch_single=torch_single,
+        single=len(single),
+        notebook=notebook,
+        reference_single=reference_single,
+        reference_batched=reference_batched,
+        subset=len(subset),
+        cold=cold,
+        cached=cached,
+        peak=peak,
+    )
     text = render(results)
     print(text)
     write_section(args.out, text)
@@ -234,8 +259,12 @@ def render(r: dict) -> str:
     torch_best = max(r["torch_rates"], key=r["torch_rates"].get)
     ours_best = max(r["our_rates"], key=r["our_rates"].get)
     t_rate, o_rate = r["torch_rates"][torch_best], r["our_rates"][ours_best]
-    peak_note = (f"; measured FMA peak of this machine (dnnlens.hwprobe, {THREADS} threads): "
-                 f"{r['peak']:.0f} GMAC/s" if r["peak"] else "")
+    peak_note = (
+        f"; measured FMA peak of this machine (dnnlens.hwprobe, {THREADS} threads): "
+        f"{r['peak']:.0f} GMAC/s"
+        if r["peak"]
+        else ""
+    )
 
     def row(name: str, rate: float) -> str:
         frac = f"{gmacs(rate) / NOMINAL_PEAK:.1%}"
@@ -244,7 +273,8 @@ def render(r: dict) -> str:
 
     cpu = _cpu_name()
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"`python benchmarks/engine.py`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"torch {torch.__version__} and Numba both on {THREADS} threads. Reference network "
@@ -267,7 +297,8 @@ def render(r: dict) -> str:
         f"- (a) compiled engine / PyTorch at their best batch sizes: **{o_rate / t_rate:.2f}x** "
         f"(target >= 2x, aim 3x). PyTorch by batch: "
         + ", ".join(f"{b}: {v:,.0f}" for b, v in r["torch_rates"].items())
-        + "; ours by batch: " + ", ".join(f"{b}: {v:,.0f}" for b, v in r["our_rates"].items())
+        + "; ours by batch: "
+        + ", ".join(f"{b}: {v:,.0f}" for b, v in r["our_rates"].items())
         + ".",
         f"- (b) one image at a time ({r['single']:,} images): "
         f"**{r['our_single'] / r['torch_single']:.2f}x** PyTorch's per-image loop "

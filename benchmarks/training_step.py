@@ -59,8 +59,10 @@ def llm_7b():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             b, t, _ = x.shape
             h = self.attn_norm(x)
-            q, k, v = (p(h).view(b, t, heads, dim // heads).transpose(1, 2)
-                       for p in (self.q, self.k, self.v))  # (B, heads, T, head_dim)
+            q, k, v = (
+                p(h).view(b, t, heads, dim // heads).transpose(1, 2)
+                for p in (self.q, self.k, self.v)
+            )  # (B, heads, T, head_dim)
             a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             x = x + self.o(a.transpose(1, 2).reshape(b, t, dim))
             h = self.mlp_norm(x)
@@ -113,10 +115,15 @@ def child(tool: str, name: str) -> None:
             amp = {"amp": True, "dtype": "bf16"} if name == "llm7b" else {}
             step = analyze_training(model, example_inputs=x, optimizer="adam", **amp)
             m = step.memory
-            extra.update(predicted_peak=m.peak, peak_phase=m.peak_phase,
-                         persistent=m.persistent, gradients=m.gradients,
-                         activations=m.activations, rows=len(step.backward),
-                         warnings=step.warnings)
+            extra.update(
+                predicted_peak=m.peak,
+                peak_phase=m.peak_phase,
+                persistent=m.persistent,
+                gradients=m.gradients,
+                activations=m.activations,
+                rows=len(step.backward),
+                warnings=step.warnings,
+            )
             return step.forward_macs + step.backward_macs
     else:
         from torch.utils.flop_counter import FlopCounterMode
@@ -125,23 +132,36 @@ def child(tool: str, name: str) -> None:
             model.train()
             with FlopCounterMode(display=False) as counter:
                 out = model(x)
-                out.float().mean().backward() if out.dim() != 2 else \
-                    torch.nn.functional.cross_entropy(
-                        out, torch.zeros(out.shape[0], dtype=torch.long,
-                                         device="meta")).backward()
+                if out.dim() != 2:
+                    loss = out.float().mean()
+                else:
+                    labels = torch.zeros(out.shape[0], dtype=torch.long, device="meta")
+                    loss = torch.nn.functional.cross_entropy(out, labels)
+                loss.backward()
             return counter.get_total_flops() // 2
+
     before = rss_bytes()
     start = time.perf_counter()
     macs = call()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak": peak, "growth": max(0, peak - before),
-                      "macs": int(macs), **extra}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak": peak,
+                "growth": max(0, peak - before),
+                "macs": int(macs),
+                **extra,
+            }
+        )
+    )
 
 
 def run_child(*argv: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, *argv], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -154,8 +174,10 @@ def machine() -> str:
         pass
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def main() -> None:
@@ -167,32 +189,42 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    print(f"# {machine()}; {time.strftime('%Y-%m-%d')}; one thread; median of {args.repeat} "
-          "fresh processes\n")
-    print("| model | tool | time (s) | peak RSS (MB) | RSS growth in call (MB) "
-          "| fwd+bwd MACs (G) | time / dnnlens |")
+    print(
+        f"# {machine()}; {time.strftime('%Y-%m-%d')}; one thread; median of {args.repeat} "
+        "fresh processes\n"
+    )
+    print(
+        "| model | tool | time (s) | peak RSS (MB) | RSS growth in call (MB) "
+        "| fwd+bwd MACs (G) | time / dnnlens |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     notes = []
     for name in args.models.split(","):
         results = {}
         for tool in TOOLS:
             runs = [run_child("--child", tool, name) for _ in range(args.repeat)]
-            results[tool] = {key: statistics.median(r[key] for r in runs)
-                             for key in ("seconds", "peak", "growth", "macs")}
+            results[tool] = {
+                key: statistics.median(r[key] for r in runs)
+                for key in ("seconds", "peak", "growth", "macs")
+            }
             if tool == "dnnlens":
                 notes.append((name, runs[0]))
         ours = results["dnnlens"]
         for tool, r in results.items():
-            print(f"| {name} | {tool} | {r['seconds']:.2f} | {r['peak'] / 1e6:.0f} | "
-                  f"{r['growth'] / 1e6:.0f} | {r['macs'] / 1e9:,.1f} | "
-                  f"{r['seconds'] / ours['seconds']:.2f}x |")
+            print(
+                f"| {name} | {tool} | {r['seconds']:.2f} | {r['peak'] / 1e6:.0f} | "
+                f"{r['growth'] / 1e6:.0f} | {r['macs'] / 1e9:,.1f} | "
+                f"{r['seconds'] / ours['seconds']:.2f}x |"
+            )
     print()
     for name, r in notes:
-        print(f"- {name}: predicted peak of a training step {r['predicted_peak'] / 1e9:.2f} GB "
-              f"(during {r['peak_phase']}): weights + optimizer state "
-              f"{r['persistent'] / 1e9:.2f} GB, gradients {r['gradients'] / 1e9:.2f} GB, kept "
-              f"for backward {r['activations'] / 1e9:.2f} GB; {r['rows']} rows; warnings: "
-              f"{'; '.join(r['warnings']) or 'none'}")
+        print(
+            f"- {name}: predicted peak of a training step {r['predicted_peak'] / 1e9:.2f} GB "
+            f"(during {r['peak_phase']}): weights + optimizer state "
+            f"{r['persistent'] / 1e9:.2f} GB, gradients {r['gradients'] / 1e9:.2f} GB, kept "
+            f"for backward {r['activations'] / 1e9:.2f} GB; {r['rows']} rows; warnings: "
+            f"{'; '.join(r['warnings']) or 'none'}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ tests/test_engine_zoo.py: 0 differing predictions and max |logit diff| <= 1e-3 x
 |PyTorch logit|. A model the engine refuses (an operator without a kernel) gets a row naming
 the layer and the operator.
 
-The table goes to ``docs/zoo.md`` (rewritten whole). Every MAC of every image runs in our own
-loop nests, so the whole list takes hours on two cores: ``python benchmarks/zoo.py resnet18
+The table goes to ``docs/engine-zoo.md`` (rewritten whole). Every MAC of every image runs in our
+own loop nests, so the whole list takes hours on two cores: ``python benchmarks/zoo.py resnet18
 mobilenet_v2`` runs some.
 """
 
@@ -56,9 +56,11 @@ def row(name: str) -> str:
     seconds = time.perf_counter() - start
     ratio = result.max_abs_diff / result.max_abs_reference
     ok = result.mismatches == 0 and ratio <= BAR
-    return (f"| {name} | {'pass' if ok else 'FAIL'} | {result.mismatches} | "
-            f"{result.max_abs_diff:.3g} | {result.max_abs_reference:.3g} | "
-            f"{seconds:.0f} s |")
+    return (
+        f"| {name} | {'pass' if ok else 'FAIL'} | {result.mismatches} | "
+        f"{result.max_abs_diff:.3g} | {result.max_abs_reference:.3g} | "
+        f"{seconds:.0f} s |"
+    )
 
 
 def by_macs(names: list[str]) -> list[str]:
@@ -80,12 +82,14 @@ def by_macs(names: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="models (default: the whole list)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "zoo.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "engine-zoo.md")
     args = parser.parse_args(argv)
-    names = args.names or by_macs(sorted(torchvision.models.list_models(
-        module=torchvision.models)))
+    names = args.names or by_macs(
+        sorted(torchvision.models.list_models(module=torchvision.models))
+    )
     lines = [
-        "# The torchvision zoo through our engine", "",
+        "# The torchvision zoo through our engine",
+        "",
         f"`{' '.join(['python benchmarks/zoo.py', *args.names])}`, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu_name()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "the kernels. Several models' initial weights (weights=None) make their logits tiny "
         "(1e-14 for efficientnet, 1e-9 for mobilenet): the relative bar holds, but says less "
         "than for a trained model; `dnnlens verify MODEL` also compares every layer's "
-        "output with the real module's.", "",
+        "output with the real module's.",
+        "",
         "| model | result | differing predictions | max abs logit diff | max abs PyTorch logit "
         "| time or reason |",
         "|---|---|---:|---:|---:|---|",

@@ -21,9 +21,10 @@ Units, once (docs/units.md says more):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from math import prod
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dnnlens.errors import DnnlensError, UsageError, annotate
 from dnnlens.ir import Graph, Node, Shape
@@ -40,14 +41,14 @@ DTYPE_BYTES: dict[str, int] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 #: What each number means; printed with the table and written into the JSON.
 UNITS: dict[str, str] = {
     "macs": "multiply-accumulates per batch, padding zeros counted, bias adds not counted "
-            "(FLOPs = 2 x MACs)",
+    "(FLOPs = 2 x MACs)",
     "weights": "parameter values excluding biases (tied parameters once in the totals)",
     "biases": "bias values",
     "params": "every parameter of the model once, used or not (torchvision's num_params); "
-              "buffers are never parameters",
+    "buffers are never parameters",
     "weight_bytes": "weights x bytes per value of dtype",
     "values_moved": "input + weight + output values, each read or written once from main "
-                    "memory; weights once per batch, activations per image; views move nothing",
+    "memory; weights once per batch, activations per image; views move nothing",
     "bytes_moved": "values_moved x bytes per value of dtype",
     "intensity": "macs / values_moved (0 when nothing moves)",
     "shapes": "(N, C, H, W) with the batch N",
@@ -127,12 +128,22 @@ def layer_row(index: int, node: Node, nbytes: int) -> LayerRow:
     except Exception:  # noqa: BLE001 - a descriptor is a label; never fail the table on it
         descriptor = ()
     return LayerRow(
-        index=index, name=node.name, module=node.module, type=node.kind,
-        descriptor=descriptor, input_shape=tuple(shapes[0]) if shapes else (),
-        input_shapes=tuple(tuple(s) for s in shapes), output_shape=tuple(out),
-        weights=weights, biases=bias_count(params), weight_bytes=weights * nbytes, macs=macs,
-        values_moved=moved, bytes_moved=moved * nbytes,
-        intensity=macs / moved if moved else 0.0)
+        index=index,
+        name=node.name,
+        module=node.module,
+        type=node.kind,
+        descriptor=descriptor,
+        input_shape=tuple(shapes[0]) if shapes else (),
+        input_shapes=tuple(tuple(s) for s in shapes),
+        output_shape=tuple(out),
+        weights=weights,
+        biases=bias_count(params),
+        weight_bytes=weights * nbytes,
+        macs=macs,
+        values_moved=moved,
+        bytes_moved=moved * nbytes,
+        intensity=macs / moved if moved else 0.0,
+    )
 
 
 def layer_rows(graph: Graph, dtype: str = "fp32") -> list[LayerRow]:
@@ -163,12 +174,17 @@ def totals(graph: Graph, rows: Sequence[LayerRow], dtype: str = "fp32") -> Total
     unused = [p for name, p in declared.items() if name not in used]
     used_modules = {name.rsplit(".", i)[0] for name in used for i in range(1, name.count(".") + 1)}
     modules = tuple(dict.fromkeys(_unused_module(p.name, used_modules) for p in unused))
-    return Totals(weights=weights, biases=biases, macs=sum(r.macs for r in rows),
-                  outputs=sum(prod(r.output_shape) for r in rows), values_moved=moved,
-                  bytes=moved * bytes_per_value(dtype),
-                  params=sum(p.numel for p in declared.values()) if declared else -1,
-                  params_unused=sum(p.numel for p in unused),
-                  unused_modules=_outermost(modules))
+    return Totals(
+        weights=weights,
+        biases=biases,
+        macs=sum(r.macs for r in rows),
+        outputs=sum(prod(r.output_shape) for r in rows),
+        values_moved=moved,
+        bytes=moved * bytes_per_value(dtype),
+        params=sum(p.numel for p in declared.values()) if declared else -1,
+        params_unused=sum(p.numel for p in unused),
+        unused_modules=_outermost(modules),
+    )
 
 
 def _unused_module(param: str, used: set[str]) -> str:
@@ -220,13 +236,22 @@ def _merge(index: int, key: str, group: list[LayerRow]) -> LayerRow:
     macs = sum(r.macs for r in group)
     moved = sum(r.values_moved for r in group)
     return LayerRow(
-        index=index, name=key or "(model)", module=key,
-        type=kinds.pop() if len(kinds) == 1 else f"{len(group)} ops", descriptor=(),
-        input_shape=group[0].input_shape, input_shapes=group[0].input_shapes,
-        output_shape=group[-1].output_shape, weights=sum(r.weights for r in group),
-        biases=sum(r.biases for r in group), weight_bytes=sum(r.weight_bytes for r in group),
-        macs=macs, values_moved=moved, bytes_moved=sum(r.bytes_moved for r in group),
-        intensity=macs / moved if moved else 0.0)
+        index=index,
+        name=key or "(model)",
+        module=key,
+        type=kinds.pop() if len(kinds) == 1 else f"{len(group)} ops",
+        descriptor=(),
+        input_shape=group[0].input_shape,
+        input_shapes=group[0].input_shapes,
+        output_shape=group[-1].output_shape,
+        weights=sum(r.weights for r in group),
+        biases=sum(r.biases for r in group),
+        weight_bytes=sum(r.weight_bytes for r in group),
+        macs=macs,
+        values_moved=moved,
+        bytes_moved=sum(r.bytes_moved for r in group),
+        intensity=macs / moved if moved else 0.0,
+    )
 
 
 def unknown_warnings(graph: Graph) -> list[str]:
@@ -237,9 +262,10 @@ def unknown_warnings(graph: Graph) -> list[str]:
             unknown.setdefault(node.op.target or node.source, []).append(node.name)
     if not unknown:
         return []
-    listed = "; ".join(f"{target} ({len(names)}x: {', '.join(names[:3])}"
-                       f"{', ...' if len(names) > 3 else ''})"
-                       for target, names in unknown.items())
+    listed = "; ".join(
+        f"{target} ({len(names)}x: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        for target, names in unknown.items()
+    )
     count = sum(len(v) for v in unknown.values())
     return [f"{count} operator(s) have no rule, their MACs are unknown and counted as 0: {listed}"]
 
@@ -275,27 +301,51 @@ class Analysis:
         """Every row as a dict of its fields (tuples kept as tuples)."""
         return [asdict(row) for row in self.grouped(depth)]
 
-    def to_dataframe(self, depth: int | None = None) -> "pandas.DataFrame":
+    def to_dataframe(self, depth: int | None = None) -> pandas.DataFrame:
         import pandas  # lazily: pandas is optional
 
         return pandas.DataFrame(self.to_dicts(depth)).set_index("index")
 
     def to_json_dict(self, depth: int | None = None) -> dict[str, Any]:
         """The JSON document of issue 4 (keys in its order)."""
-        keys = ("index", "name", "type", "descriptor", "input_shape", "output_shape",
-                "weights", "biases", "weight_bytes", "macs", "values_moved", "intensity")
+        keys = (
+            "index",
+            "name",
+            "type",
+            "descriptor",
+            "input_shape",
+            "output_shape",
+            "weights",
+            "biases",
+            "weight_bytes",
+            "macs",
+            "values_moved",
+            "intensity",
+        )
         layers = [{k: _jsonable(getattr(row, k)) for k in keys} for row in self.grouped(depth)]
         t = self.totals
-        return {"model": self.model, "input_shape": list(self.input_shape), "batch": self.batch,
-                "dtype": self.dtype, "units": UNITS, "layers": layers,
-                "totals": {"weights": t.weights, "biases": t.biases, "macs": t.macs,
-                           "outputs": t.outputs, "values_moved": t.values_moved,
-                           "params": t.params, "params_unused": t.params_unused,
-                           "unused_modules": list(t.unused_modules),
-                           # what the text's summary line shows, in base units
-                           "bytes_moved": t.bytes,
-                           "parameter_bytes": (t.weights + t.biases) * DTYPE_BYTES[self.dtype],
-                           "flops": 2 * t.macs}}
+        return {
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "batch": self.batch,
+            "dtype": self.dtype,
+            "units": UNITS,
+            "layers": layers,
+            "totals": {
+                "weights": t.weights,
+                "biases": t.biases,
+                "macs": t.macs,
+                "outputs": t.outputs,
+                "values_moved": t.values_moved,
+                "params": t.params,
+                "params_unused": t.params_unused,
+                "unused_modules": list(t.unused_modules),
+                # what the text's summary line shows, in base units
+                "bytes_moved": t.bytes,
+                "parameter_bytes": (t.weights + t.biases) * DTYPE_BYTES[self.dtype],
+                "flops": 2 * t.macs,
+            },
+        }
 
     def to_json(self, depth: int | None = None, indent: int | None = 2) -> str:
         return json.dumps(self.to_json_dict(depth), indent=indent)
@@ -326,9 +376,16 @@ class Analysis:
         return render_html(self)
 
 
-def analyze(model_or_graph: Any, input_shape: Sequence[int] | None = None, *,
-            batch: int | None = None, dtype: str = "fp32", example_inputs: Any = None,
-            kwargs: dict | None = None, real: bool = False) -> Analysis:
+def analyze(
+    model_or_graph: Any,
+    input_shape: Sequence[int] | None = None,
+    *,
+    batch: int | None = None,
+    dtype: str = "fp32",
+    example_inputs: Any = None,
+    kwargs: dict | None = None,
+    real: bool = False,
+) -> Analysis:
     """Analyse an ``nn.Module`` (traced on the meta device) or an IR :class:`Graph`.
 
     ``input_shape`` is ``(N, C, H, W)``; ``batch``, when given, replaces ``N``. Shapes carry
@@ -344,42 +401,83 @@ def analyze(model_or_graph: Any, input_shape: Sequence[int] | None = None, *,
         graph = model_or_graph
         have = next(iter(graph.inputs.values()), (1,))
         if batch is not None and have and have[0] != batch:
-            raise UsageError(f"the graph was imported at batch {have[0]}; import the model "
-                             f"again with batch {batch}")
+            raise UsageError(
+                f"the graph was imported at batch {have[0]}; import the model "
+                f"again with batch {batch}"
+            )
     else:
         from dnnlens.importers.torch import import_torch
 
         if input_shape is not None and batch is not None:
             input_shape = (batch, *tuple(input_shape)[1:])
-        graph = import_torch(model_or_graph, input_shape, example_inputs=example_inputs,
-                             kwargs=kwargs, real=real)
+        graph = import_torch(
+            model_or_graph,
+            None if input_shape is None else tuple(input_shape),
+            example_inputs=example_inputs,
+            kwargs=kwargs,
+            real=real,
+        )
     rows = layer_rows(graph, dtype)
     first = next(iter(graph.inputs.values()), ())
-    return Analysis(rows=rows, totals=totals(graph, rows, dtype), graph=graph,
-                    batch=int(first[0]) if first else 1, dtype=dtype,
-                    warnings=unknown_warnings(graph))
+    return Analysis(
+        rows=rows,
+        totals=totals(graph, rows, dtype),
+        graph=graph,
+        batch=int(first[0]) if first else 1,
+        dtype=dtype,
+        warnings=unknown_warnings(graph),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Views: terminal table and HTML
 
+
 def _columns() -> list[Column]:
     from dnnlens.formatting import left, right
 
-    return [right("#"), left("name"), left("type"), left("descriptor"), left("output shape"),
-            right("weights"), right("biases"), right("MACs"), right("values moved"),
-            right("intensity")]
+    return [
+        right("#"),
+        left("name"),
+        left("type"),
+        left("descriptor"),
+        left("output shape"),
+        right("weights"),
+        right("biases"),
+        right("MACs"),
+        right("values moved"),
+        right("intensity"),
+    ]
 
 
 def _cells(row: LayerRow) -> list[str]:
-    return [str(row.index), row.name, row.type, _shape_text(row.descriptor),
-            _shape_text(row.output_shape), f"{row.weights:,}", f"{row.biases:,}",
-            f"{row.macs:,}", f"{row.values_moved:,}", f"{row.intensity:.4f}"]
+    return [
+        str(row.index),
+        row.name,
+        row.type,
+        _shape_text(row.descriptor),
+        _shape_text(row.output_shape),
+        f"{row.weights:,}",
+        f"{row.biases:,}",
+        f"{row.macs:,}",
+        f"{row.values_moved:,}",
+        f"{row.intensity:.4f}",
+    ]
 
 
 def _total_cells(t: Totals) -> list[str]:
-    return ["", "total", "", "", f"{t.outputs:,} outputs", f"{t.weights:,}", f"{t.biases:,}",
-            f"{t.macs:,}", f"{t.values_moved:,}", f"{t.intensity:.4f}"]
+    return [
+        "",
+        "total",
+        "",
+        "",
+        f"{t.outputs:,} outputs",
+        f"{t.weights:,}",
+        f"{t.biases:,}",
+        f"{t.macs:,}",
+        f"{t.values_moved:,}",
+        f"{t.intensity:.4f}",
+    ]
 
 
 def _header_lines(a: Analysis) -> list[str]:
@@ -403,17 +501,20 @@ def summary_line(a: Analysis) -> str:
     t = a.totals
     nbytes = DTYPE_BYTES[a.dtype]
     used = t.weights + t.biases  # the forward's; unused_line names any others
-    return (f"parameters: {used:,} = {t.weights:,} weights + {t.biases:,} biases "
-            f"({size(used * nbytes)} in {a.dtype}); memory traffic: {size(t.bytes)}; "
-            f"FLOPs: {2 * t.macs:,} (2 x MACs)")
+    return (
+        f"parameters: {used:,} = {t.weights:,} weights + {t.biases:,} biases "
+        f"({size(used * nbytes)} in {a.dtype}); memory traffic: {size(t.bytes)}; "
+        f"FLOPs: {2 * t.macs:,} (2 x MACs)"
+    )
 
 
 def render_text(a: Analysis, depth: int | None = None) -> str:
     """A plain-text table with its units and totals, for the terminal."""
     from dnnlens.formatting import text_table
 
-    table = text_table(_columns(), [_cells(r) for r in a.grouped(depth)],
-                       footer=_total_cells(a.totals))
+    table = text_table(
+        _columns(), [_cells(r) for r in a.grouped(depth)], footer=_total_cells(a.totals)
+    )
     out = [*_header_lines(a), "", table, summary_line(a)]
     if a.totals.params_unused or a.totals.params != a.totals.weights + a.totals.biases:
         out.append(unused_line(a.totals))
@@ -424,22 +525,25 @@ def render_text(a: Analysis, depth: int | None = None) -> str:
 def unused_line(t: Totals) -> str:
     """The one line saying which parameters the traced forward never used."""
     listed = ", ".join(t.unused_modules[:4]) + (", ..." if len(t.unused_modules) > 4 else "")
-    return (f"params: {t.params:,} in the model, {t.params_unused:,} of them never used by "
-            f"this forward ({listed or 'none'}): not in the table or its totals")
+    return (
+        f"params: {t.params:,} in the model, {t.params_unused:,} of them never used by "
+        f"this forward ({listed or 'none'}): not in the table or its totals"
+    )
 
 
 def render_html(a: Analysis, depth: int | None = None) -> str:
     """An HTML table (what a notebook shows)."""
     from dnnlens.formatting import esc, html_table
 
-    table = html_table(_columns(), [_cells(r) for r in a.grouped(depth)],
-                       footer=_total_cells(a.totals))
+    table = html_table(
+        _columns(), [_cells(r) for r in a.grouped(depth)], footer=_total_cells(a.totals)
+    )
     notes = "<br>".join(esc(line) for line in _header_lines(a))
     warn = "".join(f"<p><b>warning:</b> {esc(w)}</p>" for w in a.warnings)
     t = a.totals
     if t.params_unused or t.params != t.weights + t.biases:
         warn = f"<p>{esc(unused_line(t))}</p>" + warn
-    return (f"<div><p>{notes}</p>{table}<p>{esc(summary_line(a))}</p>{warn}</div>")
+    return f"<div><p>{notes}</p>{table}<p>{esc(summary_line(a))}</p>{warn}</div>"
 
 
 def _shape_text(shape: Sequence[Any]) -> str:
@@ -456,6 +560,9 @@ def _jsonable(value: Any) -> Any:
 
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, tuple):
-        return "x".join(str(v) for v in value) if all(isinstance(v, int) for v in value) \
+        return (
+            "x".join(str(v) for v in value)
+            if all(isinstance(v, int) for v in value)
             else str(value)
+        )
     return value

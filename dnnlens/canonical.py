@@ -19,7 +19,7 @@ the model as written.
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 
 from dnnlens.ir import Graph, Node
 from dnnlens.ops import AdaptivePool, Concat, Op, Pool, Reduce, Slice, Softmax
@@ -46,8 +46,8 @@ def canonical_op(node: Node) -> Op:
             return AdaptivePool(mode=pool, output_size=(1,) * (rank - 2))
         return replace(op, dims=dims)
     if isinstance(op, Pool) and op.mode == "max":
-        default = next(f.default for f in fields(Pool) if f.name == "count_include_pad")
-        return replace(op, count_include_pad=default)
+        # max pooling ignores count_include_pad: the default, so equal pools compare equal
+        return replace(op, count_include_pad=Pool().count_include_pad)
     if isinstance(op, Softmax) and rank and op.axis < 0:
         return replace(op, axis=op.axis % rank)
     if isinstance(op, Concat) and node.output_shape and op.axis < 0:

@@ -44,7 +44,7 @@ SAMPLE_SPLIT_SEED = 20_240_501
 SAMPLE_CACHE_NAME = "mnist-sample-v1.npz"
 
 #: IDX type code -> big-endian NumPy dtype (the IDX format's table).
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -85,8 +85,9 @@ def check_arrays(images: np.ndarray, labels: np.ndarray, name: str) -> None:
     """Raise :class:`DataError` unless ``images`` (N,C,H,W) float32 and ``labels`` (N,) int64
     form a non-empty, finite data set (NaN/Inf would silently poison every accuracy)."""
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype != np.float32:
-        raise DataError(f"{name}: images must be a float32 array (N, C, H, W), got "
-                        f"{_describe(images)}")
+        raise DataError(
+            f"{name}: images must be a float32 array (N, C, H, W), got {_describe(images)}"
+        )
     if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype != np.int64:
         raise DataError(f"{name}: labels must be an int64 array (N,), got {_describe(labels)}")
     if images.shape[0] != labels.shape[0]:
@@ -133,8 +134,10 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if len(raw) < 4:
         raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, no header)")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(f"{path}: not an IDX file (magic number 0x{raw[:4].hex()}, expected "
-                        "0x0000TTDD with a known type TT and DD >= 1 dimensions)")
+        raise DataError(
+            f"{path}: not an IDX file (magic number 0x{raw[:4].hex()}, expected "
+            "0x0000TTDD with a known type TT and DD >= 1 dimensions)"
+        )
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -143,8 +146,9 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     expected = header + int(np.prod(dims, dtype=object)) * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(f"{path}: IDX file {what}: {len(raw)} bytes, dimensions {dims} need "
-                        f"{expected}")
+        raise DataError(
+            f"{path}: IDX file {what}: {len(raw)} bytes, dimensions {dims} need {expected}"
+        )
     try:
         data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
     except ValueError:  # e.g. (0, 2**31, 2**31): no bytes, but larger than NumPy can index
@@ -176,8 +180,10 @@ def find_idx_file(folder: Path, split: str, kind: str) -> Path:
     if not folder.is_dir():
         raise DataError(f"idx:{folder}: no such folder")
     ndim = 3 if kind == "images" else 1
-    stems = [f"{_IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte",
-             f"{_IDX_PREFIX[split]}-{kind}.idx{ndim}-ubyte"]
+    stems = [
+        f"{_IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte",
+        f"{_IDX_PREFIX[split]}-{kind}.idx{ndim}-ubyte",
+    ]
     folders = [folder, folder / "raw", *sorted(folder.glob("*/raw"))]
     for candidate_folder in folders:
         for stem in stems:
@@ -193,16 +199,19 @@ def load_idx_folder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels_path = find_idx_file(folder, split, "labels")
     pixels, labels = read_idx(images_path), read_idx(labels_path)
     if pixels.ndim != 3 or pixels.dtype != np.uint8:
-        raise DataError(f"{images_path}: expected uint8 images (N, H, W), got "
-                        f"{_describe(pixels)}")
+        raise DataError(f"{images_path}: expected uint8 images (N, H, W), got {_describe(pixels)}")
     if pixels.shape[1:] != (28, 28):
-        raise DataError(f"{images_path}: images are {pixels.shape[1]}x{pixels.shape[2]}, "
-                        "the MNIST family is 28x28")
+        raise DataError(
+            f"{images_path}: images are {pixels.shape[1]}x{pixels.shape[2]}, "
+            "the MNIST family is 28x28"
+        )
     if labels.ndim != 1 or labels.dtype != np.uint8:
         raise DataError(f"{labels_path}: expected uint8 labels (N,), got {_describe(labels)}")
     if labels.shape[0] != pixels.shape[0]:
-        raise DataError(f"idx:{folder}: {pixels.shape[0]} images ({images_path.name}) but "
-                        f"{labels.shape[0]} labels ({labels_path.name})")
+        raise DataError(
+            f"idx:{folder}: {pixels.shape[0]} images ({images_path.name}) but "
+            f"{labels.shape[0]} labels ({labels_path.name})"
+        )
     return pixels, labels.astype(np.int64)
 
 
@@ -216,8 +225,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "dnnlens"
 
 
-def stratified_split(labels: np.ndarray, test_per_class: int,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train, test)`` with exactly ``test_per_class`` test items of each class.
 
     Within each class the order is a fixed permutation drawn from ``seed``; both index arrays
@@ -228,8 +238,10 @@ def stratified_split(labels: np.ndarray, test_per_class: int,
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
         if members.size <= test_per_class:
-            raise DataError(f"class {cls} has {members.size} items, fewer than the "
-                            f"{test_per_class} test items the split needs plus one")
+            raise DataError(
+                f"class {cls} has {members.size} items, fewer than the "
+                f"{test_per_class} test items the split needs plus one"
+            )
         test.append(members[:test_per_class])
         train.append(members[test_per_class:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
@@ -243,8 +255,12 @@ def _parse_sample() -> dict[str, np.ndarray]:
     pixels = features.reshape(-1, 28, 28).astype(np.uint8)
     labels = labels.astype(np.int64)
     train, test = stratified_split(labels, SAMPLE_TEST_PER_CLASS, SAMPLE_SPLIT_SEED)
-    return {"train_pixels": pixels[train], "train_labels": labels[train],
-            "test_pixels": pixels[test], "test_labels": labels[test]}
+    return {
+        "train_pixels": pixels[train],
+        "train_labels": labels[train],
+        "test_pixels": pixels[test],
+        "test_labels": labels[test],
+    }
 
 
 def _load_sample_arrays(cache_dir: Path) -> dict[str, np.ndarray]:
@@ -267,14 +283,19 @@ def _load_sample_arrays(cache_dir: Path) -> dict[str, np.ndarray]:
 
 def _sample_arrays_ok(arrays: dict[str, np.ndarray]) -> bool:
     """True if the cached arrays have the shapes and types the split produces."""
-    shapes = {"train_pixels": (4000, 28, 28), "train_labels": (4000,),
-              "test_pixels": (1000, 28, 28), "test_labels": (1000,)}
+    shapes = {
+        "train_pixels": (4000, 28, 28),
+        "train_labels": (4000,),
+        "test_pixels": (1000, 28, 28),
+        "test_labels": (1000,),
+    }
     return all(key in arrays and arrays[key].shape == shape for key, shape in shapes.items())
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_open(path, "wb", error=DataError, what="the sample cache ") as handle:
-        np.savez(handle, **arrays)
+        # numpy's stub matches **arrays against the keyword allow_pickle: bool; keys are names.
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +312,10 @@ def _load_torchvision(source: str, split: str, cache_dir: Path) -> tuple[np.ndar
         dataset = cls(root=str(root), train=(split == "train"), download=True)
     except (OSError, RuntimeError) as exc:
         reason = " ".join(str(exc).split())  # torchvision's message spans several lines
-        raise DataError(f"{source}: download failed ({reason}); without internet use "
-                        "--data sample or --data idx:PATH") from None
+        raise DataError(
+            f"{source}: download failed ({reason}); without internet use "
+            "--data sample or --data idx:PATH"
+        ) from None
     return dataset.data.numpy().astype(np.uint8), dataset.targets.numpy().astype(np.int64)
 
 
@@ -300,8 +323,9 @@ def _load_torchvision(source: str, split: str, cache_dir: Path) -> tuple[np.ndar
 # The one entry point
 
 
-def load_data(source: str = "sample", split: str = "test",
-              cache_dir: Path | None = None) -> Dataset:
+def load_data(
+    source: str = "sample", split: str = "test", cache_dir: Path | None = None
+) -> Dataset:
     """Load one split of an MNIST-family data set, normalised as the notebook does.
 
     Args:
@@ -327,7 +351,9 @@ def load_data(source: str = "sample", split: str = "test",
     elif source in _TORCHVISION:
         pixels, labels = _load_torchvision(source, split, cache_dir)
     else:
-        raise DataError(f"unknown data source {source!r}: use sample, idx:PATH, mnist or "
-                        "fashion-mnist")
-    return Dataset(images=normalise(pixels), labels=labels.astype(np.int64),
-                   name=f"{source}/{split}")
+        raise DataError(
+            f"unknown data source {source!r}: use sample, idx:PATH, mnist or fashion-mnist"
+        )
+    return Dataset(
+        images=normalise(pixels), labels=labels.astype(np.int64), name=f"{source}/{split}"
+    )

@@ -65,8 +65,11 @@ RELEVANT: dict[str, frozenset[str]] = {
 COVERED = "conv (1-d and 2-d, any stride, dilation, groups, padding), fc, matmul"
 #: The named dataflows: which tensor stays in the buffer while the loops that do not index it
 #: run innermost.
-DATAFLOWS = {"weight-stationary": "weights", "output-stationary": "outputs",
-             "input-stationary": "inputs"}
+DATAFLOWS = {
+    "weight-stationary": "weights",
+    "output-stationary": "outputs",
+    "input-stationary": "inputs",
+}
 #: What a loop order keeps across its innermost loop (:func:`stationary_of`), as codes.
 KEEPS = (*TENSORS, "", "all")
 ALL = KEEPS.index("all")
@@ -98,8 +101,14 @@ def parse_size(text: str | int, what: str = "--buffer") -> int:
 def size_text(nbytes: float) -> str:
     """``16000`` -> ``"16 kB"``, ``16384`` -> ``"16 KiB"``: the unit that states it exactly,
     decimal first; else three significant digits in decimal units."""
-    units = (("GB", 10**9), ("GiB", 2**30), ("MB", 10**6), ("MiB", 2**20), ("kB", 10**3),
-             ("KiB", 2**10))
+    units = (
+        ("GB", 10**9),
+        ("GiB", 2**30),
+        ("MB", 10**6),
+        ("MiB", 2**20),
+        ("kB", 10**3),
+        ("KiB", 2**10),
+    )
     for unit, size in units:
         if nbytes >= size and nbytes % size == 0:
             return f"{int(nbytes // size)} {unit}"
@@ -142,8 +151,10 @@ class Problem:
     def __post_init__(self) -> None:
         for dim in DIMS:
             if not isinstance(self.size(dim), int) or self.size(dim) < 1:
-                raise UsageError(f"loop dimension {dim} of {self.name} must be a positive "
-                                 f"integer, got {self.size(dim)!r}")
+                raise UsageError(
+                    f"loop dimension {dim} of {self.name} must be a positive "
+                    f"integer, got {self.size(dim)!r}"
+                )
 
     def size(self, dim: str) -> int:
         return int(getattr(self, dim))
@@ -184,15 +195,15 @@ class Problem:
         if isinstance(op, Linear):
             x = node.input_shapes[0]
             out_features, in_features = params["weight"]
-            return Problem(node.name, "fc", N=prod(x[:-1]), M=int(out_features),
-                           C=int(in_features))
+            return Problem(
+                node.name, "fc", N=prod(x[:-1]), M=int(out_features), C=int(in_features)
+            )
         if isinstance(op, MatMul):
             return _matmul_problem(node, op, params)
         what = node.kind
         if isinstance(op, Conv):
             what = f"{op.spatial_dims}-d {op.kind}"
-        raise UsageError(f"layer {node.name!r} is a {what}; the data-flow model covers "
-                         f"{COVERED}")
+        raise UsageError(f"layer {node.name!r} is a {what}; the data-flow model covers {COVERED}")
 
 
 def _conv_problem(node: Node, op: Any, params: dict[str, tuple]) -> Problem:
@@ -200,14 +211,34 @@ def _conv_problem(node: Node, op: Any, params: dict[str, tuple]) -> Problem:
     groups = int(op.groups)
     common = {"G": groups, "N": int(x[0]), "M": int(weight[0]) // groups, "C": int(weight[1])}
     if op.spatial_dims == 1:  # a 1-d conv is a 2-d one with a single row
-        return Problem(node.name, "conv", **common, P=1, Q=int(out[2]), R=1, S=int(weight[2]),
-                       stride=(1, int(op.stride[0])), dilation=(1, int(op.dilation[0])),
-                       pad=(0, int(op.padding[0][0])), rows=1, cols=int(x[2]))
-    return Problem(node.name, "conv", **common, P=int(out[2]), Q=int(out[3]), R=int(weight[2]),
-                   S=int(weight[3]), stride=(int(op.stride[0]), int(op.stride[1])),
-                   dilation=(int(op.dilation[0]), int(op.dilation[1])),
-                   pad=(int(op.padding[0][0]), int(op.padding[1][0])), rows=int(x[2]),
-                   cols=int(x[3]))
+        return Problem(
+            node.name,
+            "conv",
+            **common,
+            P=1,
+            Q=int(out[2]),
+            R=1,
+            S=int(weight[2]),
+            stride=(1, int(op.stride[0])),
+            dilation=(1, int(op.dilation[0])),
+            pad=(0, int(op.padding[0][0])),
+            rows=1,
+            cols=int(x[2]),
+        )
+    return Problem(
+        node.name,
+        "conv",
+        **common,
+        P=int(out[2]),
+        Q=int(out[3]),
+        R=int(weight[2]),
+        S=int(weight[3]),
+        stride=(int(op.stride[0]), int(op.stride[1])),
+        dilation=(int(op.dilation[0]), int(op.dilation[1])),
+        pad=(int(op.padding[0][0]), int(op.padding[1][0])),
+        rows=int(x[2]),
+        cols=int(x[3]),
+    )
 
 
 def _matmul_problem(node: Node, op: Any, params: dict[str, tuple]) -> Problem:
@@ -225,9 +256,11 @@ def _matmul_problem(node: Node, op: Any, params: dict[str, tuple]) -> Problem:
         return Problem(node.name, "matmul", N=prod(lead_b) * cols_b, C=k, M=rows_a)
     if tuple(lead_a) == tuple(lead_b):
         return Problem(node.name, "matmul", G=prod(lead_a), N=rows_a, C=k, M=cols_b)
-    raise UsageError(f"layer {node.name!r} is a matmul of {a} and {b} whose batch dimensions "
-                     f"broadcast; the data-flow model covers matmuls whose operands share "
-                     f"their batch dimensions or where one has none")
+    raise UsageError(
+        f"layer {node.name!r} is a matmul of {a} and {b} whose batch dimensions "
+        f"broadcast; the data-flow model covers matmuls whose operands share "
+        f"their batch dimensions or where one has none"
+    )
 
 
 def covered_nodes(graph: Graph) -> list[Node]:
@@ -249,8 +282,10 @@ def problem_of(graph: Graph, layer: str) -> Problem:
     except KeyError:
         names = [n.name for n in covered_nodes(graph)]
         shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-        raise UsageError(f"no layer named {layer!r} in {graph.name}; its layers with a "
-                         f"data-flow model: {shown or 'none'}") from None
+        raise UsageError(
+            f"no layer named {layer!r} in {graph.name}; its layers with a "
+            f"data-flow model: {shown or 'none'}"
+        ) from None
     return Problem.from_node(node)
 
 
@@ -274,24 +309,39 @@ class AxisCounts:
 
 
 @lru_cache(maxsize=4096)
-def axis_counts(out: int, kernel: int, stride: int, dilation: int, pad: int, size: int,
-                t_out: int, t_kernel: int) -> AxisCounts:
+def axis_counts(
+    out: int,
+    kernel: int,
+    stride: int,
+    dilation: int,
+    pad: int,
+    size: int,
+    t_out: int,
+    t_kernel: int,
+) -> AxisCounts:
     """Rows the tile at output-tile ``i`` and kernel-tile ``j`` reads: ``{(i*To + p) * stride +
     (j*Tk + r) * dilation - pad}`` for ``p < To``, ``r < Tk`` (``To = out / t_out``,
     ``Tk = kernel / t_kernel``), inside ``[0, size)``."""
     t_o, t_k = out // t_out, kernel // t_kernel
 
     def rows(i: int, j: int) -> frozenset[int]:
-        return frozenset(x for p in range(t_o) for r in range(t_k)
-                         if 0 <= (x := (i * t_o + p) * stride + (j * t_k + r) * dilation - pad)
-                         < size)
+        return frozenset(
+            x
+            for p in range(t_o)
+            for r in range(t_k)
+            if 0 <= (x := (i * t_o + p) * stride + (j * t_k + r) * dilation - pad) < size
+        )
 
     grid = [[rows(i, j) for j in range(t_kernel)] for i in range(t_out)]
     total = sum(len(s) for line in grid for s in line)
-    slide_out = sum(len(grid[0][j]) + sum(len(grid[i][j] - grid[i - 1][j])
-                                          for i in range(1, t_out)) for j in range(t_kernel))
-    slide_kernel = sum(len(grid[i][0]) + sum(len(grid[i][j] - grid[i][j - 1])
-                                             for j in range(1, t_kernel)) for i in range(t_out))
+    slide_out = sum(
+        len(grid[0][j]) + sum(len(grid[i][j] - grid[i - 1][j]) for i in range(1, t_out))
+        for j in range(t_kernel)
+    )
+    slide_kernel = sum(
+        len(grid[i][0]) + sum(len(grid[i][j] - grid[i][j - 1]) for j in range(1, t_kernel))
+        for i in range(t_out)
+    )
     largest = max(len(s) for line in grid for s in line)
     return AxisCounts(total, slide_out, slide_kernel, largest)
 
@@ -318,8 +368,10 @@ class Mapping:
             for part in filter(None, (p.strip() for p in text.split(","))):
                 dim, eq, trip = part.partition("=")
                 if not eq or not trip.strip().lstrip("-").isdigit():
-                    raise UsageError(f"--outer must be loops like P=8,Q=2,M=4 (dimension=trip "
-                                     f"count, outermost first), got {text!r}")
+                    raise UsageError(
+                        f"--outer must be loops like P=8,Q=2,M=4 (dimension=trip "
+                        f"count, outermost first), got {text!r}"
+                    )
                 pairs.append((dim.strip().upper(), int(trip)))
             return Mapping(tuple(pairs))
         return Mapping(tuple((str(d).upper(), int(t)) for d, t in text))
@@ -329,16 +381,19 @@ class Mapping:
         seen: set[str] = set()
         for dim, trip in self.loops:
             if dim not in DIMS:
-                raise UsageError(f"unknown loop dimension {dim!r} in the mapping; use "
-                                 f"{', '.join(DIMS)}")
+                raise UsageError(
+                    f"unknown loop dimension {dim!r} in the mapping; use {', '.join(DIMS)}"
+                )
             if dim in seen:
                 raise UsageError(f"loop dimension {dim} appears twice in the mapping {self}")
             seen.add(dim)
             size = problem.size(dim)
             if trip < 1 or size % trip:
-                raise UsageError(f"{dim}={trip} does not divide {dim} = {size} of "
-                                 f"{problem.name}; use a divisor of {size} "
-                                 f"({', '.join(map(str, divisors(size)))})")
+                raise UsageError(
+                    f"{dim}={trip} does not divide {dim} = {size} of "
+                    f"{problem.name}; use a divisor of {size} "
+                    f"({', '.join(map(str, divisors(size)))})"
+                )
 
     def trips(self) -> dict[str, int]:
         found = {dim: 1 for dim in DIMS}
@@ -407,16 +462,23 @@ class Traffic:
     def to_dict(self) -> dict[str, Any]:
         fp = self.footprint_bytes
         return {
-            "layer": self.layer, "kind": self.kind, "macs": self.macs, "dtype": self.dtype,
-            "buffer_bytes": self.buffer_bytes, "halo": self.halo,
+            "layer": self.layer,
+            "kind": self.kind,
+            "macs": self.macs,
+            "dtype": self.dtype,
+            "buffer_bytes": self.buffer_bytes,
+            "halo": self.halo,
             "double_buffer": self.double_buffer,
             "outer": [{"dim": d, "trip": t} for d, t in self.outer.loops],
             "tile": dict(self.tile),
-            "footprint_bytes": {**fp, "total": sum(fp.values()),
-                                "needed": self.needed_bytes},
-            "reads": dict(self.reads), "writes": dict(self.writes), "total": self.total,
-            "total_bytes": self.total * self.bytes_per_value, "compulsory": self.compulsory,
-            "intensity": self.intensity, "compulsory_intensity": self.compulsory_intensity,
+            "footprint_bytes": {**fp, "total": sum(fp.values()), "needed": self.needed_bytes},
+            "reads": dict(self.reads),
+            "writes": dict(self.writes),
+            "total": self.total,
+            "total_bytes": self.total * self.bytes_per_value,
+            "compulsory": self.compulsory,
+            "intensity": self.intensity,
+            "compulsory_intensity": self.compulsory_intensity,
             **({"dataflow": self.dataflow} if self.dataflow else {}),
         }
 
@@ -425,10 +487,11 @@ def _footprint(problem: Problem, trips: dict[str, int]) -> dict[str, int]:
     t = {d: problem.size(d) // trips[d] for d in DIMS}
     rows = axis_counts(*problem.row_axis(), trips["P"], trips["R"]).largest
     cols = axis_counts(*problem.col_axis(), trips["Q"], trips["S"]).largest
-    return {"weights": t["G"] * t["M"] * t["C"] * t["R"] * t["S"],
-            "inputs": t["G"] * t["N"] * t["C"] * rows * cols,
-            "outputs": t["G"] * t["N"] * t["M"] * t["P"] * t["Q"]}
-
+    return {
+        "weights": t["G"] * t["M"] * t["C"] * t["R"] * t["S"],
+        "inputs": t["G"] * t["N"] * t["C"] * rows * cols,
+        "outputs": t["G"] * t["N"] * t["M"] * t["P"] * t["Q"],
+    }
 
 
 def compulsory(problem: Problem) -> dict[str, int]:
@@ -437,9 +500,11 @@ def compulsory(problem: Problem) -> dict[str, int]:
     rows or columns no kernel tap ever reads, e.g. every other row of a 1x1 stride-2 conv)."""
     rows = axis_counts(*problem.row_axis(), 1, 1).total
     cols = axis_counts(*problem.col_axis(), 1, 1).total
-    return {"weights": problem.tensor_size("weights"),
-            "inputs": problem.G * problem.N * problem.C * rows * cols,
-            "outputs": problem.tensor_size("outputs")}
+    return {
+        "weights": problem.tensor_size("weights"),
+        "inputs": problem.G * problem.N * problem.C * rows * cols,
+        "outputs": problem.tensor_size("outputs"),
+    }
 
 
 def no_reuse(problem: Problem) -> dict[str, int]:
@@ -449,22 +514,32 @@ def no_reuse(problem: Problem) -> dict[str, int]:
     rows = axis_counts(*problem.row_axis(), problem.P, problem.R).total  # (p, r) in range
     cols = axis_counts(*problem.col_axis(), problem.Q, problem.S).total
     outputs = problem.tensor_size("outputs")
-    return {"weights": problem.macs,
-            "inputs": problem.G * problem.N * problem.M * problem.C * rows * cols,
-            "outputs_read": problem.macs - outputs, "outputs_written": problem.macs}
+    return {
+        "weights": problem.macs,
+        "inputs": problem.G * problem.N * problem.M * problem.C * rows * cols,
+        "outputs_read": problem.macs - outputs,
+        "outputs_written": problem.macs,
+    }
 
 
 def _reuse_factor(loops: Sequence[tuple[str, int]], relevant: frozenset[str]) -> tuple[int, int]:
     """(position of the innermost loop indexing the tensor or -1, product of the trips of the
     loops outside it that do not index it): how often the tensor is fetched over again."""
     innermost = max((i for i, (d, _) in enumerate(loops) if d in relevant), default=-1)
-    factor = prod(t for d, t in loops[:max(innermost, 0)] if d not in relevant)
+    factor = prod(t for d, t in loops[: max(innermost, 0)] if d not in relevant)
     return innermost, factor
 
 
-def evaluate(problem: Problem, outer: str | Mapping | Sequence[tuple[str, int]] | None,
-             buffer_bytes: int | str, *, dtype: str = "fp32", halo: bool = False,
-             double_buffer: bool = False, check_fit: bool = True) -> Traffic:
+def evaluate(
+    problem: Problem,
+    outer: str | Mapping | Sequence[tuple[str, int]] | None,
+    buffer_bytes: int | str,
+    *,
+    dtype: str = "fp32",
+    halo: bool = False,
+    double_buffer: bool = False,
+    check_fit: bool = True,
+) -> Traffic:
     """The traffic of ``problem`` under the mapping ``outer`` (the closed form).
 
     UsageError when a loop does not divide its dimension, or (``check_fit``) when the tiles do
@@ -490,27 +565,47 @@ def evaluate(problem: Problem, outer: str | Mapping | Sequence[tuple[str, int]] 
     rows = {"P": row.slide_out, "R": row.slide_kernel}.get(slide, row.total)
     cols = {"Q": col.slide_out, "S": col.slide_kernel}.get(slide, col.total)
     outputs = problem.tensor_size("outputs")
-    reads = {"weights": problem.tensor_size("weights") * w_factor,
-             "inputs": i_factor * problem.G * problem.N * problem.C * rows * cols,
-             "outputs": outputs * (o_factor - 1)}
+    reads = {
+        "weights": problem.tensor_size("weights") * w_factor,
+        "inputs": i_factor * problem.G * problem.N * problem.C * rows * cols,
+        "outputs": outputs * (o_factor - 1),
+    }
     return Traffic(
-        layer=problem.name, kind=problem.kind, macs=problem.macs, dtype=dtype,
-        bytes_per_value=nbytes, buffer_bytes=buffer, halo=halo, double_buffer=double_buffer,
-        outer=mapping, tile={d: problem.size(d) // trips[d] for d in DIMS}, footprint=footprint,
-        reads=reads, writes={"outputs": outputs * o_factor},
-        compulsory=sum(compulsory(problem).values()))
+        layer=problem.name,
+        kind=problem.kind,
+        macs=problem.macs,
+        dtype=dtype,
+        bytes_per_value=nbytes,
+        buffer_bytes=buffer,
+        halo=halo,
+        double_buffer=double_buffer,
+        outer=mapping,
+        tile={d: problem.size(d) // trips[d] for d in DIMS},
+        footprint=footprint,
+        reads=reads,
+        writes={"outputs": outputs * o_factor},
+        compulsory=sum(compulsory(problem).values()),
+    )
 
 
-def _check_fit(problem: Problem, mapping: Mapping, footprint: dict[str, int], nbytes: int,
-               buffer: int, double_buffer: bool) -> None:
+def _check_fit(
+    problem: Problem,
+    mapping: Mapping,
+    footprint: dict[str, int],
+    nbytes: int,
+    buffer: int,
+    double_buffer: bool,
+) -> None:
     need = sum(footprint.values()) * nbytes * (2 if double_buffer else 1)
     if need <= buffer:
         return
     parts = " + ".join(f"{t} {v * nbytes:,} B" for t, v in footprint.items())
     twice = " x 2 (double buffering)" if double_buffer else ""
-    raise UsageError(f"the tiles of {problem.name} under outer loops '{mapping}' do not fit "
-                     f"the {buffer:,}-byte buffer: {parts}{twice} = {need:,} B; give more "
-                     f"outer trips or a larger buffer")
+    raise UsageError(
+        f"the tiles of {problem.name} under outer loops '{mapping}' do not fit "
+        f"the {buffer:,}-byte buffer: {parts}{twice} = {need:,} B; give more "
+        f"outer trips or a larger buffer"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,8 +660,9 @@ CANDIDATES = (
 )
 
 
-def candidate_trips(problem: Problem,
-                    limit: int = MAX_COMBINATIONS) -> tuple[dict[str, list[int]], str]:
+def candidate_trips(
+    problem: Problem, limit: int = MAX_COMBINATIONS
+) -> tuple[dict[str, list[int]], str]:
     """Trip counts to try per dimension, and how the list was pruned (``""``: every divisor).
 
     Every divisor of every dimension while their combinations stay under ``limit``; above it,
@@ -611,17 +707,28 @@ class Search:
             "compulsory_by_tensor": dict(self.compulsory),
             "no_reuse": sum(self.no_reuse.values()),
             "no_reuse_by_tensor": dict(self.no_reuse),
-            "dataflows": {name: (t.to_dict() if t is not None else None)
-                          for name, t in self.dataflows.items()},
-            "search": {"mappings_scored": self.mappings_scored,
-                       "exhaustive": self.exhaustive, "pruning": self.pruning,
-                       "seconds": self.seconds},
+            "dataflows": {
+                name: (t.to_dict() if t is not None else None)
+                for name, t in self.dataflows.items()
+            },
+            "search": {
+                "mappings_scored": self.mappings_scored,
+                "exhaustive": self.exhaustive,
+                "pruning": self.pruning,
+                "seconds": self.seconds,
+            },
         }
 
 
-def search(problem: Problem, buffer_bytes: int | str, *, dtype: str = "fp32",
-           halo: bool = False, double_buffer: bool = False,
-           limit: int = MAX_COMBINATIONS) -> Search:
+def search(
+    problem: Problem,
+    buffer_bytes: int | str,
+    *,
+    dtype: str = "fp32",
+    halo: bool = False,
+    double_buffer: bool = False,
+    limit: int = MAX_COMBINATIONS,
+) -> Search:
     """The mapping of ``problem`` that moves the least data through a ``buffer_bytes`` buffer,
     the best of each named dataflow, and the compulsory and no-reuse bounds.
 
@@ -644,8 +751,10 @@ def search(problem: Problem, buffer_bytes: int | str, *, dtype: str = "fp32",
     need = grid.footprint_values() * nbytes * (2 if double_buffer else 1)
     fits = need <= buffer
     if not fits.any():
-        raise UsageError(f"even the smallest tiles of {problem.name} need {int(need.min()):,} B, "
-                         f"more than the {buffer:,}-byte buffer; give a larger --buffer")
+        raise UsageError(
+            f"even the smallest tiles of {problem.name} need {int(need.min()):,} B, "
+            f"more than the {buffer:,}-byte buffer; give a larger --buffer"
+        )
     iterations = np.prod(np.stack([grid.trips[d] for d in DIMS]), axis=0)
     never = np.iinfo(np.int64).max
     winners: dict[str, tuple[int, int, Candidate, int]] = {}  # kind -> cost, iterations, ...
@@ -666,22 +775,40 @@ def search(problem: Problem, buffer_bytes: int | str, *, dtype: str = "fp32",
                 winners[tensor] = entry
     found: dict[str, Traffic] = {}
     for tensor, (least, _, family, index) in winners.items():
-        traffic = evaluate(problem, family.order(grid.trips_at(index)), buffer, dtype=dtype,
-                           halo=halo, double_buffer=double_buffer)
+        traffic = evaluate(
+            problem,
+            family.order(grid.trips_at(index)),
+            buffer,
+            dtype=dtype,
+            halo=halo,
+            double_buffer=double_buffer,
+        )
         if traffic.total != least:  # the vectorised count must agree with the closed form
-            raise AssertionError(f"dnnlens bug: mapper count {least} differs from "
-                                 f"{traffic.total} for {traffic.outer} of {problem.name}")
+            raise AssertionError(
+                f"dnnlens bug: mapper count {least} differs from "
+                f"{traffic.total} for {traffic.outer} of {problem.name}"
+            )
         found[tensor] = traffic
-    named = {name: (replace(found[tensor], dataflow=name) if tensor in found else None)
-             for name, tensor in DATAFLOWS.items()}
-    best = min([*(t for t in named.values() if t is not None), *found.values()],
-               key=lambda t: (t.total, prod(t.outer.trips().values())))
+    named = {
+        name: (replace(found[tensor], dataflow=name) if tensor in found else None)
+        for name, tensor in DATAFLOWS.items()
+    }
+    best = min(
+        [*(t for t in named.values() if t is not None), *found.values()],
+        key=lambda t: (t.total, prod(t.outer.trips().values())),
+    )
     if not best.outer.active():  # no outer loop: every tensor stays, each moves once
         best = replace(best, dataflow="all-stationary")
-    return Search(problem=problem, best=best, dataflows=named,
-                  compulsory=compulsory(problem), no_reuse=no_reuse(problem),
-                  mappings_scored=int(fits.sum()) * len(families), pruning=pruning,
-                  seconds=time.perf_counter() - start)
+    return Search(
+        problem=problem,
+        best=best,
+        dataflows=named,
+        compulsory=compulsory(problem),
+        no_reuse=no_reuse(problem),
+        mappings_scored=int(fits.sum()) * len(families),
+        pruning=pruning,
+        seconds=time.perf_counter() - start,
+    )
 
 
 class _TripGrid:
@@ -704,8 +831,10 @@ class _TripGrid:
         import numpy as np
 
         fields = ("total", "slide_out", "slide_kernel", "largest")
-        table = {f: np.zeros((len(self.options[out]), len(self.options[kernel])), np.int64)
-                 for f in fields}
+        table = {
+            f: np.zeros((len(self.options[out]), len(self.options[kernel])), np.int64)
+            for f in fields
+        }
         for i, t_out in enumerate(self.options[out]):
             for j, t_kernel in enumerate(self.options[kernel]):
                 counts = axis_counts(*axis, t_out, t_kernel)
@@ -745,17 +874,23 @@ class _TripGrid:
         rows, cols = self.row["total"], self.col["total"]
         if halo:
             slide = innermost["inputs"]
-            for d, axis, field_name in (("P", "row", "slide_out"), ("R", "row", "slide_kernel"),
-                                        ("Q", "col", "slide_out"), ("S", "col", "slide_kernel")):
+            for d, axis, field_name in (
+                ("P", "row", "slide_out"),
+                ("R", "row", "slide_kernel"),
+                ("Q", "col", "slide_out"),
+                ("S", "col", "slide_kernel"),
+            ):
                 here = slide == dims.index(d)
                 if axis == "row":
                     rows = np.where(here, self.row[field_name], rows)
                 else:
                     cols = np.where(here, self.col[field_name], cols)
         outputs = p.tensor_size("outputs")
-        cost = (p.tensor_size("weights") * factor["weights"]
-                + factor["inputs"] * (p.G * p.N * p.C) * rows * cols
-                + outputs * (2 * factor["outputs"] - 1))
+        cost = (
+            p.tensor_size("weights") * factor["weights"]
+            + factor["inputs"] * (p.G * p.N * p.C) * rows * cols
+            + outputs * (2 * factor["outputs"] - 1)
+        )
         kind = np.full(cost.shape, ALL, dtype=np.int8)  # codes into KEEPS
         for i, d in enumerate(dims):  # the innermost moving loop decides
             holder = next((t for t in TENSORS if d not in RELEVANT[t]), "")
@@ -784,8 +919,14 @@ class LayerTraffic:
         return self.search.best.total if self.search else None
 
 
-def network_traffic(graph: Graph, buffer_bytes: int | str, *, dtype: str = "fp32",
-                    halo: bool = False, double_buffer: bool = False) -> list[LayerTraffic]:
+def network_traffic(
+    graph: Graph,
+    buffer_bytes: int | str,
+    *,
+    dtype: str = "fp32",
+    halo: bool = False,
+    double_buffer: bool = False,
+) -> list[LayerTraffic]:
     """The mapper's best for every covered layer of ``graph`` (execution order)."""
     buffer = parse_size(buffer_bytes)
     found = []
@@ -799,8 +940,17 @@ def network_traffic(graph: Graph, buffer_bytes: int | str, *, dtype: str = "fp32
             error = ""
         except UsageError as exc:  # a buffer too small for even this layer's smallest tiles
             result, error = None, str(exc)
-        found.append(LayerTraffic(index, node.name, problem.kind, problem.macs,
-                                  sum(compulsory(problem).values()), result, error))
+        found.append(
+            LayerTraffic(
+                index,
+                node.name,
+                problem.kind,
+                problem.macs,
+                sum(compulsory(problem).values()),
+                result,
+                error,
+            )
+        )
     return found
 
 
@@ -818,8 +968,11 @@ class BufferView:
     def totals(self) -> tuple[int, int, int]:
         """(MACs, values moved, best traffic) over the layers that fit."""
         fitted = [lt for lt in self.layers if lt.search]
-        return (sum(lt.macs for lt in fitted), sum(self.values_moved[lt.name] for lt in fitted),
-                sum(lt.total or 0 for lt in fitted))
+        return (
+            sum(lt.macs for lt in fitted),
+            sum(self.values_moved[lt.name] for lt in fitted),
+            sum(lt.total or 0 for lt in fitted),
+        )
 
     def add_to_json(self, doc: dict[str, Any]) -> None:
         by_name = {lt.name: lt for lt in self.layers}
@@ -830,63 +983,135 @@ class BufferView:
                 row["buffer_intensity"] = lt.search.best.intensity
         macs, moved, best = self.totals()
         doc["buffer"] = {
-            "buffer_bytes": self.buffer_bytes, "source": self.source,
-            "layers": [{"index": lt.index, "name": lt.name, "type": lt.kind, "macs": lt.macs,
-                        "values_moved": self.values_moved[lt.name],
-                        "compulsory": lt.compulsory,
-                        "traffic": lt.total,
-                        "intensity": lt.search.best.intensity if lt.search else None,
-                        "outer": ([{"dim": d, "trip": t} for d, t in lt.search.best.outer.loops]
-                                  if lt.search else None),
-                        "dataflow": lt.search.best.dataflow if lt.search else None,
-                        **({"error": lt.error} if lt.error else {})}
-                       for lt in self.layers],
-            "totals": {"macs": macs, "values_moved": moved, "traffic": best,
-                       "intensity": macs / best if best else 0.0},
+            "buffer_bytes": self.buffer_bytes,
+            "source": self.source,
+            "layers": [
+                {
+                    "index": lt.index,
+                    "name": lt.name,
+                    "type": lt.kind,
+                    "macs": lt.macs,
+                    "values_moved": self.values_moved[lt.name],
+                    "compulsory": lt.compulsory,
+                    "traffic": lt.total,
+                    "intensity": lt.search.best.intensity if lt.search else None,
+                    "outer": (
+                        [{"dim": d, "trip": t} for d, t in lt.search.best.outer.loops]
+                        if lt.search
+                        else None
+                    ),
+                    "dataflow": lt.search.best.dataflow if lt.search else None,
+                    **({"error": lt.error} if lt.error else {}),
+                }
+                for lt in self.layers
+            ],
+            "totals": {
+                "macs": macs,
+                "values_moved": moved,
+                "traffic": best,
+                "intensity": macs / best if best else 0.0,
+            },
             "mapper_seconds": sum(lt.search.seconds for lt in self.layers if lt.search),
         }
 
     def render(self) -> str:
-        header = ("#", "name", "type", "values moved", "best traffic", "x moved",
-                  "intensity", "intensity best", "best outer loops", "keeps")
+        header = (
+            "#",
+            "name",
+            "type",
+            "values moved",
+            "best traffic",
+            "x moved",
+            "intensity",
+            "intensity best",
+            "best outer loops",
+            "keeps",
+        )
         rows = []
         for lt in self.layers:
             moved = self.values_moved[lt.name]
             if lt.search is None:
-                rows.append((str(lt.index), lt.name, lt.kind, f"{moved:,}", "does not fit", "",
-                             f"{lt.macs / moved:.4g}", "", "", ""))
+                rows.append(
+                    (
+                        str(lt.index),
+                        lt.name,
+                        lt.kind,
+                        f"{moved:,}",
+                        "does not fit",
+                        "",
+                        f"{lt.macs / moved:.4g}",
+                        "",
+                        "",
+                        "",
+                    )
+                )
                 continue
             best = lt.search.best
-            rows.append((str(lt.index), lt.name, lt.kind, f"{moved:,}", f"{best.total:,}",
-                         f"{best.total / moved:.2f}", f"{lt.macs / moved:.4g}",
-                         f"{best.intensity:.4g}", str(best.outer) or "(none)",
-                         best.dataflow.replace("-stationary", "") or "-"))
+            rows.append(
+                (
+                    str(lt.index),
+                    lt.name,
+                    lt.kind,
+                    f"{moved:,}",
+                    f"{best.total:,}",
+                    f"{best.total / moved:.2f}",
+                    f"{lt.macs / moved:.4g}",
+                    f"{best.intensity:.4g}",
+                    str(best.outer) or "(none)",
+                    best.dataflow.replace("-stationary", "") or "-",
+                )
+            )
         macs, moved, total = self.totals()
-        rows.append(("", "total", "", f"{moved:,}", f"{total:,}",
-                     f"{total / moved:.2f}" if moved else "", f"{macs / moved:.4g}"
-                     if moved else "", f"{macs / total:.4g}" if total else "", "", ""))
+        rows.append(
+            (
+                "",
+                "total",
+                "",
+                f"{moved:,}",
+                f"{total:,}",
+                f"{total / moved:.2f}" if moved else "",
+                f"{macs / moved:.4g}" if moved else "",
+                f"{macs / total:.4g}" if total else "",
+                "",
+                "",
+            )
+        )
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         left = {1, 2, 8, 9}
 
         def line(cells: Sequence[str]) -> str:
-            return "  ".join(c.ljust(w) if i in left else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+            return "  ".join(
+                c.ljust(w) if i in left else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths))
+            ).rstrip()
 
         rule = "  ".join("-" * w for w in widths)
         seconds = sum(lt.search.seconds for lt in self.layers if lt.search)
-        lines = [(f"Traffic through a {size_text(self.buffer_bytes)} ({self.buffer_bytes:,} B) "
-                  f"on-chip buffer ({self.source}), {self.dtype}: the least any loop order and "
-                  f"tiling moves (dnnlens traffic MODEL --layer NAME shows one layer)"),
-                 ("values moved: each value once (the table above); best traffic: values "
-                  "the best mapping moves; intensity: MACs per value"), "",
-                 line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1]),
-                 f"mapper time {seconds:.2f} s for {len(self.layers)} layers"]
+        lines = [
+            (
+                f"Traffic through a {size_text(self.buffer_bytes)} ({self.buffer_bytes:,} B) "
+                f"on-chip buffer ({self.source}), {self.dtype}: the least any loop order and "
+                f"tiling moves (dnnlens traffic MODEL --layer NAME shows one layer)"
+            ),
+            (
+                "values moved: each value once (the table above); best traffic: values "
+                "the best mapping moves; intensity: MACs per value"
+            ),
+            "",
+            line(header),
+            rule,
+            *map(line, rows[:-1]),
+            rule,
+            line(rows[-1]),
+            f"mapper time {seconds:.2f} s for {len(self.layers)} layers",
+        ]
         lines += [f"warning: {lt.name}: {lt.error}" for lt in self.layers if lt.error]
         return "\n".join(lines)
 
 
-def analyze_buffer(analysis: Any, buffer: int | str, device: str | None = None,
-                   halo: bool = False) -> tuple[Any, BufferView]:
+def analyze_buffer(
+    analysis: Any, buffer: int | str, device: str | None = None, halo: bool = False
+) -> tuple[Any, BufferView]:
     """For ``dnnlens analyze --buffer``: the analysis with each covered layer's traffic set to
     its best mapping's (what the roofline then places it by), and the view to print.
 
@@ -895,8 +1120,10 @@ def analyze_buffer(analysis: Any, buffer: int | str, device: str | None = None,
 
     if buffer == "device":
         if not device:
-            raise UsageError("--buffer without a size takes the on-chip buffer of --device; "
-                             "give --device NAME or --buffer SIZE")
+            raise UsageError(
+                "--buffer without a size takes the on-chip buffer of --device; "
+                "give --device NAME or --buffer SIZE"
+            )
         from dnnlens.roofline import load_spec
 
         spec = load_spec(device)
@@ -910,8 +1137,12 @@ def analyze_buffer(analysis: Any, buffer: int | str, device: str | None = None,
     for row in analysis.rows:
         lt = by_name.get(row.name)
         if lt is not None and lt.total:
-            row = replace(row, values_moved=lt.total, bytes_moved=lt.total * nbytes,
-                          intensity=row.macs / lt.total)
+            row = replace(
+                row,
+                values_moved=lt.total,
+                bytes_moved=lt.total * nbytes,
+                intensity=row.macs / lt.total,
+            )
         rows.append(row)
     moved = {row.name: row.values_moved for row in analysis.rows}
     view = BufferView(buffer_bytes, source, analysis.dtype, layers, moved)
@@ -933,14 +1164,26 @@ class TrafficReport:
 
     def to_dict(self) -> dict[str, Any]:
         body = self.found.to_dict() if self.found else self.traffic.to_dict()  # type: ignore
-        return {"model": self.model, **body, "dims": self.problem.sizes,
-                "mode": "mapper" if self.found else "given"}
+        return {
+            "model": self.model,
+            **body,
+            "dims": self.problem.sizes,
+            "mode": "mapper" if self.found else "given",
+        }
 
 
-def traffic(model: Any, layer: str, buffer: int | str, outer: str | Sequence | None = None, *,
-            input_shape: Sequence[int] | None = None, batch: int | None = None,
-            halo: bool = False, double_buffer: bool = False,
-            dtype: str = "fp32") -> TrafficReport:
+def traffic(
+    model: Any,
+    layer: str,
+    buffer: int | str,
+    outer: str | Sequence | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    batch: int | None = None,
+    halo: bool = False,
+    double_buffer: bool = False,
+    dtype: str = "fp32",
+) -> TrafficReport:
     """Traffic of one layer of ``model`` (an ``nn.Module``, an IR :class:`Graph` or an
     :class:`~dnnlens.analysis.Analysis`) through a ``buffer``-byte buffer: under the mapping
     ``outer`` (``"P=8,Q=2,M=4"``), or, without it, the mapper's best and the named dataflows.
@@ -958,10 +1201,11 @@ def traffic(model: Any, layer: str, buffer: int | str, outer: str | Sequence | N
     problem = problem_of(graph, layer)
     report = TrafficReport(model=graph.name, problem=problem)
     if outer is not None:
-        report.traffic = evaluate(problem, outer, buffer_bytes, dtype=dtype, halo=halo,
-                                  double_buffer=double_buffer)
+        report.traffic = evaluate(
+            problem, outer, buffer_bytes, dtype=dtype, halo=halo, double_buffer=double_buffer
+        )
     else:
-        report.found = search(problem, buffer_bytes, dtype=dtype, halo=halo,
-                              double_buffer=double_buffer)
+        report.found = search(
+            problem, buffer_bytes, dtype=dtype, halo=halo, double_buffer=double_buffer
+        )
     return report
-

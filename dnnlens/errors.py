@@ -24,7 +24,9 @@ class ShapeError(DnnlensError):
 
 
 class ModelError(DnnlensError):
-    """A model cannot be built, imported or traced (unknown name, failing factory, bad input shape)."""
+    """A model cannot be built, imported or traced.
+
+    Unknown name, failing factory, bad input shape."""
 
 
 class SpecError(DnnlensError):

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from dnnlens.errors import DnnlensError, UsageError
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *,
-                error: type[DnnlensError] = UsageError, what: str = "",
-                newline: str | None = None) -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    error: type[DnnlensError] = UsageError,
+    what: str = "",
+    newline: str | None = None,
+) -> Iterator[IO]:
     """Open ``path`` for writing through a temporary file, replaced in on success.
 
     A folder that cannot hold the file (missing and not creatable, read-only, a file in the
@@ -34,8 +40,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *,
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise error(f"{path}: cannot write {what}here ({exc.strerror or exc}); "
-                    "choose another path") from None
+        raise error(
+            f"{path}: cannot write {what}here ({exc.strerror or exc}); choose another path"
+        ) from None
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as handle:

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +128,13 @@ def cpu_info() -> CpuInfo:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").strip()
     clock = float(max_khz) * 1e3 if max_khz.isdigit() else float(first("cpu MHz", "0")) * 1e6
-    llc = max((_size(_read(f"{d}/size")) for d in Path("/sys/devices/system/cpu/cpu0/cache")
-               .glob("index*")), default=0)
+    llc = max(
+        (
+            _size(_read(f"{d}/size"))
+            for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")
+        ),
+        default=0,
+    )
     mem = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
     family = first("cpu family", "0")
     return CpuInfo(
@@ -176,8 +181,9 @@ def theoretical_peak(info: CpuInfo | None = None) -> Theoretical:
     """cores x FP32 FMA lanes per cycle x the nominal clock (lscpu's, not the boost clock)."""
     info = info or cpu_info()
     lanes, reason = fp32_fma_lanes(info)
-    return Theoretical(info.cores * lanes * info.clock_hz, info.cores, lanes, info.clock_hz,
-                       reason)
+    return Theoretical(
+        info.cores * lanes * info.clock_hz, info.cores, lanes, info.clock_hz, reason
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -200,8 +206,15 @@ def _best_rate(run, work_per_call: float, seconds: float, min_calls: int = 3) ->
     return work_per_call / best
 
 
-def _fma_core(kernel, nacc: int, reps: int, seconds: float, start: threading.Barrier,
-              rates: list[float], slot: int) -> None:
+def _fma_core(
+    kernel,
+    nacc: int,
+    reps: int,
+    seconds: float,
+    start: threading.Barrier,
+    rates: list[float],
+    slot: int,
+) -> None:
     """One core's best MACs/s over calls of ``reps`` rounds within ``seconds``."""
     x = np.ones(nacc, np.float32)
     # a*1 + b = 1 exactly: x stays at the fixed point 1.0, never denormal or overflowing.
@@ -237,9 +250,10 @@ def measure_fma(seconds: float = 1.0, threads: int | None = None) -> float:
     reps = max(1, int(reps * 2e-3 / elapsed))
     rates = [0.0] * threads
     start = threading.Barrier(threads)
-    workers = [threading.Thread(target=_fma_core,
-                                args=(kernel, nacc, reps, seconds, start, rates, slot))
-               for slot in range(threads)]
+    workers = [
+        threading.Thread(target=_fma_core, args=(kernel, nacc, reps, seconds, start, rates, slot))
+        for slot in range(threads)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -285,8 +299,7 @@ def fma_assembly() -> str:
     (compiled afresh: Numba shows no assembly for a function loaded from its cache)."""
     wide = _wide()
     kernel = njit(fastmath={"contract"})((_fma_chain if wide else _fma_chain_narrow).py_func)
-    kernel(np.ones(NACC if wide else NACC_NARROW, np.float32), np.float32(0.5),
-           np.float32(0.5), 1)
+    kernel(np.ones(NACC if wide else NACC_NARROW, np.float32), np.float32(0.5), np.float32(0.5), 1)
     return kernel.inspect_asm(kernel.signatures[0])
 
 
@@ -313,22 +326,36 @@ class ProbeResult:
         """The probed figures as a roofline spec (``dnnlens hw probe --save``)."""
         how = f"measured by `dnnlens hw probe` on {self.when}, {self.threads} threads"
         theory = self.theoretical
-        memory = Figure(float(self.cpu.memory_bytes), "MemTotal in /proc/meminfo") \
-            if self.cpu.memory_bytes else None
+        memory = (
+            Figure(float(self.cpu.memory_bytes), "MemTotal in /proc/meminfo")
+            if self.cpu.memory_bytes
+            else None
+        )
         return HardwareSpec(
             name=name or f"probed-{socket.gethostname()}",
             title=f"{self.cpu.model}, {self.cpu.cores} cores (probed)",
-            peak_macs={"fp32": Figure(self.fp32_macs_per_s, (
-                f"{how}: Numba FMA loop, {NACC} register accumulators per core; theoretical "
-                f"{theory.macs_per_s / 1e9:.1f} GMAC/s = {theory.cores} cores x "
-                f"{theory.lanes_per_cycle} lanes x {theory.clock_hz / 1e9:.2f} GHz nominal"))},
-            bandwidth=Figure(self.bandwidth, (
-                f"{how}: STREAM triad, 3 x {triad_elements(self.cpu) * 8 / 2**20:.0f} MiB "
-                "float64 arrays, 24 bytes per element")),
+            peak_macs={
+                "fp32": Figure(
+                    self.fp32_macs_per_s,
+                    (
+                        f"{how}: Numba FMA loop, {NACC} register accumulators per core; "
+                        "theoretical "
+                        f"{theory.macs_per_s / 1e9:.1f} GMAC/s = {theory.cores} cores x "
+                        f"{theory.lanes_per_cycle} lanes x {theory.clock_hz / 1e9:.2f} GHz nominal"
+                    ),
+                )
+            },
+            bandwidth=Figure(
+                self.bandwidth,
+                (
+                    f"{how}: STREAM triad, 3 x {triad_elements(self.cpu) * 8 / 2**20:.0f} MiB "
+                    "float64 arrays, 24 bytes per element"
+                ),
+            ),
             on_chip_memory=Figure(float(self.cpu.llc_bytes), "last-level cache size (sysfs)"),
             main_memory=memory,
             notes=f"core clock under load about {self.clock_hz / 1e9:.2f} GHz "
-                  "(dependent FMA chain, 4-cycle latency assumed)",
+            "(dependent FMA chain, 4-cycle latency assumed)",
         )
 
 
@@ -338,7 +365,8 @@ def probe(seconds: float = 2.0, threads: int | None = None) -> ProbeResult:
 
     if not seconds > 0:
         raise UsageError(f"--seconds must be positive, got {seconds}")
-    available = numba.config.NUMBA_NUM_THREADS
+    # numba.config sets its NUMBA_* names at import time from the environment: no stub sees them
+    available = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
     if threads is not None and not 1 <= threads <= available:
         raise UsageError(f"--threads must be between 1 and {available}, got {threads}")
     threads = threads or available
@@ -349,7 +377,7 @@ def probe(seconds: float = 2.0, threads: int | None = None) -> ProbeResult:
         clock = measure_clock(0.1 * seconds)
     finally:
         numba.set_num_threads(available)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return ProbeResult(fma, bandwidth, clock, threads, seconds, cpu_info(), when)
 
 
@@ -405,22 +433,51 @@ class Measurement:
     def rows(self) -> list[list[str]]:
         """Formatted rows: layer, type, bound, estimate, ours, torch, % of roof (ours, torch);
         the last row is the total."""
+
         def us(value: float | None) -> str:
             return "-" if value is None else f"{value * 1e6:,.1f}"
 
         def pct(value: float | None) -> str:
             return "-" if value is None else f"{100 * value:.0f}%"
 
-        rows = [[t.name, t.type, t.bound, us(t.estimate_s), us(t.ours_s), us(t.torch_s),
-                 pct(t.of_roof(t.ours_s)), pct(t.of_roof(t.torch_s))] for t in self.layers]
+        rows = [
+            [
+                t.name,
+                t.type,
+                t.bound,
+                us(t.estimate_s),
+                us(t.ours_s),
+                us(t.torch_s),
+                pct(t.of_roof(t.ours_s)),
+                pct(t.of_roof(t.torch_s)),
+            ]
+            for t in self.layers
+        ]
         est, ours, torch_ = (self.total(a) for a in ("estimate_s", "ours_s", "torch_s"))
-        rows.append(["total", "", "", us(est), us(ours), us(torch_),
-                     pct(est / ours if est and ours else None),
-                     pct(est / torch_ if est and torch_ else None)])
+        rows.append(
+            [
+                "total",
+                "",
+                "",
+                us(est),
+                us(ours),
+                us(torch_),
+                pct(est / ours if est and ours else None),
+                pct(est / torch_ if est and torch_ else None),
+            ]
+        )
         return rows
 
-    HEADERS = ("layer", "type", "bound", "roofline µs", "ours µs", "torch µs",
-               "ours % of roof", "torch % of roof")
+    HEADERS = (
+        "layer",
+        "type",
+        "bound",
+        "roofline µs",
+        "ours µs",
+        "torch µs",
+        "ours % of roof",
+        "torch % of roof",
+    )
 
     @classmethod
     def columns(cls) -> list[Any]:
@@ -443,23 +500,43 @@ class Measurement:
         lines = []
         for f in self.fused:
             torch_ = "-" if f.torch_s is None else duration(f.torch_s)
-            lines.append(f"fused in our engine: {' + '.join(f.names)}: {duration(f.ours_s)} "
-                         f"(separately {duration(f.separate_s)}; torch {torch_}; "
-                         f"roofline {duration(f.estimate_s)})")
+            lines.append(
+                f"fused in our engine: {' + '.join(f.names)}: {duration(f.ours_s)} "
+                f"(separately {duration(f.separate_s)}; torch {torch_}; "
+                f"roofline {duration(f.estimate_s)})"
+            )
         return lines
 
     def to_dict(self) -> dict[str, Any]:
         """The measurement as JSON-ready data: seconds per batch, None where not run."""
         return {
-            "device": self.device.name, "batch": self.batch,
+            "device": self.device.name,
+            "batch": self.batch,
             "engine_covers": self.engine_covers,
-            "layers": [{"index": t.index, "name": t.name, "type": t.type, "macs": t.macs,
-                        "bound": t.bound, "estimate_s": t.estimate_s, "ours_s": t.ours_s,
-                        "torch_s": t.torch_s} for t in self.layers],
+            "layers": [
+                {
+                    "index": t.index,
+                    "name": t.name,
+                    "type": t.type,
+                    "macs": t.macs,
+                    "bound": t.bound,
+                    "estimate_s": t.estimate_s,
+                    "ours_s": t.ours_s,
+                    "torch_s": t.torch_s,
+                }
+                for t in self.layers
+            ],
             "totals": {key: self.total(key) for key in ("estimate_s", "ours_s", "torch_s")},
-            "fused": [{"layers": list(f.names), "ours_s": f.ours_s,
-                       "separate_s": f.separate_s, "torch_s": f.torch_s,
-                       "estimate_s": f.estimate_s} for f in self.fused],
+            "fused": [
+                {
+                    "layers": list(f.names),
+                    "ours_s": f.ours_s,
+                    "separate_s": f.separate_s,
+                    "torch_s": f.torch_s,
+                    "estimate_s": f.estimate_s,
+                }
+                for f in self.fused
+            ],
         }
 
     def measured_rates(self, which: str = "ours") -> dict[str, float]:
@@ -530,8 +607,9 @@ def _torch_layer(model, node, x):
     return None
 
 
-def measure_layers(model, analysis, device: HardwareSpec, seconds_per_layer: float = 0.05,
-                   seed: int = 0) -> Measurement:
+def measure_layers(
+    model, analysis, device: HardwareSpec, seconds_per_layer: float = 0.05, seed: int = 0
+) -> Measurement:
     """Time each layer of our compiled engine and of PyTorch on this machine, per batch of
     ``analysis.batch`` random inputs, next to the roofline estimate on ``device``.
 
@@ -550,37 +628,50 @@ def measure_layers(model, analysis, device: HardwareSpec, seconds_per_layer: flo
     roof = {layer.name: layer for layer in roofline(analysis, device).layers}
     weights = load_weights(model)
     rng = np.random.default_rng(seed)
-    values: dict[str, np.ndarray] = {name: rng.standard_normal(shape).astype(np.float32)
-                                      for name, shape in graph.inputs.items()}
+    values: dict[str, np.ndarray] = {
+        name: rng.standard_normal(shape).astype(np.float32) for name, shape in graph.inputs.items()
+    }
     covers = True
     timings = []
     with torch.inference_mode():
         for index, node in enumerate(graph.nodes, start=1):
             layer = roof[node.name]
             ours = torch_s = None
-            inputs = [values.get(v) for v in node.inputs]
+            inputs = [values[v] for v in node.inputs if v in values]
+            complete = len(inputs) == len(node.inputs)  # every input computed before
             shapes = {role: p.shape for role, p in node.params.items()}
-            if (covers and all(v is not None for v in inputs)
-                    and node.op.kernel_gap(node.input_shapes, shapes) is None):
+            if covers and complete and node.op.kernel_gap(node.input_shapes, shapes) is None:
                 params = node_weights(node, weights)
                 params |= {role: weights[name] for role, name in node.op.buffers().items()}
                 values[node.name] = run_node(node, inputs, params)
-                ours = _best_time(lambda n=node, i=inputs, p=params: run_node(n, i, p),
-                                  seconds_per_layer)
+                ours = _best_time(
+                    lambda n=node, i=inputs, p=params: run_node(n, i, p), seconds_per_layer
+                )
             else:
                 covers = False
-            if inputs and inputs[0] is not None and len(inputs) == 1:
+            if complete and len(inputs) == 1:
                 call = _torch_layer(model, node, torch.from_numpy(np.ascontiguousarray(inputs[0])))
                 if call is not None:
                     torch_s = _best_time(call, seconds_per_layer)
-            timings.append(LayerTiming(index, node.name, node.kind, layer.macs, layer.bound,
-                                       layer.time_s, ours, torch_s))
+            timings.append(
+                LayerTiming(
+                    index,
+                    node.name,
+                    node.kind,
+                    layer.macs,
+                    layer.bound,
+                    layer.time_s,
+                    ours,
+                    torch_s,
+                )
+            )
     fused = _measure_fused(graph, weights, values, timings, seconds_per_layer) if covers else []
     return Measurement(timings, device, analysis.batch, covers, fused)
 
 
-def _measure_fused(graph, weights, values, timings: list[LayerTiming],
-                   seconds: float) -> list[FusedTiming]:
+def _measure_fused(
+    graph, weights, values, timings: list[LayerTiming], seconds: float
+) -> list[FusedTiming]:
     """Time each fused step of the engine's plan on the inputs the layer-by-layer run saw."""
     from dnnlens.engine import plan, run_step
 
@@ -591,12 +682,17 @@ def _measure_fused(graph, weights, values, timings: list[LayerTiming],
             continue
         ours = _best_time(lambda s=step: run_step(s, values, weights, "compiled"), seconds)
         parts = [by_name[node.name] for node in step.nodes]
-        torch_parts = [t.torch_s for t in parts]
-        fused.append(FusedTiming(
-            names=tuple(t.name for t in parts), ours_s=ours,
-            separate_s=sum(t.ours_s for t in parts),
-            torch_s=None if None in torch_parts else sum(torch_parts),
-            estimate_s=sum(t.estimate_s for t in parts)))
+        torch_parts = [t.torch_s for t in parts if t.torch_s is not None]
+        ours_parts = [t.ours_s for t in parts if t.ours_s is not None]  # all: the run covers
+        fused.append(
+            FusedTiming(
+                names=tuple(t.name for t in parts),
+                ours_s=ours,
+                separate_s=sum(ours_parts),
+                torch_s=sum(torch_parts) if len(torch_parts) == len(parts) else None,
+                estimate_s=sum(t.estimate_s for t in parts),
+            )
+        )
     return fused
 
 
@@ -607,7 +703,9 @@ def measurement_html(measurement: Measurement) -> str:
     rows = measurement.rows()
     table = html_table(Measurement.columns(), rows[:-1], footer=rows[-1])
     fused = "".join(f'<p class="note">{esc(line)}</p>' for line in measurement.fused_lines())
-    note = ('<p class="note">Seconds per batch of '
-            f"{measurement.batch}, best of repeated runs on this machine; roofline estimate on "
-            f"{esc(measurement.device.name)}. % of roof = estimate / measured.</p>")
+    note = (
+        '<p class="note">Seconds per batch of '
+        f"{measurement.batch}, best of repeated runs on this machine; roofline estimate on "
+        f"{esc(measurement.device.name)}. % of roof = estimate / measured.</p>"
+    )
     return f"{table}{fused}{note}"

@@ -11,9 +11,10 @@ Shapes always include the batch dimension, ``(N, C, H, W)`` for images, exactly 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from math import prod
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from dnnlens.shapes import Shape
 
@@ -51,7 +52,7 @@ class Node:
     """
 
     name: str
-    op: "Op"
+    op: Op
     inputs: list[str]
     input_shapes: list[Shape]
     output_shape: Shape

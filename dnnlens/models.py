@@ -73,8 +73,10 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     obj = _torch_load_safely(path)
     state = _find_state_dict(obj)
     if state is None:
-        raise CheckpointError(f"{path}: not a state dict of tensors (found {_summarise(obj)}); "
-                              "save one with torch.save(net.state_dict(), PATH)")
+        raise CheckpointError(
+            f"{path}: not a state dict of tensors (found {_summarise(obj)}); "
+            "save one with torch.save(net.state_dict(), PATH)"
+        )
     return state
 
 
@@ -91,13 +93,26 @@ def _torch_load_safely(path: Path) -> Any:
                 f"{path}: refused to unpickle {refused.group(1)} (only plain tensors load "
                 "safely); if you trust the file, convert it once with "
                 f"torch.save(torch.load('{path}', weights_only=False).state_dict(), "
-                "'net.pth')") from None
+                "'net.pth')"
+            ) from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a corrupt one") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, IndexError,
-            UnicodeDecodeError, AttributeError, TypeError, OverflowError, MemoryError,
-            struct.error):  # struct.error: a legacy (non-zip) file cut inside its header
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a corrupt or truncated "
-                              "one") from None
+    except (
+        RuntimeError,
+        EOFError,
+        KeyError,
+        ValueError,
+        zipfile.BadZipFile,
+        IndexError,
+        UnicodeDecodeError,
+        AttributeError,
+        TypeError,
+        OverflowError,
+        MemoryError,
+        struct.error,
+    ):  # struct.error: a legacy (non-zip) file cut inside its header
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint, or a corrupt or truncated one"
+        ) from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -114,8 +129,11 @@ def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return (isinstance(obj, Mapping) and len(obj) > 0
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _summarise(obj: Any) -> str:
@@ -149,17 +167,24 @@ def check_fits(state: Mapping[str, torch.Tensor], model: nn.Module, source: str)
         problems.append(f"missing {_few(missing)}")
     if extra:
         problems.append(f"unexpected {_few(extra)}")
-    misshaped = sorted(key for key in expected.keys() & found.keys()
-                       if expected[key] != found[key])
+    misshaped = sorted(
+        key for key in expected.keys() & found.keys() if expected[key] != found[key]
+    )
     if misshaped:
         key = misshaped[0]
-        more = f" (and {len(misshaped) - 1} more tensors of another shape)" \
-            if len(misshaped) > 1 else ""
-        problems.append(f"{key} is {found[key]} in the checkpoint but {expected[key]} in "
-                        f"{type(model).__name__}{more}")
+        more = (
+            f" (and {len(misshaped) - 1} more tensors of another shape)"
+            if len(misshaped) > 1
+            else ""
+        )
+        problems.append(
+            f"{key} is {found[key]} in the checkpoint but {expected[key]} in "
+            f"{type(model).__name__}{more}"
+        )
     if problems:
-        raise CheckpointError(f"{source} does not fit {type(model).__name__}: "
-                              + "; ".join(sorted(problems)))
+        raise CheckpointError(
+            f"{source} does not fit {type(model).__name__}: " + "; ".join(sorted(problems))
+        )
 
 
 #: Key names a checkpoint misfit names before it counts the rest.
@@ -177,8 +202,7 @@ def _few(keys: Sequence[str]) -> str:
 # Writing
 
 
-def save_checkpoint(state_dict: Mapping[str, torch.Tensor],
-                    path: str | os.PathLike[str]) -> Path:
+def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
     """Write ``state_dict`` to ``path`` atomically; returns ``path``.
 
     The tensors go to a temporary file in the same folder, which is flushed to disk and then
@@ -196,17 +220,22 @@ def check_writable(path: str | os.PathLike[str]) -> None:
     epoch of training. Creates the folder, like :func:`save_atomic` would."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder; give a file name such as "
-                              f"{path / 'my_mnist_net.pth'}")
+        raise CheckpointError(
+            f"{path}: is a folder; give a file name such as {path / 'my_mnist_net.pth'}"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         blocker = next((p for p in path.parents if p.exists()), None)  # a file in the way?
-        reason = (f"{blocker} is a file, not a folder" if blocker and not blocker.is_dir()
-                  else exc.strerror or exc)
-        raise CheckpointError(f"{path}: cannot write here ({reason}); choose another "
-                              "--out") from None
+        reason = (
+            f"{blocker} is a file, not a folder"
+            if blocker and not blocker.is_dir()
+            else exc.strerror or exc
+        )
+        raise CheckpointError(
+            f"{path}: cannot write here ({reason}); choose another --out"
+        ) from None
     os.close(fd)
     os.unlink(tmp)
 

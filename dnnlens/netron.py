@@ -63,13 +63,22 @@ def attachment(analysis: Any) -> dict[str, Any]:
         for name, value in _figures(row).items():
             metrics.append({"kind": "node", "target": target, "name": name, "value": value})
     if not metrics:
-        raise ModelError("no layer of this analysis came from an ONNX file: a Netron "
-                         "attachment needs an ONNX model (dnnlens analyze model.onnx)")
+        raise ModelError(
+            "no layer of this analysis came from an ONNX file: a Netron "
+            "attachment needs an ONNX model (dnnlens analyze model.onnx)"
+        )
     t = analysis.totals
-    model = [{"kind": "model", "target": "", "name": f"dnnlens.{k}", "value": v}
-             for k, v in (("macs", t.macs), ("weights", t.weights), ("biases", t.biases),
-                          ("values_moved", t.values_moved), ("dtype", analysis.dtype),
-                          ("batch", analysis.batch))]
+    model = [
+        {"kind": "model", "target": "", "name": f"dnnlens.{k}", "value": v}
+        for k, v in (
+            ("macs", t.macs),
+            ("weights", t.weights),
+            ("biases", t.biases),
+            ("values_moved", t.values_moved),
+            ("dtype", analysis.dtype),
+            ("batch", analysis.batch),
+        )
+    ]
     return {"signature": SIGNATURE, "metrics": metrics + model, "metadata": []}
 
 
@@ -107,8 +116,12 @@ def write_annotated_copy(model_path: str | Path, analysis: Any, out_path: str | 
         figures = by_node.get(node.name)
         if not figures:
             continue
-        lines = [f"{k.removeprefix('dnnlens.')}: {v:,}" if isinstance(v, int)
-                 else f"{k.removeprefix('dnnlens.')}: {v}" for k, v in figures.items()]
+        lines = [
+            f"{k.removeprefix('dnnlens.')}: {v:,}"
+            if isinstance(v, int)
+            else f"{k.removeprefix('dnnlens.')}: {v}"
+            for k, v in figures.items()
+        ]
         node.doc_string = "\n".join(["dnnlens", *lines])
         for key, value in figures.items():
             prop = node.metadata_props.add()

@@ -22,7 +22,6 @@ Numbers and units come from :mod:`dnnlens.formatting`, like every other view.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import re
 from collections.abc import Iterator, Sequence
@@ -855,39 +854,75 @@ def footprint_section(foot: Footprint, device: HardwareSpec | None) -> str:
 def training_section(step: Any, roof: Roofline | None) -> str:
     """Issue 15: forward and backward MACs per layer, what autograd keeps, the memory of a
     step, and the rules of thumb next to the exact figures."""
-    columns = [left("name"), left("type"), right("forward MACs"), right("input-gradient MACs"),
-               right("weight-gradient MACs"), right("recomputed MACs"),
-               right("backward values moved"), right("saved for backward")]
-    rows = [[r.name, r.type, count(r.forward_macs), count(r.input_grad_macs),
-             count(r.weight_grad_macs), count(r.recompute_macs),
-             count(r.backward_values_moved), size(r.saved_bytes)] for r in step.backward]
-    footer = ["total", "", count(step.forward_macs), count(step.input_grad_macs),
-              count(step.weight_grad_macs), count(step.recompute_macs),
-              count(step.backward_values_moved), size(step.saved_bytes)]
+    columns = [
+        left("name"),
+        left("type"),
+        right("forward MACs"),
+        right("input-gradient MACs"),
+        right("weight-gradient MACs"),
+        right("recomputed MACs"),
+        right("backward values moved"),
+        right("saved for backward"),
+    ]
+    rows = [
+        [
+            r.name,
+            r.type,
+            count(r.forward_macs),
+            count(r.input_grad_macs),
+            count(r.weight_grad_macs),
+            count(r.recompute_macs),
+            count(r.backward_values_moved),
+            size(r.saved_bytes),
+        ]
+        for r in step.backward
+    ]
+    footer = [
+        "total",
+        "",
+        count(step.forward_macs),
+        count(step.input_grad_macs),
+        count(step.weight_grad_macs),
+        count(step.recompute_macs),
+        count(step.backward_values_moved),
+        size(step.saved_bytes),
+    ]
     table = html_table(columns, rows, footer=footer)
     if len(rows) > MAX_VISIBLE_ROWS:  # a large model: open on request, the page stays short
-        table = (f"<details><summary>{len(rows)} layers: open the per-layer table</summary>"
-                 f"{table}</details>")
+        table = (
+            f"<details><summary>{len(rows)} layers: open the per-layer table</summary>"
+            f"{table}</details>"
+        )
     m = step.memory
-    memory = [("parameters and buffers", size(m.parameters)), ("gradients", size(m.gradients)),
-              (f"optimizer state ({m.optimizer})", size(m.optimizer_state))]
+    memory = [
+        ("parameters and buffers", size(m.parameters)),
+        ("gradients", size(m.gradients)),
+        (f"optimizer state ({m.optimizer})", size(m.optimizer_state)),
+    ]
     if m.amp:
         memory.append(("fp32 master weights", size(m.master_weights)))
-    memory += [("kept for backward after forward", size(m.activations)),
-               (f"peak of a step (during {m.peak_phase})", size(m.peak)),
-               ("peak of the first step", size(m.first_step_peak))]
+    memory += [
+        ("kept for backward after forward", size(m.activations)),
+        (f"peak of a step (during {m.peak_phase})", size(m.peak)),
+        ("peak of the first step", size(m.first_step_peak)),
+    ]
     thumbs = [[k, count(v)] for k, v in step.rules_of_thumb().items()]
-    out = (table + '<p class="note">Backward MACs are what autograd runs: frozen weights get no '
-           "weight gradient, a layer fed by data no input gradient. Memory: a whole step "
-           "(zero_grad, forward, backward, optimizer) run on the meta device, each storage "
-           "alive from the operator that makes it until PyTorch frees it.</p>"
-           + html_table([left("memory of a training step"), right("size")],
-                        [list(pair) for pair in memory])
-           + html_table([left("rule of thumb or exact figure"), right("MACs")], thumbs))
+    out = (
+        table + '<p class="note">Backward MACs are what autograd runs: frozen weights get no '
+        "weight gradient, a layer fed by data no input gradient. Memory: a whole step "
+        "(zero_grad, forward, backward, optimizer) run on the meta device, each storage "
+        "alive from the operator that makes it until PyTorch frees it.</p>"
+        + html_table(
+            [left("memory of a training step"), right("size")], [list(pair) for pair in memory]
+        )
+        + html_table([left("rule of thumb or exact figure"), right("MACs")], thumbs)
+    )
     if roof is not None:
-        out += (f"<p>Estimated time of a training step on {esc(roof.device.name)}: "
-                f"{duration(roof.latency_s)} (forward and backward of every layer on the "
-                "roofline).</p>")
+        out += (
+            f"<p>Estimated time of a training step on {esc(roof.device.name)}: "
+            f"{duration(roof.latency_s)} (forward and backward of every layer on the "
+            "roofline).</p>"
+        )
     return out
 
 
@@ -926,16 +961,20 @@ def verification_pairs(result: Any) -> list[tuple[str, str]]:
     theirs = reference_name(result)
     pairs = []
     if result.accuracy is not None:
-        pairs.append((
-            "accuracy",
-            f"ours {result.correct:,}/{result.images:,} ({result.accuracy:.2%})   "
-            f"{theirs} {result.reference_correct:,}/{result.images:,} "
-            f"({result.reference_accuracy:.2%})",
-        ))
+        pairs.append(
+            (
+                "accuracy",
+                f"ours {result.correct:,}/{result.images:,} ({result.accuracy:.2%})   "
+                f"{theirs} {result.reference_correct:,}/{result.images:,} "
+                f"({result.reference_accuracy:.2%})",
+            )
+        )
     pairs += [
         ("differing predictions", count(result.mismatches)),
-        ("max |logit diff|", f"{result.max_abs_diff:.3g}   (max |{theirs} logit| "
-                             f"{result.max_abs_reference:.3g})"),
+        (
+            "max |logit diff|",
+            f"{result.max_abs_diff:.3g}   (max |{theirs} logit| {result.max_abs_reference:.3g})",
+        ),
         (
             "throughput",
             f"ours {_rate(result.images_per_s)} images/s   {theirs} "
@@ -947,8 +986,14 @@ def verification_pairs(result: Any) -> list[tuple[str, str]]:
 
 
 def verification_columns() -> list[Column]:
-    return [left("layer"), left("kind"), left("shape"), right("max |diff|"), right("max |ref|"),
-            left("note")]
+    return [
+        left("layer"),
+        left("kind"),
+        left("shape"),
+        right("max |diff|"),
+        right("max |ref|"),
+        left("note"),
+    ]
 
 
 def _diff(value: float | None) -> str:
@@ -957,8 +1002,14 @@ def _diff(value: float | None) -> str:
 
 def verification_layer_rows(result: Any) -> list[list[str]]:
     return [
-        [layer.name, layer.kind, "x".join(str(d) for d in layer.shape),
-         _diff(layer.max_abs_diff), _diff(layer.max_abs_reference), layer.note]
+        [
+            layer.name,
+            layer.kind,
+            "x".join(str(d) for d in layer.shape),
+            _diff(layer.max_abs_diff),
+            _diff(layer.max_abs_reference),
+            layer.note,
+        ]
         for layer in result.layers
     ]
 
@@ -969,8 +1020,7 @@ def verification_section(result: Any) -> str:
     verdict = (
         Markup(f'<p class="ok">Every prediction agrees with {theirs}.</p>')
         if result.mismatches == 0
-        else Markup(f'<p class="bad">{result.mismatches:,} predictions differ from '
-                    f"{theirs}.</p>")
+        else Markup(f'<p class="bad">{result.mismatches:,} predictions differ from {theirs}.</p>')
     )
     head = (
         f"<p>{result.images:,} images of {esc(result.data)}, our {esc(result.engine)} "
@@ -1050,10 +1100,12 @@ def render_html(
     if training is not None:
         parts.append("<h2>Training step</h2>" + training_section(training, training_roof))
     if verification is not None:
-        against = {"onnxruntime": "onnxruntime"}.get(getattr(verification, "reference", ""),
-                                                     "PyTorch")
-        parts.append(f"<h2>Verification against {against}</h2>"
-                     + verification_section(verification))
+        against = {"onnxruntime": "onnxruntime"}.get(
+            getattr(verification, "reference", ""), "PyTorch"
+        )
+        parts.append(
+            f"<h2>Verification against {against}</h2>" + verification_section(verification)
+        )
     if device:
         parts.append("<h2>Device</h2>" + device_section(device))
     parts.append("</body></html>")
@@ -1141,8 +1193,9 @@ def write_report(
 
         training_roof = training_roofline(training, spec)
         _, svg = roofline_chart(training_roof, out / "roofline-training")
-        titles = {f"layer-point-{layer.index}": point_title(layer)
-                  for layer in training_roof.layers}
+        titles = {
+            f"layer-point-{layer.index}": point_title(layer) for layer in training_roof.layers
+        }
         charts["Roofline of a training step (forward and backward of each layer)"] = (
             inline_svg(svg.read_text(encoding="utf-8"), titles),
             "roof",

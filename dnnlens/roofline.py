@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from math import isfinite, prod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dnnlens.analysis import DTYPE_BYTES, bytes_per_value
 from dnnlens.errors import SpecError
@@ -83,16 +84,20 @@ class HardwareSpec:
         SpecError when the spec gives neither."""
         figure = self.on_chip_buffer or self.on_chip_memory
         if figure is None:
-            raise SpecError(f"device {self.name!r} gives no on-chip buffer size; add "
-                            f"[on_chip_buffer] to its spec or give --buffer SIZE")
+            raise SpecError(
+                f"device {self.name!r} gives no on-chip buffer size; add "
+                f"[on_chip_buffer] to its spec or give --buffer SIZE"
+            )
         return int(figure.value)
 
     def peak(self, dtype: str = "fp32") -> float:
         """Peak MACs/s for ``dtype``; SpecError naming the dtypes the spec has otherwise."""
         if dtype not in self.peak_macs:
             have = ", ".join(self.peak_macs) or "none"
-            raise SpecError(f"device {self.name!r} gives no peak for {dtype} (it has: {have}); "
-                            f"add peak_macs_per_s.{dtype} to its spec or pick another dtype")
+            raise SpecError(
+                f"device {self.name!r} gives no peak for {dtype} (it has: {have}); "
+                f"add peak_macs_per_s.{dtype} to its spec or pick another dtype"
+            )
         return self.peak_macs[dtype].value
 
     def ridge(self, dtype: str = "fp32") -> float:
@@ -142,11 +147,15 @@ def load_spec(name_or_path: str | os.PathLike) -> HardwareSpec:
             from dnnlens.formatting import did_you_mean
 
             hint = did_you_mean(text, [*known_devices(), "probe"])
-            raise SpecError(f"unknown device {text!r}{hint}; known devices: "
-                            f"{', '.join(known_devices())} (or give a .toml spec file)")
+            raise SpecError(
+                f"unknown device {text!r}{hint}; known devices: "
+                f"{', '.join(known_devices())} (or give a .toml spec file)"
+            )
     if not path.is_file():
-        raise SpecError(f"hardware spec file {text} does not exist; known devices: "
-                        f"{', '.join(known_devices())}")
+        raise SpecError(
+            f"hardware spec file {text} does not exist; known devices: "
+            f"{', '.join(known_devices())}"
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -154,21 +163,26 @@ def load_spec(name_or_path: str | os.PathLike) -> HardwareSpec:
     return parse_spec(data, where=str(path), default_name=path.stem)
 
 
-def parse_spec(data: Mapping[str, Any], where: str = "spec",
-               default_name: str = "device") -> HardwareSpec:
+def parse_spec(
+    data: Mapping[str, Any], where: str = "spec", default_name: str = "device"
+) -> HardwareSpec:
     """A :class:`HardwareSpec` from a parsed TOML mapping (see :func:`load_spec`)."""
     for key in REQUIRED:
         if key not in data:
             raise SpecError(f"hardware spec {where}: missing figure {key!r}")
     peaks_raw = data["peak_macs_per_s"]
     if not isinstance(peaks_raw, Mapping) or not peaks_raw:
-        raise SpecError(f"hardware spec {where}: peak_macs_per_s needs at least one dtype "
-                        f"table ({', '.join(DTYPE_BYTES)})")
+        raise SpecError(
+            f"hardware spec {where}: peak_macs_per_s needs at least one dtype "
+            f"table ({', '.join(DTYPE_BYTES)})"
+        )
     peaks = {}
     for dtype, raw in peaks_raw.items():
         if dtype not in DTYPE_BYTES:
-            raise SpecError(f"hardware spec {where}: unknown dtype peak_macs_per_s.{dtype} "
-                            f"(known: {', '.join(DTYPE_BYTES)})")
+            raise SpecError(
+                f"hardware spec {where}: unknown dtype peak_macs_per_s.{dtype} "
+                f"(known: {', '.join(DTYPE_BYTES)})"
+            )
         peaks[dtype] = _figure(raw, f"peak_macs_per_s.{dtype}", where)
     optional = {key: _figure(data[key], key, where) for key in OPTIONAL if key in data}
     return HardwareSpec(
@@ -202,6 +216,7 @@ def _figure(raw: Any, field_name: str, where: str) -> Figure:
 
 def spec_to_toml(spec: HardwareSpec) -> str:
     """The TOML text :func:`load_spec` reads back into an equal spec."""
+
     def quote(text: str) -> str:
         return json.dumps(text)  # a JSON string is a valid TOML basic string
 
@@ -214,10 +229,13 @@ def spec_to_toml(spec: HardwareSpec) -> str:
     for dtype, fig in spec.peak_macs.items():
         lines += table(f"peak_macs_per_s.{dtype}", fig)
     lines += table("memory_bandwidth", spec.bandwidth)
-    for key, fig in (("on_chip_memory", spec.on_chip_memory), ("main_memory", spec.main_memory),
-                     ("on_chip_buffer", spec.on_chip_buffer)):
-        if fig is not None:
-            lines += table(key, fig)
+    for key, memory in (
+        ("on_chip_memory", spec.on_chip_memory),
+        ("main_memory", spec.main_memory),
+        ("on_chip_buffer", spec.on_chip_buffer),
+    ):
+        if memory is not None:
+            lines += table(key, memory)
     return "\n".join(lines) + "\n"
 
 
@@ -283,13 +301,18 @@ class Roofline:
         return self.macs / latency if latency > 0 else 0.0
 
 
-def layer_roof(macs: int, bytes_moved: int, peak: float,
-               bandwidth: float) -> tuple[float, float, str, float]:
+def layer_roof(
+    macs: int, bytes_moved: int, peak: float, bandwidth: float
+) -> tuple[float, float, str, float]:
     """``(intensity MAC/byte, attainable MAC/s, bound, time s)`` of one layer."""
     if bytes_moved <= 0:
         # A view moves nothing; a layer with MACs but no traffic cannot be memory-bound.
-        return (float("inf") if macs else 0.0, peak if macs else 0.0,
-                "compute" if macs else "none", macs / peak)
+        return (
+            float("inf") if macs else 0.0,
+            peak if macs else 0.0,
+            "compute" if macs else "none",
+            macs / peak,
+        )
     intensity = macs / bytes_moved
     attainable = min(peak, intensity * bandwidth)
     bound = "compute" if macs and intensity >= peak / bandwidth else "memory"
@@ -306,12 +329,24 @@ def roofline(analysis: Any, device: HardwareSpec | str) -> Roofline:
     spec = device if isinstance(device, HardwareSpec) else load_spec(device)
     dtype = getattr(analysis, "dtype", "fp32")
     peak, bandwidth = spec.peak(dtype), spec.bandwidth.value
-    layers = []
+    layers: list[LayerRoof] = []
     for row in analysis.rows:
         intensity, attainable, bound, time_s = layer_roof(
-            int(row.macs), int(row.bytes_moved), peak, bandwidth)
-        layers.append(LayerRoof(int(row.index), str(row.name), str(row.type), int(row.macs),
-                                int(row.bytes_moved), intensity, attainable, bound, time_s))
+            int(row.macs), int(row.bytes_moved), peak, bandwidth
+        )
+        layers.append(
+            LayerRoof(
+                int(row.index),
+                str(row.name),
+                str(row.type),
+                int(row.macs),
+                int(row.bytes_moved),
+                intensity,
+                attainable,
+                bound,
+                time_s,
+            )
+        )
     return Roofline(spec, dtype, int(getattr(analysis, "batch", 1)), peak, bandwidth, layers)
 
 
@@ -325,26 +360,53 @@ def training_roofline(step: Any, device: HardwareSpec | str) -> Roofline:
     analysis = step.analysis
     nbytes = bytes_per_value(analysis.dtype)
     peak, bandwidth = spec.peak(analysis.dtype), spec.bandwidth.value
-    layers = []
+    layers: list[LayerRoof] = []
     for row in analysis.rows:
-        intensity, attainable, bound, time_s = layer_roof(int(row.macs), int(row.bytes_moved),
-                                                          peak, bandwidth)
-        layers.append(LayerRoof(len(layers) + 1, row.name, row.type, int(row.macs),
-                                int(row.bytes_moved), intensity, attainable, bound, time_s))
+        intensity, attainable, bound, time_s = layer_roof(
+            int(row.macs), int(row.bytes_moved), peak, bandwidth
+        )
+        layers.append(
+            LayerRoof(
+                len(layers) + 1,
+                row.name,
+                row.type,
+                int(row.macs),
+                int(row.bytes_moved),
+                intensity,
+                attainable,
+                bound,
+                time_s,
+            )
+        )
     for back in reversed(step.backward):  # backward runs the layers in reverse
         macs = back.backward_macs + back.recompute_macs
         moved = back.backward_values_moved * nbytes
         if not macs and not moved:
             continue
         intensity, attainable, bound, time_s = layer_roof(macs, moved, peak, bandwidth)
-        layers.append(LayerRoof(len(layers) + 1, f"{back.name} backward",
-                                f"{back.type} backward", macs, moved, intensity, attainable,
-                                bound, time_s))
+        layers.append(
+            LayerRoof(
+                len(layers) + 1,
+                f"{back.name} backward",
+                f"{back.type} backward",
+                macs,
+                moved,
+                intensity,
+                attainable,
+                bound,
+                time_s,
+            )
+        )
     return Roofline(spec, analysis.dtype, int(analysis.batch), peak, bandwidth, layers)
 
 
-def batch_sweep(model: Any, device: HardwareSpec | str, batches: Iterable[int] = (1, 16, 256),
-                input_shape: Sequence[int] | None = None, dtype: str = "fp32") -> list[Roofline]:
+def batch_sweep(
+    model: Any,
+    device: HardwareSpec | str,
+    batches: Iterable[int] = (1, 16, 256),
+    input_shape: Sequence[int] | None = None,
+    dtype: str = "fp32",
+) -> list[Roofline]:
     """The roofline at each batch size: latency and throughput against batch."""
     from dnnlens.analysis import analyze
 
@@ -393,7 +455,7 @@ class Footprint:
         return None if memory is None else self.total_bytes <= memory.value
 
 
-def memory_footprint(graph: "Graph", dtype: str = "fp32") -> Footprint:
+def memory_footprint(graph: Graph, dtype: str = "fp32") -> Footprint:
     """Parameter bytes and peak live activation bytes of ``graph`` run in its node order.
 
     The liveness model (what a framework with a caching allocator does, minus fragmentation):
@@ -448,8 +510,9 @@ def memory_footprint(graph: "Graph", dtype: str = "fp32") -> Footprint:
         live -= sum(size[owner] for owner in frees.get(index, ()))
     peak_at, peak = max(timeline, key=lambda item: item[1]) if timeline else ("", live)
 
-    bias_names = {p.name for node in graph.nodes for role, p in node.params.items()
-                  if role == "bias"}
+    bias_names = {
+        p.name for node in graph.nodes for role, p in node.params.items() if role == "bias"
+    }
     weights = biases = 0
     for param_name, param in graph.params().items():
         if param_name in bias_names:
@@ -465,44 +528,65 @@ def memory_footprint(graph: "Graph", dtype: str = "fp32") -> Footprint:
 def roofline_columns() -> list[Any]:
     from dnnlens.formatting import left, right
 
-    return [right("#"), left("name"), left("type"), right("MAC/byte"), right("attainable"),
-            left("bound"), right("est. time")]
+    return [
+        right("#"),
+        left("name"),
+        left("type"),
+        right("MAC/byte"),
+        right("attainable"),
+        left("bound"),
+        right("est. time"),
+    ]
 
 
 def roofline_cells(layer: LayerRoof) -> list[str]:
     """One layer's roofline cells, formatted (a dash where a layer has no MACs or bytes)."""
     from dnnlens.formatting import DASH, duration, number, rate
 
-    return [str(layer.index), layer.name, layer.type,
-            number(layer.intensity) if layer.bytes_moved else DASH,
-            rate(layer.attainable) if layer.macs else DASH, layer.bound, duration(layer.time_s)]
+    return [
+        str(layer.index),
+        layer.name,
+        layer.type,
+        number(layer.intensity) if layer.bytes_moved else DASH,
+        rate(layer.attainable) if layer.macs else DASH,
+        layer.bound,
+        duration(layer.time_s),
+    ]
 
 
 def roofline_headline(roof: Roofline) -> str:
     from dnnlens.formatting import rate
 
-    return (f"Roofline on {roof.device.name} ({roof.device.title}): peak "
-            f"{rate(roof.peak)} {roof.dtype}, {rate(roof.bandwidth, 'B/s')}, "
-            f"ridge {roof.ridge:.3g} MAC/byte")
+    return (
+        f"Roofline on {roof.device.name} ({roof.device.title}): peak "
+        f"{rate(roof.peak)} {roof.dtype}, {rate(roof.bandwidth, 'B/s')}, "
+        f"ridge {roof.ridge:.3g} MAC/byte"
+    )
 
 
 def latency_line(roof: Roofline) -> str:
     from dnnlens.formatting import duration
 
-    return (f"estimated latency {duration(roof.latency_s)} per batch of {roof.batch}, "
-            f"throughput {roof.throughput:,.0f} images/s, "
-            f"{100 * roof.attainable / roof.peak:.1f}% of peak")
+    return (
+        f"estimated latency {duration(roof.latency_s)} per batch of {roof.batch}, "
+        f"throughput {roof.throughput:,.0f} images/s, "
+        f"{100 * roof.attainable / roof.peak:.1f}% of peak"
+    )
 
 
 def footprint_lines(foot: Footprint, device: HardwareSpec | None) -> list[str]:
     from dnnlens.formatting import size, size_exact
 
-    lines = [f"memory: weights {size(foot.weight_bytes)} + biases {size(foot.bias_bytes)} + "
-             f"peak activations {size(foot.peak_activation_bytes)} (at {foot.peak_at}) = "
-             f"{size_exact(foot.total_bytes)}"]
+    lines = [
+        f"memory: weights {size(foot.weight_bytes)} + biases {size(foot.bias_bytes)} + "
+        f"peak activations {size(foot.peak_activation_bytes)} (at {foot.peak_at}) = "
+        f"{size_exact(foot.total_bytes)}"
+    ]
     if device is not None:
-        for label, fits in (("main memory", foot.fits(device)),
-                            ("on-chip memory", foot.fits_on_chip(device))):
+        for label, fits in (
+            ("main memory", foot.fits(device)),
+            ("on-chip memory", foot.fits_on_chip(device)),
+        ):
             if fits is not None:
                 lines.append(f"  {'fits' if fits else 'does not fit'} in {device.name} {label}")
     return lines
@@ -512,9 +596,11 @@ def render_roofline(roof: Roofline, foot: Footprint | None = None) -> str:
     """The roofline columns per layer, the totals and, if given, the memory footprint."""
     from dnnlens.formatting import text_table
 
-    lines = [roofline_headline(roof),
-             text_table(roofline_columns(), [roofline_cells(layer) for layer in roof.layers]),
-             latency_line(roof)]
+    lines = [
+        roofline_headline(roof),
+        text_table(roofline_columns(), [roofline_cells(layer) for layer in roof.layers]),
+        latency_line(roof),
+    ]
     if foot is not None:
         lines += footprint_lines(foot, roof.device)
     return "\n".join(lines)
@@ -525,37 +611,64 @@ def render_roofline(roof: Roofline, foot: Footprint | None = None) -> str:
 # --------------------------------------------------------------------------------------
 def device_dict(spec: HardwareSpec) -> dict[str, Any]:
     """A device's figures with their sources, JSON-ready (bytes, MACs/s, B/s)."""
+
     def fig(f: Figure | None) -> dict[str, Any] | None:
         return None if f is None else {"value": f.value, "source": f.source}
 
-    return {"name": spec.name, "title": spec.title,
-            "peak_macs_per_s": {dtype: fig(f) for dtype, f in spec.peak_macs.items()},
-            "memory_bandwidth": fig(spec.bandwidth), "on_chip_memory": fig(spec.on_chip_memory),
-            "main_memory": fig(spec.main_memory)}
+    return {
+        "name": spec.name,
+        "title": spec.title,
+        "peak_macs_per_s": {dtype: fig(f) for dtype, f in spec.peak_macs.items()},
+        "memory_bandwidth": fig(spec.bandwidth),
+        "on_chip_memory": fig(spec.on_chip_memory),
+        "main_memory": fig(spec.main_memory),
+    }
 
 
 def footprint_dict(foot: Footprint) -> dict[str, Any]:
-    return {"dtype": foot.dtype, "weight_bytes": foot.weight_bytes,
-            "bias_bytes": foot.bias_bytes, "peak_activation_bytes": foot.peak_activation_bytes,
-            "peak_at": foot.peak_at, "total_bytes": foot.total_bytes}
+    return {
+        "dtype": foot.dtype,
+        "weight_bytes": foot.weight_bytes,
+        "bias_bytes": foot.bias_bytes,
+        "peak_activation_bytes": foot.peak_activation_bytes,
+        "peak_at": foot.peak_at,
+        "total_bytes": foot.total_bytes,
+    }
 
 
 def roofline_dict(roof: Roofline, foot: Footprint | None = None) -> dict[str, Any]:
     """The roofline of every layer and of the whole network, JSON-ready (seconds, MACs/s,
     MACs per byte; ``null`` intensity for a layer that moves nothing)."""
+
     def finite(value: float) -> float | None:
         return value if isfinite(value) else None
 
     out: dict[str, Any] = {
-        "device": device_dict(roof.device), "dtype": roof.dtype, "batch": roof.batch,
-        "peak_macs_per_s": roof.peak, "bandwidth_bytes_per_s": roof.bandwidth,
-        "ridge_macs_per_byte": roof.ridge, "latency_s": roof.latency_s,
-        "throughput_per_s": finite(roof.throughput), "attainable_macs_per_s": roof.attainable,
-        "layers": [{"index": layer.index, "name": layer.name, "type": layer.type,
-                    "intensity_macs_per_byte": finite(layer.intensity) if layer.bytes_moved
-                    else None, "attainable_macs_per_s": layer.attainable,
-                    "bound": layer.bound, "time_s": layer.time_s} for layer in roof.layers]}
+        "device": device_dict(roof.device),
+        "dtype": roof.dtype,
+        "batch": roof.batch,
+        "peak_macs_per_s": roof.peak,
+        "bandwidth_bytes_per_s": roof.bandwidth,
+        "ridge_macs_per_byte": roof.ridge,
+        "latency_s": roof.latency_s,
+        "throughput_per_s": finite(roof.throughput),
+        "attainable_macs_per_s": roof.attainable,
+        "layers": [
+            {
+                "index": layer.index,
+                "name": layer.name,
+                "type": layer.type,
+                "intensity_macs_per_byte": finite(layer.intensity) if layer.bytes_moved else None,
+                "attainable_macs_per_s": layer.attainable,
+                "bound": layer.bound,
+                "time_s": layer.time_s,
+            }
+            for layer in roof.layers
+        ],
+    }
     if foot is not None:
-        out["fits"] = {"main_memory": foot.fits(roof.device),
-                       "on_chip_memory": foot.fits_on_chip(roof.device)}
+        out["fits"] = {
+            "main_memory": foot.fits(roof.device),
+            "on_chip_memory": foot.fits_on_chip(roof.device),
+        }
     return out

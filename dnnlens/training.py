@@ -93,8 +93,7 @@ def resume_path(checkpoint: Path) -> Path:
 # Evaluation
 
 
-def _predict_in_batches(net: nn.Module, dataset: Dataset,
-                        batch_size: int) -> tuple[int, float]:
+def _predict_in_batches(net: nn.Module, dataset: Dataset, batch_size: int) -> tuple[int, float]:
     """(number correct, summed cross-entropy) of ``net`` over ``dataset``."""
     images = torch.from_numpy(dataset.images)
     labels = torch.from_numpy(dataset.labels)
@@ -103,8 +102,8 @@ def _predict_in_batches(net: nn.Module, dataset: Dataset,
     net.eval()
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
-            logits = net(images[start:start + batch_size])  # (B, 10)
-            target = labels[start:start + batch_size]
+            logits = net(images[start : start + batch_size])  # (B, 10)
+            target = labels[start : start + batch_size]
             correct += int((logits.argmax(dim=1) == target).sum())
             loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
     net.train(was_training)
@@ -143,14 +142,28 @@ def _initial_net(seed: int) -> Net:
 # Resume state
 
 
-def _save_resume(path: Path, net: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                 seed: int, data: str, history: dict[str, list[float]], epochs: int) -> None:
+def _save_resume(
+    path: Path,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    seed: int,
+    data: str,
+    history: dict[str, list[float]],
+    epochs: int,
+) -> None:
     # ``epochs`` is the run's own target, so ``--resume`` alone finishes the run it resumes.
-    state = {"format": RESUME_FORMAT, "epoch": epoch, "epochs": epochs, "seed": seed,
-             "data": data,
-             "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-             "history": history,
-             "hyper": {"batch_size": BATCH_SIZE, "lr": LEARNING_RATE}}
+    state = {
+        "format": RESUME_FORMAT,
+        "epoch": epoch,
+        "epochs": epochs,
+        "seed": seed,
+        "data": data,
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": history,
+        "hyper": {"batch_size": BATCH_SIZE, "lr": LEARNING_RATE},
+    }
     save_atomic(state, path)
 
 
@@ -158,17 +171,29 @@ def _load_resume(checkpoint: Path) -> dict[str, Any]:
     """The resume state written beside ``checkpoint``, checked for the keys we need."""
     path = resume_path(checkpoint)
     if not path.is_file():
-        raise CheckpointError(f"{checkpoint}: no resume state beside it ({path.name}); only "
-                              "checkpoints written by `dnnlens train` can be resumed")
+        raise CheckpointError(
+            f"{checkpoint}: no resume state beside it ({path.name}); only "
+            "checkpoints written by `dnnlens train` can be resumed"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # every torch.load failure means the same thing here
-        raise CheckpointError(f"{path}: corrupt resume state; start again without "
-                              "--resume") from None
-    types_needed = {"epoch": int, "seed": int, "data": str, "model": dict, "optimizer": dict,
-                    "history": dict}
-    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or any(
-            not isinstance(state.get(k), t) for k, t in types_needed.items()):
+        raise CheckpointError(
+            f"{path}: corrupt resume state; start again without --resume"
+        ) from None
+    types_needed = {
+        "epoch": int,
+        "seed": int,
+        "data": str,
+        "model": dict,
+        "optimizer": dict,
+        "history": dict,
+    }
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != RESUME_FORMAT
+        or any(not isinstance(state.get(k), t) for k, t in types_needed.items())
+    ):
         raise CheckpointError(f"{path}: not a {RESUME_FORMAT} file")
     return state
 
@@ -191,28 +216,44 @@ def _check_options(epochs: int, seed: int | None, batch_size: int, lr: float) ->
 def _check_fits_net(dataset: Dataset, classes: int) -> None:
     """The reference network takes (N, 1, 28, 28) images and labels 0..classes-1."""
     if dataset.images.shape[1:] != (1, 28, 28):
-        raise DataError(f"{dataset.name}: images are {dataset.images.shape[1:]}, the network "
-                        "takes (1, 28, 28)")
+        raise DataError(
+            f"{dataset.name}: images are {dataset.images.shape[1:]}, the network takes (1, 28, 28)"
+        )
     low, high = int(dataset.labels.min()), int(dataset.labels.max())
     if low < 0 or high >= classes:
-        raise DataError(f"{dataset.name}: labels run from {low} to {high}, the network has "
-                        f"{classes} classes (0..{classes - 1})")
+        raise DataError(
+            f"{dataset.name}: labels run from {low} to {high}, the network has "
+            f"{classes} classes (0..{classes - 1})"
+        )
 
 
-def _run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset,
-               generator: torch.Generator, batch_size: int, desc: str,
-               progress: bool) -> float:
+def _run_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: Dataset,
+    generator: torch.Generator,
+    batch_size: int,
+    desc: str,
+    progress: bool,
+) -> float:
     """One pass over ``train_set`` in the order ``generator`` draws; returns the mean loss."""
     from tqdm import tqdm
 
     images = torch.from_numpy(train_set.images)  # (N, 1, 28, 28)
     labels = torch.from_numpy(train_set.labels)  # (N,)
     order = torch.randperm(len(train_set), generator=generator)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     loss_sum, correct, seen = 0.0, 0, 0
     net.train()
-    bar = tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        batches,
+        desc=desc,
+        unit="batch",
+        leave=False,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     for step, index in enumerate(bar):
         x, y = images[index], labels[index]
         optimizer.zero_grad()
@@ -229,10 +270,19 @@ def _run_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, train_set: Data
     return loss_sum / seen
 
 
-def train(data: str | None = None, epochs: int | None = None, out: Path | None = None,
-          resume: Path | None = None, seed: int | None = None, progress: bool = True, *,
-          batch_size: int = BATCH_SIZE, lr: float = LEARNING_RATE,
-          cache_dir: Path | None = None, threads: int = TRAIN_THREADS) -> TrainResult:
+def train(
+    data: str | None = None,
+    epochs: int | None = None,
+    out: Path | None = None,
+    resume: Path | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    *,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LEARNING_RATE,
+    cache_dir: Path | None = None,
+    threads: int = TRAIN_THREADS,
+) -> TrainResult:
     """Train the reference :class:`~dnnlens.models.Net` on ``data`` for ``epochs`` epochs.
 
     Args:
@@ -264,9 +314,17 @@ def train(data: str | None = None, epochs: int | None = None, out: Path | None =
         torch.set_num_threads(previous)
 
 
-def _train(data: str | None, epochs: int | None, out: Path | None, resume: Path | None,
-           seed: int | None, progress: bool, batch_size: int, lr: float,
-           cache_dir: Path | None) -> TrainResult:
+def _train(
+    data: str | None,
+    epochs: int | None,
+    out: Path | None,
+    resume: Path | None,
+    seed: int | None,
+    progress: bool,
+    batch_size: int,
+    lr: float,
+    cache_dir: Path | None,
+) -> TrainResult:
     """:func:`train` with the thread count already set."""
     started = time.perf_counter()
     _check_options(DEFAULT_EPOCHS if epochs is None else epochs, seed, batch_size, lr)
@@ -293,8 +351,9 @@ def _train(data: str | None, epochs: int | None, out: Path | None, resume: Path 
 
     for epoch in range(done + 1, epochs + 1):
         generator = _epoch_generator(seed, epoch)
-        train_loss = _run_epoch(net, optimizer, train_set, generator, batch_size,
-                                f"epoch {epoch}/{epochs}", progress)
+        train_loss = _run_epoch(
+            net, optimizer, train_set, generator, batch_size, f"epoch {epoch}/{epochs}", progress
+        )
         correct, test_loss_sum = _predict_in_batches(net, test_set, 1000)
         history["test_accuracy"].append(correct / len(test_set))
         history["train_loss"].append(train_loss)
@@ -304,16 +363,23 @@ def _train(data: str | None, epochs: int | None, out: Path | None, resume: Path 
         _save_resume(resume_path(out), net, optimizer, epoch, seed, data, history, epochs)
         save_checkpoint(net.state_dict(), out)
         if progress:
-            print(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, test accuracy "
-                  f"{correct / len(test_set):.2%} ({correct}/{len(test_set)}) -> {out}",
-                  flush=True)
+            print(
+                f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, test accuracy "
+                f"{correct / len(test_set):.2%} ({correct}/{len(test_set)}) -> {out}",
+                flush=True,
+            )
     if done >= epochs and state is not None:
         save_checkpoint(net.state_dict(), out)  # nothing to train: still leave the weights
 
-    return TrainResult(net=net.eval(), test_accuracy=history["test_accuracy"],
-                       train_loss=history["train_loss"], test_loss=history["test_loss"],
-                       checkpoint=out, wall_time=time.perf_counter() - started,
-                       epochs=max(done, epochs))
+    return TrainResult(
+        net=net.eval(),
+        test_accuracy=history["test_accuracy"],
+        train_loss=history["train_loss"],
+        test_loss=history["test_loss"],
+        checkpoint=out,
+        wall_time=time.perf_counter() - started,
+        epochs=max(done, epochs),
+    )
 
 
 def run_epochs(state: dict[str, Any] | None) -> int:
@@ -335,8 +401,9 @@ def saved_progress(checkpoint: Path) -> tuple[int, int] | None:
     return int(state["epoch"]), run_epochs(state)
 
 
-def _resume_settings(state: dict[str, Any], seed: int | None, data: str | None, batch_size: int,
-                     lr: float) -> tuple[int, str]:
+def _resume_settings(
+    state: dict[str, Any], seed: int | None, data: str | None, batch_size: int, lr: float
+) -> tuple[int, str]:
     """The stored seed and data source, refusing explicit options that contradict them."""
     if seed is not None and seed != state["seed"]:
         raise UsageError(f"the run to resume used --seed {state['seed']}, not {seed}")
@@ -344,21 +411,29 @@ def _resume_settings(state: dict[str, Any], seed: int | None, data: str | None, 
         raise UsageError(f"the run to resume trained on --data {state['data']}, not {data}")
     hyper = state.get("hyper", {})
     if hyper and (hyper.get("batch_size") != batch_size or hyper.get("lr") != lr):
-        raise UsageError(f"the run to resume used batch size {hyper.get('batch_size')} and "
-                         f"learning rate {hyper.get('lr')}, not {batch_size} and {lr}")
+        raise UsageError(
+            f"the run to resume used batch size {hyper.get('batch_size')} and "
+            f"learning rate {hyper.get('lr')}, not {batch_size} and {lr}"
+        )
     return int(state["seed"]), str(state["data"])
 
 
-def _restore(state: dict[str, Any], net: nn.Module, optimizer: torch.optim.Optimizer,
-             history: dict[str, list[float]], source: str) -> int:
+def _restore(
+    state: dict[str, Any],
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: dict[str, list[float]],
+    source: str,
+) -> int:
     """Load weights, optimizer state and history from ``state``; returns the epochs done."""
     check_fits(state["model"], net, source=source + RESUME_SUFFIX)
     net.load_state_dict(state["model"])
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{source}{RESUME_SUFFIX}: optimizer state does not fit "
-                              f"({exc})") from None
+        raise CheckpointError(
+            f"{source}{RESUME_SUFFIX}: optimizer state does not fit ({exc})"
+        ) from None
     for key in history:
         history[key].extend(float(v) for v in state["history"].get(key, []))
     return int(state["epoch"])

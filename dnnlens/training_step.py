@@ -50,9 +50,10 @@ import contextlib
 import functools
 import json
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from math import prod
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -250,14 +251,18 @@ class TrainingStep:
         loss = by_name.get(LOSS_ROW)
         doc["units"] = {**doc["units"], **TRAINING_UNITS}
         doc["training"] = {
-            "optimizer": self.memory.optimizer, "amp": self.memory.amp,
+            "optimizer": self.memory.optimizer,
+            "amp": self.memory.amp,
             "checkpoint_depth": self.checkpoint_depth,
-            "totals": {"forward_macs": self.forward_macs, "backward_macs": self.backward_macs,
-                       "input_grad_macs": self.input_grad_macs,
-                       "weight_grad_macs": self.weight_grad_macs,
-                       "recompute_macs": self.recompute_macs,
-                       "backward_values_moved": self.backward_values_moved,
-                       "saved_bytes": self.saved_bytes},
+            "totals": {
+                "forward_macs": self.forward_macs,
+                "backward_macs": self.backward_macs,
+                "input_grad_macs": self.input_grad_macs,
+                "weight_grad_macs": self.weight_grad_macs,
+                "recompute_macs": self.recompute_macs,
+                "backward_values_moved": self.backward_values_moved,
+                "saved_bytes": self.saved_bytes,
+            },
             "loss": _backward_fields(loss) if loss else None,
             "memory": {**asdict(self.memory), "persistent": self.memory.persistent},
             "rules_of_thumb": self.rules_of_thumb(),
@@ -270,15 +275,24 @@ class TrainingStep:
     def to_dicts(self, depth: int | None = None) -> list[dict[str, Any]]:
         """Every forward row's fields with its backward columns, then the ``(loss)`` row."""
         by_name = {r.name: r for r in self.grouped(depth)}
-        rows = [{**row, **_backward_fields(by_name[row["name"]])}
-                for row in self.analysis.to_dicts(depth) if row["name"] in by_name]
+        rows = [
+            {**row, **_backward_fields(by_name[row["name"]])}
+            for row in self.analysis.to_dicts(depth)
+            if row["name"] in by_name
+        ]
         loss = by_name.get(LOSS_ROW)
         if loss is not None:
-            rows.append({"index": len(rows) + 1, "name": LOSS_ROW, "type": "loss",
-                         **_backward_fields(loss)})
+            rows.append(
+                {
+                    "index": len(rows) + 1,
+                    "name": LOSS_ROW,
+                    "type": "loss",
+                    **_backward_fields(loss),
+                }
+            )
         return rows
 
-    def to_dataframe(self, depth: int | None = None) -> "pandas.DataFrame":
+    def to_dataframe(self, depth: int | None = None) -> pandas.DataFrame:
         import pandas  # lazily: pandas is optional
 
         return pandas.DataFrame(self.to_dicts(depth)).set_index("index")
@@ -305,10 +319,11 @@ class TrainingStep:
             "backward = 2 x forward MACs (rule of thumb)": 2 * self.forward_macs,
             "backward MACs (exact)": self.backward_macs,
             "training step = 3 x forward MACs (rule of thumb)": 3 * self.forward_macs,
-            "training step MACs (exact)": self.forward_macs + self.backward_macs
+            "training step MACs (exact)": self.forward_macs
+            + self.backward_macs
             + self.recompute_macs,
-            "Adam mixed precision = 16 bytes per parameter (rule of thumb, ZeRO paper)":
-                16 * trainable,
+            "Adam mixed precision = 16 bytes per parameter (rule of thumb, ZeRO paper)": 16
+            * trainable,
             "persistent + gradients (exact)": m.persistent + m.gradients,
         }
 
@@ -321,20 +336,25 @@ class TrainingStep:
 
 TRAINING_UNITS = {
     "backward_macs": "MACs of the backward pass of the layer = input_grad_macs + "
-                     "weight_grad_macs (what autograd runs: frozen weights and data inputs get "
-                     "no gradient)",
+    "weight_grad_macs (what autograd runs: frozen weights and data inputs get "
+    "no gradient)",
     "recompute_macs": "forward MACs run again during backward (activation checkpointing)",
     "backward_values_moved": "values read + written by the layer's backward aten operators "
-                             "(views move nothing)",
+    "(views move nothing)",
     "saved_bytes": "bytes of the storages autograd keeps for the layer's backward, each storage "
-                   "once, parameters and buffers excluded",
+    "once, parameters and buffers excluded",
 }
 
 
 def _backward_fields(r: BackwardRow) -> dict[str, int]:
-    return {"backward_macs": r.backward_macs, "input_grad_macs": r.input_grad_macs,
-            "weight_grad_macs": r.weight_grad_macs, "recompute_macs": r.recompute_macs,
-            "backward_values_moved": r.backward_values_moved, "saved_bytes": r.saved_bytes}
+    return {
+        "backward_macs": r.backward_macs,
+        "input_grad_macs": r.input_grad_macs,
+        "weight_grad_macs": r.weight_grad_macs,
+        "recompute_macs": r.recompute_macs,
+        "backward_values_moved": r.backward_values_moved,
+        "saved_bytes": r.saved_bytes,
+    }
 
 
 def _zero(name: str) -> BackwardRow:
@@ -344,14 +364,16 @@ def _zero(name: str) -> BackwardRow:
 def _add(a: BackwardRow, b: BackwardRow, name: str) -> BackwardRow:
     kinds = {k for k in (a.type, b.type) if k}
     return BackwardRow(
-        name=name, module=name if a.name != b.name else a.module,
+        name=name,
+        module=name if a.name != b.name else a.module,
         type=kinds.pop() if len(kinds) == 1 else "ops",
         forward_macs=a.forward_macs + b.forward_macs,
         input_grad_macs=a.input_grad_macs + b.input_grad_macs,
         weight_grad_macs=a.weight_grad_macs + b.weight_grad_macs,
         recompute_macs=a.recompute_macs + b.recompute_macs,
         backward_values_moved=a.backward_values_moved + b.backward_values_moved,
-        saved_bytes=a.saved_bytes + b.saved_bytes)
+        saved_bytes=a.saved_bytes + b.saved_bytes,
+    )
 
 
 def _dtype_bytes(dtype: str) -> int:
@@ -362,8 +384,9 @@ def _dtype_bytes(dtype: str) -> int:
 # MACs of the aten operators that multiply (shapes only, as torch.utils.flop_counter does)
 
 
-def _conv_forward_macs(x: Sequence[int], weight: Sequence[int], out: Sequence[int],
-                       transposed: bool) -> int:
+def _conv_forward_macs(
+    x: Sequence[int], weight: Sequence[int], out: Sequence[int], transposed: bool
+) -> int:
     """N * Cout * out_spatial * Cin/g * K; for a transposed conv N * Cin * in_spatial *
     Cout/g * K (weight ``(Cin, Cout/g, *K)``); both = positions x kernel taps."""
     return prod(x if transposed else out) * prod(weight[1:])
@@ -396,7 +419,7 @@ def aten_macs(name: str, args: Sequence[Any], out: Any) -> tuple[int, int]:
         return per * bool(mask[0]), per * bool(mask[1])
     if name.startswith("_scaled_dot_product") and "attention" in name:
         backward = name.endswith("_backward")  # (grad_out, q, k, v, ...) else (q, k, v, ...)
-        q, k, v = (a.shape for a in args[int(backward):int(backward) + 3])
+        q, k, v = (a.shape for a in args[int(backward) : int(backward) + 3])
         lead, length, source = prod(q[:-2]), q[-2], k[-2]
         forward = lead * length * source * (q[-1] + v[-1])  # q k^T, then scores v
         # backward: dS = dO v^T, dV = P^T dO, dQ = dS k, dK = dS^T q: twice the forward
@@ -433,10 +456,16 @@ class _TrainingTracer(Tracer):
 _SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
-def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-                    is_causal: bool = False, scale: float | None = None,
-                    **kwargs: Any) -> torch.Tensor:
+def fused_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` as a fused kernel, also on meta.
 
     On meta PyTorch runs attention's math path (``bmm``, softmax, ``bmm``), which keeps the
@@ -445,14 +474,30 @@ def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     so that what autograd saves is what a real step saves (same MACs either way). Arguments
     the fused kernel does not take (``enable_gqa``) fall back to the math path."""
     if kwargs or query.device.type not in ("meta", "cpu"):
-        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                     is_causal=is_causal, scale=scale, **kwargs)
+        return _SDPA(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            **kwargs,
+        )
     try:
         out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)
+            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale
+        )
     except RuntimeError:  # shapes or a mask the fused kernel does not support
-        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                     is_causal=is_causal, scale=scale)
+        return _SDPA(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+        )
     return out
 
 
@@ -461,7 +506,9 @@ def _fused_attention_on_meta() -> Iterator[None]:
     """``torch.nn.functional.scaled_dot_product_attention`` is :func:`fused_attention` inside
     (``nn.MultiheadAttention`` looks the name up at each call); restored on exit."""
     functional = torch.nn.functional
-    functional.scaled_dot_product_attention = fused_attention
+    # torch's stub lists enable_gqa as an 8th positional; fused_attention takes it by keyword,
+    # as nn.MultiheadAttention passes it
+    functional.scaled_dot_product_attention = fused_attention  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -519,8 +566,9 @@ def _saved_tensors(fn: Any) -> list[torch.Tensor]:
     return tensors
 
 
-def saved_bytes_by_layer(root: Any, labels: dict[Any, str],
-                         exclude: Iterable[torch.Tensor]) -> dict[str, int]:
+def saved_bytes_by_layer(
+    root: Any, labels: dict[Any, str], exclude: Iterable[torch.Tensor]
+) -> dict[str, int]:
     """Bytes autograd keeps for each layer: every storage once, charged to the first node (in
     forward order, by ``sequence_nr``) that saves it; storages of ``exclude`` (parameters and
     buffers) left out."""
@@ -577,9 +625,14 @@ _MULTIPLYING = _multiplying_operators()
 class _BackwardCounter(TorchDispatchMode):
     """Attributes every aten operator run during backward to the layer it differentiates."""
 
-    def __init__(self, labels: dict[Any, str], param_ids: set[int],
-                 weight_sizes: dict[str, set[int]], module_stack: list[str],
-                 module_rows: Callable[[str], str]):
+    def __init__(
+        self,
+        labels: dict[Any, str],
+        param_ids: set[int],
+        weight_sizes: dict[str, set[int]],
+        module_stack: list[str],
+        module_rows: Callable[[str], str],
+    ):
         super().__init__()
         self.labels = labels
         self.param_ids = set(param_ids)  # parameters and every view of one seen so far
@@ -624,8 +677,9 @@ class _BackwardCounter(TorchDispatchMode):
         self.sums.add(self.sums.input_grad, layer, data_grad)
         self.sums.add(self.sums.weight_grad, layer, weight_grad)
 
-    def is_weight_gradient(self, layer: str, tensors: list[torch.Tensor],
-                           outs: list[torch.Tensor]) -> bool:
+    def is_weight_gradient(
+        self, layer: str, tensors: list[torch.Tensor], outs: list[torch.Tensor]
+    ) -> bool:
         """A product computes a weight gradient when no operand is a parameter (else it is
         ``dX = dY W``) and its result has the size of one of the layer's trainable weights
         (``dW = dY^T X``); a product of two activations (attention) is an input gradient."""
@@ -673,8 +727,7 @@ class _Allocations(TorchDispatchMode):
     not seen before, freed when PyTorch frees it. ``workspace(op name, args, out)`` adds the
     bytes a kernel holds only while it runs (counted at its peak, never kept)."""
 
-    def __init__(self, workspace: Callable[[str, Sequence[Any], Any], int] | None = None
-                 ) -> None:
+    def __init__(self, workspace: Callable[[str, Sequence[Any], Any], int] | None = None) -> None:
         super().__init__()
         self.workspace = workspace
         self.live: dict[int, int] = {}
@@ -727,8 +780,10 @@ def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
 def default_loss(out: Any) -> torch.Tensor:
     """Cross-entropy against class 0 for ``(N, classes)`` logits, else the mean of the first
     floating-point output (the loss does not change any layer's backward cost)."""
-    first = next((t for t in tree_flatten(out)[0]
-                  if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+    first = next(
+        (t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.is_floating_point()),
+        None,
+    )
     if first is None:
         raise ModelError("the model returns no floating-point tensor to train on; pass loss_fn")
     if first.dim() == 2:
@@ -737,7 +792,7 @@ def default_loss(out: Any) -> torch.Tensor:
     return first.float().mean()
 
 
-def _optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def _optimizer(name: str, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
     cls_name, kwargs = OPTIMIZERS[name]
     return getattr(torch.optim, cls_name)(params, **kwargs)
 
@@ -745,13 +800,22 @@ def _optimizer(name: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
 def _cast(args: tuple, kw: dict, dtype: torch.dtype) -> tuple[tuple, dict]:
     def cast(v: Any) -> Any:
         return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
     return tuple(cast(a) for a in args), {k: cast(v) for k, v in kw.items()}
 
 
-def simulate_memory(model: nn.Module, args: tuple, kw: dict, *, optimizer: str = "adam",
-                    dtype: str = "fp32", amp: bool = False, checkpoint_depth: int | None = None,
-                    loss_fn: Callable[[Any], torch.Tensor] = default_loss,
-                    workspace: str | None = None) -> TrainingMemory:
+def simulate_memory(
+    model: nn.Module,
+    args: tuple,
+    kw: dict,
+    *,
+    optimizer: str = "adam",
+    dtype: str = "fp32",
+    amp: bool = False,
+    checkpoint_depth: int | None = None,
+    loss_fn: Callable[[Any], torch.Tensor] = default_loss,
+    workspace: str | None = None,
+) -> TrainingMemory:
     """Run two training steps of a meta copy of ``model`` under the allocation tracker.
 
     ``amp``: mixed precision with fp32 master weights (Micikevicius et al. 2018): the model
@@ -761,8 +825,9 @@ def simulate_memory(model: nn.Module, args: tuple, kw: dict, *, optimizer: str =
     kernels (``onednn`` for PyTorch on x86 CPUs), or None for autograd's tensors only.
     """
     if workspace is not None and workspace not in WORKSPACES:
-        raise UsageError(f"unknown workspace model {workspace!r}; choose one of "
-                         f"{', '.join(WORKSPACES)} or none")
+        raise UsageError(
+            f"unknown workspace model {workspace!r}; choose one of {', '.join(WORKSPACES)} or none"
+        )
     copied, _ = meta_copy(model)
     copied.train()
     compute = _TORCH_DTYPES[dtype]
@@ -775,20 +840,41 @@ def simulate_memory(model: nn.Module, args: tuple, kw: dict, *, optimizer: str =
     opt = _optimizer(optimizer, masters if amp else trainable)
     tracker = _Allocations(WORKSPACES[workspace] if workspace else None)
     try:
-        return _run_steps(copied, args, kw, opt, tracker, trainable, masters, loss_fn,
-                          optimizer=optimizer, dtype=dtype, amp=amp)
+        return _run_steps(
+            copied,
+            args,
+            kw,
+            opt,
+            tracker,
+            trainable,
+            masters,
+            loss_fn,
+            optimizer=optimizer,
+            dtype=dtype,
+            amp=amp,
+        )
     except RuntimeError as exc:
-        raise ModelError(_first_line(f"a training step of the model fails on the meta "
-                                     f"device: {exc}")) from None
+        raise ModelError(
+            _first_line(f"a training step of the model fails on the meta device: {exc}")
+        ) from None
 
 
-def _run_steps(copied: nn.Module, args: tuple, kw: dict, opt: torch.optim.Optimizer,
-               tracker: _Allocations, trainable: list[torch.Tensor], masters: list[torch.Tensor],
-               loss_fn: Callable[[Any], torch.Tensor], *, optimizer: str, dtype: str,
-               amp: bool) -> TrainingMemory:
+def _run_steps(
+    copied: nn.Module,
+    args: tuple,
+    kw: dict,
+    opt: torch.optim.Optimizer,
+    tracker: _Allocations,
+    trainable: Sequence[torch.Tensor],
+    masters: Sequence[torch.Tensor],
+    loss_fn: Callable[[Any], torch.Tensor],
+    *,
+    optimizer: str,
+    dtype: str,
+    amp: bool,
+) -> TrainingMemory:
     """Two steps under ``tracker`` (see :func:`simulate_memory`)."""
-    for t in [*copied.parameters(), *copied.buffers(), *masters,
-              *tree_flatten((args, kw))[0]]:
+    for t in [*copied.parameters(), *copied.buffers(), *masters, *tree_flatten((args, kw))[0]]:
         tracker.track(t)
     activations = 0
     first_peak = 0
@@ -822,11 +908,19 @@ def _run_steps(copied: nn.Module, args: tuple, kw: dict, opt: torch.optim.Optimi
     grads = [p.grad for p in trainable if p.grad is not None]
     inputs = _nbytes(tree_flatten((args, kw))[0])
     return TrainingMemory(
-        optimizer=optimizer, dtype=dtype, amp=amp,
-        parameters=_nbytes([*copied.parameters(), *copied.buffers()]), gradients=_nbytes(grads),
-        optimizer_state=_nbytes(state), master_weights=_nbytes(masters), inputs=inputs,
-        activations=activations, peak=tracker.peak, peak_phase=tracker.peak_phase,
-        first_step_peak=first_peak)
+        optimizer=optimizer,
+        dtype=dtype,
+        amp=amp,
+        parameters=_nbytes([*copied.parameters(), *copied.buffers()]),
+        gradients=_nbytes(grads),
+        optimizer_state=_nbytes(state),
+        master_weights=_nbytes(masters),
+        inputs=inputs,
+        activations=activations,
+        peak=tracker.peak,
+        peak_phase=tracker.peak_phase,
+        first_step_peak=first_peak,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -847,8 +941,7 @@ def wrap_checkpoints(model: nn.Module, depth: int, stack: list[str]) -> list[str
             continue
         forward = module.forward
 
-        def run(*args: Any, _forward: Callable = forward, _name: str = name,
-                **kwargs: Any) -> Any:
+        def run(*args: Any, _forward: Callable = forward, _name: str = name, **kwargs: Any) -> Any:
             stack.append(_name)
             try:
                 return _forward(*args, **kwargs)
@@ -858,14 +951,15 @@ def wrap_checkpoints(model: nn.Module, depth: int, stack: list[str]) -> list[str
         def checkpointed(*args: Any, _run: Callable = run, **kwargs: Any) -> Any:
             if not torch.is_grad_enabled():
                 return _run(*args, **kwargs)
-            return checkpoint(_run, *args, use_reentrant=False, preserve_rng_state=False,
-                              **kwargs)
+            return checkpoint(_run, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
 
-        module.forward = checkpointed  # type: ignore[method-assign]
+        module.forward = checkpointed
         wrapped.append(name)
     if not wrapped:
-        raise UsageError(f"the model has no module {depth} levels deep to checkpoint; "
-                         "choose a smaller --checkpoint-activations")
+        raise UsageError(
+            f"the model has no module {depth} levels deep to checkpoint; "
+            "choose a smaller --checkpoint-activations"
+        )
     return wrapped
 
 
@@ -873,8 +967,9 @@ def wrap_checkpoints(model: nn.Module, depth: int, stack: list[str]) -> list[str
 # Steps 1-4: trace, label, backward
 
 
-def _trace_training(copied: nn.Module, names: dict[int, str], args: tuple, kw: dict,
-                    stack: list[str]) -> tuple[Graph, _TrainingTracer, Any]:
+def _trace_training(
+    copied: nn.Module, names: dict[int, str], args: tuple, kw: dict, stack: list[str]
+) -> tuple[Graph, _TrainingTracer, Any]:
     """The importer's trace (see dnnlens.importers.torch), in training mode with autograd on.
 
     ``stack`` receives a module stack of our own (for recomputation during backward)."""
@@ -893,10 +988,14 @@ def _trace_training(copied: nn.Module, names: dict[int, str], args: tuple, kw: d
             tracer.bind(t, key)
     handles = []
     for qualname, module in copied.named_modules():
-        handles.append(module.register_forward_pre_hook(tracer.pre_hook(qualname),
-                                                        with_kwargs=True))
-        handles.append(module.register_forward_hook(tracer.post_hook(qualname),
-                                                    with_kwargs=True, always_call=True))
+        handles.append(
+            module.register_forward_pre_hook(tracer.pre_hook(qualname), with_kwargs=True)
+        )
+        handles.append(
+            module.register_forward_hook(
+                tracer.post_hook(qualname), with_kwargs=True, always_call=True
+            )
+        )
     try:
         with torch.enable_grad(), _patched_sdpa(tracer), _FusedFunctions(tracer), tracer:
             out = copied(*args, **kw)
@@ -913,8 +1012,9 @@ def _trace_training(copied: nn.Module, names: dict[int, str], args: tuple, kw: d
         module.register_forward_pre_hook(functools.partial(_enter, stack, qualname))
         module.register_forward_hook(functools.partial(_leave, stack), always_call=True)
     outputs = [tracer.value_of(t) for t in tree_flatten(out)[0] if tracer.known(t)]
-    graph = Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
-                  name=type(copied).__name__)
+    graph = Graph(
+        nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs, name=type(copied).__name__
+    )
     return graph, tracer, out
 
 
@@ -937,15 +1037,24 @@ def _module_rows(graph: Graph) -> Callable[[str], str]:
         if module in exact:
             return exact[module]
         return next((n.name for n in graph if n.module.startswith(module + ".")), LOSS_ROW)
+
     return row
 
 
-def analyze_training(model: nn.Module, input_shape: Sequence[int] | None = None, *,
-                     batch: int | None = None, dtype: str = "fp32", optimizer: str = "adam",
-                     amp: bool = False, checkpoint_depth: int | None = None,
-                     example_inputs: Any = None, kwargs: dict | None = None,
-                     loss_fn: Callable[[Any], torch.Tensor] = default_loss,
-                     workspace: str | None = None) -> TrainingStep:
+def analyze_training(
+    model: nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    batch: int | None = None,
+    dtype: str = "fp32",
+    optimizer: str = "adam",
+    amp: bool = False,
+    checkpoint_depth: int | None = None,
+    example_inputs: Any = None,
+    kwargs: dict | None = None,
+    loss_fn: Callable[[Any], torch.Tensor] = default_loss,
+    workspace: str | None = None,
+) -> TrainingStep:
     """Analyse one training step of ``model`` (traced on meta; nothing is allocated or run).
 
     ``input_shape`` ``(N, C, H, W)`` (``batch`` replaces ``N``) or ``example_inputs``/
@@ -961,8 +1070,7 @@ def analyze_training(model: nn.Module, input_shape: Sequence[int] | None = None,
     if dtype == "int8":
         raise UsageError("int8 is an inference dtype; train in fp32, fp16 or bf16 (or --amp)")
     if optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {optimizer!r}; choose one of "
-                         f"{', '.join(OPTIMIZERS)}")
+        raise UsageError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise UsageError(f"batch must be a positive integer, got {batch!r}")
     if checkpoint_depth is not None and checkpoint_depth < 1:
@@ -983,48 +1091,78 @@ def analyze_training(model: nn.Module, input_shape: Sequence[int] | None = None,
     graph, tracer, out = _trace_training(copied, names, args, kw, stack)
     loss = loss_fn(out)
     if loss.grad_fn is None:
-        raise ModelError("the loss does not depend on any trainable parameter: every "
-                         "parameter has requires_grad=False")
+        raise ModelError(
+            "the loss does not depend on any trainable parameter: every "
+            "parameter has requires_grad=False"
+        )
     labels = label_autograd_graph(loss.grad_fn, tracer.marks)
     state = [*copied.parameters(), *copied.buffers()]
-    saved = ({} if checkpoint_depth is not None
-             else saved_bytes_by_layer(loss.grad_fn, labels, state))
+    saved = (
+        {} if checkpoint_depth is not None else saved_bytes_by_layer(loss.grad_fn, labels, state)
+    )
     trainable = {names[id(p)] for p in copied.parameters() if p.requires_grad}
-    weight_sizes = {node.name: {p.numel for p in node.params.values()
-                                if p.name.split("[")[0] in trainable}
-                    for node in graph}
+    weight_sizes = {
+        node.name: {p.numel for p in node.params.values() if p.name.split("[")[0] in trainable}
+        for node in graph
+    }
     param_ids = {key for key, ref in tracer.params.items()}
     counter = _BackwardCounter(labels, param_ids, weight_sizes, stack, _module_rows(graph))
     try:
         with counter, _fused_attention_on_meta():  # checkpointed blocks re-run attention
             loss.backward()
     except RuntimeError as exc:
-        raise ModelError(_first_line(f"the backward pass of the model fails on the meta "
-                                     f"device: {exc}")) from None
+        raise ModelError(
+            _first_line(f"the backward pass of the model fails on the meta device: {exc}")
+        ) from None
     rows = layer_rows(graph, compute_dtype)
-    analysis = Analysis(rows=rows, totals=totals(graph, rows, compute_dtype), graph=graph,
-                        batch=int(next(iter(graph.inputs.values()), (1,))[0] or 1),
-                        dtype=compute_dtype, warnings=unknown_warnings(graph))
-    memory = simulate_memory(model, args, kw, optimizer=optimizer, dtype=compute_dtype,
-                             amp=amp, checkpoint_depth=checkpoint_depth, loss_fn=loss_fn,
-                             workspace=workspace)
+    analysis = Analysis(
+        rows=rows,
+        totals=totals(graph, rows, compute_dtype),
+        graph=graph,
+        batch=int(next(iter(graph.inputs.values()), (1,))[0] or 1),
+        dtype=compute_dtype,
+        warnings=unknown_warnings(graph),
+    )
+    memory = simulate_memory(
+        model,
+        args,
+        kw,
+        optimizer=optimizer,
+        dtype=compute_dtype,
+        amp=amp,
+        checkpoint_depth=checkpoint_depth,
+        loss_fn=loss_fn,
+        workspace=workspace,
+    )
     backward = _rows(rows, counter.sums, saved)
     warnings = list(analysis.warnings)
     if counter.uncounted:
-        warnings.append(f"backward operator(s) without a MAC formula here, counted as 0: "
-                        f"{', '.join(sorted(counter.uncounted))}")
-    return TrainingStep(analysis=analysis, backward=backward, memory=memory,
-                        checkpoint_depth=checkpoint_depth, warnings=warnings)
+        warnings.append(
+            f"backward operator(s) without a MAC formula here, counted as 0: "
+            f"{', '.join(sorted(counter.uncounted))}"
+        )
+    return TrainingStep(
+        analysis=analysis,
+        backward=backward,
+        memory=memory,
+        checkpoint_depth=checkpoint_depth,
+        warnings=warnings,
+    )
 
 
 def _rows(rows: Sequence[LayerRow], sums: _Recorder, saved: dict[str, int]) -> list[BackwardRow]:
     def one(name: str, module: str, kind: str, forward: int) -> BackwardRow:
-        return BackwardRow(name=name, module=module, type=kind, forward_macs=forward,
-                           input_grad_macs=sums.input_grad.get(name, 0),
-                           weight_grad_macs=sums.weight_grad.get(name, 0),
-                           recompute_macs=sums.recompute.get(name, 0),
-                           backward_values_moved=sums.moved.get(name, 0),
-                           saved_bytes=saved.get(name, 0))
+        return BackwardRow(
+            name=name,
+            module=module,
+            type=kind,
+            forward_macs=forward,
+            input_grad_macs=sums.input_grad.get(name, 0),
+            weight_grad_macs=sums.weight_grad.get(name, 0),
+            recompute_macs=sums.recompute.get(name, 0),
+            backward_values_moved=sums.moved.get(name, 0),
+            saved_bytes=saved.get(name, 0),
+        )
 
     out = [one(r.name, r.module, r.type, r.macs) for r in rows]
     out.append(one(LOSS_ROW, "", "loss", 0))
@@ -1035,14 +1173,33 @@ def _rows(rows: Sequence[LayerRow], sums: _Recorder, saved: dict[str, int]) -> l
 # Views
 
 
-_COLUMNS = ("#", "name", "type", "fwd MACs", "dX MACs", "dW MACs", "bwd MACs", "recompute",
-            "bwd values moved", "saved")
+_COLUMNS = (
+    "#",
+    "name",
+    "type",
+    "fwd MACs",
+    "dX MACs",
+    "dW MACs",
+    "bwd MACs",
+    "recompute",
+    "bwd values moved",
+    "saved",
+)
 
 
 def _cells(index: int, r: BackwardRow) -> list[str]:
-    return [str(index), r.name, r.type, f"{r.forward_macs:,}", f"{r.input_grad_macs:,}",
-            f"{r.weight_grad_macs:,}", f"{r.backward_macs:,}", f"{r.recompute_macs:,}",
-            f"{r.backward_values_moved:,}", _bytes_text(r.saved_bytes)]
+    return [
+        str(index),
+        r.name,
+        r.type,
+        f"{r.forward_macs:,}",
+        f"{r.input_grad_macs:,}",
+        f"{r.weight_grad_macs:,}",
+        f"{r.backward_macs:,}",
+        f"{r.recompute_macs:,}",
+        f"{r.backward_values_moved:,}",
+        _bytes_text(r.saved_bytes),
+    ]
 
 
 def _bytes_text(n: float) -> str:
@@ -1055,48 +1212,79 @@ def _bytes_text(n: float) -> str:
 def memory_lines(step: TrainingStep) -> list[str]:
     m = step.memory
     how = f"{m.optimizer}, {m.dtype}" + (" mixed precision, fp32 master weights" if m.amp else "")
-    ckpt = (f", activations checkpointed at depth {step.checkpoint_depth}"
-            if step.checkpoint_depth is not None else "")
+    ckpt = (
+        f", activations checkpointed at depth {step.checkpoint_depth}"
+        if step.checkpoint_depth is not None
+        else ""
+    )
     return [
         f"training memory ({how}{ckpt}; a steady-state step, simulated on meta):",
-        (f"  parameters and buffers {_bytes_text(m.parameters)}, gradients "
-         f"{_bytes_text(m.gradients)}, optimizer state {_bytes_text(m.optimizer_state)}"
-         + (f", fp32 master weights {_bytes_text(m.master_weights)}" if m.amp else "")),
-        (f"  kept for backward after forward {_bytes_text(m.activations)} ("
-         + (f"saved tensors per layer sum to {_bytes_text(step.saved_bytes)}, with the input"
-            if step.checkpoint_depth is None else
-            "checkpointed: the saved column stays empty, what is kept is the blocks' inputs")
-         + f"), input batch {_bytes_text(m.inputs)}"),
-        (f"  peak {_bytes_text(m.peak)} (during {m.peak_phase}); first step "
-         f"{_bytes_text(m.first_step_peak)}"),
+        (
+            f"  parameters and buffers {_bytes_text(m.parameters)}, gradients "
+            f"{_bytes_text(m.gradients)}, optimizer state {_bytes_text(m.optimizer_state)}"
+            + (f", fp32 master weights {_bytes_text(m.master_weights)}" if m.amp else "")
+        ),
+        (
+            f"  kept for backward after forward {_bytes_text(m.activations)} ("
+            + (
+                f"saved tensors per layer sum to {_bytes_text(step.saved_bytes)}, with the input"
+                if step.checkpoint_depth is None
+                else "checkpointed: the saved column stays empty, "
+                "what is kept is the blocks' inputs"
+            )
+            + f"), input batch {_bytes_text(m.inputs)}"
+        ),
+        (
+            f"  peak {_bytes_text(m.peak)} (during {m.peak_phase}); first step "
+            f"{_bytes_text(m.first_step_peak)}"
+        ),
     ]
 
 
 def render_training_text(step: TrainingStep, depth: int | None = None) -> str:
     """The backward columns per layer, the totals, the memory summary, the rules of thumb."""
     rows = [_cells(i, r) for i, r in enumerate(step.grouped(depth), start=1)]
-    total = ["", "total", "", f"{step.forward_macs:,}", f"{step.input_grad_macs:,}",
-             f"{step.weight_grad_macs:,}", f"{step.backward_macs:,}",
-             f"{step.recompute_macs:,}", f"{step.backward_values_moved:,}",
-             _bytes_text(step.saved_bytes)]
-    widths = [max(len(c[i]) for c in [list(_COLUMNS), *rows, total])
-              for i in range(len(_COLUMNS))]
+    total = [
+        "",
+        "total",
+        "",
+        f"{step.forward_macs:,}",
+        f"{step.input_grad_macs:,}",
+        f"{step.weight_grad_macs:,}",
+        f"{step.backward_macs:,}",
+        f"{step.recompute_macs:,}",
+        f"{step.backward_values_moved:,}",
+        _bytes_text(step.saved_bytes),
+    ]
+    widths = [max(len(c[i]) for c in [list(_COLUMNS), *rows, total]) for i in range(len(_COLUMNS))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in (1, 2) else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i in (1, 2) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     a = step.analysis
-    out = [(f"training step of {a.model}: input {tuple(a.input_shape)}, batch {a.batch}, "
-            f"{a.dtype}"),
-           ("dX: input-gradient MACs, dW: weight-gradient MACs (what autograd runs: none for "
-            "frozen weights or data inputs); saved: bytes autograd keeps for the layer."),
-           "", line(_COLUMNS), rule, *map(line, rows), rule, line(total)]
+    out = [
+        (f"training step of {a.model}: input {tuple(a.input_shape)}, batch {a.batch}, {a.dtype}"),
+        (
+            "dX: input-gradient MACs, dW: weight-gradient MACs (what autograd runs: none for "
+            "frozen weights or data inputs); saved: bytes autograd keeps for the layer."
+        ),
+        "",
+        line(_COLUMNS),
+        rule,
+        *map(line, rows),
+        rule,
+        line(total),
+    ]
     out += memory_lines(step)
     fwd = step.forward_macs
     ratio = step.backward_macs / fwd if fwd else 0.0
-    out.append(f"rule of thumb 'backward = 2 x forward': {2 * fwd:,} MACs; exact: "
-               f"{step.backward_macs:,} ({ratio:.2f} x forward)")
+    out.append(
+        f"rule of thumb 'backward = 2 x forward': {2 * fwd:,} MACs; exact: "
+        f"{step.backward_macs:,} ({ratio:.2f} x forward)"
+    )
     out += [f"warning: {w}" for w in step.warnings]
     return "\n".join(out)

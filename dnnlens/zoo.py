@@ -51,10 +51,17 @@ FLOW_SIZE = (512, 512)
 #: Detection builders that freeze their backbone's batch norms when given weights
 #: (``norm_layer = FrozenBatchNorm2d if is_trained else BatchNorm2d``): the published model's
 #: backbone norms hold buffers, not parameters.
-FROZEN_BACKBONE_NORMS = frozenset({
-    "fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_resnet50_fpn", "fcos_resnet50_fpn", "keypointrcnn_resnet50_fpn",
-    "maskrcnn_resnet50_fpn", "retinanet_resnet50_fpn"})
+FROZEN_BACKBONE_NORMS = frozenset(
+    {
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "fasterrcnn_resnet50_fpn",
+        "fcos_resnet50_fpn",
+        "keypointrcnn_resnet50_fpn",
+        "maskrcnn_resnet50_fpn",
+        "retinanet_resnet50_fpn",
+    }
+)
 
 #: Models whose MACs depend on the data they see (proposals and detections kept after NMS);
 #: traced on real random tensors, see docs/zoo.md.
@@ -95,8 +102,10 @@ def check_known(name: str) -> None:
         from dnnlens.formatting import did_you_mean
 
         hint = did_you_mean(name, ["seed", *names()])
-        raise ModelError(f"unknown model {name!r}{hint}: use seed, a torchvision model name "
-                         "such as resnet18, a model file, or package.module:factory")
+        raise ModelError(
+            f"unknown model {name!r}{hint}: use seed, a torchvision model name "
+            "such as resnet18, a model file, or package.module:factory"
+        )
 
 
 def task(name: str) -> str:
@@ -207,8 +216,9 @@ def build_module(name: str) -> tuple[Any, bool]:
                 model = torchvision.models.get_model(name, weights=None, **kwargs)
             return model.to("meta"), False
     except Exception as exc:  # noqa: BLE001 - report any build failure as one line
-        raise ModelError(f"torchvision cannot build {name!r}: {type(exc).__name__}: "
-                         f"{exc}") from None
+        raise ModelError(
+            f"torchvision cannot build {name!r}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def default_inputs(name: str, *, real: bool = False, batch: int = 1) -> tuple[tuple, str]:
@@ -218,15 +228,20 @@ def default_inputs(name: str, *, real: bool = False, batch: int = 1) -> tuple[tu
     device = "cpu" if real else "meta"
     weights = default_weights(name)
     kind = task(name)
-    crop = (weights.transforms.keywords or {}).get("crop_size") \
-        if hasattr(weights.transforms, "keywords") else None
+    crop = (
+        (weights.transforms.keywords or {}).get("crop_size")
+        if hasattr(weights.transforms, "keywords")
+        else None
+    )
     if kind == "detection":
         side = 320 if "320" in name else 300 if name.startswith("ssd300") else DETECTION_SIDE
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             images = [torch.rand(3, side, side, device=device) for _ in range(batch)]
-        return (images,), (f"{batch} image(s) of (3, {side}, {side}) in a list, random values "
-                           "(proposals depend on the data; see docs/zoo.md)")
+        return (images,), (
+            f"{batch} image(s) of (3, {side}, {side}) in a list, random values "
+            "(proposals depend on the data; see docs/zoo.md)"
+        )
     if kind == "optical_flow":
         shape = (batch, 3, *FLOW_SIZE)
         pair = (torch.rand(shape, device=device), torch.rand(shape, device=device))
@@ -248,5 +263,4 @@ def build(name: str, batch: int = 1) -> ZooModel:
     """The torchvision model ``name`` as its DEFAULT weights configure it, with its inputs."""
     module, real = build_module(name)
     inputs, note = default_inputs(name, real=real, batch=batch)
-    return ZooModel(name=name, module=module, inputs=inputs, input_note=note,
-                    needs_real_data=real)
+    return ZooModel(name=name, module=module, inputs=inputs, input_note=note, needs_real_data=real)

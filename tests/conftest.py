@@ -51,20 +51,30 @@ def fashion_dir() -> Path:
             for kind in ("images", "labels"):
                 find_idx_file(FASHION_MNIST_DIR, split, kind)
     except DataError:
-        pytest.skip(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: run `make test-data` "
-                    "(apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: run `make test-data` "
+            "(apt-get install dataset-fashion-mnist)"
+        )
     return FASHION_MNIST_DIR
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--overwrite-golden", action="store_true", default=False,
-                     help="rewrite tests/golden/*.txt from the current rendering (then review "
-                          "the diff: a golden file is a snapshot, not a truth)")
+    parser.addoption(
+        "--overwrite-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/*.txt from the current rendering (then review "
+        "the diff: a golden file is a snapshot, not a truth)",
+    )
     # the torchvision zoo through our engine: minutes per model on two cores
-    parser.addoption("--run-engine-zoo", action="store_true", default=False,
-                     help="also run the tests marked engine_zoo (every torchvision "
-                          "classification model through our engine; an hour or more on two "
-                          "cores)")
+    parser.addoption(
+        "--run-engine-zoo",
+        action="store_true",
+        default=False,
+        help="also run the tests marked engine_zoo (every torchvision "
+        "classification model through our engine; an hour or more on two "
+        "cores)",
+    )
 
 
 @pytest.fixture

@@ -41,8 +41,17 @@ def test_reference_network_reproduces_the_notebook(seed):
 
 def test_reference_network_output_shapes_and_their_sum(seed):
     assert [r.output_shape for r in seed.rows] == [
-        (1, 4, 28, 28), (1, 4, 28, 28), (1, 4, 14, 14), (1, 8, 14, 14), (1, 8, 14, 14),
-        (1, 8, 7, 7), (1, 392), (1, 256), (1, 256), (1, 10)]
+        (1, 4, 28, 28),
+        (1, 4, 28, 28),
+        (1, 4, 14, 14),
+        (1, 8, 14, 14),
+        (1, 8, 14, 14),
+        (1, 8, 7, 7),
+        (1, 392),
+        (1, 256),
+        (1, 256),
+        (1, 10),
+    ]
     # 3136 + 3136 + 784 + 1568 + 1568 + 392 + 392 + 256 + 256 + 10 = 11,498. The notebook's
     # nine-layer list gives 3136 + 3136 + 784 + 1568 + 1568 + 392 + 256 + 256 + 10 = 11,106:
     # its flatten is a "relu" returning (1,256,1,1) (256, not 392) and the ReLU after fc1
@@ -53,8 +62,17 @@ def test_reference_network_output_shapes_and_their_sum(seed):
 
 def test_descriptors_are_the_notebooks_tuples(seed):
     assert [r.descriptor for r in seed.rows] == [
-        (5, 5, 1, 4), (), (2, 2, 2, 2), (5, 5, 4, 8), (), (2, 2, 2, 2), (), (256, 392), (),
-        (10, 256)]
+        (5, 5, 1, 4),
+        (),
+        (2, 2, 2, 2),
+        (5, 5, 4, 8),
+        (),
+        (2, 2, 2, 2),
+        (),
+        (256, 392),
+        (),
+        (10, 256),
+    ]
 
 
 def test_dtype_sets_bytes_per_value(seed):
@@ -70,18 +88,36 @@ def test_dtype_sets_bytes_per_value(seed):
 def test_views_agree_with_rows(seed, tmp_path):
     doc = json.loads(seed.to_json())
     assert list(doc) == ["model", "input_shape", "batch", "dtype", "units", "layers", "totals"]
-    assert list(doc["layers"][0]) == ["index", "name", "type", "descriptor", "input_shape",
-                                      "output_shape", "weights", "biases", "weight_bytes",
-                                      "macs", "values_moved", "intensity"]
+    assert list(doc["layers"][0]) == [
+        "index",
+        "name",
+        "type",
+        "descriptor",
+        "input_shape",
+        "output_shape",
+        "weights",
+        "biases",
+        "weight_bytes",
+        "macs",
+        "values_moved",
+        "intensity",
+    ]
     moved = seed.totals.values_moved
     # params: every parameter once, 103,812 weights + 278 biases; the seed network uses all.
-    assert doc["totals"] == {"weights": 103_812, "biases": 278, "macs": 338_112,
-                             "outputs": 11_498, "values_moved": moved,
-                             "params": 103_812 + 278, "params_unused": 0,
-                             "unused_modules": [],
-                             # 103,812 + 278 parameters, 4 bytes each in fp32; FLOPs = 2 x MACs
-                             "bytes_moved": 4 * moved, "parameter_bytes": 416_360,
-                             "flops": 676_224}
+    assert doc["totals"] == {
+        "weights": 103_812,
+        "biases": 278,
+        "macs": 338_112,
+        "outputs": 11_498,
+        "values_moved": moved,
+        "params": 103_812 + 278,
+        "params_unused": 0,
+        "unused_modules": [],
+        # 103,812 + 278 parameters, 4 bytes each in fp32; FLOPs = 2 x MACs
+        "bytes_moved": 4 * moved,
+        "parameter_bytes": 416_360,
+        "flops": 676_224,
+    }
     assert doc["input_shape"] == [1, 1, 28, 28]
     assert doc["layers"][0]["output_shape"] == [1, 4, 28, 28]
     frame = seed.to_dataframe()

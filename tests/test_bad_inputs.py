@@ -103,16 +103,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "malformed.toml").write_text("input = [1, 1, 28, 28\nlayers = [\n")
     (d / "misfit.toml").write_text(
         "input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1, 4] }, { pool = [2, 2, 2, 2] },"
-        " { flatten = true }, { fc = [10, 256], name = \"fc1\" }]\n")
+        ' { flatten = true }, { fc = [10, 256], name = "fc1" }]\n'
+    )
     (d / "negative.toml").write_text(
-        "input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1, -4] }]\n")
+        "input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1, -4] }]\n"
+    )
     (d / "layers-not-list.toml").write_text("input = [1, 1, 28, 28]\nlayers = 3\n")
     (d / "no-input.toml").write_text("layers = [{ relu = true }]\n")
     (d / "garbage.onnx").write_bytes(b"\x08\x07garbage" * 10)
     (d / "tiny.onnx").write_bytes(_tiny_onnx())
     (d / "truncated.onnx").write_bytes(_tiny_onnx()[:40])
     (d / "hw-negative.toml").write_text(
-        "name = 'x'\n[peak_macs_per_s.fp32]\nvalue = -1e9\n[memory_bandwidth]\nvalue = 1e9\n")
+        "name = 'x'\n[peak_macs_per_s.fp32]\nvalue = -1e9\n[memory_bandwidth]\nvalue = 1e9\n"
+    )
     (d / "hw-missing.toml").write_text("name = 'x'\n[peak_macs_per_s.fp32]\nvalue = 1e9\n")
     return d
 
@@ -137,6 +140,7 @@ def _load(name: str) -> Callable[[Path], Any]:
         from dnnlens.models import load_checkpoint
 
         return load_checkpoint(d / name)
+
     return call
 
 
@@ -145,6 +149,7 @@ def _data(source: str, split: str = "train") -> Callable[[Path], Any]:
         from dnnlens.data import load_data
 
         return load_data(source.format(d=d), split)
+
     return call
 
 
@@ -153,6 +158,7 @@ def _dataset(images: np.ndarray, labels: np.ndarray) -> Callable[[Path], Any]:
         from dnnlens.data import Dataset
 
         return Dataset(images, labels, "api")
+
     return call
 
 
@@ -164,6 +170,7 @@ def _engine_run(images: np.ndarray) -> Callable[[Path], Any]:
 
         net = Net()
         return run(import_torch(net, (1, 1, 28, 28)), net, images, engine="reference")
+
     return call
 
 
@@ -173,6 +180,7 @@ def _verify(name: str, **options: Any) -> Callable[[Path], Any]:
 
         opts = {k: v.format(d=d) if isinstance(v, str) else v for k, v in options.items()}
         return verify(d / name, **opts)
+
     return call
 
 
@@ -180,9 +188,16 @@ def _train(**options: Any) -> Callable[[Path], Any]:
     def call(d: Path) -> Any:
         from dnnlens.training import train
 
-        opts = {k: Path(v.format(d=d)) if k in ("out", "resume") else
-                v.format(d=d) if isinstance(v, str) else v for k, v in options.items()}
+        opts = {
+            k: Path(v.format(d=d))
+            if k in ("out", "resume")
+            else v.format(d=d)
+            if isinstance(v, str)
+            else v
+            for k, v in options.items()
+        }
         return train(progress=False, **{"epochs": 1, **opts})
+
     return call
 
 
@@ -192,6 +207,7 @@ def _traffic(layer: str, buffer: Any, outer: str | None = None) -> Callable[[Pat
         from dnnlens.models import Net
 
         return traffic(Net(), layer, buffer, outer, input_shape=(1, 1, 28, 28))
+
     return call
 
 
@@ -201,6 +217,7 @@ def _analyze(shape: tuple[int, ...], **options: Any) -> Callable[[Path], Any]:
         from dnnlens.models import Net
 
         return analyze(Net(), shape, **options)
+
     return call
 
 
@@ -209,6 +226,7 @@ def _spec(name: str) -> Callable[[Path], Any]:
         from dnnlens.importers.spec import import_spec
 
         return import_spec(d / name)
+
     return call
 
 
@@ -217,6 +235,7 @@ def _onnx(name: str) -> Callable[[Path], Any]:
         from dnnlens.importers.onnx import import_onnx
 
         return import_onnx(d / name)
+
     return call
 
 
@@ -225,6 +244,7 @@ def _hardware(name: str) -> Callable[[Path], Any]:
         from dnnlens.roofline import load_spec
 
         return load_spec(str(d / name) if name.endswith(".toml") else name)
+
     return call
 
 
@@ -234,6 +254,7 @@ def _csv(relative: str) -> Callable[[Path], Any]:
         from dnnlens.models import Net
 
         return analyze(Net(), (1, 1, 28, 28)).to_csv(str(d / relative))
+
     return call
 
 
@@ -244,6 +265,7 @@ def _report(relative: str) -> Callable[[Path], Any]:
         from dnnlens.report import write_report
 
         return write_report(analyze(Net(), (1, 1, 28, 28)), d / relative, "epyc9654")
+
     return call
 
 
@@ -271,196 +293,584 @@ LABELS2 = np.zeros(2, np.int64)
 
 CASES = [
     # --- checkpoints -----------------------------------------------------------------------
-    Bad("checkpoint-corrupt", ("verify", "{d}/corrupt.pth"), _load("corrupt.pth"),
-        CheckpointError, "not a PyTorch checkpoint"),
-    Bad("checkpoint-truncated", ("verify", "{d}/truncated.pth"), _load("truncated.pth"),
-        CheckpointError, "corrupt or truncated"),
-    Bad("checkpoint-missing-file", ("verify", "{d}/nonexistent.pth"), _load("nonexistent.pth"),
-        CheckpointError, "no such checkpoint file"),
-    Bad("checkpoint-extra-tensor", ("verify", "{d}/extra.pth"), _load("extra.pth"),
-        CheckpointError, "unexpected extra.weight"),
-    Bad("checkpoint-missing-tensor", ("verify", "{d}/missing.pth"), _load("missing.pth"),
-        CheckpointError, "missing fc2.bias"),
-    Bad("checkpoint-misshaped-tensor", ("verify", "{d}/misshaped.pth"), _load("misshaped.pth"),
-        CheckpointError, "fc1.weight is (256, 100) in the checkpoint but (256, 392)"),
+    Bad(
+        "checkpoint-corrupt",
+        ("verify", "{d}/corrupt.pth"),
+        _load("corrupt.pth"),
+        CheckpointError,
+        "not a PyTorch checkpoint",
+    ),
+    Bad(
+        "checkpoint-truncated",
+        ("verify", "{d}/truncated.pth"),
+        _load("truncated.pth"),
+        CheckpointError,
+        "corrupt or truncated",
+    ),
+    Bad(
+        "checkpoint-missing-file",
+        ("verify", "{d}/nonexistent.pth"),
+        _load("nonexistent.pth"),
+        CheckpointError,
+        "no such checkpoint file",
+    ),
+    Bad(
+        "checkpoint-extra-tensor",
+        ("verify", "{d}/extra.pth"),
+        _load("extra.pth"),
+        CheckpointError,
+        "unexpected extra.weight",
+    ),
+    Bad(
+        "checkpoint-missing-tensor",
+        ("verify", "{d}/missing.pth"),
+        _load("missing.pth"),
+        CheckpointError,
+        "missing fc2.bias",
+    ),
+    Bad(
+        "checkpoint-misshaped-tensor",
+        ("verify", "{d}/misshaped.pth"),
+        _load("misshaped.pth"),
+        CheckpointError,
+        "fc1.weight is (256, 100) in the checkpoint but (256, 392)",
+    ),
     # weights_only=True refuses the pickled class; the message says how to convert the file.
-    Bad("checkpoint-unsafe-pickle", ("verify", "{d}/pickled-module.pth"),
-        _load("pickled-module.pth"), CheckpointError,
-        "refused to unpickle dnnlens.models.Net"),
-    Bad("checkpoint-unsafe-pickle-says-how", None, _load("pickled-module.pth"), CheckpointError,
-        "convert it once with torch.save(torch.load("),
-    Bad("checkpoint-not-a-state-dict", ("verify", "{d}/not-a-state-dict.pth"),
-        _load("not-a-state-dict.pth"), CheckpointError, "not a state dict of tensors"),
-    Bad("checkpoint-nan-weights", ("verify", "{d}/nan.pth", "--limit", "10"),
-        _verify("nan.pth", limit=10), CheckpointError, "conv1.weight contain NaN or Inf"),
-    Bad("report-checkpoint-corrupt",
-        ("report", "-o", "{d}/report-ok", "--device", "epyc9654", "--checkpoint",
-         "{d}/corrupt.pth"), None, CheckpointError, "not a PyTorch checkpoint"),
-    Bad("resume-without-state", ("train", "--resume", "{d}/no-resume.pth"),
-        _train(resume="{d}/no-resume.pth"), CheckpointError, "no resume state beside it"),
-    Bad("resume-corrupt-state", ("train", "--resume", "{d}/bad-resume.pth"),
-        _train(resume="{d}/bad-resume.pth"), CheckpointError, "corrupt resume state"),
+    Bad(
+        "checkpoint-unsafe-pickle",
+        ("verify", "{d}/pickled-module.pth"),
+        _load("pickled-module.pth"),
+        CheckpointError,
+        "refused to unpickle dnnlens.models.Net",
+    ),
+    Bad(
+        "checkpoint-unsafe-pickle-says-how",
+        None,
+        _load("pickled-module.pth"),
+        CheckpointError,
+        "convert it once with torch.save(torch.load(",
+    ),
+    Bad(
+        "checkpoint-not-a-state-dict",
+        ("verify", "{d}/not-a-state-dict.pth"),
+        _load("not-a-state-dict.pth"),
+        CheckpointError,
+        "not a state dict of tensors",
+    ),
+    Bad(
+        "checkpoint-nan-weights",
+        ("verify", "{d}/nan.pth", "--limit", "10"),
+        _verify("nan.pth", limit=10),
+        CheckpointError,
+        "conv1.weight contain NaN or Inf",
+    ),
+    Bad(
+        "report-checkpoint-corrupt",
+        (
+            "report",
+            "-o",
+            "{d}/report-ok",
+            "--device",
+            "epyc9654",
+            "--checkpoint",
+            "{d}/corrupt.pth",
+        ),
+        None,
+        CheckpointError,
+        "not a PyTorch checkpoint",
+    ),
+    Bad(
+        "resume-without-state",
+        ("train", "--resume", "{d}/no-resume.pth"),
+        _train(resume="{d}/no-resume.pth"),
+        CheckpointError,
+        "no resume state beside it",
+    ),
+    Bad(
+        "resume-corrupt-state",
+        ("train", "--resume", "{d}/bad-resume.pth"),
+        _train(resume="{d}/bad-resume.pth"),
+        CheckpointError,
+        "corrupt resume state",
+    ),
     # --- data ------------------------------------------------------------------------------
-    Bad("data-unknown-source", ("train", "--data", "bogus"), _data("bogus"), DataError,
-        "unknown data source 'bogus'"),
-    Bad("data-no-folder", ("train", "--data", "idx:{d}/nowhere"), _data("idx:{d}/nowhere"),
-        DataError, "no such folder"),
-    Bad("data-no-idx-files", ("train", "--data", "idx:{d}"), _data("idx:{d}"), DataError,
-        "no train-images-idx3-ubyte[.gz]"),
-    Bad("data-bad-magic", ("train", "--data", "idx:{d}/magic"), _data("idx:{d}/magic"),
-        DataError, "not an IDX file"),
-    Bad("data-truncated-idx", ("train", "--data", "idx:{d}/cut"), _data("idx:{d}/cut"),
-        DataError, "IDX file truncated"),
-    Bad("data-count-mismatch", ("train", "--data", "idx:{d}/counts"),
-        _data("idx:{d}/counts"), DataError, "20 images (train-images-idx3-ubyte) but 15"),
-    Bad("data-empty", ("train", "--data", "idx:{d}/empty"), _data("idx:{d}/empty"),
-        DataError, "the data set is empty"),
-    Bad("data-empty-verify", ("verify", "{d}/good.pth", "--data", "idx:{d}/empty"),
-        _verify("good.pth", data="idx:{d}/empty"), DataError, "empty"),
-    Bad("data-wrong-image-size", ("train", "--data", "idx:{d}/size32"),
-        _data("idx:{d}/size32"), DataError, "images are 32x32, the MNIST family is 28x28"),
-    Bad("data-labels-out-of-range", ("train", "--data", "idx:{d}/labels99"),
-        _train(data="idx:{d}/labels99"), DataError, "labels run from 99 to 99"),
-    Bad("data-nan-images", None, _dataset(NAN_IMAGES, LABELS2), DataError,
-        "1 image(s) contain NaN or Inf"),
-    Bad("data-empty-arrays", None,
-        _dataset(np.zeros((0, 1, 28, 28), np.float32), np.zeros(0, np.int64)), DataError,
-        "the data set is empty"),
-    Bad("engine-nan-input", None, _engine_run(NAN_IMAGES), DataError,
-        "has 1 NaN or Inf value(s)"),
-    Bad("engine-inf-input", None, _engine_run(INF_IMAGES), DataError,
-        "has 1 NaN or Inf value(s)"),
-    Bad("engine-wrong-image-size", None,
-        _engine_run(np.zeros((2, 1, 32, 32), np.float32)), ShapeError,
-        "has shape (2, 1, 32, 32) but the network expects (N, 1, 28, 28)"),
+    Bad(
+        "data-unknown-source",
+        ("train", "--data", "bogus"),
+        _data("bogus"),
+        DataError,
+        "unknown data source 'bogus'",
+    ),
+    Bad(
+        "data-no-folder",
+        ("train", "--data", "idx:{d}/nowhere"),
+        _data("idx:{d}/nowhere"),
+        DataError,
+        "no such folder",
+    ),
+    Bad(
+        "data-no-idx-files",
+        ("train", "--data", "idx:{d}"),
+        _data("idx:{d}"),
+        DataError,
+        "no train-images-idx3-ubyte[.gz]",
+    ),
+    Bad(
+        "data-bad-magic",
+        ("train", "--data", "idx:{d}/magic"),
+        _data("idx:{d}/magic"),
+        DataError,
+        "not an IDX file",
+    ),
+    Bad(
+        "data-truncated-idx",
+        ("train", "--data", "idx:{d}/cut"),
+        _data("idx:{d}/cut"),
+        DataError,
+        "IDX file truncated",
+    ),
+    Bad(
+        "data-count-mismatch",
+        ("train", "--data", "idx:{d}/counts"),
+        _data("idx:{d}/counts"),
+        DataError,
+        "20 images (train-images-idx3-ubyte) but 15",
+    ),
+    Bad(
+        "data-empty",
+        ("train", "--data", "idx:{d}/empty"),
+        _data("idx:{d}/empty"),
+        DataError,
+        "the data set is empty",
+    ),
+    Bad(
+        "data-empty-verify",
+        ("verify", "{d}/good.pth", "--data", "idx:{d}/empty"),
+        _verify("good.pth", data="idx:{d}/empty"),
+        DataError,
+        "empty",
+    ),
+    Bad(
+        "data-wrong-image-size",
+        ("train", "--data", "idx:{d}/size32"),
+        _data("idx:{d}/size32"),
+        DataError,
+        "images are 32x32, the MNIST family is 28x28",
+    ),
+    Bad(
+        "data-labels-out-of-range",
+        ("train", "--data", "idx:{d}/labels99"),
+        _train(data="idx:{d}/labels99"),
+        DataError,
+        "labels run from 99 to 99",
+    ),
+    Bad(
+        "data-nan-images",
+        None,
+        _dataset(NAN_IMAGES, LABELS2),
+        DataError,
+        "1 image(s) contain NaN or Inf",
+    ),
+    Bad(
+        "data-empty-arrays",
+        None,
+        _dataset(np.zeros((0, 1, 28, 28), np.float32), np.zeros(0, np.int64)),
+        DataError,
+        "the data set is empty",
+    ),
+    Bad("engine-nan-input", None, _engine_run(NAN_IMAGES), DataError, "has 1 NaN or Inf value(s)"),
+    Bad("engine-inf-input", None, _engine_run(INF_IMAGES), DataError, "has 1 NaN or Inf value(s)"),
+    Bad(
+        "engine-wrong-image-size",
+        None,
+        _engine_run(np.zeros((2, 1, 32, 32), np.float32)),
+        ShapeError,
+        "has shape (2, 1, 32, 32) but the network expects (N, 1, 28, 28)",
+    ),
     # --- options out of range --------------------------------------------------------------
-    Bad("epochs-zero", ("train", "--epochs", "0"), _train(epochs=0), UsageError,
-        "--epochs must be at least 1, got 0"),
-    Bad("epochs-negative", ("train", "--epochs", "-3"), _train(epochs=-3), UsageError,
-        "--epochs must be at least 1, got -3"),
-    Bad("train-batch-zero", None, _train(batch_size=0), UsageError,
-        "batch size must be at least 1"),
-    Bad("limit-zero", ("verify", "{d}/good.pth", "--limit", "0"),
-        _verify("good.pth", limit=0), UsageError, "--limit must be"),
-    Bad("limit-negative", ("verify", "{d}/good.pth", "--limit", "-5"),
-        _verify("good.pth", limit=-5), UsageError, "--limit must be"),
-    Bad("limit-not-a-number", ("verify", "{d}/good.pth", "--limit", "ten"), None, UsageError,
-        "--limit must be a whole number of images, got 'ten'"),
-    Bad("engine-unknown", ("verify", "{d}/good.pth", "--engine", "fast"),
-        _verify("good.pth", engine="fast"), UsageError, "fast"),
-    Bad("analyze-batch-zero", ("analyze", "--batch", "0"), _analyze((1, 1, 28, 28), batch=0),
-        UsageError, "must be a positive integer"),
-    Bad("analyze-batch-negative", ("analyze", "--batch", "-2"),
-        _analyze((1, 1, 28, 28), batch=-2), UsageError, "must be a positive integer"),
-    Bad("analyze-dtype-unknown", None, _analyze((1, 1, 28, 28), dtype="fp64"), UsageError,
-        "unknown dtype 'fp64'"),
-    Bad("analyze-depth-negative", ("analyze", "--depth", "-1"), None, UsageError,
-        "--depth must be 0 or more"),
-    Bad("report-batch-zero", ("report", "-o", "{d}/report-ok", "--device", "epyc9654",
-                              "--batch", "0"), None, UsageError, "--batch must be a positive"),
+    Bad(
+        "epochs-zero",
+        ("train", "--epochs", "0"),
+        _train(epochs=0),
+        UsageError,
+        "--epochs must be at least 1, got 0",
+    ),
+    Bad(
+        "epochs-negative",
+        ("train", "--epochs", "-3"),
+        _train(epochs=-3),
+        UsageError,
+        "--epochs must be at least 1, got -3",
+    ),
+    Bad(
+        "train-batch-zero", None, _train(batch_size=0), UsageError, "batch size must be at least 1"
+    ),
+    Bad(
+        "limit-zero",
+        ("verify", "{d}/good.pth", "--limit", "0"),
+        _verify("good.pth", limit=0),
+        UsageError,
+        "--limit must be",
+    ),
+    Bad(
+        "limit-negative",
+        ("verify", "{d}/good.pth", "--limit", "-5"),
+        _verify("good.pth", limit=-5),
+        UsageError,
+        "--limit must be",
+    ),
+    Bad(
+        "limit-not-a-number",
+        ("verify", "{d}/good.pth", "--limit", "ten"),
+        None,
+        UsageError,
+        "--limit must be a whole number of images, got 'ten'",
+    ),
+    Bad(
+        "engine-unknown",
+        ("verify", "{d}/good.pth", "--engine", "fast"),
+        _verify("good.pth", engine="fast"),
+        UsageError,
+        "fast",
+    ),
+    Bad(
+        "analyze-batch-zero",
+        ("analyze", "--batch", "0"),
+        _analyze((1, 1, 28, 28), batch=0),
+        UsageError,
+        "must be a positive integer",
+    ),
+    Bad(
+        "analyze-batch-negative",
+        ("analyze", "--batch", "-2"),
+        _analyze((1, 1, 28, 28), batch=-2),
+        UsageError,
+        "must be a positive integer",
+    ),
+    Bad(
+        "analyze-dtype-unknown",
+        None,
+        _analyze((1, 1, 28, 28), dtype="fp64"),
+        UsageError,
+        "unknown dtype 'fp64'",
+    ),
+    Bad(
+        "analyze-depth-negative",
+        ("analyze", "--depth", "-1"),
+        None,
+        UsageError,
+        "--depth must be 0 or more",
+    ),
+    Bad(
+        "report-batch-zero",
+        ("report", "-o", "{d}/report-ok", "--device", "epyc9654", "--batch", "0"),
+        None,
+        UsageError,
+        "--batch must be a positive",
+    ),
     # --- data movement under a buffer (issue 14) -------------------------------------------
-    Bad("traffic-unknown-layer", ("traffic", "seed", "--layer", "conv7", "--buffer", "16kB"),
-        _traffic("conv7", "16kB"), UsageError, "no layer named 'conv7' in"),
-    Bad("traffic-not-covered", ("traffic", "seed", "--layer", "pool", "--buffer", "16kB"),
-        _traffic("pool", "16kB"), UsageError, "layer 'pool' is a maxpool; the data-flow model "
-                                              "covers conv"),
-    Bad("traffic-loop-not-dividing", ("traffic", "seed", "--layer", "conv1", "--buffer",
-                                      "16kB", "--outer", "P=3"),
-        _traffic("conv1", "16kB", "P=3"), UsageError, "P=3 does not divide P = 28"),
-    Bad("traffic-buffer-zero", ("traffic", "seed", "--layer", "conv1", "--buffer", "0"),
-        _traffic("conv1", 0), UsageError, "--buffer must be at least 1 byte"),
-    Bad("traffic-buffer-malformed", ("traffic", "seed", "--layer", "conv1", "--buffer", "4 TB!"),
-        _traffic("conv1", "4 TB!"), UsageError, "--buffer must be a size such as 16kB"),
-    Bad("traffic-does-not-fit", ("traffic", "seed", "--layer", "conv1", "--buffer", "1kB",
-                                 "--outer", "P=2"),
-        _traffic("conv1", "1kB", "P=2"), UsageError, "do not fit the 1,000-byte buffer: weights"),
-    Bad("analyze-buffer-malformed", ("analyze", "--buffer", "lots"), None, UsageError,
-        "--buffer must be a size"),
+    Bad(
+        "traffic-unknown-layer",
+        ("traffic", "seed", "--layer", "conv7", "--buffer", "16kB"),
+        _traffic("conv7", "16kB"),
+        UsageError,
+        "no layer named 'conv7' in",
+    ),
+    Bad(
+        "traffic-not-covered",
+        ("traffic", "seed", "--layer", "pool", "--buffer", "16kB"),
+        _traffic("pool", "16kB"),
+        UsageError,
+        "layer 'pool' is a maxpool; the data-flow model covers conv",
+    ),
+    Bad(
+        "traffic-loop-not-dividing",
+        ("traffic", "seed", "--layer", "conv1", "--buffer", "16kB", "--outer", "P=3"),
+        _traffic("conv1", "16kB", "P=3"),
+        UsageError,
+        "P=3 does not divide P = 28",
+    ),
+    Bad(
+        "traffic-buffer-zero",
+        ("traffic", "seed", "--layer", "conv1", "--buffer", "0"),
+        _traffic("conv1", 0),
+        UsageError,
+        "--buffer must be at least 1 byte",
+    ),
+    Bad(
+        "traffic-buffer-malformed",
+        ("traffic", "seed", "--layer", "conv1", "--buffer", "4 TB!"),
+        _traffic("conv1", "4 TB!"),
+        UsageError,
+        "--buffer must be a size such as 16kB",
+    ),
+    Bad(
+        "traffic-does-not-fit",
+        ("traffic", "seed", "--layer", "conv1", "--buffer", "1kB", "--outer", "P=2"),
+        _traffic("conv1", "1kB", "P=2"),
+        UsageError,
+        "do not fit the 1,000-byte buffer: weights",
+    ),
+    Bad(
+        "analyze-buffer-malformed",
+        ("analyze", "--buffer", "lots"),
+        None,
+        UsageError,
+        "--buffer must be a size",
+    ),
     # --- unwritable outputs ----------------------------------------------------------------
-    Bad("train-out-under-a-file", ("train", "--out", "{d}/afile/net.pth"),
-        _train(out="{d}/afile/net.pth"), CheckpointError,
-        "cannot write here ({d}/afile is a file, not a folder)"),
-    Bad("train-out-is-a-folder", ("train", "--out", "{d}"), _train(out="{d}"),
-        CheckpointError, "is a folder"),
-    Bad("report-out-is-a-file", ("report", "-o", "{d}/afile", "--device", "epyc9654"),
-        _report("afile"), UsageError,
-        "cannot write the report here ({d}/afile is a file, not a folder)"),
-    Bad("report-out-under-a-file", ("report", "-o", "{d}/afile/sub", "--device", "epyc9654"),
-        _report("afile/sub"), UsageError,
-        "cannot write the report here ({d}/afile is a file, not a folder)"),
-    Bad("csv-under-a-file", ("analyze", "--csv", "{d}/afile/rows.csv"), _csv("afile/rows.csv"),
-        UsageError, "cannot write the CSV here"),
-    Bad("scalesim-under-a-file", ("analyze", "--scalesim", "{d}/afile/topo.csv"), None,
-        UsageError, "cannot write here"),
-    Bad("netron-under-a-file", ("analyze", "{d}/tiny.onnx", "--netron",
-                                "{d}/afile/metrics.json"), None,
-        UsageError, "cannot write here"),
+    Bad(
+        "train-out-under-a-file",
+        ("train", "--out", "{d}/afile/net.pth"),
+        _train(out="{d}/afile/net.pth"),
+        CheckpointError,
+        "cannot write here ({d}/afile is a file, not a folder)",
+    ),
+    Bad(
+        "train-out-is-a-folder",
+        ("train", "--out", "{d}"),
+        _train(out="{d}"),
+        CheckpointError,
+        "is a folder",
+    ),
+    Bad(
+        "report-out-is-a-file",
+        ("report", "-o", "{d}/afile", "--device", "epyc9654"),
+        _report("afile"),
+        UsageError,
+        "cannot write the report here ({d}/afile is a file, not a folder)",
+    ),
+    Bad(
+        "report-out-under-a-file",
+        ("report", "-o", "{d}/afile/sub", "--device", "epyc9654"),
+        _report("afile/sub"),
+        UsageError,
+        "cannot write the report here ({d}/afile is a file, not a folder)",
+    ),
+    Bad(
+        "csv-under-a-file",
+        ("analyze", "--csv", "{d}/afile/rows.csv"),
+        _csv("afile/rows.csv"),
+        UsageError,
+        "cannot write the CSV here",
+    ),
+    Bad(
+        "scalesim-under-a-file",
+        ("analyze", "--scalesim", "{d}/afile/topo.csv"),
+        None,
+        UsageError,
+        "cannot write here",
+    ),
+    Bad(
+        "netron-under-a-file",
+        ("analyze", "{d}/tiny.onnx", "--netron", "{d}/afile/metrics.json"),
+        None,
+        UsageError,
+        "cannot write here",
+    ),
     # --- models and input shapes -----------------------------------------------------------
     Bad("model-unknown", ("analyze", "resnet19"), None, ModelError, "unknown model 'resnet19'"),
-    Bad("report-model-unknown", ("report", "resnet19", "-o", "{d}/report-ok", "--device",
-                                 "epyc9654"), None, ModelError, "unknown model 'resnet19'"),
-    Bad("model-factory-missing", ("analyze", "nosuchpackage.models:build"), None, ModelError,
-        "cannot find factory 'nosuchpackage.models:build'"),
-    Bad("input-malformed", ("analyze", "--input", "1,a,28"), None, UsageError,
-        "--input must be positive integers separated by commas"),
-    Bad("input-zero", ("analyze", "--input", "0,1,28,28"), None, UsageError,
-        "--input must be positive integers"),
+    Bad(
+        "report-model-unknown",
+        ("report", "resnet19", "-o", "{d}/report-ok", "--device", "epyc9654"),
+        None,
+        ModelError,
+        "unknown model 'resnet19'",
+    ),
+    Bad(
+        "model-factory-missing",
+        ("analyze", "nosuchpackage.models:build"),
+        None,
+        ModelError,
+        "cannot find factory 'nosuchpackage.models:build'",
+    ),
+    Bad(
+        "input-malformed",
+        ("analyze", "--input", "1,a,28"),
+        None,
+        UsageError,
+        "--input must be positive integers separated by commas",
+    ),
+    Bad(
+        "input-zero",
+        ("analyze", "--input", "0,1,28,28"),
+        None,
+        UsageError,
+        "--input must be positive integers",
+    ),
     Bad("input-empty", ("analyze", "--input", ""), None, UsageError, "--input must be"),
-    Bad("input-rejected-by-model", ("analyze", "--input", "1,3,28,28"),
-        _analyze((1, 3, 28, 28)), ModelError, "rejects input (1, 3, 28, 28)"),
-    Bad("input-wrong-rank", ("analyze", "--input", "1,1,28"), _analyze((1, 1, 28)),
-        ShapeError, "conv input must have 4 dimensions"),
+    Bad(
+        "input-rejected-by-model",
+        ("analyze", "--input", "1,3,28,28"),
+        _analyze((1, 3, 28, 28)),
+        ModelError,
+        "rejects input (1, 3, 28, 28)",
+    ),
+    Bad(
+        "input-wrong-rank",
+        ("analyze", "--input", "1,1,28"),
+        _analyze((1, 1, 28)),
+        ShapeError,
+        "conv input must have 4 dimensions",
+    ),
     # --- spec, ONNX and hardware files -----------------------------------------------------
-    Bad("spec-malformed-toml", ("analyze", "{d}/malformed.toml"), _spec("malformed.toml"),
-        SpecError, "not a valid TOML spec file"),
-    Bad("spec-misfit-layer", ("analyze", "{d}/misfit.toml"), _spec("misfit.toml"), SpecError,
-        "layer 4"),
-    Bad("spec-negative-size", ("analyze", "{d}/negative.toml"), _spec("negative.toml"),
-        SpecError, "sizes must be positive"),
-    Bad("spec-layers-not-a-list", ("analyze", "{d}/layers-not-list.toml"),
-        _spec("layers-not-list.toml"), SpecError, "'layers' must be a list of layer tables"),
-    Bad("spec-no-input", ("analyze", "{d}/no-input.toml"), _spec("no-input.toml"), SpecError,
-        "missing 'input'"),
-    Bad("spec-missing-file", ("analyze", "{d}/nonexistent.toml"), _spec("nonexistent.toml"),
-        SpecError, "cannot read spec file"),
-    Bad("onnx-garbage", ("analyze", "{d}/garbage.onnx"), _onnx("garbage.onnx"), ModelError,
-        "is not a readable ONNX model"),
-    Bad("onnx-truncated", ("analyze", "{d}/truncated.onnx"), _onnx("truncated.onnx"),
-        ModelError, "truncated"),
-    Bad("onnx-missing-file", ("analyze", "{d}/nonexistent.onnx"), _onnx("nonexistent.onnx"),
-        ModelError, "does not exist"),
-    Bad("hardware-negative-figure", ("analyze", "--device", "{d}/hw-negative.toml"),
-        _hardware("hw-negative.toml"), SpecError, "peak_macs_per_s.fp32 must be positive"),
-    Bad("hardware-missing-figure", ("analyze", "--device", "{d}/hw-missing.toml"),
-        _hardware("hw-missing.toml"), SpecError, "missing figure 'memory_bandwidth'"),
-    Bad("hardware-unknown-device", ("analyze", "--device", "tpu9000"), _hardware("tpu9000"),
-        SpecError, "unknown device 'tpu9000'"),
+    Bad(
+        "spec-malformed-toml",
+        ("analyze", "{d}/malformed.toml"),
+        _spec("malformed.toml"),
+        SpecError,
+        "not a valid TOML spec file",
+    ),
+    Bad(
+        "spec-misfit-layer",
+        ("analyze", "{d}/misfit.toml"),
+        _spec("misfit.toml"),
+        SpecError,
+        "layer 4",
+    ),
+    Bad(
+        "spec-negative-size",
+        ("analyze", "{d}/negative.toml"),
+        _spec("negative.toml"),
+        SpecError,
+        "sizes must be positive",
+    ),
+    Bad(
+        "spec-layers-not-a-list",
+        ("analyze", "{d}/layers-not-list.toml"),
+        _spec("layers-not-list.toml"),
+        SpecError,
+        "'layers' must be a list of layer tables",
+    ),
+    Bad(
+        "spec-no-input",
+        ("analyze", "{d}/no-input.toml"),
+        _spec("no-input.toml"),
+        SpecError,
+        "missing 'input'",
+    ),
+    Bad(
+        "spec-missing-file",
+        ("analyze", "{d}/nonexistent.toml"),
+        _spec("nonexistent.toml"),
+        SpecError,
+        "cannot read spec file",
+    ),
+    Bad(
+        "onnx-garbage",
+        ("analyze", "{d}/garbage.onnx"),
+        _onnx("garbage.onnx"),
+        ModelError,
+        "is not a readable ONNX model",
+    ),
+    Bad(
+        "onnx-truncated",
+        ("analyze", "{d}/truncated.onnx"),
+        _onnx("truncated.onnx"),
+        ModelError,
+        "truncated",
+    ),
+    Bad(
+        "onnx-missing-file",
+        ("analyze", "{d}/nonexistent.onnx"),
+        _onnx("nonexistent.onnx"),
+        ModelError,
+        "does not exist",
+    ),
+    Bad(
+        "hardware-negative-figure",
+        ("analyze", "--device", "{d}/hw-negative.toml"),
+        _hardware("hw-negative.toml"),
+        SpecError,
+        "peak_macs_per_s.fp32 must be positive",
+    ),
+    Bad(
+        "hardware-missing-figure",
+        ("analyze", "--device", "{d}/hw-missing.toml"),
+        _hardware("hw-missing.toml"),
+        SpecError,
+        "missing figure 'memory_bandwidth'",
+    ),
+    Bad(
+        "hardware-unknown-device",
+        ("analyze", "--device", "tpu9000"),
+        _hardware("tpu9000"),
+        SpecError,
+        "unknown device 'tpu9000'",
+    ),
     # --- issue 13: every argument checked before any output, probe or training -------------
-    Bad("json-unknown-device", ("analyze", "--json", "--device", "tpu9000"), None, SpecError,
-        "unknown device 'tpu9000'"),
-    Bad("device-did-you-mean", ("analyze", "--device", "rpi"), _hardware("rpi"), SpecError,
-        "unknown device 'rpi' (did you mean 'rpi5'?)"),
-    Bad("model-did-you-mean", ("analyze", "resnt18"), None, ModelError,
-        "unknown model 'resnt18' (did you mean 'resnet18'"),
+    Bad(
+        "json-unknown-device",
+        ("analyze", "--json", "--device", "tpu9000"),
+        None,
+        SpecError,
+        "unknown device 'tpu9000'",
+    ),
+    Bad(
+        "device-did-you-mean",
+        ("analyze", "--device", "rpi"),
+        _hardware("rpi"),
+        SpecError,
+        "unknown device 'rpi' (did you mean 'rpi5'?)",
+    ),
+    Bad(
+        "model-did-you-mean",
+        ("analyze", "resnt18"),
+        None,
+        ModelError,
+        "unknown model 'resnt18' (did you mean 'resnet18'",
+    ),
     # -o is checked before the machine is probed (--device probe is report's default).
-    Bad("report-out-before-probe", ("report", "-o", "{d}/afile/sub"), None, UsageError,
-        "cannot write the report here"),
-    Bad("report-device-before-tracing", ("report", "resnet50", "-o", "{d}/report-ok",
-                                         "--device", "tpu9000"), None, SpecError,
-        "unknown device 'tpu9000'"),
-    Bad("csv-before-the-table", ("analyze", "--csv", "{d}/afile/rows.csv", "--device",
-                                 "epyc9654"), None, UsageError, "cannot write the CSV here"),
-    Bad("report-depth-negative", ("report", "-o", "{d}/report-ok", "--device", "epyc9654",
-                                  "--depth", "-1"), None, UsageError,
-        "--depth must be 0 or more, got -1"),
-    Bad("report-checkpoint-before-probe", ("report", "-o", "{d}/report-ok", "--checkpoint",
-                                           "{d}/corrupt.pth"), None, CheckpointError,
-        "not a PyTorch checkpoint"),
-    Bad("measure-on-a-file", ("analyze", "{d}/tiny.onnx", "--measure"), None, UsageError,
-        "--measure times a PyTorch model"),
-    Bad("checkpoint-of-another-network", ("verify", "{d}/foreign.pth"), _verify("foreign.pth"),
-        CheckpointError, "missing 8 keys: conv1.weight, conv1.bias, conv2.weight, ...; "
-                         "unexpected 20 keys: block0.weight, block1.weight, block2.weight, ..."),
+    Bad(
+        "report-out-before-probe",
+        ("report", "-o", "{d}/afile/sub"),
+        None,
+        UsageError,
+        "cannot write the report here",
+    ),
+    Bad(
+        "report-device-before-tracing",
+        ("report", "resnet50", "-o", "{d}/report-ok", "--device", "tpu9000"),
+        None,
+        SpecError,
+        "unknown device 'tpu9000'",
+    ),
+    Bad(
+        "csv-before-the-table",
+        ("analyze", "--csv", "{d}/afile/rows.csv", "--device", "epyc9654"),
+        None,
+        UsageError,
+        "cannot write the CSV here",
+    ),
+    Bad(
+        "report-depth-negative",
+        ("report", "-o", "{d}/report-ok", "--device", "epyc9654", "--depth", "-1"),
+        None,
+        UsageError,
+        "--depth must be 0 or more, got -1",
+    ),
+    Bad(
+        "report-checkpoint-before-probe",
+        ("report", "-o", "{d}/report-ok", "--checkpoint", "{d}/corrupt.pth"),
+        None,
+        CheckpointError,
+        "not a PyTorch checkpoint",
+    ),
+    Bad(
+        "measure-on-a-file",
+        ("analyze", "{d}/tiny.onnx", "--measure"),
+        None,
+        UsageError,
+        "--measure times a PyTorch model",
+    ),
+    Bad(
+        "checkpoint-of-another-network",
+        ("verify", "{d}/foreign.pth"),
+        _verify("foreign.pth"),
+        CheckpointError,
+        "missing 8 keys: conv1.weight, conv1.bias, conv2.weight, ...; "
+        "unexpected 20 keys: block0.weight, block1.weight, block2.weight, ...",
+    ),
 ]
 
 
@@ -477,8 +887,9 @@ def test_case_ids_are_unique() -> None:
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=_ids(CLI_CASES))
-def test_cli_prints_one_error_line_and_exits_2(case: Bad, files: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_one_error_line_and_exits_2(
+    case: Bad, files: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = [arg.format(d=files) for arg in case.argv or ()]
     code = main(argv)
     out, err = capsys.readouterr()
@@ -500,14 +911,18 @@ def test_api_raises_the_typed_error(case: Bad, files: Path) -> None:
     assert "\n" not in str(info.value), "an error message is one line"
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--epochs", "many"],
-    ["analyze", "--batch", "1.5"],
-    ["analyze", "--dtype", "fp64"],
-    ["report"],  # -o is required
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--epochs", "many"],
+        ["analyze", "--batch", "1.5"],
+        ["analyze", "--dtype", "fp64"],
+        ["report"],  # -o is required
+    ],
+)
 def test_argparse_rejections_exit_2_without_traceback(
-        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     """Values argparse itself refuses: its usage line and one ``error:`` line, exit 2."""
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -527,14 +942,17 @@ def test_nothing_half_written_by_failed_outputs(files: Path) -> None:
 # Counts larger than 32 (and 64) bits stay exact Python integers
 
 
-def test_huge_conv_spec_counts_are_exact(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_huge_conv_spec_counts_are_exact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A 3x3 conv, 4096 -> 4096 channels, on a batch of 10^6 images of 1024x1024 (padding 1:
     'same'). MACs = N*Cout*H*W * (Kh*Kw*Cin) = 10^6 * 4096 * 1024 * 1024 * 9 * 4096, about
     1.6e20: past 2^31 and past 2^63 (9.2e18), where an int64 (np.prod) would wrap."""
     spec = tmp_path / "huge.toml"
-    spec.write_text("input = [1000000, 4096, 1024, 1024]\n"
-                    "layers = [{ conv = [3, 3, 4096, 4096], name = \"big\" }, { relu = true }]\n")
+    spec.write_text(
+        "input = [1000000, 4096, 1024, 1024]\n"
+        'layers = [{ conv = [3, 3, 4096, 4096], name = "big" }, { relu = true }]\n'
+    )
     assert main(["analyze", str(spec), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     big, relu = doc["layers"]

@@ -18,8 +18,14 @@ def export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     """The dynamo exporter without its optimizer (which folds batch norms into convs)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(shape),), str(path), dynamo=True,
-                          optimize=False, verbose=False)
+        torch.onnx.export(
+            model.eval(),
+            (torch.zeros(shape),),
+            str(path),
+            dynamo=True,
+            optimize=False,
+            verbose=False,
+        )
     return path
 
 
@@ -52,8 +58,9 @@ def test_a_mean_over_height_and_width_is_one_node_from_either_importer(tmp_path,
     assert layers(from_torch) == layers(from_onnx)
     if keepdim:  # x.mean((2, 3), keepdim=True) is nn.AdaptiveAvgPool2d(1)
         assert from_torch.nodes[1].op == AdaptivePool(mode="avg", output_size=(1, 1))
-        pool = import_torch(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)),
-                            (1, 3, 8, 8))
+        pool = import_torch(
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)), (1, 3, 8, 8)
+        )
         assert pool.nodes[1].op == from_torch.nodes[1].op
     softmax = [node.op for node in from_torch if isinstance(node.op, Softmax)]
     assert softmax and softmax[0].axis >= 0  # dim=-1 and axis=3 are one attribute

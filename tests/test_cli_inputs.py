@@ -62,8 +62,9 @@ def tagger_package(tmp_path, monkeypatch):
 
 
 def test_factory_from_the_current_folder_with_two_inputs_one_of_them_tokens(tagger_package):
-    code, out, err = run("analyze", tagger_package, "--input", "4,32:int64",
-                         "--input", "4,32,10", "--json")
+    code, out, err = run(
+        "analyze", tagger_package, "--input", "4,32:int64", "--input", "4,32,10", "--json"
+    )
     assert code == 0, err
     # Its forward reads a token id (``int(tokens.max())``): meta cannot, so it is traced on
     # real random ids, which must then lie inside the embedding (else it raises).
@@ -114,6 +115,8 @@ def test_an_internal_error_is_one_line_with_the_layer_and_operator(monkeypatch):
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("error: internal error while running `dnnlens analyze` on "
-                               "model 'seed' in layer 'conv1' at operator nn.Conv2d: KeyError")
+    assert lines[0].startswith(
+        "error: internal error while running `dnnlens analyze` on "
+        "model 'seed' in layer 'conv1' at operator nn.Conv2d: KeyError"
+    )
     assert "please report it" in lines[0]

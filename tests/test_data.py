@@ -34,8 +34,9 @@ def write_idx(path: Path, array: np.ndarray, type_code: int = 0x08) -> Path:
     return path
 
 
-def write_split(folder: Path, prefix: str, pixels: np.ndarray, labels: np.ndarray,
-                gz: bool = False) -> None:
+def write_split(
+    folder: Path, prefix: str, pixels: np.ndarray, labels: np.ndarray, gz: bool = False
+) -> None:
     ext = ".gz" if gz else ""
     write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", pixels)
     write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels)
@@ -69,8 +70,9 @@ def test_read_idx_matches_torchvision_reader(tmp_path: Path, gz: bool) -> None:
         np.testing.assert_array_equal(ours, read_sn3_pascalvincent_tensor(str(path)).numpy())
 
 
-@pytest.mark.parametrize("dtype,code", [(np.int32, 0x0C), (np.float32, 0x0D),
-                                        (np.int16, 0x0B), (np.float64, 0x0E)])
+@pytest.mark.parametrize(
+    "dtype,code", [(np.int32, 0x0C), (np.float32, 0x0D), (np.int16, 0x0B), (np.float64, 0x0E)]
+)
 def test_read_idx_other_types_are_big_endian(tmp_path: Path, dtype: type, code: int) -> None:
     values = np.arange(-6, 6, dtype=dtype).reshape(3, 4) * 1000
     path = write_idx(tmp_path / "v.idx", values, code)
@@ -110,8 +112,9 @@ def test_error_messages_are_one_line(tmp_path: Path) -> None:
 # ---- IDX folders -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout,gz", [("flat", False), ("flat", True),
-                                       ("torchvision", True), ("torchvision", False)])
+@pytest.mark.parametrize(
+    "layout,gz", [("flat", False), ("flat", True), ("torchvision", True), ("torchvision", False)]
+)
 def test_idx_folder_layouts(tmp_path: Path, layout: str, gz: bool) -> None:
     pixels, labels = random_pixels(12, seed=1), np.arange(12, dtype=np.uint8) % 10
     folder = tmp_path / "MNIST" / "raw" if layout == "torchvision" else tmp_path
@@ -162,8 +165,9 @@ def test_fashion_mnist_matches_torchvision_reader(fashion_dir: Path, tmp_path: P
 
 def test_normalise_equals_torchvision_bit_for_bit() -> None:
     every_value = np.arange(256 * 4, dtype=np.int64).reshape(4, 16, 16) % 256
-    pixels = np.concatenate([random_pixels(5).reshape(5, -1)[:, :256].reshape(5, 16, 16),
-                             every_value.astype(np.uint8)])
+    pixels = np.concatenate(
+        [random_pixels(5).reshape(5, -1)[:, :256].reshape(5, 16, 16), every_value.astype(np.uint8)]
+    )
     ours = normalise(pixels)
     assert ours.dtype == np.float32 and ours.shape == (9, 1, 16, 16)
     np.testing.assert_array_equal(ours, torchvision_normalise(pixels))
@@ -186,9 +190,11 @@ def test_sample_split_is_stratified_and_disjoint(tmp_path: Path) -> None:
     # equals the original 5,000, so the splits are disjoint and nothing is lost or duplicated.
     original = torchvision_normalise(features.reshape(-1, 28, 28).astype(np.uint8))
     key = lambda images, labels: Counter(  # noqa: E731
-        (img.tobytes(), int(lab)) for img, lab in zip(images, labels))
+        (img.tobytes(), int(lab)) for img, lab in zip(images, labels)
+    )
     assert key(train.images, train.labels) + key(test.images, test.labels) == key(
-        original, raw_labels)
+        original, raw_labels
+    )
 
 
 def test_stratified_split_indices() -> None:
@@ -200,8 +206,7 @@ def test_stratified_split_indices() -> None:
     np.testing.assert_array_equal(again[1], test)
 
 
-def test_sample_cache_is_used_and_rebuilt(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sample_cache_is_used_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = load_data("sample", "test", cache_dir=tmp_path)
     assert (tmp_path / dl.SAMPLE_CACHE_NAME).is_file()
 
@@ -215,8 +220,9 @@ def test_sample_cache_is_used_and_rebuilt(tmp_path: Path,
     np.testing.assert_array_equal(first.images, second.images)
     monkeypatch.undo()
     (tmp_path / dl.SAMPLE_CACHE_NAME).write_bytes(b"garbage")  # a damaged cache is rebuilt
-    np.testing.assert_array_equal(load_data("sample", "test", cache_dir=tmp_path).images,
-                                  first.images)
+    np.testing.assert_array_equal(
+        load_data("sample", "test", cache_dir=tmp_path).images, first.images
+    )
 
 
 def test_default_cache_dir_respects_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -54,8 +54,11 @@ def tile_values(p: Problem, tile: dict[str, int], at: dict[str, int]) -> dict[st
         col = q * p.stride[1] + s * p.dilation[1] - p.pad[1]
         if 0 <= row < p.rows and 0 <= col < p.cols:
             inputs.add((n, g * p.C + c, row, col))
-    return {"weights": frozenset(weights), "inputs": frozenset(inputs),
-            "outputs": frozenset(outputs)}
+    return {
+        "weights": frozenset(weights),
+        "inputs": frozenset(inputs),
+        "outputs": frozenset(outputs),
+    }
 
 
 def simulate(p: Problem, mapping: Mapping, halo: bool = False) -> dict[str, int]:
@@ -72,8 +75,11 @@ def simulate(p: Problem, mapping: Mapping, halo: bool = False) -> dict[str, int]
     for index in itertools.product(*(range(t) for _, t in loops)):
         at = {d: 0 for d in DIMS}
         at.update({d: i for (d, _), i in zip(loops, index)})
-        moved = next((k for k in range(len(loops)) if index[k] != previous[k]), None) \
-            if previous is not None else None
+        moved = (
+            next((k for k in range(len(loops)) if index[k] != previous[k]), None)
+            if previous is not None
+            else None
+        )
         previous = index
         need = tile_values(p, tile, at)
         for tensor, relevant in RELEVANT.items():
@@ -98,8 +104,9 @@ def simulate(p: Problem, mapping: Mapping, halo: bool = False) -> dict[str, int]
 def _slides(loops: list[tuple[str, int]], moved: int) -> bool:
     """The loop that advanced slides the input window: it is P, Q, R or S, and every loop
     inside it leaves the input alone (so it is the input's innermost indexing loop)."""
-    return loops[moved][0] in "PQRS" and all(d not in RELEVANT["inputs"]
-                                              for d, _ in loops[moved + 1:])
+    return loops[moved][0] in "PQRS" and all(
+        d not in RELEVANT["inputs"] for d, _ in loops[moved + 1 :]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,15 +122,33 @@ def problems(draw: st.DrawFn, kernel_max: int = 3) -> Problem:
     axes = []
     for _ in range(2):
         k = draw(st.integers(1, kernel_max))
-        stride, dilation, pad = draw(st.integers(1, 3)), draw(st.integers(1, 2)), \
-            draw(st.integers(0, 2))
+        stride, dilation, pad = (
+            draw(st.integers(1, 3)),
+            draw(st.integers(1, 2)),
+            draw(st.integers(0, 2)),
+        )
         reach = dilation * (k - 1) + 1
         size = draw(st.integers(max(1, reach - 2 * pad), 7))
         out = (size + 2 * pad - reach) // stride + 1
         axes.append((k, stride, dilation, pad, size, out))
     (r, sr, dr, pr, h, pp), (s, sc, dc, pc, w, q) = axes
-    return Problem("layer", "conv", G=g, N=n, M=m, C=c, P=pp, Q=q, R=r, S=s, stride=(sr, sc),
-                   dilation=(dr, dc), pad=(pr, pc), rows=h, cols=w)
+    return Problem(
+        "layer",
+        "conv",
+        G=g,
+        N=n,
+        M=m,
+        C=c,
+        P=pp,
+        Q=q,
+        R=r,
+        S=s,
+        stride=(sr, sc),
+        dilation=(dr, dc),
+        pad=(pr, pc),
+        rows=h,
+        cols=w,
+    )
 
 
 @st.composite
@@ -156,7 +181,8 @@ def test_closed_form_equals_the_simulator(case: tuple[Problem, Mapping], halo: b
 @settings(max_examples=60, deadline=None)
 @given(problem_and_mapping(), st.booleans())
 def test_every_mapping_lies_between_compulsory_and_no_reuse(
-        case: tuple[Problem, Mapping], halo: bool) -> None:
+    case: tuple[Problem, Mapping], halo: bool
+) -> None:
     p, mapping = case
     total = evaluate(p, mapping, BIG, halo=halo).total
     # compulsory from the simulator's own enumeration: every value the layer touches, once
@@ -172,25 +198,28 @@ def test_every_mapping_lies_between_compulsory_and_no_reuse(
 FC = Problem("fc", "fc", N=4, C=6, M=8)  # weights 8*6 = 48, inputs 4*6 = 24, outputs 4*8 = 32
 
 
-@pytest.mark.parametrize("outer, reads, writes", [
-    # N outer, M inner: the weights' innermost indexing loop is M, N sits outside it and does
-    # not index them: weights 48 * 2 = 96; inputs once (M inside does not index them) 24;
-    # outputs once 32. Total 96 + 24 + 32 = 152.
-    ("N=2,M=2", {"weights": 96, "inputs": 24, "outputs": 0}, 32),
-    # M outer, N inner: weights once 48; inputs again for each M: 24 * 2 = 48; outputs 32.
-    ("M=2,N=2", {"weights": 48, "inputs": 48, "outputs": 0}, 32),
-    # C outer (a reduction): outputs leave as partial sums after each C step: written 2 * 32 =
-    # 64, read back (2 - 1) * 32 = 32; weights 48; inputs 24 (M inside does not index them).
-    ("C=2,M=2", {"weights": 48, "inputs": 24, "outputs": 32}, 64),
-    # M outer, C inner: outputs stay over C (inside M): written once 32, no read back; inputs
-    # again for each M: 48; weights 48.
-    ("M=2,C=2", {"weights": 48, "inputs": 48, "outputs": 0}, 32),
-    # N outer, C inner: weights again for each N: 96; inputs 24; outputs 32.
-    ("N=2,C=2", {"weights": 96, "inputs": 24, "outputs": 0}, 32),
-    # C outer, N inner: weights once 48; inputs 24; outputs are left after each N step with C
-    # outside: written 2 * 32 = 64, read back 32.
-    ("C=2,N=2", {"weights": 48, "inputs": 24, "outputs": 32}, 64),
-])
+@pytest.mark.parametrize(
+    "outer, reads, writes",
+    [
+        # N outer, M inner: the weights' innermost indexing loop is M, N sits outside it and does
+        # not index them: weights 48 * 2 = 96; inputs once (M inside does not index them) 24;
+        # outputs once 32. Total 96 + 24 + 32 = 152.
+        ("N=2,M=2", {"weights": 96, "inputs": 24, "outputs": 0}, 32),
+        # M outer, N inner: weights once 48; inputs again for each M: 24 * 2 = 48; outputs 32.
+        ("M=2,N=2", {"weights": 48, "inputs": 48, "outputs": 0}, 32),
+        # C outer (a reduction): outputs leave as partial sums after each C step: written 2 * 32 =
+        # 64, read back (2 - 1) * 32 = 32; weights 48; inputs 24 (M inside does not index them).
+        ("C=2,M=2", {"weights": 48, "inputs": 24, "outputs": 32}, 64),
+        # M outer, C inner: outputs stay over C (inside M): written once 32, no read back; inputs
+        # again for each M: 48; weights 48.
+        ("M=2,C=2", {"weights": 48, "inputs": 48, "outputs": 0}, 32),
+        # N outer, C inner: weights again for each N: 96; inputs 24; outputs 32.
+        ("N=2,C=2", {"weights": 96, "inputs": 24, "outputs": 0}, 32),
+        # C outer, N inner: weights once 48; inputs 24; outputs are left after each N step with C
+        # outside: written 2 * 32 = 64, read back 32.
+        ("C=2,N=2", {"weights": 48, "inputs": 24, "outputs": 32}, 64),
+    ],
+)
 def test_fc_every_order_of_two_loops(outer: str, reads: dict, writes: int) -> None:
     t = evaluate(FC, outer, BIG)
     assert t.reads == reads and t.writes == {"outputs": writes}
@@ -290,22 +319,33 @@ def test_a_tile_that_does_not_fit_names_each_footprint() -> None:
         evaluate(CONV, "", 344, double_buffer=True)
 
 
-@pytest.mark.parametrize("outer, fragment", [
-    ("P=3", "P=3 does not divide P = 4"),
-    ("X=2", "unknown loop dimension 'X'"),
-    ("P=2,P=2", "appears twice"),
-    ("P=two", "--outer must be loops like"),
-    ("P", "--outer must be loops like"),
-])
+@pytest.mark.parametrize(
+    "outer, fragment",
+    [
+        ("P=3", "P=3 does not divide P = 4"),
+        ("X=2", "unknown loop dimension 'X'"),
+        ("P=2,P=2", "appears twice"),
+        ("P=two", "--outer must be loops like"),
+        ("P", "--outer must be loops like"),
+    ],
+)
 def test_bad_mappings(outer: str, fragment: str) -> None:
     with pytest.raises(UsageError, match=fragment):
         evaluate(CONV, outer, BIG)
 
 
-@pytest.mark.parametrize("text, value", [("16kB", 16_000), ("4MB", 4_000_000),
-                                         ("9" * 400 + "GB", int("9" * 400) * 10**9),
-                                         ("2MiB", 2 * 2**20), ("512", 512), ("64 KiB", 65536),
-                                         ("1.5kB", 1500)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("16kB", 16_000),
+        ("4MB", 4_000_000),
+        ("9" * 400 + "GB", int("9" * 400) * 10**9),
+        ("2MiB", 2 * 2**20),
+        ("512", 512),
+        ("64 KiB", 65536),
+        ("1.5kB", 1500),
+    ],
+)
 def test_sizes(text: str, value: int) -> None:
     assert parse_size(text) == value
 
@@ -354,8 +394,15 @@ def test_problems_from_the_ir_count_the_ops_macs() -> None:
     dw = kinds["depthwise"]
     assert (dw.G, dw.M, dw.C, dw.P, dw.stride) == (8, 1, 1, 2, (2, 2))
     c1 = kinds["conv1d"]
-    assert (c1.P, c1.R, c1.Q, c1.S, c1.cols, c1.stride[1], c1.dilation[1]) == \
-        (1, 1, 16, 3, 34, 2, 2)
+    assert (c1.P, c1.R, c1.Q, c1.S, c1.cols, c1.stride[1], c1.dilation[1]) == (
+        1,
+        1,
+        16,
+        3,
+        34,
+        2,
+        2,
+    )
     matmul = next(p for p in kinds.values() if p.kind == "matmul")
     assert (matmul.G, matmul.N, matmul.C, matmul.M) == (2, 8, 4, 8)
 
@@ -368,8 +415,10 @@ def test_a_kind_the_model_does_not_cover_lists_the_covered_ones() -> None:
 
     graph = import_torch(Net(), (1, 1, 28, 28))
     assert isinstance(graph, Graph)
-    with pytest.raises(UsageError, match="layer 'pool' is a maxpool; the data-flow model "
-                                         "covers conv \\(1-d and 2-d"):
+    with pytest.raises(
+        UsageError,
+        match="layer 'pool' is a maxpool; the data-flow model covers conv \\(1-d and 2-d",
+    ):
         problem_of(graph, "pool")
     with pytest.raises(UsageError, match="no layer named 'conv9'.*conv1, conv2, fc1, fc2"):
         problem_of(graph, "conv9")
@@ -412,8 +461,16 @@ def small_problems(draw: st.DrawFn) -> Problem:
     if len(big) > 5:
         keep = draw(st.permutations(big))[:5]
         # the input keeps its size: a smaller P or R just reads fewer of its rows
-        p = Problem(p.name, p.kind, **{d: (p.size(d) if d in keep else 1) for d in DIMS},
-                    stride=p.stride, dilation=p.dilation, pad=p.pad, rows=p.rows, cols=p.cols)
+        p = Problem(
+            p.name,
+            p.kind,
+            **{d: (p.size(d) if d in keep else 1) for d in DIMS},
+            stride=p.stride,
+            dilation=p.dilation,
+            pad=p.pad,
+            rows=p.rows,
+            cols=p.cols,
+        )
     return p
 
 
@@ -431,8 +488,11 @@ def test_mapper_equals_exhaustive_search(p: Problem, values: int, halo: bool) ->
         return
     assert found.exhaustive
     assert found.best.total == exhaustive_best(p, buffer, halo)
-    for name, tensor in (("weight-stationary", "weights"), ("output-stationary", "outputs"),
-                         ("input-stationary", "inputs")):
+    for name, tensor in (
+        ("weight-stationary", "weights"),
+        ("output-stationary", "outputs"),
+        ("input-stationary", "inputs"),
+    ):
         named = found.dataflows[name]
         truth = exhaustive_best(p, buffer, halo, only=tensor)
         if named is None:
@@ -463,8 +523,7 @@ def test_mapper_prunes_large_layers_and_stays_within_bounds() -> None:
     # resnet18's layer4 3x3 conv at batch 256: divisors N 9, M 10, C 10, P 2, Q 2, R 2, S 2:
     # 9 * 10 * 10 * 2**4 = 14,400 combinations; above a limit of 5,000 the kernel stays whole
     # (9 * 10 * 10 * 2 * 2 = 3,600).
-    p = Problem("l4", "conv", N=256, M=512, C=512, P=7, Q=7, R=3, S=3, pad=(1, 1), rows=7,
-                cols=7)
+    p = Problem("l4", "conv", N=256, M=512, C=512, P=7, Q=7, R=3, S=3, pad=(1, 1), rows=7, cols=7)
     found = search(p, "1MiB", limit=5_000)
     assert not found.exhaustive and "kernel R, S kept whole" in found.pruning
     assert sum(found.compulsory.values()) < found.best.total
@@ -485,11 +544,36 @@ def test_buffer_too_small_for_any_tile() -> None:
 
 def test_cli_given_mapping_json(capsys: pytest.CaptureFixture[str]) -> None:
     # conv1 of the course network under P=28 (see test_padding_is_never_fetched): 6,988 values
-    assert main(["traffic", "seed", "--layer", "conv1", "--buffer", "16kB", "--outer", "P=28",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "traffic",
+                "seed",
+                "--layer",
+                "conv1",
+                "--buffer",
+                "16kB",
+                "--outer",
+                "P=28",
+                "--json",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
-    for key in ("layer", "macs", "buffer_bytes", "outer", "tile", "footprint_bytes", "reads",
-                "writes", "total", "compulsory", "intensity"):
+    for key in (
+        "layer",
+        "macs",
+        "buffer_bytes",
+        "outer",
+        "tile",
+        "footprint_bytes",
+        "reads",
+        "writes",
+        "total",
+        "compulsory",
+        "intensity",
+    ):
         assert key in doc
     assert doc["layer"] == "conv1" and doc["macs"] == 78_400 and doc["buffer_bytes"] == 16_000
     assert doc["outer"] == [{"dim": "P", "trip": 28}]
@@ -507,22 +591,32 @@ def test_cli_given_mapping_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_mapper_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["traffic", "seed", "--layer", "fc1", "--buffer", "4kB", "--halo"]) == 0
     out = capsys.readouterr().out
-    for word in ("best", "weight-stationary", "output-stationary", "input-stationary",
-                 "compulsory", "no reuse"):
+    for word in (
+        "best",
+        "weight-stationary",
+        "output-stationary",
+        "input-stationary",
+        "compulsory",
+        "no reuse",
+    ):
         assert word in out
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--layer", "conv7", "--buffer", "16kB"], "no layer named 'conv7'"),
-    (["--layer", "conv1", "--buffer", "16kB", "--outer", "P=3"], "P=3 does not divide P = 28"),
-    (["--layer", "conv1", "--buffer", "0"], "--buffer must be at least 1 byte"),
-    (["--layer", "conv1", "--buffer", "16 parsecs"], "--buffer must be a size such as 16kB"),
-    (["--layer", "relu", "--buffer", "16kB"], ("layer 'relu' is a relu; the data-flow model "
-                                                "covers conv (1-d and 2-d")),
-    (["--layer", "conv1", "--buffer", "1kB", "--outer", ""], "do not fit the 1,000-byte"),
-])
-def test_cli_bad_input(argv: list[str], fragment: str,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--layer", "conv7", "--buffer", "16kB"], "no layer named 'conv7'"),
+        (["--layer", "conv1", "--buffer", "16kB", "--outer", "P=3"], "P=3 does not divide P = 28"),
+        (["--layer", "conv1", "--buffer", "0"], "--buffer must be at least 1 byte"),
+        (["--layer", "conv1", "--buffer", "16 parsecs"], "--buffer must be a size such as 16kB"),
+        (
+            ["--layer", "relu", "--buffer", "16kB"],
+            ("layer 'relu' is a relu; the data-flow model covers conv (1-d and 2-d"),
+        ),
+        (["--layer", "conv1", "--buffer", "1kB", "--outer", ""], "do not fit the 1,000-byte"),
+    ],
+)
+def test_cli_bad_input(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["traffic", "seed", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
@@ -550,7 +644,8 @@ def test_analyze_buffer_json_adds_best_traffic(capsys: pytest.CaptureFixture[str
 
 
 def test_analyze_buffer_of_a_device_places_the_roofline(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from dnnlens.analysis import analyze
     from dnnlens.dataflow import analyze_buffer
     from dnnlens.models import Net
@@ -569,8 +664,9 @@ def test_analyze_buffer_of_a_device_places_the_roofline(
     out = capsys.readouterr().out
     assert "on-chip buffer of stm32h743" in out and "Roofline on stm32h743" in out
     assert main(["analyze", "seed", "--buffer"]) == 2
-    assert "--buffer without a size takes the on-chip buffer of --device" in \
-        capsys.readouterr().err
+    assert (
+        "--buffer without a size takes the on-chip buffer of --device" in capsys.readouterr().err
+    )
 
 
 def test_python_api_returns_the_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -578,8 +674,22 @@ def test_python_api_returns_the_json(capsys: pytest.CaptureFixture[str]) -> None
     from dnnlens.models import Net
 
     report = dnnlens.traffic(Net(), "conv1", "16kB", "P=28", input_shape=(1, 1, 28, 28))
-    assert main(["traffic", "seed", "--layer", "conv1", "--buffer", "16kB", "--outer", "P=28",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "traffic",
+                "seed",
+                "--layer",
+                "conv1",
+                "--buffer",
+                "16kB",
+                "--outer",
+                "P=28",
+                "--json",
+            ]
+        )
+        == 0
+    )
     cli = json.loads(capsys.readouterr().out)
     assert (cli.pop("model"), report.to_dict().pop("model")) == ("seed", "Net")
     api = json.loads(json.dumps(report.to_dict()))
@@ -588,8 +698,11 @@ def test_python_api_returns_the_json(capsys: pytest.CaptureFixture[str]) -> None
     found = dnnlens.traffic(Net(), "fc2", 2**20, input_shape=(1, 1, 28, 28)).to_dict()
     # 1 MiB holds all of fc2 (2,560 + 256 + 10 values): compulsory, no outer loop
     assert found["total"] == found["compulsory"] == 2_826 and found["outer"] == []
-    assert set(found["dataflows"]) == {"weight-stationary", "output-stationary",
-                                       "input-stationary"}
+    assert set(found["dataflows"]) == {
+        "weight-stationary",
+        "output-stationary",
+        "input-stationary",
+    }
 
 
 def test_every_shipped_device_cites_its_on_chip_buffer(tmp_path) -> None:
@@ -603,16 +716,19 @@ def test_every_shipped_device_cites_its_on_chip_buffer(tmp_path) -> None:
         assert again.on_chip_buffer == spec.on_chip_buffer
 
 
-@pytest.mark.parametrize("a, b, dims", [
-    # A (8, 16) @ B (2, 16, 4): only B has a batch, so B^T @ A^T: N = 2 * 4, C = 16, M = 8
-    ((8, 16), (2, 16, 4), (1, 8, 8, 16)),
-    # A (3, 5, 16) @ B (16, 4): A's batch folds into N = 3 * 5
-    ((3, 5, 16), (16, 4), (1, 15, 4, 16)),
-    # shared batch (2, 3): G = 6
-    ((2, 3, 5, 16), (2, 3, 16, 4), (6, 5, 4, 16)),
-    # vectors: (16,) @ (16, 4) is one row
-    ((16,), (16, 4), (1, 1, 4, 16)),
-])
+@pytest.mark.parametrize(
+    "a, b, dims",
+    [
+        # A (8, 16) @ B (2, 16, 4): only B has a batch, so B^T @ A^T: N = 2 * 4, C = 16, M = 8
+        ((8, 16), (2, 16, 4), (1, 8, 8, 16)),
+        # A (3, 5, 16) @ B (16, 4): A's batch folds into N = 3 * 5
+        ((3, 5, 16), (16, 4), (1, 15, 4, 16)),
+        # shared batch (2, 3): G = 6
+        ((2, 3, 5, 16), (2, 3, 16, 4), (6, 5, 4, 16)),
+        # vectors: (16,) @ (16, 4) is one row
+        ((16,), (16, 4), (1, 1, 4, 16)),
+    ],
+)
 def test_matmul_operands(a: tuple, b: tuple, dims: tuple) -> None:
     from dnnlens.ir import Node
     from dnnlens.ops.matmul import MatMul

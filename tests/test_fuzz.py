@@ -34,8 +34,12 @@ from dnnlens.errors import (
 
 #: One shared profile: deterministic, no per-example deadline (the first torch.load is slow),
 #: bounded example counts (set per test).
-FUZZ = settings(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 #: Seconds one example may take before it counts as a hang.
 HANG_SECONDS = 10
@@ -44,6 +48,7 @@ HANG_SECONDS = 10
 @contextmanager
 def no_hang(seconds: int = HANG_SECONDS) -> Iterator[None]:
     """Fail (instead of waiting forever) if the body runs longer than ``seconds``."""
+
     def timeout(signum: int, frame: Any) -> None:
         raise AssertionError(f"hang: the reader took more than {seconds} s on one input")
 
@@ -85,10 +90,12 @@ def idx_bytes(type_code: int, dims: list[int], payload: bytes) -> bytes:
 #: Mostly plausible headers (valid type codes, small dims) with wrong lengths, plus noise.
 idx_inputs = st.one_of(
     st.binary(max_size=64),
-    st.builds(idx_bytes,
-              st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x00, 0x07, 0xFF]),
-              st.lists(st.one_of(st.integers(0, 6), st.integers(0, 2**32 - 1)), max_size=4),
-              st.binary(max_size=96)),
+    st.builds(
+        idx_bytes,
+        st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x00, 0x07, 0xFF]),
+        st.lists(st.one_of(st.integers(0, 6), st.integers(0, 2**32 - 1)), max_size=4),
+        st.binary(max_size=96),
+    ),
 )
 
 
@@ -103,8 +110,7 @@ def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
 
 @settings(FUZZ, max_examples=300)
 @given(data=idx_inputs, compress=st.booleans())
-def test_read_idx_gives_arrays_or_data_errors(scratch: Path, data: bytes,
-                                              compress: bool) -> None:
+def test_read_idx_gives_arrays_or_data_errors(scratch: Path, data: bytes, compress: bool) -> None:
     from dnnlens.data import read_idx
 
     path = scratch / ("fuzz.idx.gz" if compress else "fuzz.idx")
@@ -121,11 +127,13 @@ def test_read_idx_gives_arrays_or_data_errors(scratch: Path, data: bytes,
 
 
 @settings(FUZZ, max_examples=150)
-@given(edits=st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), max_size=4),
-       cut=st.none() | st.integers(0, 2**16))
-def test_read_idx_on_mutated_gzip_gives_data_errors(scratch: Path,
-                                                    edits: list[tuple[int, int]],
-                                                    cut: int | None) -> None:
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), max_size=4),
+    cut=st.none() | st.integers(0, 2**16),
+)
+def test_read_idx_on_mutated_gzip_gives_data_errors(
+    scratch: Path, edits: list[tuple[int, int]], cut: int | None
+) -> None:
     """A real, compressed IDX file with bytes flipped or cut off (CRC, deflate stream, size)."""
     from dnnlens.data import read_idx
 
@@ -143,22 +151,64 @@ def test_read_idx_on_mutated_gzip_gives_data_errors(scratch: Path,
 # Spec files
 
 #: The parser's vocabulary, so that examples reach past the first key check.
-LAYER_KEYS = ["conv", "convtranspose", "pool", "maxpool", "avgpool", "adaptivepool",
-              "globalpool", "fc", "flatten", "reshape", "permute", "softmax", "dropout",
-              "concat", "add", "mul", "relu", "gelu", "batchnorm", "layernorm", "bogus"]
-OPTION_KEYS = ["stride", "padding", "groups", "dilation", "bias", "output_padding", "mode",
-               "ceil_mode", "count_include_pad", "axis", "affine", "eps", "name", "from"]
+LAYER_KEYS = [
+    "conv",
+    "convtranspose",
+    "pool",
+    "maxpool",
+    "avgpool",
+    "adaptivepool",
+    "globalpool",
+    "fc",
+    "flatten",
+    "reshape",
+    "permute",
+    "softmax",
+    "dropout",
+    "concat",
+    "add",
+    "mul",
+    "relu",
+    "gelu",
+    "batchnorm",
+    "layernorm",
+    "bogus",
+]
+OPTION_KEYS = [
+    "stride",
+    "padding",
+    "groups",
+    "dilation",
+    "bias",
+    "output_padding",
+    "mode",
+    "ceil_mode",
+    "count_include_pad",
+    "axis",
+    "affine",
+    "eps",
+    "name",
+    "from",
+]
 
-scalars = st.one_of(st.integers(-3, 40), st.sampled_from([0, 1, 2**31, 2**63, -(2**40)]),
-                    st.booleans(), st.floats(allow_nan=True), st.sampled_from(
-                        ["same", "valid", "max", "conv1", "input", "", "relu1"]))
+scalars = st.one_of(
+    st.integers(-3, 40),
+    st.sampled_from([0, 1, 2**31, 2**63, -(2**40)]),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.sampled_from(["same", "valid", "max", "conv1", "input", "", "relu1"]),
+)
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5), max_leaves=8)
 layers = st.dictionaries(st.sampled_from(LAYER_KEYS + OPTION_KEYS), values, max_size=4)
 documents = st.fixed_dictionaries(
     {},
-    optional={"input": st.one_of(st.lists(st.integers(-2, 40), max_size=5), values),
-              "layers": st.one_of(st.lists(layers, max_size=6), values),
-              "name": values, "extra": values})
+    optional={
+        "input": st.one_of(st.lists(st.integers(-2, 40), max_size=5), values),
+        "layers": st.one_of(st.lists(layers, max_size=6), values),
+        "name": values,
+        "extra": values,
+    },
+)
 
 
 @settings(FUZZ, max_examples=400)
@@ -178,12 +228,30 @@ def test_spec_documents_give_graphs_or_spec_errors(doc: dict[str, Any]) -> None:
 
 
 #: TOML-looking text: fragments of real specs shuffled with noise.
-toml_text = st.lists(st.sampled_from([
-    "input = [1, 1, 28, 28]\n", "input = [0, 1]\n", 'name = "x"\n', "layers = [\n", "]\n",
-    "{ conv = [5, 5, 1, 4] },\n", "{ relu = true },\n", "{ pool = [2, 2, 2, 2] },\n",
-    "{ fc = [10, 256] },\n", "{ flatten = true },\n", "[[layer]]\n", "conv = [3, 3, 1, 2]\n",
-    "= = =\n", "\x00\xff", "layers = 5\n", '"\n', "{ fc = [10, -1] },\n",
-]), max_size=12).map("".join)
+toml_text = st.lists(
+    st.sampled_from(
+        [
+            "input = [1, 1, 28, 28]\n",
+            "input = [0, 1]\n",
+            'name = "x"\n',
+            "layers = [\n",
+            "]\n",
+            "{ conv = [5, 5, 1, 4] },\n",
+            "{ relu = true },\n",
+            "{ pool = [2, 2, 2, 2] },\n",
+            "{ fc = [10, 256] },\n",
+            "{ flatten = true },\n",
+            "[[layer]]\n",
+            "conv = [3, 3, 1, 2]\n",
+            "= = =\n",
+            "\x00\xff",
+            "layers = 5\n",
+            '"\n',
+            "{ fc = [10, -1] },\n",
+        ]
+    ),
+    max_size=12,
+).map("".join)
 
 
 @settings(FUZZ, max_examples=200)
@@ -220,13 +288,18 @@ def checkpoint_bytes() -> bytes:
 
 
 @settings(FUZZ, max_examples=200)
-@given(edits=st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), min_size=1,
-                      max_size=6),
-       cut=st.none() | st.integers(0, 2**20),
-       near_start=st.booleans())
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 2**20), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.none() | st.integers(0, 2**20),
+    near_start=st.booleans(),
+)
 def test_mutated_checkpoints_give_state_dicts_or_checkpoint_errors(
-        scratch: Path, checkpoint_bytes: bytes, edits: list[tuple[int, int]], cut: int | None,
-        near_start: bool) -> None:
+    scratch: Path,
+    checkpoint_bytes: bytes,
+    edits: list[tuple[int, int]],
+    cut: int | None,
+    near_start: bool,
+) -> None:
     """Bytes flipped (often in the zip headers and the pickle, which sit near the start and
     the end of the file) or cut off: a state dict of tensors, or one CheckpointError line.
     Never unsafe loading: the loader only ever calls torch.load(weights_only=True)."""
@@ -273,29 +346,40 @@ def onnx_bytes() -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
-               for name, shape in (("w", (4, 1, 3, 3)), ("b", (4,)), ("fw", (10, 196)),
-                                   ("fb", (10,)))]
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[4, 4],
-                              strides=[4, 4]),
-             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-             helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1)]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in (("w", (4, 1, 3, 3)), ("b", (4,)), ("fw", (10, 196)), ("fb", (10,)))
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node(
+            "MaxPool", ["r"], ["p"], name="pool", kernel_shape=[4, 4], strides=[4, 4]
+        ),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
     graph = helper.make_graph(
-        nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializer=weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])\
-        .SerializeToString()
+        nodes,
+        "fuzz",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        initializer=weights,
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)]
+    ).SerializeToString()
 
 
 @settings(FUZZ, max_examples=300)
-@given(edits=st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), min_size=1,
-                      max_size=4),
-       cut=st.none() | st.integers(0, 2**16), in_graph=st.booleans())
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.none() | st.integers(0, 2**16),
+    in_graph=st.booleans(),
+)
 def test_mutated_onnx_files_give_graphs_or_model_errors(
-        scratch: Path, onnx_bytes: bytes, edits: list[tuple[int, int]], cut: int | None,
-        in_graph: bool) -> None:
+    scratch: Path, onnx_bytes: bytes, edits: list[tuple[int, int]], cut: int | None, in_graph: bool
+) -> None:
     """Bytes flipped in the node and attribute records (the start of the file, before the
     weights) or anywhere, or cut off: a graph, or one ModelError/ShapeError line."""
     from dnnlens.importers.onnx import import_onnx
@@ -312,17 +396,28 @@ def test_mutated_onnx_files_give_graphs_or_model_errors(
 
 
 @settings(FUZZ, max_examples=150)
-@given(rows=st.lists(st.lists(st.one_of(st.integers(-2, 300).map(str),
-                                        st.sampled_from(["", "x", "1.5", "conv1", " 3"])),
-                              max_size=10), max_size=4),
-       header=st.booleans())
-def test_scalesim_topologies_give_graphs_or_spec_errors(scratch: Path, rows: list[list[str]],
-                                                       header: bool) -> None:
+@given(
+    rows=st.lists(
+        st.lists(
+            st.one_of(
+                st.integers(-2, 300).map(str), st.sampled_from(["", "x", "1.5", "conv1", " 3"])
+            ),
+            max_size=10,
+        ),
+        max_size=4,
+    ),
+    header=st.booleans(),
+)
+def test_scalesim_topologies_give_graphs_or_spec_errors(
+    scratch: Path, rows: list[list[str]], header: bool
+) -> None:
     """SCALE-Sim topology CSVs with short, long, negative and non-numeric rows."""
     from dnnlens.importers.scalesim import import_topology
 
-    head = ("Layer name,IFMAP Height,IFMAP Width,Filter Height,Filter Width,Channels,"
-            "Num Filter,Strides,\n")
+    head = (
+        "Layer name,IFMAP Height,IFMAP Width,Filter Height,Filter Width,Channels,"
+        "Num Filter,Strides,\n"
+    )
     text = (head if header else "") + "".join(",".join(row) + ",\n" for row in rows)
     path = scratch / "fuzz-topology.csv"
     path.write_text(text)

@@ -16,8 +16,7 @@ import sys
 import pytest
 
 from dnnlens.errors import SpecError
-from dnnlens.roofline import (DTYPE_BYTES, Figure, HardwareSpec, known_devices, load_spec,
-                              save_spec)
+from dnnlens.roofline import DTYPE_BYTES, Figure, HardwareSpec, known_devices, load_spec, save_spec
 
 VALID = """
 name = "toy"
@@ -90,15 +89,23 @@ def test_bare_numbers_are_accepted(tmp_path):
 
 
 def test_save_then_load_round_trips(tmp_path):
-    spec = HardwareSpec("probe-like", "A machine \"quoted\" é", {
-        "fp32": Figure(1.25e11, "measured"), "int8": Figure(5e11, "derived: a x b")},
-        Figure(4.5e10, "triad"), Figure(33554432.0, "LLC"), Figure(2.5e10, "MemTotal"))
+    spec = HardwareSpec(
+        "probe-like",
+        'A machine "quoted" é',
+        {"fp32": Figure(1.25e11, "measured"), "int8": Figure(5e11, "derived: a x b")},
+        Figure(4.5e10, "triad"),
+        Figure(33554432.0, "LLC"),
+        Figure(2.5e10, "MemTotal"),
+    )
     path = save_spec(spec, tmp_path / "sub" / "me.toml")
     again = load_spec(path)
     assert (again.name, again.title) == (spec.name, spec.title)
     assert dict(again.peak_macs) == dict(spec.peak_macs)
-    assert (again.bandwidth, again.on_chip_memory, again.main_memory) == \
-        (spec.bandwidth, spec.on_chip_memory, spec.main_memory)
+    assert (again.bandwidth, again.on_chip_memory, again.main_memory) == (
+        spec.bandwidth,
+        spec.on_chip_memory,
+        spec.main_memory,
+    )
     assert [p.name for p in path.parent.iterdir()] == ["me.toml"]  # no temp file left
 
 
@@ -112,20 +119,31 @@ def test_unknown_device_names_the_known_ones():
         assert name in message
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda t: t.replace("[memory_bandwidth]\nvalue = 2e10", "[memory_bandwidth]\nvalue = -2e10"),
-     "memory_bandwidth"),
-    (lambda t: t.replace("value = 1e11", "value = -1"), "peak_macs_per_s.fp32"),
-    (lambda t: t.replace("value = 1048576", "value = 0"), "main_memory"),
-    (lambda t: t.replace("[memory_bandwidth]\nvalue = 2e10\n", "[memory_bandwidth]\n"),
-     "memory_bandwidth.value"),
-    (lambda t: t.replace("[memory_bandwidth]\nvalue = 2e10", "[other]\nvalue = 2e10"),
-     "memory_bandwidth"),
-    (lambda t: t.replace("[peak_macs_per_s.fp32]", "[peaks.fp32]"), "peak_macs_per_s"),
-    (lambda t: t.replace("value = 1e11", 'value = "fast"'), "peak_macs_per_s.fp32"),
-    (lambda t: t.replace("peak_macs_per_s.fp32", "peak_macs_per_s.fp64"), "fp64"),
-    (lambda t: t.replace("value = 1e11", "value = nan"), "peak_macs_per_s.fp32"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (
+            lambda t: t.replace(
+                "[memory_bandwidth]\nvalue = 2e10", "[memory_bandwidth]\nvalue = -2e10"
+            ),
+            "memory_bandwidth",
+        ),
+        (lambda t: t.replace("value = 1e11", "value = -1"), "peak_macs_per_s.fp32"),
+        (lambda t: t.replace("value = 1048576", "value = 0"), "main_memory"),
+        (
+            lambda t: t.replace("[memory_bandwidth]\nvalue = 2e10\n", "[memory_bandwidth]\n"),
+            "memory_bandwidth.value",
+        ),
+        (
+            lambda t: t.replace("[memory_bandwidth]\nvalue = 2e10", "[other]\nvalue = 2e10"),
+            "memory_bandwidth",
+        ),
+        (lambda t: t.replace("[peak_macs_per_s.fp32]", "[peaks.fp32]"), "peak_macs_per_s"),
+        (lambda t: t.replace("value = 1e11", 'value = "fast"'), "peak_macs_per_s.fp32"),
+        (lambda t: t.replace("peak_macs_per_s.fp32", "peak_macs_per_s.fp64"), "fp64"),
+        (lambda t: t.replace("value = 1e11", "value = nan"), "peak_macs_per_s.fp32"),
+    ],
+)
 def test_a_missing_or_bad_figure_is_named(tmp_path, edit, field):
     text = edit(VALID)
     assert text != VALID
@@ -147,15 +165,17 @@ def test_a_dtype_the_device_lacks_is_a_clear_error():
 
 
 def test_cli_reports_a_bad_device_as_error_and_exit_2():
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "hw", "show", "cray-1"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dnnlens", "hw", "show", "cray-1"], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: unknown device 'cray-1'")
 
 
 def test_cli_lists_devices():
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "hw", "list"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dnnlens", "hw", "list"], capture_output=True, text=True, check=True
+    )
     for name in known_devices():
         assert name in done.stdout
 
@@ -188,6 +208,7 @@ def test_probe_fp32_peak_against_the_theoretical_peak(probed):
     # Zen 5 (family 26) has two 512-bit FMA pipes: 2 x 16 lanes; otherwise 16 per cycle.
     lanes = 32 if (amd and family >= 26 and "avx512f" in flags) else 16
     import os
+
     cores = len(os.sched_getaffinity(0))
     theoretical = cores * lanes * mhz * 1e6
     ratio = probed.fp32_macs_per_s / theoretical
@@ -204,7 +225,7 @@ def test_fma_loop_is_vectorised_and_register_resident():
     fmas = re.findall(r"vfmadd\w+\s+%zmm\d+, %zmm\d+, %zmm\d+", asm)
     assert len(fmas) >= NACC // 16
     start = asm.index(fmas[0])
-    body = asm[start:asm.index("j", start)]  # up to the loop's back jump
+    body = asm[start : asm.index("j", start)]  # up to the loop's back jump
     assert "(%" not in body, "the FMA loop loads or stores"
 
 
@@ -218,14 +239,32 @@ def test_probe_saves_a_loadable_spec(probed, tmp_path):
 
 def test_cli_probe_prints_and_saves(tmp_path):
     target = tmp_path / "here.toml"
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "hw", "probe", "--seconds", "0.3",
-                           "--save", str(target), "--name", "here"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dnnlens",
+            "hw",
+            "probe",
+            "--seconds",
+            "0.3",
+            "--save",
+            str(target),
+            "--name",
+            "here",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "GMAC/s measured" in done.stdout and "GB/s (STREAM triad)" in done.stdout
     spec = load_spec(target)
     assert spec.name == "here" and spec.peak("fp32") > 0
     assert [p.name for p in tmp_path.iterdir()] == ["here.toml"]
-    bad = subprocess.run([sys.executable, "-m", "dnnlens", "hw", "probe", "--seconds", "0"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "dnnlens", "hw", "probe", "--seconds", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: --seconds")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from dnnlens.analysis import analyze
 from dnnlens.errors import ModelError, UsageError
@@ -18,15 +18,37 @@ from dnnlens.models import Net
 def test_reference_net_has_the_ten_correct_layers():
     graph = import_torch(Net(), (1, 1, 28, 28))
     # The notebook's list labels the flatten "relu" and misses the ReLU after fc1.
-    assert [n.kind for n in graph] == ["conv", "relu", "maxpool", "conv", "relu", "maxpool",
-                                       "flatten", "fc", "relu", "fc"]
-    assert [n.name for n in graph] == ["conv1", "relu", "pool", "conv2", "relu#2", "pool#2",
-                                       "flatten", "fc1", "relu#3", "fc2"]
+    assert [n.kind for n in graph] == [
+        "conv",
+        "relu",
+        "maxpool",
+        "conv",
+        "relu",
+        "maxpool",
+        "flatten",
+        "fc",
+        "relu",
+        "fc",
+    ]
+    assert [n.name for n in graph] == [
+        "conv1",
+        "relu",
+        "pool",
+        "conv2",
+        "relu#2",
+        "pool#2",
+        "flatten",
+        "fc1",
+        "relu#3",
+        "fc2",
+    ]
     assert graph.inputs == {"input": (1, 1, 28, 28)}
     assert graph.outputs == ["fc2"]
     conv1 = graph.node("conv1")
-    assert conv1.params == {"weight": Param("conv1.weight", (4, 1, 5, 5)),
-                            "bias": Param("conv1.bias", (4,))}
+    assert conv1.params == {
+        "weight": Param("conv1.weight", (4, 1, 5, 5)),
+        "bias": Param("conv1.bias", (4,)),
+    }
     assert conv1.module == "conv1" and conv1.module_type == "Conv2d"
     assert graph.node("relu#3").inputs == ["fc1"]
     assert graph.node("flatten").module == ""  # the view in Net.forward belongs to the root
@@ -38,8 +60,18 @@ def test_reference_net_shapes_match_pytorch_running_it():
     x = torch.zeros(2, 1, 28, 28)
     # Independent truth: the real CPU forward, step by step as Net.forward writes it.
     with torch.no_grad():
-        for f in (net.conv1, F.relu, net.pool, net.conv2, F.relu, net.pool,
-                  lambda t: t.view(-1, 392), net.fc1, F.relu, net.fc2):
+        for f in (
+            net.conv1,
+            F.relu,
+            net.pool,
+            net.conv2,
+            F.relu,
+            net.pool,
+            lambda t: t.view(-1, 392),
+            net.fc1,
+            F.relu,
+            net.fc2,
+        ):
             x = f(x)
             seen.append(tuple(x.shape))
     graph = import_torch(net, (2, 1, 28, 28))
@@ -81,8 +113,9 @@ def test_keyword_inputs_and_residual_wiring():
         def forward(self, x, *, scale):
             return self.fc(x) + x * scale
 
-    graph = import_torch(Block(), example_inputs=torch.zeros(2, 6),
-                         kwargs={"scale": torch.zeros(2, 6)})
+    graph = import_torch(
+        Block(), example_inputs=torch.zeros(2, 6), kwargs={"scale": torch.zeros(2, 6)}
+    )
     assert graph.inputs == {"input0": (2, 6), "scale": (2, 6)}
     mul = next(n for n in graph if n.kind == "mul")
     add = next(n for n in graph if n.kind == "add")
@@ -125,8 +158,12 @@ def test_conv_with_reflect_padding_shows_its_pad_and_is_not_run_as_zero_padding(
     conv = graph.nodes[1]
     assert conv.op.padding == ((0, 0), (0, 0))  # the padding happened before the conv
     # MACs unchanged by where the padding lives: 2 out ch * 8*8 positions * 1*3*3 = 1,152
-    assert conv.op.macs(conv.input_shapes, conv.output_shape,
-                        {r: p.shape for r, p in conv.params.items()}) == 1152
+    assert (
+        conv.op.macs(
+            conv.input_shapes, conv.output_shape, {r: p.shape for r, p in conv.params.items()}
+        )
+        == 1152
+    )
     with pytest.raises(ModelError, match="reflection_pad2d|unknown"):
         run(graph, model, np.zeros((1, 1, 8, 8), np.float32), engine="reference")
 

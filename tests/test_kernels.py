@@ -27,8 +27,9 @@ def run(op: Op, path: str, inputs: list[np.ndarray], weights: dict | None = None
     return getattr(op, path)(inputs, weights or {})
 
 
-def assert_matches(op: Op, inputs: list[np.ndarray], weights: dict, truth: torch.Tensor,
-                   atol: float = 1e-10) -> None:
+def assert_matches(
+    op: Op, inputs: list[np.ndarray], weights: dict, truth: torch.Tensor, atol: float = 1e-10
+) -> None:
     """The oracle: both kernel paths on the same float64 arrays equal torch's result."""
     expected = truth.detach().numpy()
     for path in PATHS:
@@ -59,9 +60,19 @@ def conv_cases(draw):
         reach = d * (k - 1) + 1
         sizes.append(draw(st.integers(max(1, reach - pb - pe), max(1, reach - pb - pe) + 6)))
     batch = draw(st.integers(1, 3))
-    return dict(batch=batch, cin=cin, cout=cout, kernel=(kh, kw), size=tuple(sizes),
-                stride=stride, dilation=dilation, padding=padding, groups=groups,
-                bias=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+    return dict(
+        batch=batch,
+        cin=cin,
+        cout=cout,
+        kernel=(kh, kw),
+        size=tuple(sizes),
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        groups=groups,
+        bias=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 def check_conv(case: dict) -> None:
@@ -71,19 +82,40 @@ def check_conv(case: dict) -> None:
     weights = {"weight": weight}
     if case["bias"]:
         weights["bias"] = random(rng, case["cout"])
-    op = Conv(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
-              groups=case["groups"])
+    op = Conv(
+        stride=case["stride"],
+        padding=case["padding"],
+        dilation=case["dilation"],
+        groups=case["groups"],
+    )
     (top, bottom), (left, right) = case["padding"]
     padded = F.pad(torch.from_numpy(x), (left, right, top, bottom))  # F.pad: last dim first
     bias = torch.from_numpy(weights["bias"]) if case["bias"] else None
-    truth = F.conv2d(padded, torch.from_numpy(weight), bias, stride=case["stride"],
-                     dilation=case["dilation"], groups=case["groups"])
+    truth = F.conv2d(
+        padded,
+        torch.from_numpy(weight),
+        bias,
+        stride=case["stride"],
+        dilation=case["dilation"],
+        groups=case["groups"],
+    )
     assert_matches(op, [x], weights, truth)
 
 
 def conv_case(**overrides) -> dict:
-    case = dict(batch=1, cin=1, cout=1, kernel=(3, 3), size=(5, 5), stride=(1, 1),
-                dilation=(1, 1), padding=((0, 0), (0, 0)), groups=1, bias=True, seed=0)
+    case = dict(
+        batch=1,
+        cin=1,
+        cout=1,
+        kernel=(3, 3),
+        size=(5, 5),
+        stride=(1, 1),
+        dilation=(1, 1),
+        padding=((0, 0), (0, 0)),
+        groups=1,
+        bias=True,
+        seed=0,
+    )
     case.update(overrides)
     return case
 
@@ -104,8 +136,15 @@ def test_conv1d_matches_torch():
     rng = np.random.default_rng(1)
     x, weight, bias = random(rng, 2, 4, 13), random(rng, 6, 2, 3), random(rng, 6)
     op = Conv(stride=(2,), padding=((1, 1),), dilation=(2,), groups=2)
-    truth = F.conv1d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias),
-                     stride=2, padding=1, dilation=2, groups=2)
+    truth = F.conv1d(
+        torch.from_numpy(x),
+        torch.from_numpy(weight),
+        torch.from_numpy(bias),
+        stride=2,
+        padding=1,
+        dilation=2,
+        groups=2,
+    )
     assert_matches(op, [x], {"weight": weight, "bias": bias}, truth)
 
 
@@ -131,8 +170,7 @@ def test_conv_channel_mismatch_names_both_shapes(path):
 def test_four_dimensional_conv_has_no_kernel():
     """Transposed and 3-d convolutions have kernels now (tests/test_op_oracles.py); a 4-d
     one does not, and both the per-node check and the kernel say so."""
-    op = Conv(stride=(1,) * 4, padding=((0, 0),) * 4, dilation=(1,) * 4,
-              output_padding=(0,) * 4)
+    op = Conv(stride=(1,) * 4, padding=((0, 0),) * 4, dilation=(1,) * 4, output_padding=(0,) * 4)
     x, w = np.zeros((1, 2, 3, 3, 3, 3)), np.zeros((2, 2, 1, 1, 1, 1))
     assert "4-d conv" in op.kernel_gap([x.shape], {"weight": w.shape})
     with pytest.raises(NotImplementedError, match="4-d conv"):
@@ -141,9 +179,13 @@ def test_four_dimensional_conv_has_no_kernel():
 
 # --- linear -------------------------------------------------------------------------------
 @FAST
-@given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=2),
-       batch=st.integers(1, 20), features=st.tuples(st.integers(1, 40), st.integers(1, 12)),
-       bias=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    lead=st.lists(st.integers(1, 4), min_size=0, max_size=2),
+    batch=st.integers(1, 20),
+    features=st.tuples(st.integers(1, 40), st.integers(1, 12)),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 @example(lead=[], batch=1, features=(1, 1), bias=True, seed=0)
 @example(lead=[], batch=17, features=(392, 10), bias=True, seed=0)  # more rows than a block
 def test_linear_matches_torch(lead, batch, features, bias, seed):
@@ -153,8 +195,11 @@ def test_linear_matches_torch(lead, batch, features, bias, seed):
     weights = {"weight": random(rng, out_features, in_features)}
     if bias:
         weights["bias"] = random(rng, out_features)
-    truth = F.linear(torch.from_numpy(x), torch.from_numpy(weights["weight"]),
-                     torch.from_numpy(weights["bias"]) if bias else None)
+    truth = F.linear(
+        torch.from_numpy(x),
+        torch.from_numpy(weights["weight"]),
+        torch.from_numpy(weights["bias"]) if bias else None,
+    )
     assert_matches(Linear(), [x], weights, truth)
 
 
@@ -172,39 +217,103 @@ def pool_cases(draw):
     stride = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)  # PyTorch: pad <= k/2
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if mode == "max" else (1, 1)
-    sizes = tuple(draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), 11))
-                  for k, d, p in zip(kernel, dilation, padding))
-    return dict(mode=mode, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
-                size=sizes, batch=draw(st.integers(1, 3)), channels=draw(st.integers(1, 3)),
-                ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()),
-                seed=draw(st.integers(0, 2**16)))
+    sizes = tuple(
+        draw(st.integers(max(1, d * (k - 1) + 1 - 2 * p), 11))
+        for k, d, p in zip(kernel, dilation, padding)
+    )
+    return dict(
+        mode=mode,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        size=sizes,
+        batch=draw(st.integers(1, 3)),
+        channels=draw(st.integers(1, 3)),
+        ceil_mode=draw(st.booleans()),
+        count_include_pad=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 @FAST
 @given(pool_cases())
-@example(dict(mode="max", kernel=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1),
-              size=(28, 28), batch=2, channels=4, ceil_mode=False, count_include_pad=True,
-              seed=0))  # the reference network's pooling
-@example(dict(mode="avg", kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1),
-              size=(6, 5), batch=1, channels=1, ceil_mode=True, count_include_pad=False,
-              seed=0))  # a ceil-mode window past the end padding
-@example(dict(mode="max", kernel=(1, 1), stride=(3, 3), padding=(0, 0), dilation=(1, 1),
-              size=(7, 7), batch=1, channels=1, ceil_mode=True, count_include_pad=True,
-              seed=0))  # stride larger than the window
+@example(
+    dict(
+        mode="max",
+        kernel=(2, 2),
+        stride=(2, 2),
+        padding=(0, 0),
+        dilation=(1, 1),
+        size=(28, 28),
+        batch=2,
+        channels=4,
+        ceil_mode=False,
+        count_include_pad=True,
+        seed=0,
+    )
+)  # the reference network's pooling
+@example(
+    dict(
+        mode="avg",
+        kernel=(3, 3),
+        stride=(2, 2),
+        padding=(1, 1),
+        dilation=(1, 1),
+        size=(6, 5),
+        batch=1,
+        channels=1,
+        ceil_mode=True,
+        count_include_pad=False,
+        seed=0,
+    )
+)  # a ceil-mode window past the end padding
+@example(
+    dict(
+        mode="max",
+        kernel=(1, 1),
+        stride=(3, 3),
+        padding=(0, 0),
+        dilation=(1, 1),
+        size=(7, 7),
+        batch=1,
+        channels=1,
+        ceil_mode=True,
+        count_include_pad=True,
+        seed=0,
+    )
+)  # stride larger than the window
 def test_pool2d_matches_torch(case):
     rng = np.random.default_rng(case["seed"])
     x = random(rng, case["batch"], case["channels"], *case["size"])
-    op = Pool(mode=case["mode"], kernel=case["kernel"], stride=case["stride"],
-              padding=tuple((p, p) for p in case["padding"]), dilation=case["dilation"],
-              ceil_mode=case["ceil_mode"], count_include_pad=case["count_include_pad"])
+    op = Pool(
+        mode=case["mode"],
+        kernel=case["kernel"],
+        stride=case["stride"],
+        padding=tuple((p, p) for p in case["padding"]),
+        dilation=case["dilation"],
+        ceil_mode=case["ceil_mode"],
+        count_include_pad=case["count_include_pad"],
+    )
     tx = torch.from_numpy(x)
     if case["mode"] == "max":
-        truth = F.max_pool2d(tx, case["kernel"], case["stride"], case["padding"],
-                             case["dilation"], ceil_mode=case["ceil_mode"])
+        truth = F.max_pool2d(
+            tx,
+            case["kernel"],
+            case["stride"],
+            case["padding"],
+            case["dilation"],
+            ceil_mode=case["ceil_mode"],
+        )
     else:
-        truth = F.avg_pool2d(tx, case["kernel"], case["stride"], case["padding"],
-                             ceil_mode=case["ceil_mode"],
-                             count_include_pad=case["count_include_pad"])
+        truth = F.avg_pool2d(
+            tx,
+            case["kernel"],
+            case["stride"],
+            case["padding"],
+            ceil_mode=case["ceil_mode"],
+            count_include_pad=case["count_include_pad"],
+        )
     assert_matches(op, [x], {}, truth)
 
 
@@ -221,23 +330,37 @@ def test_pool_window_larger_than_input_names_shapes(path):
 
 
 @FAST
-@given(size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
-       out=st.tuples(st.integers(1, 5), st.integers(1, 5)),
-       mode=st.sampled_from(["avg", "max"]), seed=st.integers(0, 2**16))
+@given(
+    size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    out=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    mode=st.sampled_from(["avg", "max"]),
+    seed=st.integers(0, 2**16),
+)
 def test_adaptive_pool_matches_torch(size, out, mode, seed):
     x = random(np.random.default_rng(seed), 2, 3, *size)
     function = F.adaptive_avg_pool2d if mode == "avg" else F.adaptive_max_pool2d
-    assert_matches(AdaptivePool(mode=mode, output_size=out), [x], {},
-                   function(torch.from_numpy(x), out))
+    assert_matches(
+        AdaptivePool(mode=mode, output_size=out), [x], {}, function(torch.from_numpy(x), out)
+    )
 
 
 # --- element-wise and shape ---------------------------------------------------------------
 TORCH_ACTIVATIONS = {
-    "relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-    "silu": F.silu, "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish, "exp": torch.exp,
-    "neg": torch.neg, "abs": torch.abs,
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "silu": F.silu,
+    "hardsigmoid": F.hardsigmoid,
+    "hardswish": F.hardswish,
+    "exp": torch.exp,
+    "neg": torch.neg,
+    "abs": torch.abs,
     # defined only for positive inputs: checked on |x| + 0.5
-    "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "reciprocal": torch.reciprocal,
+    "log": torch.log,
+    "sqrt": torch.sqrt,
+    "rsqrt": torch.rsqrt,
+    "reciprocal": torch.reciprocal,
 }
 
 
@@ -246,8 +369,7 @@ def test_activation_matches_torch(function):
     x = random(np.random.default_rng(4), 3, 4, 5) * 4
     if function in ("log", "sqrt", "rsqrt", "reciprocal"):
         x = np.abs(x) + 0.5
-    assert_matches(Activation(function), [x], {},
-                   TORCH_ACTIVATIONS[function](torch.from_numpy(x)))
+    assert_matches(Activation(function), [x], {}, TORCH_ACTIVATIONS[function](torch.from_numpy(x)))
 
 
 def test_operator_without_kernel_says_so():
@@ -262,9 +384,18 @@ def test_operator_without_kernel_says_so():
 
 
 @FAST
-@given(shapes=st.sampled_from([((2, 3, 4, 4), (2, 3, 4, 4)), ((2, 3, 4, 4), (1, 3, 1, 1)),
-                               ((5,), (3, 1)), ((1,), (2, 2))]),
-       function=st.sampled_from(["add", "sub", "mul", "maximum"]), seed=st.integers(0, 99))
+@given(
+    shapes=st.sampled_from(
+        [
+            ((2, 3, 4, 4), (2, 3, 4, 4)),
+            ((2, 3, 4, 4), (1, 3, 1, 1)),
+            ((5,), (3, 1)),
+            ((1,), (2, 2)),
+        ]
+    ),
+    function=st.sampled_from(["add", "sub", "mul", "maximum"]),
+    seed=st.integers(0, 99),
+)
 def test_binary_broadcasts_like_torch(shapes, function, seed):
     rng = np.random.default_rng(seed)
     a, b = random(rng, *shapes[0]), random(rng, *shapes[1])
@@ -294,13 +425,20 @@ def test_flatten_traced_at_batch_one_runs_at_any_batch():
 
 # --- the fused conv -> relu -> max-pool kernel (compiled engine) ----------------------------
 @settings(max_examples=20, deadline=None)
-@given(batch=st.sampled_from([1, 15, 16, 17, 37]), cin=st.integers(1, 3),
-       cout=st.integers(1, 9), kernel=st.tuples(st.integers(1, 5), st.sampled_from([3, 5])),
-       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), stride_h=st.integers(1, 2),
-       pad=st.integers(0, 2), pool=st.sampled_from([(2, 2), (3, 2), (2, 1), (1, 1)]),
-       seed=st.integers(0, 2**16))
-def test_fused_conv_relu_maxpool_matches_torch(batch, cin, cout, kernel, dilation, stride_h,
-                                               pad, pool, seed):
+@given(
+    batch=st.sampled_from([1, 15, 16, 17, 37]),
+    cin=st.integers(1, 3),
+    cout=st.integers(1, 9),
+    kernel=st.tuples(st.integers(1, 5), st.sampled_from([3, 5])),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    stride_h=st.integers(1, 2),
+    pad=st.integers(0, 2),
+    pool=st.sampled_from([(2, 2), (3, 2), (2, 1), (1, 1)]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_conv_relu_maxpool_matches_torch(
+    batch, cin, cout, kernel, dilation, stride_h, pad, pool, seed
+):
     from dnnlens.ops.conv import Conv2dAttrs, conv_relu_maxpool_compiled
 
     # the conv output must hold one pool window (PyTorch refuses it otherwise too):
@@ -316,8 +454,13 @@ def test_fused_conv_relu_maxpool_matches_torch(batch, cin, cout, kernel, dilatio
     (pool_k, pool_s) = pool
     got = conv_relu_maxpool_compiled(x, weight, bias, attrs, (pool_k, pool_k), (pool_s, pool_s))
     padded = F.pad(torch.from_numpy(x).double(), (pad, pad + 1, pad, pad))
-    conv = F.conv2d(padded, torch.from_numpy(weight).double(), torch.from_numpy(bias).double(),
-                    stride=(stride_h, 1), dilation=dilation)
+    conv = F.conv2d(
+        padded,
+        torch.from_numpy(weight).double(),
+        torch.from_numpy(bias).double(),
+        stride=(stride_h, 1),
+        dilation=dilation,
+    )
     truth = F.max_pool2d(F.relu(conv), pool_k, pool_s).numpy()
     assert got.shape == truth.shape
     np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-5)

@@ -20,10 +20,10 @@ class NotebookNet(nn.Module):
     """The course notebook's cell, verbatim (the independent truth)."""
 
     def __init__(self):
-        super(NotebookNet, self).__init__()
-        self.conv1 = nn.Conv2d(1, 4, 5, padding = 2)
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 5, padding=2)
         self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(4, 8, 5, padding = 2)
+        self.conv2 = nn.Conv2d(4, 8, 5, padding=2)
         self.fc1 = nn.Linear(8 * 7 * 7, 256)
         self.fc2 = nn.Linear(256, 10)
 
@@ -60,11 +60,16 @@ def test_layer_output_shapes(batch: int) -> None:
     net = Net()
     for name in ("conv1", "conv2", "fc1", "fc2"):
         getattr(net, name).register_forward_hook(
-            lambda module, inputs, output, name=name: shapes.__setitem__(name, output.shape))
+            lambda module, inputs, output, name=name: shapes.__setitem__(name, output.shape)
+        )
     out = net(torch.zeros(batch, 1, 28, 28))
     # padding 2 keeps 28 and 14 (28 + 2*2 - 5 + 1 = 28); each 2x2 pool halves: 28 -> 14 -> 7
-    assert shapes == {"conv1": (batch, 4, 28, 28), "conv2": (batch, 8, 14, 14),
-                      "fc1": (batch, 256), "fc2": (batch, 10)}
+    assert shapes == {
+        "conv1": (batch, 4, 28, 28),
+        "conv2": (batch, 8, 14, 14),
+        "fc1": (batch, 256),
+        "fc2": (batch, 10),
+    }
     assert out.shape == (batch, 10)
 
 
@@ -100,13 +105,15 @@ def test_nested_state_dict_is_found(tmp_path: Path) -> None:
     assert torch.equal(state["fc2.bias"], net.fc2.bias.detach())
 
 
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_keeps_the_old_file_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = save_checkpoint(Net().state_dict(), tmp_path / "net.pth")
     before = path.read_bytes()
     real_save = torch.save
 
     for failure in (OSError(28, "No space left on device"), KeyboardInterrupt()):
+
         def half_write(obj: object, f: object, failure: BaseException = failure) -> None:
             real_save(obj, f)
             f.truncate(100)  # type: ignore[attr-defined]  # half the data is on disk ...
@@ -144,9 +151,11 @@ def test_mismatch_errors_name_keys_and_shapes(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="unexpected fc3.weight"):
         load_checkpoint(tmp_path / "extra.pth")
     torch.save({**state, "conv1.weight": torch.zeros(8, 1, 5, 5)}, tmp_path / "shape.pth")
-    with pytest.raises(CheckpointError,
-                       match=r"conv1.weight is \(8, 1, 5, 5\) in the checkpoint but "
-                             r"\(4, 1, 5, 5\) in Net"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"conv1.weight is \(8, 1, 5, 5\) in the checkpoint but "
+        r"\(4, 1, 5, 5\) in Net",
+    ):
         load_checkpoint(tmp_path / "shape.pth")
 
 
@@ -171,12 +180,16 @@ def test_refuses_unsafe_pickles_and_says_how_to_convert(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "corrupt"),
-    (b"hello world", "corrupt"),
-    (os.urandom(2000), "corrupt"),
-    (pickle.dumps({"a": 1}), "corrupt"),
-], ids=["empty", "text", "random", "plain-pickle"])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "corrupt"),
+        (b"hello world", "corrupt"),
+        (os.urandom(2000), "corrupt"),
+        (pickle.dumps({"a": 1}), "corrupt"),
+    ],
+    ids=["empty", "text", "random", "plain-pickle"],
+)
 def test_not_a_checkpoint(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / "bad.pth").write_bytes(content)
     with pytest.raises(CheckpointError, match=message) as info:

@@ -28,8 +28,14 @@ def net_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("netron") / "net.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Net().eval(), (torch.zeros(1, 1, 28, 28),), str(path), dynamo=True,
-                          optimize=False, verbose=False)
+        torch.onnx.export(
+            Net().eval(),
+            (torch.zeros(1, 1, 28, 28),),
+            str(path),
+            dynamo=True,
+            optimize=False,
+            verbose=False,
+        )
     return path
 
 

@@ -20,17 +20,34 @@ import pytest
 import dnnlens.ops
 
 # Every operator module, so a kernel added to any family later is scanned too.
-KERNEL_MODULES = [importlib.import_module(f"dnnlens.ops.{info.name}")
-                  for info in pkgutil.iter_modules(dnnlens.ops.__path__)]
-FORBIDDEN_NAMES = {"dot", "vdot", "inner", "matmul", "einsum", "tensordot", "convolve",
-                   "correlate", "fftconvolve", "conv2d", "linear", "scipy", "torch",
-                   "sliding_window_view", "as_strided"}
+KERNEL_MODULES = [
+    importlib.import_module(f"dnnlens.ops.{info.name}")
+    for info in pkgutil.iter_modules(dnnlens.ops.__path__)
+]
+FORBIDDEN_NAMES = {
+    "dot",
+    "vdot",
+    "inner",
+    "matmul",
+    "einsum",
+    "tensordot",
+    "convolve",
+    "correlate",
+    "fftconvolve",
+    "conv2d",
+    "linear",
+    "scipy",
+    "torch",
+    "sliding_window_view",
+    "as_strided",
+}
 
 
 def is_oracle(node: ast.AST) -> bool:
     """A function holding oracle code: ``torch_oracle`` or a ``torch_*`` helper."""
     return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
-        node.name.startswith("torch_"))
+        node.name.startswith("torch_")
+    )
 
 
 def kernel_nodes(tree: ast.AST):
@@ -58,8 +75,11 @@ def library_uses(source: str) -> list[str]:
         elif isinstance(node, ast.Name) and forbidden(node.id):
             found.append(f"line {line}: {node.id}")
         elif isinstance(node, ast.Import):
-            found += [f"line {line}: import {a.name}" for a in node.names
-                      if a.name.split(".")[0] in FORBIDDEN_NAMES]
+            found += [
+                f"line {line}: import {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] in FORBIDDEN_NAMES
+            ]
         elif isinstance(node, ast.ImportFrom) and node.module:
             # importing an oracle helper by name is fine; using it outside an oracle is not
             names = {node.module.split(".")[0], *(a.name for a in node.names)}
@@ -74,16 +94,27 @@ def test_kernel_module_uses_no_library_product(module):
     assert library_uses(source) == [], f"{module.__name__} calls a library kernel"
 
 
-@pytest.mark.parametrize("snippet", [
-    "out = np.dot(x, w)", "out = x @ w", "out @= w", "np.einsum('ij,jk', a, b)",
-    "np.matmul(a, b)", "np.tensordot(a, b, 1)", "np.convolve(a, b)", "import torch",
-    "from scipy.signal import convolve2d", "F.conv2d(x, w)", "import scipy.signal",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "out = np.dot(x, w)",
+        "out = x @ w",
+        "out @= w",
+        "np.einsum('ij,jk', a, b)",
+        "np.matmul(a, b)",
+        "np.tensordot(a, b, 1)",
+        "np.convolve(a, b)",
+        "import torch",
+        "from scipy.signal import convolve2d",
+        "F.conv2d(x, w)",
+        "import scipy.signal",
+    ],
+)
 def test_scanner_catches_library_products(snippet):
     assert library_uses(snippet), snippet
 
 
-PLANTED = '''
+PLANTED = """
 class Op:
     def reference(self, inputs, weights):
         return {kernel}
@@ -95,15 +126,18 @@ class Op:
 
 def loops(a, b, out):
     out[:] = {loop}
-'''
+"""
 
 
-@pytest.mark.parametrize("kernel, loop", [
-    ("np.dot(inputs[0], inputs[1])", "0"),  # a library product in a kernel method
-    ("0", "np.dot(a, b)"),  # ... in a loop function
-    ("torch_tensors(inputs[0])[0].numpy()", "0"),  # torch smuggled in through a helper
-    ("torch.relu(inputs[0])", "0"),
-])
+@pytest.mark.parametrize(
+    "kernel, loop",
+    [
+        ("np.dot(inputs[0], inputs[1])", "0"),  # a library product in a kernel method
+        ("0", "np.dot(a, b)"),  # ... in a loop function
+        ("torch_tensors(inputs[0])[0].numpy()", "0"),  # torch smuggled in through a helper
+        ("torch.relu(inputs[0])", "0"),
+    ],
+)
 def test_scanner_catches_a_library_product_planted_in_a_kernel(kernel, loop):
     assert library_uses(PLANTED.format(kernel=kernel, loop=loop))
 

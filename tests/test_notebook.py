@@ -27,16 +27,32 @@ pytestmark = pytest.mark.slow  # trains 10 epochs and verifies both engines (abo
 
 #: The course notebook's answers (its printed output for 2.3 to 2.7) for the layers that
 #: exist in both lists, by our layer name.
-COURSE_DESCRIPTORS = {"conv1": (5, 5, 1, 4), "pool": (2, 2, 2, 2), "conv2": (5, 5, 4, 8),
-                      "pool#2": (2, 2, 2, 2), "fc1": (256, 392), "fc2": (10, 256)}
+COURSE_DESCRIPTORS = {
+    "conv1": (5, 5, 1, 4),
+    "pool": (2, 2, 2, 2),
+    "conv2": (5, 5, 4, 8),
+    "pool#2": (2, 2, 2, 2),
+    "fc1": (256, 392),
+    "fc2": (10, 256),
+}
 COURSE_WEIGHTS = {"conv1": 100, "conv2": 800, "fc1": 100_352, "fc2": 2_560}  # 2.5
 COURSE_MACS = {"conv1": 78_400, "conv2": 156_800, "fc1": 100_352, "fc2": 2_560}  # 2.6
-COURSE_INTENSITY = {"conv1": 19.502487562189053, "conv2": 49.746192893401016,  # 2.7
-                    "fc1": 0.9935841584158416, "fc2": 0.9058740268931351}
+COURSE_INTENSITY = {
+    "conv1": 19.502487562189053,
+    "conv2": 49.746192893401016,  # 2.7
+    "fc1": 0.9935841584158416,
+    "fc2": 0.9058740268931351,
+}
 COURSE_OUTPUT_SHAPES = {  # 2.4, written (N, C, W, H), fc layers as (N, features, 1, 1)
-    "conv1": (1, 4, 28, 28), "relu": (1, 4, 28, 28), "pool": (1, 4, 14, 14),
-    "conv2": (1, 8, 14, 14), "relu#2": (1, 8, 14, 14), "pool#2": (1, 8, 7, 7),
-    "fc1": (1, 256, 1, 1), "fc2": (1, 10, 1, 1)}
+    "conv1": (1, 4, 28, 28),
+    "relu": (1, 4, 28, 28),
+    "pool": (1, 4, 14, 14),
+    "conv2": (1, 8, 14, 14),
+    "relu#2": (1, 8, 14, 14),
+    "pool#2": (1, 8, 7, 7),
+    "fc1": (1, 256, 1, 1),
+    "fc2": (1, 10, 1, 1),
+}
 
 #: Run by this test after the notebook, in its kernel: the notebook's figures as JSON.
 GATHER = """
@@ -67,9 +83,13 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, A
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     with pytest.MonkeyPatch.context() as env:  # the kernel inherits this process's environment
         env.setenv("MPLBACKEND", "Agg")
-        client = NotebookClient(notebook, timeout=900, startup_timeout=120,
-                                kernel_name="python3",
-                                resources={"metadata": {"path": str(folder)}})
+        client = NotebookClient(
+            notebook,
+            timeout=900,
+            startup_timeout=120,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(folder)}},
+        )
         with client.setup_kernel():
             for index, cell in enumerate(notebook.cells):
                 client.execute_cell(cell, index)
@@ -117,8 +137,9 @@ def _shown(cell: Any) -> list[Any]:
                 shown.append((output.name, output.text))
         elif output.output_type in ("display_data", "execute_result"):
             data = output.get("data", {})
-            shown.append({kind: (data[kind] if kind.startswith("text/") else kind)
-                          for kind in sorted(data)})
+            shown.append(
+                {kind: (data[kind] if kind.startswith("text/") else kind) for kind in sorted(data)}
+            )
     return shown
 
 
@@ -160,7 +181,8 @@ def test_2_1_shows_our_loop_nests(executed: tuple[Any, dict[str, Any], Path]) ->
 
 
 def test_2_2_our_engines_agree_with_pytorch_on_every_image(
-        executed: tuple[Any, dict[str, Any], Path]) -> None:
+    executed: tuple[Any, dict[str, Any], Path],
+) -> None:
     _, results, _ = executed
     assert set(results["verify"]) == {"compiled", "reference"}
     for engine, check in results["verify"].items():
@@ -172,13 +194,24 @@ def test_2_2_our_engines_agree_with_pytorch_on_every_image(
 
 
 def test_2_3_the_ten_layers_and_the_course_descriptors(
-        executed: tuple[Any, dict[str, Any], Path]) -> None:
+    executed: tuple[Any, dict[str, Any], Path],
+) -> None:
     _, results, _ = executed
     layers = results["layers"]
     # The course's Net.forward, read by hand: pool(relu(conv1)), pool(relu(conv2)), view,
     # relu(fc1), fc2: ten operators, where the course's list has nine.
     assert [layer["type"] for layer in layers] == [
-        "conv", "relu", "maxpool", "conv", "relu", "maxpool", "flatten", "fc", "relu", "fc"]
+        "conv",
+        "relu",
+        "maxpool",
+        "conv",
+        "relu",
+        "maxpool",
+        "flatten",
+        "fc",
+        "relu",
+        "fc",
+    ]
     by_name = {layer["name"]: layer for layer in layers}
     for name, descriptor in COURSE_DESCRIPTORS.items():
         assert tuple(by_name[name]["descriptor"]) == descriptor, name
@@ -207,14 +240,14 @@ def test_2_5_weights_and_weight_memory(executed: tuple[Any, dict[str, Any], Path
     by_name = {layer["name"]: layer for layer in results["layers"]}
     for name, weights in COURSE_WEIGHTS.items():
         assert by_name[name]["weights"] == weights, name
-    others = [layer["weights"] for layer in results["layers"] if layer["name"] not in
-              COURSE_WEIGHTS]
+    others = [
+        layer["weights"] for layer in results["layers"] if layer["name"] not in COURSE_WEIGHTS
+    ]
     assert others == [0] * 6
     assert results["totals"]["weights"] == 103_812  # the course's expected total
     # 4 + 8 + 256 + 10 biases, counted apart
     assert results["totals"]["biases"] == 278
-    assert results["weight_memory"] == {"fp32": 103_812 * 4, "fp16": 103_812 * 2,
-                                        "int8": 103_812}
+    assert results["weight_memory"] == {"fp32": 103_812 * 4, "fp16": 103_812 * 2, "int8": 103_812}
 
 
 def test_2_6_multiplications(executed: tuple[Any, dict[str, Any], Path]) -> None:

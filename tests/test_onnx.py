@@ -19,8 +19,17 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 #: Issue 4's cross-check list.
-TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "vgg11", "alexnet", "efficientnet_b0",
-               "squeezenet1_0", "shufflenet_v2_x1_0", "vit_b_16"]
+TORCHVISION = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "vgg11",
+    "alexnet",
+    "efficientnet_b0",
+    "squeezenet1_0",
+    "shufflenet_v2_x1_0",
+    "vit_b_16",
+]
 
 
 def export(model, shape, path: Path, dynamo: bool = True) -> Path:
@@ -32,8 +41,9 @@ def export(model, shape, path: Path, dynamo: bool = True) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            torch.onnx.export(model, (torch.zeros(shape),), str(path), dynamo=True,
-                              optimize=False, verbose=False)
+            torch.onnx.export(
+                model, (torch.zeros(shape),), str(path), dynamo=True, optimize=False, verbose=False
+            )
         else:
             raise ValueError("use export_torchscript_net")
     return path
@@ -46,10 +56,12 @@ def export_torchscript_net(path: Path) -> Path:
     import subprocess
     import sys
 
-    code = ("import sys, warnings, torch; warnings.simplefilter('ignore');"
-            "from dnnlens.models import Net;"
-            "torch.onnx.export(Net().eval(), (torch.zeros(1, 1, 28, 28),), sys.argv[1],"
-            " dynamo=False, input_names=['x'], output_names=['logits'])")
+    code = (
+        "import sys, warnings, torch; warnings.simplefilter('ignore');"
+        "from dnnlens.models import Net;"
+        "torch.onnx.export(Net().eval(), (torch.zeros(1, 1, 28, 28),), sys.argv[1],"
+        " dynamo=False, input_names=['x'], output_names=['logits'])"
+    )
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=300)
     return path
 
@@ -76,8 +88,12 @@ def test_torchvision_round_trip_gives_the_pytorch_totals(onnx_dir, name):
     # Parameters keep their state-dict names and values (constant operands, such as a
     # scale of 0.125, are kept too, under their ONNX names, and are not parameters).
     state = model.state_dict()
-    learned = {p.name: p for node in graph for role, p in node.params.items()
-               if not role.startswith("constant")}
+    learned = {
+        p.name: p
+        for node in graph
+        for role, p in node.params.items()
+        if not role.startswith("constant")
+    }
     for param in learned.values():
         assert param.name in state
         assert weights[param.name].size == state[param.name].numel()
@@ -86,8 +102,9 @@ def test_torchvision_round_trip_gives_the_pytorch_totals(onnx_dir, name):
         extra.unlink()
 
 
-def test_reference_network_matches_onnxruntime_on_the_sample(tmp_path, sample_checkpoint,
-                                                             sample_test_data):
+def test_reference_network_matches_onnxruntime_on_the_sample(
+    tmp_path, sample_checkpoint, sample_test_data
+):
     import torch
 
     from dnnlens.models import Net
@@ -129,11 +146,21 @@ def test_torchscript_export_keeps_module_paths_and_the_table(tmp_path):
     path = export_torchscript_net(tmp_path / "ts.onnx")
     ours = analyze(import_onnx(path)[0])
     theirs = analyze(Net(), (1, 1, 28, 28))
-    pick = lambda a: [(r.type, r.macs, r.weights, r.output_shape)
-                      for r in a.rows if r.type in ("conv", "fc", "maxpool")]
+
+    def pick(a):
+        return [
+            (r.type, r.macs, r.weights, r.output_shape)
+            for r in a.rows
+            if r.type in ("conv", "fc", "maxpool")
+        ]
+
     assert pick(ours) == pick(theirs)
-    assert [r.module for r in ours.rows if r.type in ("conv", "fc")] == \
-        ["conv1", "conv2", "fc1", "fc2"]
+    assert [r.module for r in ours.rows if r.type in ("conv", "fc")] == [
+        "conv1",
+        "conv2",
+        "fc1",
+        "fc2",
+    ]
 
 
 def _tiny_model(nodes, inputs, outputs, initializers=(), opset=17):
@@ -151,11 +178,14 @@ def test_gemm_alpha_beta_and_untransposed_weight_run_like_onnxruntime(tmp_path):
     w = rng.standard_normal((6, 4)).astype(np.float32)  # (K, N): transB = 0
     b = rng.standard_normal((4,)).astype(np.float32)
     model = _tiny_model(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], alpha=0.5, beta=2.0),
-         helper.make_node("Relu", ["y"], ["z"])],
+        [
+            helper.make_node("Gemm", ["x", "w", "b"], ["y"], alpha=0.5, beta=2.0),
+            helper.make_node("Relu", ["y"], ["z"]),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
     path = tmp_path / "gemm.onnx"
     onnx.save(model, str(path))
     graph, weights = import_onnx(path, input_shape=(3, 6))
@@ -172,10 +202,13 @@ def test_unknown_op_keeps_its_shapes_and_is_flagged(tmp_path):
     from onnx import TensorProto, helper
 
     model = _tiny_model(
-        [helper.make_node("LpNormalization", ["x"], ["y"], axis=1),
-         helper.make_node("Relu", ["y"], ["z"])],
+        [
+            helper.make_node("LpNormalization", ["x"], ["y"], axis=1),
+            helper.make_node("Relu", ["y"], ["z"]),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 5])])
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 5])],
+    )
     path = tmp_path / "unknown.onnx"
     onnx.save(model, str(path))
     a = analyze(import_onnx(path)[0])
@@ -185,6 +218,7 @@ def test_unknown_op_keeps_its_shapes_and_is_flagged(tmp_path):
 
 
 # --- malformed files: one-line ModelErrors, exit code 2 on the CLI ---------------------------
+
 
 def assert_cli_error(capsys, argv, needle):
     assert main(argv) == 2
@@ -210,7 +244,8 @@ def test_dangling_input(tmp_path, capsys):
     model = _tiny_model(
         [helper.make_node("Add", ["x", "ghost"], ["y"], name="add0")],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "dangling.onnx"
     onnx.save(model, str(path))
     with pytest.raises(ModelError, match="'ghost'"):
@@ -224,7 +259,8 @@ def test_dynamic_dims_need_input(tmp_path, capsys):
     model = _tiny_model(
         [helper.make_node("Relu", ["x"], ["y"])],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "h", "w"])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+    )
     path = tmp_path / "dynamic.onnx"
     onnx.save(model, str(path))
     with pytest.raises(ModelError, match="--input"):

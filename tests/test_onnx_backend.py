@@ -21,8 +21,9 @@ from dnnlens.errors import DnnlensError
 
 onnx = pytest.importorskip("onnx")
 
-from dnnlens import engine
-from dnnlens.importers.onnx import RULES, import_onnx
+# After the importorskip on purpose: without onnx the module is skipped, not an import error.
+from dnnlens import engine  # noqa: E402
+from dnnlens.importers.onnx import RULES, import_onnx  # noqa: E402
 
 pytestmark = pytest.mark.slow  # generating onnx's cases takes some seconds
 
@@ -56,8 +57,9 @@ def with_initializers(case) -> tuple[bytes, np.ndarray, list[np.ndarray]] | None
     model = onnx.ModelProto()
     model.CopyFrom(case.model)
     inputs, expected = case.data_sets[0]
-    if not inputs or not all(isinstance(v, (np.ndarray, np.generic))
-                              for v in (*inputs, *expected)):
+    if not inputs or not all(
+        isinstance(v, (np.ndarray, np.generic)) for v in (*inputs, *expected)
+    ):
         return None
     graph = model.graph
     values = list(graph.input)
@@ -70,7 +72,7 @@ def with_initializers(case) -> tuple[bytes, np.ndarray, list[np.ndarray]] | None
 
 
 def run_case(case, path: Path, engine_name: str) -> str:
-    """"pass", "refused: <line>", or an AssertionError for wrong values."""
+    """ "pass", "refused: <line>", or an AssertionError for wrong values."""
     built = with_initializers(case)
     if built is None:
         return "skip"
@@ -96,9 +98,13 @@ def run_case(case, path: Path, engine_name: str) -> str:
         assert got.shape == want.shape, (case.name, engine_name, got.shape, want.shape)
         if want.dtype.kind in "iub":  # integer arithmetic stays integer
             assert got.dtype.kind in "iub", (case.name, engine_name, got.dtype)
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
-                                   rtol=max(case.rtol, 1e-4), atol=max(case.atol, 1e-5),
-                                   err_msg=f"{case.name} ({engine_name} engine)")
+        np.testing.assert_allclose(
+            got.astype(np.float64),
+            want.astype(np.float64),
+            rtol=max(case.rtol, 1e-4),
+            atol=max(case.atol, 1e-5),
+            err_msg=f"{case.name} ({engine_name} engine)",
+        )
     return "pass"
 
 
@@ -107,8 +113,7 @@ def test_backend_node_cases_pass_or_are_refused(cases, op_type, tmp_path):
     outcomes = {}
     for case in cases.get(op_type, []):
         for engine_name in engine.ENGINES:
-            outcomes[case.name, engine_name] = run_case(case, tmp_path / "case.onnx",
-                                                        engine_name)
+            outcomes[case.name, engine_name] = run_case(case, tmp_path / "case.onnx", engine_name)
     # Both engines agree on which cases they run.
     for (name, engine_name), outcome in outcomes.items():
         other = outcomes[name, "reference" if engine_name == "compiled" else "compiled"]
@@ -118,8 +123,20 @@ def test_backend_node_cases_pass_or_are_refused(cases, op_type, tmp_path):
 def test_most_claimed_operators_really_run(cases, tmp_path):
     """The suite is not passing by refusing everything: the operators the engine has kernels
     for pass at least one of their cases."""
-    for op_type in ("Conv", "Relu", "MaxPool", "Gemm", "Add", "Mul", "Flatten", "Softmax",
-                    "Concat", "Transpose", "Slice"):
-        results = [run_case(case, tmp_path / "case.onnx", "reference")
-                   for case in cases.get(op_type, [])]
+    for op_type in (
+        "Conv",
+        "Relu",
+        "MaxPool",
+        "Gemm",
+        "Add",
+        "Mul",
+        "Flatten",
+        "Softmax",
+        "Concat",
+        "Transpose",
+        "Slice",
+    ):
+        results = [
+            run_case(case, tmp_path / "case.onnx", "reference") for case in cases.get(op_type, [])
+        ]
         assert "pass" in results, (op_type, results)

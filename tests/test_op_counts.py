@@ -113,8 +113,10 @@ def test_functional_linear_and_matmul():
 
 def test_q_at_k_transpose():
     # (2,4,10,16) @ (2,4,16,10) -> (2,4,10,10): 2*4*10*10*16 = 12,800 MACs
-    result = analyze(Fn(lambda q, k: q @ k.transpose(-2, -1)),
-                     example_inputs=(torch.zeros(2, 4, 10, 16), torch.zeros(2, 4, 10, 16)))
+    result = analyze(
+        Fn(lambda q, k: q @ k.transpose(-2, -1)),
+        example_inputs=(torch.zeros(2, 4, 10, 16), torch.zeros(2, 4, 10, 16)),
+    )
     assert result.totals.macs == 12_800
     assert result.rows[-1].output_shape == (2, 4, 10, 10)
 
@@ -192,14 +194,39 @@ def test_batch_1_vs_4():
 
 def test_norms_pooling_activations_softmax_dropout_flatten():
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.GELU(), nn.GroupNorm(2, 8), nn.SiLU(),
-        nn.AvgPool2d(2), nn.Hardswish(), nn.MaxPool2d(3, 1, 1), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Dropout(0.1), nn.LayerNorm(8), nn.Sigmoid(), nn.Softmax(dim=1))
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.GELU(),
+        nn.GroupNorm(2, 8),
+        nn.SiLU(),
+        nn.AvgPool2d(2),
+        nn.Hardswish(),
+        nn.MaxPool2d(3, 1, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.1),
+        nn.LayerNorm(8),
+        nn.Sigmoid(),
+        nn.Softmax(dim=1),
+    )
     result = analyze(model, (2, 3, 10, 10))
     kinds = [r.type for r in result.rows]
-    assert kinds == ["conv", "batchnorm", "gelu", "groupnorm", "silu", "avgpool", "hardswish",
-                     "maxpool", "adaptiveavgpool", "flatten", "dropout", "layernorm", "sigmoid",
-                     "softmax"]
+    assert kinds == [
+        "conv",
+        "batchnorm",
+        "gelu",
+        "groupnorm",
+        "silu",
+        "avgpool",
+        "hardswish",
+        "maxpool",
+        "adaptiveavgpool",
+        "flatten",
+        "dropout",
+        "layernorm",
+        "sigmoid",
+        "softmax",
+    ]
     shapes = [r.output_shape for r in result.rows]
     assert shapes[0] == (2, 8, 8, 8) and shapes[5] == (2, 8, 4, 4) and shapes[8] == (2, 8, 1, 1)
     assert shapes[-1] == (2, 8)

@@ -17,8 +17,10 @@ from dnnlens import analyze
 from dnnlens.errors import ShapeError
 from dnnlens.ops import Recurrent
 
-pytestmark = [pytest.mark.filterwarnings("ignore:TF32 acceleration"),
-              pytest.mark.filterwarnings("ignore:LSTM with projections")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:TF32 acceleration"),
+    pytest.mark.filterwarnings("ignore:LSTM with projections"),
+]
 
 
 def _macs(module: nn.Module, x: torch.Tensor) -> int:
@@ -28,8 +30,11 @@ def _macs(module: nn.Module, x: torch.Tensor) -> int:
 def _flop_counter_macs(module: nn.Module, x: torch.Tensor) -> int:
     """PyTorch's count on the real module. oneDNN's fused LSTM kernel is invisible to it, so
     the default (matrix-product) implementation is forced."""
-    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), \
-            FlopCounterMode(display=False) as counter:
+    with (
+        torch.no_grad(),
+        torch.backends.mkldnn.flags(enabled=False),
+        FlopCounterMode(display=False) as counter,
+    ):
         module(x)
     return counter.get_total_flops() // 2
 
@@ -40,12 +45,18 @@ CASES = [
     (lambda: nn.LSTM(10, 20, batch_first=True), (3, 5, 10), 3 * 5 * 4 * 20 * (10 + 20)),
     # LSTM 2 layers, bidirectional, (T=5, N=3): per step and direction
     # 4*20*(10+20) + 4*20*(40+20) = 2,400 + 4,800 = 7,200; times N*T*D = 3*5*2 -> 216,000
-    (lambda: nn.LSTM(10, 20, num_layers=2, bidirectional=True), (5, 3, 10),
-     3 * 5 * 2 * (4 * 20 * 30 + 4 * 20 * 60)),
+    (
+        lambda: nn.LSTM(10, 20, num_layers=2, bidirectional=True),
+        (5, 3, 10),
+        3 * 5 * 2 * (4 * 20 * 30 + 4 * 20 * 60),
+    ),
     # LSTM 3 layers, batch_first, bidirectional, E=6, H=4 (N=2, T=7):
     # 4*4*(6+4) + 2 * 4*4*(8+4) = 160 + 384 = 544; times 2*7*2 = 28 -> 15,232
-    (lambda: nn.LSTM(6, 4, num_layers=3, batch_first=True, bidirectional=True), (2, 7, 6),
-     2 * 7 * 2 * (4 * 4 * 10 + 2 * 4 * 4 * 12)),
+    (
+        lambda: nn.LSTM(6, 4, num_layers=3, batch_first=True, bidirectional=True),
+        (2, 7, 6),
+        2 * 7 * 2 * (4 * 4 * 10 + 2 * 4 * 4 * 12),
+    ),
     # LSTM 2 layers with proj_size 5, E=10, H=20: layer 0 4*20*(10+5) + 20*5 = 1,300,
     # layer 1 (input 5) 4*20*(5+5) + 20*5 = 900; times N*T = 3*5 -> 33,000
     (lambda: nn.LSTM(10, 20, num_layers=2, proj_size=5), (5, 3, 10), 3 * 5 * (1300 + 900)),
@@ -122,8 +133,10 @@ def test_final_states_are_rows_that_later_layers_can_read():
 
 def test_sequence_shapes_follow_batch_first():
     for batch_first, shape in ((True, (2, 7, 5)), (False, (7, 2, 5))):
-        result = analyze(nn.GRU(5, 6, bidirectional=True, batch_first=batch_first),
-                         example_inputs=(torch.randn(shape),))
+        result = analyze(
+            nn.GRU(5, 6, bidirectional=True, batch_first=batch_first),
+            example_inputs=(torch.randn(shape),),
+        )
         assert result.rows[0].output_shape == (*shape[:2], 12)
         # N*T*D * 3*6*(5+6) = 2*7*2 * 198 = 5,544
         assert result.totals.macs == 5544
@@ -138,8 +151,13 @@ def test_every_output_shape_is_pytorchs(make, shape, expected):
     x = torch.randn(shape)
     with torch.no_grad():
         real = module(x)
-    flat = [real[0], *real[1]] if isinstance(real, tuple) and isinstance(real[1], tuple) \
-        else list(real) if isinstance(real, tuple) else [real]
+    flat = (
+        [real[0], *real[1]]
+        if isinstance(real, tuple) and isinstance(real[1], tuple)
+        else list(real)
+        if isinstance(real, tuple)
+        else [real]
+    )
     result = analyze(module, example_inputs=(x,))
     assert [row.output_shape for row in result.rows] == [tuple(t.shape) for t in flat]
 
@@ -148,7 +166,6 @@ def test_the_shape_rule_refuses_a_wrong_feature_count():
     op = Recurrent(mode="lstm", hidden_size=20)
     with pytest.raises(ShapeError, match="features"):
         op.output_shape([(3, 5, 11)], {"weight_ih_l0": (80, 10), "weight_hh_l0": (80, 20)})
-
 
 
 class _Packed(nn.Module):
@@ -164,12 +181,15 @@ class _Packed(nn.Module):
         return nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0]
 
 
-@pytest.mark.parametrize("make, per_row", [
-    # bidirectional GRU, E=16, H=32: 2 * 3*32*(16+32) = 9,216 per packed row
-    (lambda: nn.GRU(16, 32, batch_first=True, bidirectional=True), 2 * 3 * 32 * 48),
-    # 2-layer LSTM, E=16, H=32: 4*32*(16+32) + 4*32*(32+32) = 6,144 + 8,192 = 14,336
-    (lambda: nn.LSTM(16, 32, num_layers=2, batch_first=True), 4 * 32 * 48 + 4 * 32 * 64),
-])
+@pytest.mark.parametrize(
+    "make, per_row",
+    [
+        # bidirectional GRU, E=16, H=32: 2 * 3*32*(16+32) = 9,216 per packed row
+        (lambda: nn.GRU(16, 32, batch_first=True, bidirectional=True), 2 * 3 * 32 * 48),
+        # 2-layer LSTM, E=16, H=32: 4*32*(16+32) + 4*32*(32+32) = 6,144 + 8,192 = 14,336
+        (lambda: nn.LSTM(16, 32, num_layers=2, batch_first=True), 4 * 32 * 48 + 4 * 32 * 64),
+    ],
+)
 def test_packed_sequences_count_every_real_step_and_no_padding(make, per_row):
     torch.manual_seed(0)
     module = _Packed(make()).eval()
@@ -179,7 +199,10 @@ def test_packed_sequences_count_every_real_step_and_no_padding(make, per_row):
     assert recurrent.type in ("gru", "lstm")
     assert recurrent.output_shape[0] == 17
     assert result.totals.macs == 17 * per_row
-    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), \
-            FlopCounterMode(display=False) as counter:
+    with (
+        torch.no_grad(),
+        torch.backends.mkldnn.flags(enabled=False),
+        FlopCounterMode(display=False) as counter,
+    ):
         module(x, lengths)
     assert counter.get_total_flops() // 2 == 17 * per_row

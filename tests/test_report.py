@@ -25,12 +25,27 @@ from dnnlens.roofline import Figure, HardwareSpec
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-NOTEBOOK_LAYERS = ["conv1", "relu", "pool", "conv2", "relu", "pool", "flatten", "fc1", "relu",
-                   "fc2"]
+NOTEBOOK_LAYERS = [
+    "conv1",
+    "relu",
+    "pool",
+    "conv2",
+    "relu",
+    "pool",
+    "flatten",
+    "fc1",
+    "relu",
+    "fc2",
+]
 WITH_MACS = ["conv1", "conv2", "fc1", "fc2"]
 
-DEVICE = HardwareSpec("test", "test device", {"fp32": Figure(1e11, "stated")},
-                      Figure(2e10, "stated"), main_memory=Figure(2**30, "stated"))
+DEVICE = HardwareSpec(
+    "test",
+    "test device",
+    {"fp32": Figure(1e11, "stated")},
+    Figure(2e10, "stated"),
+    main_memory=Figure(2**30, "stated"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +65,12 @@ def test_charts_are_written_as_png_and_svg(report):
         assert (folder / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "<svg" in (folder / f"{stem}.svg").read_text()
     assert sorted(p.name for p in folder.iterdir()) == [
-        "layers.png", "layers.svg", "report.html", "roofline.png", "roofline.svg"]
+        "layers.png",
+        "layers.svg",
+        "report.html",
+        "roofline.png",
+        "roofline.svg",
+    ]
 
 
 def test_roofline_chart_has_one_point_per_layer_with_macs(report):
@@ -58,8 +78,9 @@ def test_roofline_chart_has_one_point_per_layer_with_macs(report):
     points = ids(svg, "layer-point-")
     assert len(points) == len(WITH_MACS) == 4
     # Their indices are the execution positions of conv1, conv2, fc1, fc2 in the notebook list.
-    assert sorted(int(p.rsplit("-", 1)[1]) for p in points) == \
-        [NOTEBOOK_LAYERS.index(name) + 1 for name in WITH_MACS]
+    assert sorted(int(p.rsplit("-", 1)[1]) for p in points) == [
+        NOTEBOOK_LAYERS.index(name) + 1 for name in WITH_MACS
+    ]
 
 
 def test_bar_charts_have_one_bar_per_layer_and_metric(report):
@@ -71,10 +92,20 @@ def test_bar_charts_have_one_bar_per_layer_and_metric(report):
 # --- the page ----------------------------------------------------------------------------
 def test_the_page_is_self_contained(report):
     page = report.read_text()
-    assert "http://" not in page and "https://" not in page and "//" not in re.sub(
-        r"<svg.*?</svg>", "", page, flags=re.S).replace("<!DOCTYPE", "")
-    for pattern in (r"<script", r"<link", r"<iframe", r"<object", r"<embed", r"@import",
-                    r"\ssrc="):
+    assert (
+        "http://" not in page
+        and "https://" not in page
+        and "//" not in re.sub(r"<svg.*?</svg>", "", page, flags=re.S).replace("<!DOCTYPE", "")
+    )
+    for pattern in (
+        r"<script",
+        r"<link",
+        r"<iframe",
+        r"<object",
+        r"<embed",
+        r"@import",
+        r"\ssrc=",
+    ):
         assert not re.search(pattern, page, re.I), pattern
     # References stay inside the page: url(#clip), xlink:href="#glyph".
     assert all(ref.startswith("#") for ref in re.findall(r"url\(\s*['\"]?([^)'\"]*)", page))
@@ -83,7 +114,7 @@ def test_the_page_is_self_contained(report):
     assert page.count("<svg") == 2
     assert len(ids(page, "layer-point-")) == 4
     for name in NOTEBOOK_LAYERS:
-        assert f"<td class=\"l\">{name}" in page or f">{name}<" in page
+        assert f'<td class="l">{name}' in page or f">{name}<" in page
 
 
 def test_the_page_shows_roofline_and_footprint(report):
@@ -137,8 +168,22 @@ def test_report_includes_the_verification(tmp_path, sample_checkpoint):
 
 # --- the command -------------------------------------------------------------------------
 def test_cli_report_writes_the_page(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "report", "-o", str(tmp_path),
-                           "--device", "rpi5", "--batch", "8"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dnnlens",
+            "report",
+            "-o",
+            str(tmp_path),
+            "--device",
+            "rpi5",
+            "--batch",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "report.html").read_text()
     assert "Raspberry Pi 5" in page and "batch 8" in page
@@ -146,8 +191,11 @@ def test_cli_report_writes_the_page(tmp_path):
 
 
 def test_cli_report_bad_device_is_an_error(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "report", "-o", str(tmp_path),
-                           "--device", "cray-1"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dnnlens", "report", "-o", str(tmp_path), "--device", "cray-1"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and done.stderr.startswith("error: unknown device")
     assert not (tmp_path / "report.html").exists()
 
@@ -156,10 +204,24 @@ def test_cli_report_bad_device_is_an_error(tmp_path):
 def chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
     """Headless Chromium on ``page``; as root it needs --no-sandbox."""
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", *extra, page.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            *extra,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def page_requests(net_log: Path) -> list[str]:
@@ -167,9 +229,13 @@ def page_requests(net_log: Path) -> list[str]:
     requests have no origin: ``initiator`` 'not an origin')."""
     log = json.loads(net_log.read_text())
     start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    return [event["params"]["url"] for event in log["events"]
-            if event["type"] == start and event["params"].get("initiator") != "not an origin"
-            and re.match(r"(https?|wss?)://", event["params"].get("url", ""))]
+    return [
+        event["params"]["url"]
+        for event in log["events"]
+        if event["type"] == start
+        and event["params"].get("initiator") != "not an origin"
+        and re.match(r"(https?|wss?)://", event["params"].get("url", ""))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +261,13 @@ def test_chromium_screenshot_shows_the_charts(browser, report, tmp_path):
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
-    done = chromium(report, tmp_path / "profile-shot", "--window-size=1400,3600",
-                    f"--screenshot={shot}", "--hide-scrollbars")
+    done = chromium(
+        report,
+        tmp_path / "profile-shot",
+        "--window-size=1400,3600",
+        f"--screenshot={shot}",
+        "--hide-scrollbars",
+    )
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     pixels = (matplotlib.image.imread(shot)[..., :3] * 255).round().astype(int)
     # The charts' points and bars are tab:blue (31, 119, 180); text and tables never are.
@@ -209,13 +280,15 @@ def test_no_request_leaves_the_page(browser, report, tmp_path):
     # Control: a page with one external image is caught by the same check.
     control = tmp_path / "control.html"
     control.write_text('<html><body><img src="http://example.invalid/x.png"></body></html>')
-    done = chromium(control, tmp_path / "profile-control", f"--log-net-log={tmp_path}/c.json",
-                    "--dump-dom")
+    done = chromium(
+        control, tmp_path / "profile-control", f"--log-net-log={tmp_path}/c.json", "--dump-dom"
+    )
     assert done.returncode == 0
     assert page_requests(tmp_path / "c.json") == ["http://example.invalid/x.png"]
 
-    done = chromium(report, tmp_path / "profile-report", f"--log-net-log={tmp_path}/r.json",
-                    "--dump-dom")
+    done = chromium(
+        report, tmp_path / "profile-report", f"--log-net-log={tmp_path}/r.json", "--dump-dom"
+    )
     assert done.returncode == 0
     assert page_requests(tmp_path / "r.json") == []
 
@@ -224,13 +297,39 @@ def test_cli_report_on_a_model_file(tmp_path):
     spec = Path(__file__).resolve().parents[1] / "examples" / "specs" / "analyzing-dnns.toml"
     if not spec.exists():
         pytest.skip("the example spec file is not in this checkout")
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "report", str(spec), "-o",
-                           str(tmp_path), "--device", "rpi5", "--batch", "4"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dnnlens",
+            "report",
+            str(spec),
+            "-o",
+            str(tmp_path),
+            "--device",
+            "rpi5",
+            "--batch",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     page = (tmp_path / "report.html").read_text()
     # The notebook's network at batch 4: peak activations 4 x 25,088 B = 100,352 B.
     assert "(100,352 B) at relu" in page
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "report", str(spec), "-o",
-                           str(tmp_path / "m"), "--measure"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dnnlens",
+            "report",
+            str(spec),
+            "-o",
+            str(tmp_path / "m"),
+            "--measure",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "--measure" in done.stderr

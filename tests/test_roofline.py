@@ -13,14 +13,24 @@ from dnnlens.errors import SpecError
 from dnnlens.ir import Graph, Node, Param
 from dnnlens.models import Net
 from dnnlens.ops import Activation, Binary, Conv, Linear, Reshape
-from dnnlens.roofline import (Figure, HardwareSpec, batch_sweep, layer_roof, load_spec,
-                              memory_footprint, roofline)
+from dnnlens.roofline import (
+    Figure,
+    HardwareSpec,
+    batch_sweep,
+    layer_roof,
+    load_spec,
+    memory_footprint,
+    roofline,
+)
 
 TEST_DEVICE = HardwareSpec(
-    "test", "test device with stated figures",
+    "test",
+    "test device with stated figures",
     {"fp32": Figure(1e11, "stated"), "fp16": Figure(4e11, "stated")},
-    Figure(2e10, "stated"), on_chip_memory=Figure(2**20, "stated"),
-    main_memory=Figure(2**20, "stated"))
+    Figure(2e10, "stated"),
+    on_chip_memory=Figure(2**20, "stated"),
+    main_memory=Figure(2**20, "stated"),
+)
 
 
 def reference(batch: int, dtype: str = "fp32"):
@@ -88,8 +98,10 @@ def test_reference_network_at_batch_256():
 def test_fc1_turns_compute_bound_at_batch_23_on_the_test_device():
     # I(N) = 100,352 N / (4 (648 N + 100,352)) >= 5  <=>  N (100,352 - 12,960) >= 2,007,040
     # <=> N >= 22.97: memory-bound at batch 22, compute-bound from batch 23.
-    at = {r.batch: by_name(r)["fc1"].bound
-          for r in batch_sweep(Net(), TEST_DEVICE, (22, 23), (1, 1, 28, 28))}
+    at = {
+        r.batch: by_name(r)["fc1"].bound
+        for r in batch_sweep(Net(), TEST_DEVICE, (22, 23), (1, 1, 28, 28))
+    }
     assert at == {22: "memory", 23: "compute"}
 
 
@@ -134,8 +146,9 @@ def test_peak_activations_of_the_reference_network():
     # conv2 784 + 1,568; relu#2 3,136; pool#2 1,568 + 392; flatten 392 (a view);
     # fc1 392 + 256; relu#3 512; fc2 256 + 10.  Peak 6,272 x 4 B = 25,088 B.
     assert foot.peak_activation_bytes == 25_088 and foot.peak_at == "relu"
-    assert [b for _, b in foot.live_bytes] == [4 * v for v in (
-        3920, 6272, 3920, 2352, 3136, 1960, 392, 648, 512, 266)]
+    assert [b for _, b in foot.live_bytes] == [
+        4 * v for v in (3920, 6272, 3920, 2352, 3136, 1960, 392, 648, 512, 266)
+    ]
     # Weights 100 + 800 + 100,352 + 2,560 = 103,812 x 4 = 415,248 B;
     # biases 4 + 8 + 256 + 10 = 278 x 4 = 1,112 B.
     assert (foot.weight_bytes, foot.bias_bytes) == (415_248, 1_112)
@@ -154,26 +167,43 @@ def test_peak_activations_scale_with_batch_and_stop_fitting():
 
 
 def conv_node(name, source, cin, cout, size=8):
-    return Node(name, Conv(padding=((1, 1), (1, 1))), [source], [(1, cin, size, size)],
-                (1, cout, size, size),
-                {"weight": Param(f"{name}.weight", (cout, cin, 3, 3)),
-                 "bias": Param(f"{name}.bias", (cout,))})
+    return Node(
+        name,
+        Conv(padding=((1, 1), (1, 1))),
+        [source],
+        [(1, cin, size, size)],
+        (1, cout, size, size),
+        {
+            "weight": Param(f"{name}.weight", (cout, cin, 3, 3)),
+            "bias": Param(f"{name}.bias", (cout,)),
+        },
+    )
 
 
 def residual_graph() -> Graph:
     """x (1,4,8,8) -> a = conv 4->8 -> b = relu -> c = conv 8->8 -> d = c + a -> e = relu
     -> f = flatten -> g = fc 512->10."""
     act = (1, 8, 8, 8)
-    return Graph([
-        conv_node("a", "x", 4, 8),
-        Node("b", Activation("relu"), ["a"], [act], act),
-        conv_node("c", "b", 8, 8),
-        Node("d", Binary("add"), ["c", "a"], [act, act], act),
-        Node("e", Activation("relu"), ["d"], [act], act),
-        Node("f", Reshape.between(act, (1, 512)), ["e"], [act], (1, 512)),
-        Node("g", Linear(), ["f"], [(1, 512)], (1, 10),
-             {"weight": Param("g.weight", (10, 512)), "bias": Param("g.bias", (10,))}),
-    ], {"x": (1, 4, 8, 8)}, ["g"])
+    return Graph(
+        [
+            conv_node("a", "x", 4, 8),
+            Node("b", Activation("relu"), ["a"], [act], act),
+            conv_node("c", "b", 8, 8),
+            Node("d", Binary("add"), ["c", "a"], [act, act], act),
+            Node("e", Activation("relu"), ["d"], [act], act),
+            Node("f", Reshape.between(act, (1, 512)), ["e"], [act], (1, 512)),
+            Node(
+                "g",
+                Linear(),
+                ["f"],
+                [(1, 512)],
+                (1, 10),
+                {"weight": Param("g.weight", (10, 512)), "bias": Param("g.bias", (10,))},
+            ),
+        ],
+        {"x": (1, 4, 8, 8)},
+        ["g"],
+    )
 
 
 def test_a_skip_connection_keeps_its_tensor_alive():
@@ -184,8 +214,9 @@ def test_a_skip_connection_keeps_its_tensor_alive():
     # e: d + e = 1,024; f: e = 512 (view); g: e + g = 522.
     # Peak 1,536 values x 4 B = 6,144 B, first reached at c. Without the skip it would be
     # 1,024 (a freed after b).
-    assert [b for _, b in foot.live_bytes] == [4 * v for v in (768, 1024, 1536, 1536, 1024,
-                                                              512, 522)]
+    assert [b for _, b in foot.live_bytes] == [
+        4 * v for v in (768, 1024, 1536, 1536, 1024, 512, 522)
+    ]
     assert foot.peak_activation_bytes == 6_144 and foot.peak_at == "c"
     # Weights 8*4*9 + 8*8*9 + 10*512 = 288 + 576 + 5,120 = 5,984 values; biases 8+8+10 = 26.
     assert (foot.weight_bytes, foot.bias_bytes) == (5_984 * 4, 26 * 4)
@@ -216,13 +247,17 @@ def test_the_same_residual_network_imported_from_torch():
 def test_a_view_keeps_its_source_alive_until_the_view_is_read():
     """x (1,10) -> A = fc 10->50 -> V = view of A (1,5,10) -> R = relu(A) -> T = fc(R) 50->20
     -> W = relu(V); outputs T and W."""
-    graph = Graph([
-        Node("A", Linear(), ["x"], [(1, 10)], (1, 50), {"weight": Param("A.w", (50, 10))}),
-        Node("V", Reshape(shape=(1, 5, 10)), ["A"], [(1, 50)], (1, 5, 10)),
-        Node("R", Activation("relu"), ["A"], [(1, 50)], (1, 50)),
-        Node("T", Linear(), ["R"], [(1, 50)], (1, 20), {"weight": Param("T.w", (20, 50))}),
-        Node("W", Activation("relu"), ["V"], [(1, 5, 10)], (1, 5, 10)),
-    ], {"x": (1, 10)}, ["T", "W"])
+    graph = Graph(
+        [
+            Node("A", Linear(), ["x"], [(1, 10)], (1, 50), {"weight": Param("A.w", (50, 10))}),
+            Node("V", Reshape(shape=(1, 5, 10)), ["A"], [(1, 50)], (1, 5, 10)),
+            Node("R", Activation("relu"), ["A"], [(1, 50)], (1, 50)),
+            Node("T", Linear(), ["R"], [(1, 50)], (1, 20), {"weight": Param("T.w", (20, 50))}),
+            Node("W", Activation("relu"), ["V"], [(1, 5, 10)], (1, 5, 10)),
+        ],
+        {"x": (1, 10)},
+        ["T", "W"],
+    )
     foot = memory_footprint(graph)
     # A: 10 + 50 = 60, x freed; V: 50; R: 50 + 50 = 100, R kept for T;
     # T: A + R + T = 120, R freed; W: A + T + W = 120, A freed (its view V read last).
@@ -244,7 +279,10 @@ def test_measure_times_every_layer_of_both_libraries():
     # Our engine fuses each conv -> relu -> max-pool and the fc1 -> relu of the course network;
     # those kernels are timed as the engine runs them, next to the separate layers.
     assert [f.names for f in measurement.fused] == [
-        ("conv1", "relu", "pool"), ("conv2", "relu#2", "pool#2"), ("fc1", "relu#3")]
+        ("conv1", "relu", "pool"),
+        ("conv2", "relu#2", "pool#2"),
+        ("fc1", "relu#3"),
+    ]
     for fused in measurement.fused:
         assert fused.ours_s > 0 and fused.torch_s > 0
     assert "fused in our engine: conv1 + relu + pool" in measurement.render()
@@ -259,8 +297,12 @@ def test_cli_analyze_measure_prints_the_comparison():
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "dnnlens", "analyze", "--measure",
-                           "--device", "rpi5"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "dnnlens", "analyze", "--measure", "--device", "rpi5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "Roofline on rpi5" in out and "Roofline on this-machine" in out

@@ -28,8 +28,11 @@ def torch_layers(model, shape):
     from torch import nn
 
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.append((n, m, i[0].shape, o.shape)))
-             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, n=n: seen.append((n, m, i[0].shape, o.shape)))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model(torch.zeros(shape))
     for h in hooks:
@@ -48,7 +51,7 @@ def test_scalesim_reads_our_topology_with_the_module_dimensions(tmp_path, name):
     assert write_topology(analyze(model, shape).graph, path) == []
     topo = read_with_scalesim(path)
     expected, torch_macs = [], 0
-    for _, m, x, out in torch_layers(model, shape):
+    for _, m, _x, out in torch_layers(model, shape):
         if isinstance(m, nn.Linear):
             # SCALE-Sim's GEMM mapping: IFMAP M x K, filter 1 x K, 1 channel, N filters.
             expected.append([1, m.in_features, 1, m.in_features, 1, m.out_features, 1, 1])
@@ -73,8 +76,12 @@ def test_notebook_network_topology_by_hand(tmp_path, capsys):
     assert main(["analyze", str(NOTEBOOK_SPEC), "--scalesim", str(path)]) == 0
     lines = path.read_text().splitlines()
     # conv1: 28 + 2 + 2 = 32 padded; conv2: 14 + 4 = 18; fc rows: M=1, K=in, N=out.
-    assert lines[1:] == ["conv1,32,32,5,5,1,4,1,", "conv2,18,18,5,5,4,8,1,",
-                         "fc1,1,392,1,392,1,256,1,", "fc2,1,256,1,256,1,10,1,"]
+    assert lines[1:] == [
+        "conv1,32,32,5,5,1,4,1,",
+        "conv2,18,18,5,5,4,8,1,",
+        "fc1,1,392,1,392,1,256,1,",
+        "fc2,1,256,1,256,1,10,1,",
+    ]
     topo = read_with_scalesim(path)
     assert topo.get_all_mac_ops() == 338112  # the notebook's total multiplications
 
@@ -104,12 +111,15 @@ def test_grouped_conv_is_one_line_per_group(tmp_path):
     assert topo.get_all_mac_ops() == 10 * 10 * 4 * 4 * 9  # out H*W*Cout*(Cin/g)*K
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("Layer name, a, b,\nconv1,32,32,5,5,1,\n", "needs 8 fields"),
-    ("Layer name,\nconv1,32,x,5,5,1,4,1,\n", "must be an integer"),
-    ("Layer name,\nconv1,3,3,5,5,1,4,1,\n", "larger than"),
-    ("", "header"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("Layer name, a, b,\nconv1,32,32,5,5,1,\n", "needs 8 fields"),
+        ("Layer name,\nconv1,32,x,5,5,1,4,1,\n", "must be an integer"),
+        ("Layer name,\nconv1,3,3,5,5,1,4,1,\n", "larger than"),
+        ("", "header"),
+    ],
+)
 def test_malformed_topologies(tmp_path, text, needle):
     path = tmp_path / "bad.csv"
     path.write_text(text)
@@ -121,7 +131,6 @@ def test_malformed_topologies(tmp_path, text, needle):
 def test_topology_takes_the_batch(tmp_path):
     """A topology is per image; --batch B multiplies every layer's MACs by B."""
     from dnnlens.cli import main
-
     from dnnlens.importers.spec import import_spec
 
     path = tmp_path / "net.csv"

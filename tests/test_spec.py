@@ -26,10 +26,18 @@ def test_notebook_spec_reproduces_the_notebook_figures():
     rows = {r.name: r for r in a.rows}
     # The notebook's answers 2.5, 2.6 and 2.7 (printed in analyzing-dnns, cells 95-100).
     assert [rows[n].weights for n in ("conv1", "conv2", "fc1", "fc2")] == [100, 800, 100352, 2560]
-    assert [rows[n].macs for n in ("conv1", "conv2", "fc1", "fc2")] == \
-        [78400, 156800, 100352, 2560]
-    expected = {"conv1": 19.502487562189053, "conv2": 49.746192893401016,
-                "fc1": 0.9935841584158416, "fc2": 0.9058740268931351}
+    assert [rows[n].macs for n in ("conv1", "conv2", "fc1", "fc2")] == [
+        78400,
+        156800,
+        100352,
+        2560,
+    ]
+    expected = {
+        "conv1": 19.502487562189053,
+        "conv2": 49.746192893401016,
+        "fc1": 0.9935841584158416,
+        "fc2": 0.9058740268931351,
+    }
     for name, value in expected.items():
         assert rows[name].intensity == pytest.approx(value, rel=1e-12)
     assert a.totals.weights == 103812  # the notebook's expected total (2.5)
@@ -49,24 +57,29 @@ def test_notebook_spec_matches_the_pytorch_module_it_describes():
     assert spec.totals.macs == torch_path.totals.macs
     assert spec.totals.params == torch_path.totals.params == 104090  # 103,812 + 278 biases
     assert spec.totals.values_moved == torch_path.totals.values_moved
-    assert {p.name: p.shape for p in import_spec(NOTEBOOK_SPEC).params().values()} == \
-        {k: tuple(v.shape) for k, v in Net().state_dict().items()}
+    assert {p.name: p.shape for p in import_spec(NOTEBOOK_SPEC).params().values()} == {
+        k: tuple(v.shape) for k, v in Net().state_dict().items()
+    }
 
 
-@pytest.mark.parametrize("conv, options", [
-    ("[3, 5, 3, 6]", ""),                                   # Kw=3, Kh=5: 'same' per axis
-    ("[3, 3, 3, 6]", ", stride = 2"),
-    ("[4, 4, 3, 6]", ", stride = [2, 1], padding = [1, 2]"),  # width first
-    ("[3, 3, 3, 6]", ", padding = \"valid\", dilation = 2"),
-    ("[3, 3, 3, 6]", ", groups = 3"),
-    ("[3, 3, 3, 6]", ", padding = [0, 1, 2, 0]"),             # left, right, top, bottom
-])
+@pytest.mark.parametrize(
+    "conv, options",
+    [
+        ("[3, 5, 3, 6]", ""),  # Kw=3, Kh=5: 'same' per axis
+        ("[3, 3, 3, 6]", ", stride = 2"),
+        ("[4, 4, 3, 6]", ", stride = [2, 1], padding = [1, 2]"),  # width first
+        ("[3, 3, 3, 6]", ', padding = "valid", dilation = 2'),
+        ("[3, 3, 3, 6]", ", groups = 3"),
+        ("[3, 3, 3, 6]", ", padding = [0, 1, 2, 0]"),  # left, right, top, bottom
+    ],
+)
 def test_conv_shapes_and_macs_match_torch(tmp_path, conv, options):
     import torch
     import torch.nn.functional as F
 
-    graph = import_spec(write(tmp_path, f"input = [2, 3, 11, 13]\n"
-                                        f"layers = [ {{ conv = {conv}{options} }} ]\n"))
+    graph = import_spec(
+        write(tmp_path, f"input = [2, 3, 11, 13]\nlayers = [ {{ conv = {conv}{options} }} ]\n")
+    )
     node = graph.nodes[0]
     kw, kh, cin, cout = [int(v) for v in conv.strip("[]").split(",")]
     op = node.op
@@ -88,8 +101,9 @@ def test_same_padding_is_the_notebooks_k_over_2(tmp_path):
 
 
 def test_fc_that_does_not_fit_its_input_is_named(tmp_path):
-    text = NOTEBOOK_SPEC.read_text().replace("{ fc = [256, 392], name = \"fc1\" }",
-                                             "{ fc = [256, 256], name = \"fc1\" }")
+    text = NOTEBOOK_SPEC.read_text().replace(
+        '{ fc = [256, 392], name = "fc1" }', '{ fc = [256, 256], name = "fc1" }'
+    )
     with pytest.raises(SpecError) as err:
         import_spec(write(tmp_path, text))
     message = str(err.value)
@@ -98,7 +112,10 @@ def test_fc_that_does_not_fit_its_input_is_named(tmp_path):
 
 
 def test_skip_connections_and_batchnorm(tmp_path):
-    graph = import_spec(write(tmp_path, """
+    graph = import_spec(
+        write(
+            tmp_path,
+            """
 input = [1, 8, 6, 6]
 layers = [
   { conv = [3, 3, 8, 8], bias = false, name = "a" },
@@ -106,28 +123,41 @@ layers = [
   { add = "input" },
   { relu = true },
   { concat = ["a", "relu1"] },
-]"""))
+]""",
+        )
+    )
     add = graph.node("add1")
     assert add.inputs == ["batchnorm1", "input"]
     assert graph.node("concat1").output_shape == (1, 16, 6, 6)
-    assert graph.node("batchnorm1").op.stats == ("batchnorm1.running_mean",
-                                                 "batchnorm1.running_var")
+    assert graph.node("batchnorm1").op.stats == (
+        "batchnorm1.running_mean",
+        "batchnorm1.running_var",
+    )
     assert analyze(graph).totals.params == 8 * 8 * 9 + 2 * 8  # conv weights + bn scale, shift
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("input = [1, 1, 28, 28\nlayers = []", "not a valid TOML"),
-    ("input = [1, 1, 28, 28]\nlayers = [{ convolution = [5, 5, 1, 4] }]", "unknown layer type"),
-    ("layers = [{ relu = true }]", "missing 'input'"),
-    ("input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1] }]", "needs 4 numbers"),
-    ("input = [1, 1, 28, 28]\nlayers = [{ conv = [5, -5, 1, 4] }]", "positive"),
-    ("input = [1, -1, 28, 28]\nlayers = [{ relu = true }]", "positive"),
-    ("input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1, 4], strides = 2 }]", "unknown setting"),
-    ("input = [1, 1, 28, 28]\nlayers = [{ add = \"nowhere\" }]", "not an earlier layer"),
-    ("input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 3, 4] }]", "3 input channels"),
-    ("input = [1, 1, 4, 4]\nlayers = [{ pool = [5, 5, 1, 1] }]", "larger than"),
-    ("input = [1, 1, 28, 28]", "no layers"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("input = [1, 1, 28, 28\nlayers = []", "not a valid TOML"),
+        (
+            "input = [1, 1, 28, 28]\nlayers = [{ convolution = [5, 5, 1, 4] }]",
+            "unknown layer type",
+        ),
+        ("layers = [{ relu = true }]", "missing 'input'"),
+        ("input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1] }]", "needs 4 numbers"),
+        ("input = [1, 1, 28, 28]\nlayers = [{ conv = [5, -5, 1, 4] }]", "positive"),
+        ("input = [1, -1, 28, 28]\nlayers = [{ relu = true }]", "positive"),
+        (
+            "input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 1, 4], strides = 2 }]",
+            "unknown setting",
+        ),
+        ('input = [1, 1, 28, 28]\nlayers = [{ add = "nowhere" }]', "not an earlier layer"),
+        ("input = [1, 1, 28, 28]\nlayers = [{ conv = [5, 5, 3, 4] }]", "3 input channels"),
+        ("input = [1, 1, 4, 4]\nlayers = [{ pool = [5, 5, 1, 1] }]", "larger than"),
+        ("input = [1, 1, 28, 28]", "no layers"),
+    ],
+)
 def test_malformed_specs_are_one_line_spec_errors(tmp_path, capsys, text, needle):
     path = write(tmp_path, text)
     with pytest.raises(SpecError) as err:

@@ -16,8 +16,17 @@ torchvision = pytest.importorskip("torchvision")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision.models import get_model, get_model_weights  # noqa: E402
 
-MODELS = ["resnet18", "resnet50", "mobilenet_v2", "vgg11", "alexnet", "efficientnet_b0",
-          "squeezenet1_0", "shufflenet_v2_x1_0", "vit_b_16"]
+MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "vgg11",
+    "alexnet",
+    "efficientnet_b0",
+    "squeezenet1_0",
+    "shufflenet_v2_x1_0",
+    "vit_b_16",
+]
 COUNTED = {"conv", "convtranspose", "fc", "matmul", "attention"}
 
 pytestmark = pytest.mark.slow
@@ -44,14 +53,19 @@ def test_every_module_matches_flop_counter(name):
     with counter, torch.no_grad():
         model(torch.empty(1, 3, 224, 224, device="meta"))
     root = type(model).__name__
-    truth = {key: sum(ops.values()) for key, ops in counter.get_flop_counts().items()
-             if key != "Global"}
+    truth = {
+        key: sum(ops.values()) for key, ops in counter.get_flop_counts().items() if key != "Global"
+    }
     result = analyze(model, (1, 3, 224, 224))
     checked = 0
     for key, flops in truth.items():
-        module = key[len(root) + 1:] if key != root else ""
-        ours = sum(r.macs for r in result.rows if r.type in COUNTED and (
-            not module or r.module == module or r.module.startswith(module + ".")))
+        module = key[len(root) + 1 :] if key != root else ""
+        ours = sum(
+            r.macs
+            for r in result.rows
+            if r.type in COUNTED
+            and (not module or r.module == module or r.module.startswith(module + "."))
+        )
         assert 2 * ours == flops, (key, ours, flops)
         checked += 1
     assert checked > 20

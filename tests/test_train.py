@@ -50,11 +50,13 @@ def test_short_run_really_lowers_the_loss(tmp_path: Path) -> None:
     assert before > 2.0 and after < before / 3
     assert len(result.test_accuracy) == 1 and result.epochs == 1
     assert result.test_accuracy[0] == pytest.approx(
-        torch_accuracy(result.net, load_data("sample", "test")))
+        torch_accuracy(result.net, load_data("sample", "test"))
+    )
 
 
-def test_sample_accuracy_reaches_94_percent(sample_checkpoint: Path,
-                                            sample_test_data: Dataset) -> None:
+def test_sample_accuracy_reaches_94_percent(
+    sample_checkpoint: Path, sample_test_data: Dataset
+) -> None:
     net = load_checkpoint(sample_checkpoint)
     accuracy = torch_accuracy(net, sample_test_data)
     assert accuracy >= 0.94
@@ -66,8 +68,9 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path: Path) -> None
     train(epochs=1, out=tmp_path / "b.pth", seed=3, progress=False)
     train(epochs=1, out=tmp_path / "c.pth", seed=4, progress=False)
     assert_same_weights(tmp_path / "a.pth", tmp_path / "b.pth")
-    assert not torch.equal(weights(tmp_path / "a.pth")["fc1.weight"],
-                           weights(tmp_path / "c.pth")["fc1.weight"])
+    assert not torch.equal(
+        weights(tmp_path / "a.pth")["fc1.weight"], weights(tmp_path / "c.pth")["fc1.weight"]
+    )
 
 
 def test_training_leaves_the_global_rng_alone(tmp_path: Path) -> None:
@@ -107,7 +110,8 @@ class InterruptingF:
 
 
 def test_ctrl_c_mid_epoch_keeps_the_last_checkpoint_and_resumes_identically(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # 4,000 images in batches of 32: 125 training calls per epoch, then 1 call evaluating the
     # 1,000 test images in one batch; interrupt 60 batches into epoch 2.
     monkeypatch.setattr(training, "F", InterruptingF(125 + 1 + 60))
@@ -142,12 +146,15 @@ def test_resume_errors(tmp_path: Path) -> None:
         train(epochs=2, resume=tmp_path / "foreign.pth", progress=False)
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"epochs": 0}, "--epochs must be at least 1"),
-    ({"seed": -1}, "--seed must be between"),
-    ({"batch_size": 0}, "batch size"),
-    ({"lr": 0.0}, "learning rate"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"seed": -1}, "--seed must be between"),
+        ({"batch_size": 0}, "batch size"),
+        ({"lr": 0.0}, "learning rate"),
+    ],
+)
 def test_out_of_range_options(tmp_path: Path, options: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         train(out=tmp_path / "x.pth", progress=False, **options)
@@ -194,8 +201,9 @@ def test_cli_train_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert_same_weights(out, tmp_path / "api.pth")
 
 
-def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["train", "--epochs", "0", "--out", str(tmp_path / "x.pth")]) == 2
     assert capsys.readouterr().err == "error: --epochs must be at least 1, got 0\n"
     assert main(["train", "--data", "cifar", "--out", str(tmp_path / "x.pth")]) == 2
@@ -204,8 +212,9 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path,
     assert "no resume state" in capsys.readouterr().err
 
 
-def test_cli_demo_matches_the_library(tmp_path: Path, sample_checkpoint: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_demo_matches_the_library(
+    tmp_path: Path, sample_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
     assert "test accuracy" in printed
@@ -222,9 +231,12 @@ def test_real_sigint_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     import time
 
     out = tmp_path / "net.pth"
-    process = subprocess.Popen([sys.executable, "-m", "dnnlens", "train", "--epochs", "40",
-                                "--out", str(out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dnnlens", "train", "--epochs", "40", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not out.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -247,8 +259,9 @@ def test_cli_resume_keeps_the_runs_own_data(tmp_path: Path) -> None:
     # IDX: 0, 0, type 0x08 (ubyte), ndim, big-endian dims, then the bytes (first 64 digits).
     pixels = np.rint((sample.images[:64, 0] + 1) / 2 * 255).astype(np.uint8)
     images = b"\x00\x00\x08\x03" + struct.pack(">III", 64, 28, 28) + pixels.tobytes()
-    labels = b"\x00\x00\x08\x01" + struct.pack(">I", 64) + sample.labels[:64].astype(
-        np.uint8).tobytes()
+    labels = (
+        b"\x00\x00\x08\x01" + struct.pack(">I", 64) + sample.labels[:64].astype(np.uint8).tobytes()
+    )
     folder = tmp_path / "idx"
     folder.mkdir()
     for prefix in ("train", "t10k"):

@@ -40,8 +40,11 @@ def macs_of(counter: FlopCounterMode, key: str = "Global") -> int:
 
 def ours_in(step, module: str) -> int:
     """Forward + backward MACs of the rows of ``module`` and of the modules inside it."""
-    return sum(r.forward_macs + r.backward_macs for r in step.backward
-               if r.module == module or r.module.startswith(module + "."))
+    return sum(
+        r.forward_macs + r.backward_macs
+        for r in step.backward
+        if r.module == module or r.module.startswith(module + ".")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,7 +70,8 @@ def test_resnet18_total_and_every_conv_and_fc_equal_flop_counter():
     inputs: dict[str, torch.Size] = {}
     for name, module in model.named_modules():
         module.register_forward_pre_hook(
-            lambda m, args, name=name: inputs.update({name: args[0].shape}) and None)
+            lambda m, args, name=name: inputs.update({name: args[0].shape}) and None
+        )
     counter = real_step_counts(model, x)
     assert step.forward_macs + step.backward_macs == macs_of(counter)
     for name, module in model.named_modules():
@@ -105,8 +109,13 @@ def test_frozen_backbone_costs_no_backward():
 
 
 def test_hand_derived_conv_and_fc_gradients_and_a_frozen_layer():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(8, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    )
     model[2].weight.requires_grad_(False)  # a frozen conv (its bias still trains)
     step = analyze_training(model, (2, 3, 8, 8))
     first, frozen, fc = step.row("0"), step.row("2"), step.row("4")
@@ -141,12 +150,20 @@ def test_depthwise_conv_against_the_closed_form_not_flop_counter():
 
 
 @settings(max_examples=30, deadline=None)
-@given(cin=st.integers(1, 6), cout=st.integers(1, 6), k=st.integers(1, 4),
-       stride=st.integers(1, 3), padding=st.integers(0, 2), dilation=st.integers(1, 2),
-       transposed=st.booleans(), groups=st.sampled_from([1, 2]), size=st.integers(5, 9))
-def test_any_conv_on_meta_equals_flop_counter_or_the_closed_form(cin, cout, k, stride, padding,
-                                                                  dilation, transposed, groups,
-                                                                  size):
+@given(
+    cin=st.integers(1, 6),
+    cout=st.integers(1, 6),
+    k=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    transposed=st.booleans(),
+    groups=st.sampled_from([1, 2]),
+    size=st.integers(5, 9),
+)
+def test_any_conv_on_meta_equals_flop_counter_or_the_closed_form(
+    cin, cout, k, stride, padding, dilation, transposed, groups, size
+):
     """A conv after a trainable 1x1 conv (so it needs dX and dW), any stride, padding,
     dilation, transposed or not, against FlopCounterMode over the same step on meta; grouped
     ones against the closed form: dX = dW = the forward's MACs."""
@@ -155,9 +172,12 @@ def test_any_conv_on_meta_equals_flop_counter_or_the_closed_form(cin, cout, k, s
     extra = {"output_padding": stride - 1} if transposed and stride > dilation else {}
 
     def build() -> nn.Module:
-        return nn.Sequential(nn.Conv2d(3, cin, 1), kind(cin, cout, k, stride, padding,
-                                                        dilation=dilation, groups=groups,
-                                                        **extra), nn.Flatten())
+        return nn.Sequential(
+            nn.Conv2d(3, cin, 1),
+            kind(cin, cout, k, stride, padding, dilation=dilation, groups=groups, **extra),
+            nn.Flatten(),
+        )
+
     with torch.device("meta"):
         model = build()
         x = torch.empty(2, 3, size, size)
@@ -245,8 +265,11 @@ def test_checkpointing_recomputes_the_forward_of_the_blocks():
     ckpt = analyze_training(model, tuple(x.shape), checkpoint_depth=2)  # layer1.0 ... layer4.1
     blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
     # What runs again is exactly the forward of the checkpointed blocks ...
-    assert ckpt.recompute_macs == sum(r.forward_macs for r in plain.backward
-                                      if r.module.split(".")[:2] in [b.split(".") for b in blocks])
+    assert ckpt.recompute_macs == sum(
+        r.forward_macs
+        for r in plain.backward
+        if r.module.split(".")[:2] in [b.split(".") for b in blocks]
+    )
     assert ckpt.backward_macs == plain.backward_macs
     # ... and FlopCounterMode over a real checkpointed step sees the same total.
     real = torchvision.models.resnet18(weights=None)
@@ -330,20 +353,25 @@ class TinyEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0,
-                                                batch_first=True)
+        self.layer = nn.TransformerEncoderLayer(
+            32, 4, dim_feedforward=64, dropout=0.0, batch_first=True
+        )
         self.head = nn.Linear(32, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layer(x)[:, 0])
 
 
-@pytest.mark.parametrize("build, shape", [
-    (Net, (4, 1, 28, 28)),
-    (TinyEncoder, (2, 10, 32)),
-    (functools.partial(torchvision.models.resnet18, weights=None), (2, 3, 64, 64)),
-    (ViewsAndInPlace, (3, 3, 8, 8)),
-], ids=["course-network", "transformer-layer", "resnet18", "views-and-in-place"])
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        (Net, (4, 1, 28, 28)),
+        (TinyEncoder, (2, 10, 32)),
+        (functools.partial(torchvision.models.resnet18, weights=None), (2, 3, 64, 64)),
+        (ViewsAndInPlace, (3, 3, 8, 8)),
+    ],
+    ids=["course-network", "transformer-layer", "resnet18", "views-and-in-place"],
+)
 def test_saved_bytes_equal_what_saved_tensors_hooks_records(build, shape):
     model = build()
     step = analyze_training(model, shape)
@@ -354,8 +382,9 @@ def test_saved_bytes_in_bf16_equal_what_a_bf16_step_saves():
     model = Net()
     step = analyze_training(model, (4, 1, 28, 28), dtype="bf16")
     real = Net().to(torch.bfloat16)
-    assert step.saved_bytes == saved_by_autograd(real, torch.randn(4, 1, 28, 28,
-                                                                   dtype=torch.bfloat16))
+    assert step.saved_bytes == saved_by_autograd(
+        real, torch.randn(4, 1, 28, 28, dtype=torch.bfloat16)
+    )
 
 
 def allocator_peak(model: nn.Module, x: torch.Tensor, optimizer: str) -> int:
@@ -368,9 +397,11 @@ def allocator_peak(model: nn.Module, x: torch.Tensor, optimizer: str) -> int:
 
     model.train()
     params = list(model.parameters())
-    opt = {"adam": lambda: torch.optim.Adam(params, lr=1e-3),
-           "sgd": lambda: torch.optim.SGD(params, lr=0.01),
-           "sgd-momentum": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9)}[optimizer]()
+    opt = {
+        "adam": lambda: torch.optim.Adam(params, lr=1e-3),
+        "sgd": lambda: torch.optim.SGD(params, lr=0.01),
+        "sgd-momentum": lambda: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+    }[optimizer]()
     target = torch.zeros(x.shape[0], dtype=torch.long)
 
     def step() -> None:
@@ -382,10 +413,16 @@ def allocator_peak(model: nn.Module, x: torch.Tensor, optimizer: str) -> int:
 
     step()  # the first step creates the optimizer state
     opt.zero_grad(set_to_none=True)
-    alive = [*params, *model.buffers(), x, target,
-             *(v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))]
-    start = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                 for t in alive}.values())
+    alive = [
+        *params,
+        *model.buffers(),
+        x,
+        target,
+        *(v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)),
+    ]
+    start = sum(
+        {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in alive}.values()
+    )
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
 
@@ -394,8 +431,11 @@ def allocator_peak(model: nn.Module, x: torch.Tensor, optimizer: str) -> int:
             yield e
             yield from walk(e.children)
 
-    events = [e for e in walk(prof.profiler.kineto_results.experimental_event_tree())
-              if e.tag == _EventType.Allocation]
+    events = [
+        e
+        for e in walk(prof.profiler.kineto_results.experimental_event_tree())
+        if e.tag == _EventType.Allocation
+    ]
     running = peak = 0
     for e in sorted(events, key=lambda e: e.start_time_ns):
         running += e.extra_fields.alloc_size
@@ -416,21 +456,33 @@ RESNET18 = functools.partial(torchvision.models.resnet18, weights=None)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("build, shape, optimizer, depth", [
-    (Net, (32, 1, 28, 28), "adam", None),  # what `dnnlens train` runs: Adam, batches of 32
-    (Net, (32, 1, 28, 28), "sgd-momentum", None),
-    (RESNET18, (2, 3, 224, 224), "adam", None),
-    (RESNET18, (2, 3, 224, 224), "sgd", None),
-    (checkpointed_resnet18, (2, 3, 224, 224), "sgd", 2),
-], ids=["course-adam", "course-sgd-momentum", "resnet18-adam", "resnet18-sgd",
-        "resnet18-checkpointed-sgd"])
+@pytest.mark.parametrize(
+    "build, shape, optimizer, depth",
+    [
+        (Net, (32, 1, 28, 28), "adam", None),  # what `dnnlens train` runs: Adam, batches of 32
+        (Net, (32, 1, 28, 28), "sgd-momentum", None),
+        (RESNET18, (2, 3, 224, 224), "adam", None),
+        (RESNET18, (2, 3, 224, 224), "sgd", None),
+        (checkpointed_resnet18, (2, 3, 224, 224), "sgd", 2),
+    ],
+    ids=[
+        "course-adam",
+        "course-sgd-momentum",
+        "resnet18-adam",
+        "resnet18-sgd",
+        "resnet18-checkpointed-sgd",
+    ],
+)
 def test_predicted_peak_within_15_percent_of_a_real_cpu_step(build, shape, optimizer, depth):
     model = build() if depth is None else RESNET18()
-    predicted = analyze_training(model, shape, optimizer=optimizer, workspace="onednn",
-                                 checkpoint_depth=depth)
+    predicted = analyze_training(
+        model, shape, optimizer=optimizer, workspace="onednn", checkpoint_depth=depth
+    )
     measured = allocator_peak(build() if depth else model, torch.randn(shape), optimizer)
-    assert abs(predicted.memory.peak - measured) <= 0.15 * measured, (predicted.memory.peak,
-                                                                      measured)
+    assert abs(predicted.memory.peak - measured) <= 0.15 * measured, (
+        predicted.memory.peak,
+        measured,
+    )
 
 
 def test_optimizer_state_and_gradients_match_a_real_optimizer():
@@ -445,8 +497,11 @@ def test_optimizer_state_and_gradients_match_a_real_optimizer():
     # Mixed precision, fp32 master weights: fp16 weights and gradients (2 + 2 bytes), fp32
     # masters (4) and Adam state (8): the 16 bytes per parameter of the ZeRO paper.
     amp = analyze_training(model, (2, 1, 28, 28), optimizer="adam", amp=True).memory
-    assert (amp.parameters, amp.gradients, amp.master_weights) == (2 * trainable,
-                                                                   2 * trainable, 4 * trainable)
+    assert (amp.parameters, amp.gradients, amp.master_weights) == (
+        2 * trainable,
+        2 * trainable,
+        4 * trainable,
+    )
     assert amp.optimizer_state == 8 * trainable + 4 * 8
 
 
@@ -469,8 +524,9 @@ def test_bad_options_are_one_line_errors():
 def test_cli_train_json_carries_the_backward_columns_and_memory(capsys):
     from dnnlens.cli import main
 
-    assert main(["analyze", "seed", "--train", "--batch", "4", "--optimizer", "sgd",
-                 "--json"]) == 0
+    assert (
+        main(["analyze", "seed", "--train", "--batch", "4", "--optimizer", "sgd", "--json"]) == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     conv1 = next(layer for layer in doc["layers"] if layer["name"] == "conv1")
     # conv1 4x5x5 on 28x28, batch 4: 4*4*28*28*25 = 313,600 = its dW; no dX (data input)
@@ -488,8 +544,10 @@ def test_cli_train_csv_has_the_backward_columns(tmp_path, capsys):
     assert main(["analyze", "seed", "--train", "--depth", "1", "--csv", str(path)]) == 0
     rows = {row["name"]: row for row in csv.DictReader(path.open())}
     # fc1 392 -> 256 at batch 1: dX = dY W = 256 x 392 = 100,352 MACs, dW the same
-    assert (rows["fc1"]["input_grad_macs"], rows["fc1"]["weight_grad_macs"]) == ("100352",
-                                                                                  "100352")
+    assert (rows["fc1"]["input_grad_macs"], rows["fc1"]["weight_grad_macs"]) == (
+        "100352",
+        "100352",
+    )
     assert "(loss)" in rows
 
 
@@ -512,8 +570,9 @@ def test_report_has_a_training_section_and_its_roofline(tmp_path):
     from dnnlens.report import write_report
 
     step = dnnlens.analyze_training(Net(), (8, 1, 28, 28), optimizer="sgd-momentum")
-    page = write_report(dnnlens.analyze(Net(), (8, 1, 28, 28)), tmp_path, "epyc9654",
-                        training=step).read_text()
+    page = write_report(
+        dnnlens.analyze(Net(), (8, 1, 28, 28)), tmp_path, "epyc9654", training=step
+    ).read_text()
     assert "<h2>Training step</h2>" in page and "optimizer state (sgd-momentum)" in page
     assert (tmp_path / "roofline-training.svg").exists()
     # fc1 forward and backward both sit on the training roofline
@@ -526,8 +585,12 @@ def test_training_roofline_places_forward_and_backward_of_each_layer():
     step = analyze_training(Net(), (8, 1, 28, 28))
     roof = training_roofline(step, load_spec("epyc9654"))
     names = [layer.name for layer in roof.layers]
-    assert names.index("fc1") < names.index("fc2") < names.index("fc2 backward") \
-        < names.index("fc1 backward")  # backward runs the layers in reverse
+    assert (
+        names.index("fc1")
+        < names.index("fc2")
+        < names.index("fc2 backward")
+        < names.index("fc1 backward")
+    )  # backward runs the layers in reverse
     fc1 = roof.layers[names.index("fc1 backward")]
     # fc1 backward: dX + dW = 2 x 8 x 392 x 256 = 1,605,632 MACs
     assert fc1.macs == 1_605_632 and fc1.type == "fc backward"

@@ -68,8 +68,9 @@ class Cumulative(nn.Module):
 def export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.zeros(shape),), str(path), dynamo=True,
-                          verbose=False)
+        torch.onnx.export(
+            model.eval(), (torch.zeros(shape),), str(path), dynamo=True, verbose=False
+        )
     return path
 
 
@@ -84,8 +85,9 @@ def test_scalar_constants_of_an_onnx_export_are_kept(tmp_path):
     assert result.max_abs_diff <= 1e-5 * max(1.0, result.max_abs_reference)
     kinds = [layer.kind for layer in result.layers]
     assert kinds == ["fc", "mul", "add"]
-    assert all(layer.max_abs_diff is not None and layer.max_abs_diff < 1e-5
-               for layer in result.layers)
+    assert all(
+        layer.max_abs_diff is not None and layer.max_abs_diff < 1e-5 for layer in result.layers
+    )
 
 
 @pytest.mark.parametrize("engine_name", ["compiled", "reference"])
@@ -117,12 +119,29 @@ def test_cli_verifies_a_factory_with_a_checkpoint(tmp_path, capsys):
     torch.manual_seed(3)
     net = Net()
     torch.save(net.state_dict(), tmp_path / "net.pth")
-    code = main(["verify", "dnnlens.models:Net", "--weights", str(tmp_path / "net.pth"),
-                 "--input", "1,1,28,28", "--images", "5", "--json"])
+    code = main(
+        [
+            "verify",
+            "dnnlens.models:Net",
+            "--weights",
+            str(tmp_path / "net.pth"),
+            "--input",
+            "1,1,28,28",
+            "--images",
+            "5",
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert {"reference", "images", "mismatches", "max_abs_diff", "max_abs_reference",
-            "layers"} <= set(report)
+    assert {
+        "reference",
+        "images",
+        "mismatches",
+        "max_abs_diff",
+        "max_abs_reference",
+        "layers",
+    } <= set(report)
     assert report["reference"] == "pytorch" and report["images"] == 5
     assert report["mismatches"] == 0 and report["accuracy"] is None
     # the checkpoint's weights, not a fresh initialisation: torch's logits on the same inputs

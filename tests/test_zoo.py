@@ -26,8 +26,18 @@ from dnnlens import zoo
 from dnnlens.cli import main
 
 #: The models the issue names; each was failing or wrong before.
-NAMED = ("swin_t", "swin_v2_t", "regnet_y_400mf", "vit_h_14", "inception_v3", "maxvit_t",
-         "deeplabv3_mobilenet_v3_large", "fcos_resnet50_fpn", "r3d_18", "raft_small")
+NAMED = (
+    "swin_t",
+    "swin_v2_t",
+    "regnet_y_400mf",
+    "vit_h_14",
+    "inception_v3",
+    "maxvit_t",
+    "deeplabv3_mobilenet_v3_large",
+    "fcos_resnet50_fpn",
+    "r3d_18",
+    "raft_small",
+)
 
 ZOO_DOC = Path(__file__).resolve().parents[1] / "docs" / "zoo.md"
 
@@ -60,8 +70,11 @@ def check_against_published(name: str) -> None:
         assert totals["weights"] + totals["biases"] == num_params
     if name in documented_differences():
         return
-    assert round(totals["macs"] / 1e9, 3) == pytest.approx(gmacs, abs=1e-9), \
-        (name, totals["macs"], gmacs)
+    assert round(totals["macs"] / 1e9, 3) == pytest.approx(gmacs, abs=1e-9), (
+        name,
+        totals["macs"],
+        gmacs,
+    )
 
 
 @pytest.mark.slow

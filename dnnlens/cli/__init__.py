@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dnnlens",
         description="Open a deep neural network up layer by layer: train the course network, "
-                    "run it through our own loop nests, and analyse any model.")
+        "run it through our own loop nests, and analyse any model.",
+    )
     from dnnlens import __version__
 
     parser.add_argument("--version", action="version", version=f"dnnlens {__version__}")
@@ -72,10 +73,12 @@ def internal_error_line(exc: BaseException, args: argparse.Namespace) -> str:
     if where.get("operator"):
         context.append(f"at operator {where['operator']}")
     message = " ".join(str(exc).split())[:240] or "(no message)"
-    return (f"error: internal error {' '.join(c for c in context if c)}: "
-            f"{type(exc).__name__}: {message}. This is a dnnlens bug: please report it with "
-            "this line and the command you ran (DNNLENS_TRACEBACK=1 prints the traceback to "
-            "attach)")
+    return (
+        f"error: internal error {' '.join(c for c in context if c)}: "
+        f"{type(exc).__name__}: {message}. This is a dnnlens bug: please report it with "
+        "this line and the command you ran (DNNLENS_TRACEBACK=1 prints the traceback to "
+        "attach)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,50 +24,102 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dnnlens.cli.common import (add_model_options, check_output_file, is_model_file,
-                                resolve_device, roofline_extras, validate_model_options)
+from dnnlens.cli.common import (
+    add_model_options,
+    check_output_file,
+    is_model_file,
+    resolve_device,
+    roofline_extras,
+    validate_model_options,
+)
 from dnnlens.errors import ModelError, UsageError
 
-
 #: ``--input`` dtypes (after the colon) and the torch dtype each means.
-INPUT_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
-                "uint8", "bool")
+INPUT_DTYPES = (
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+)
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "analyze", help="per-layer shapes, weights, MACs, memory traffic and intensity",
+        "analyze",
+        help="per-layer shapes, weights, MACs, memory traffic and intensity",
         description="Trace a network on the meta device (no weights allocated) and print, per "
-                    "layer, its shapes, weights, MACs, values moved and compute intensity.")
+        "layer, its shapes, weights, MACs, values moved and compute intensity.",
+    )
     add_model_options(parser, batch_default=None, device_default=None)
-    parser.add_argument("--depth", type=int, default=None, metavar="K",
-                        help="merge rows by the first K parts of their module name")
-    parser.add_argument("--buffer", metavar="SIZE", nargs="?", const="device", default=None,
-                        help="add each conv/fc/matmul layer's least traffic through an "
-                             "on-chip buffer of SIZE (16kB, 4MB, 2MiB; alone: the --device "
-                             "spec's on-chip buffer); with --device the roofline places each "
-                             "layer by that traffic (docs/dataflow.md)")
-    parser.add_argument("--scalesim", metavar="FILE",
-                        help="also write the conv and fc layers as a SCALE-Sim topology CSV")
-    parser.add_argument("--netron", metavar="FILE",
-                        help="ONNX models: also write a Netron attachment (.json) or an "
-                             "annotated copy of the model (.onnx)")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        metavar="K",
+        help="merge rows by the first K parts of their module name",
+    )
+    parser.add_argument(
+        "--buffer",
+        metavar="SIZE",
+        nargs="?",
+        const="device",
+        default=None,
+        help="add each conv/fc/matmul layer's least traffic through an "
+        "on-chip buffer of SIZE (16kB, 4MB, 2MiB; alone: the --device "
+        "spec's on-chip buffer); with --device the roofline places each "
+        "layer by that traffic (docs/dataflow.md)",
+    )
+    parser.add_argument(
+        "--scalesim",
+        metavar="FILE",
+        help="also write the conv and fc layers as a SCALE-Sim topology CSV",
+    )
+    parser.add_argument(
+        "--netron",
+        metavar="FILE",
+        help="ONNX models: also write a Netron attachment (.json) or an "
+        "annotated copy of the model (.onnx)",
+    )
     train = parser.add_argument_group("training step (issue 15)")
-    train.add_argument("--train", action="store_true",
-                       help="add backward MACs per layer (input and weight gradients) and the "
-                            "memory of a training step")
-    train.add_argument("--optimizer", default="adam",
-                       choices=("adam", "adamw", "sgd", "sgd-momentum"),
-                       help="optimizer whose state is counted (default adam)")
-    train.add_argument("--amp", action="store_true",
-                       help="mixed precision: --dtype fp16/bf16 compute (fp16 if fp32 is given) "
-                            "with fp32 master weights and optimizer state")
-    train.add_argument("--checkpoint-activations", type=int, default=None, metavar="DEPTH",
-                       help="checkpoint every module DEPTH levels down: less kept, forward "
-                            "recomputed in backward")
-    train.add_argument("--workspace", default=None, choices=("onednn",),
-                       help="add the transient buffers of a backend's kernels to the peak "
-                            "(onednn: PyTorch's CPU convolutions on x86)")
+    train.add_argument(
+        "--train",
+        action="store_true",
+        help="add backward MACs per layer (input and weight gradients) and the "
+        "memory of a training step",
+    )
+    train.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=("adam", "adamw", "sgd", "sgd-momentum"),
+        help="optimizer whose state is counted (default adam)",
+    )
+    train.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: --dtype fp16/bf16 compute (fp16 if fp32 is given) "
+        "with fp32 master weights and optimizer state",
+    )
+    train.add_argument(
+        "--checkpoint-activations",
+        type=int,
+        default=None,
+        metavar="DEPTH",
+        help="checkpoint every module DEPTH levels down: less kept, forward "
+        "recomputed in backward",
+    )
+    train.add_argument(
+        "--workspace",
+        default=None,
+        choices=("onednn",),
+        help="add the transient buffers of a backend's kernels to the peak "
+        "(onednn: PyTorch's CPU convolutions on x86)",
+    )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON instead of a table")
     out.add_argument("--csv", metavar="FILE", help="also write the rows to FILE as CSV")
@@ -81,8 +133,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if not shape or any(d < 1 for d in shape):
-        raise UsageError(f"--input must be positive integers separated by commas, like "
-                         f"1,3,224,224; got {text!r}")
+        raise UsageError(
+            f"--input must be positive integers separated by commas, like "
+            f"1,3,224,224; got {text!r}"
+        )
     return shape
 
 
@@ -91,8 +145,9 @@ def parse_input(text: str) -> tuple[tuple[int, ...], str]:
     shape_text, _, dtype = text.partition(":")
     dtype = dtype.strip().lower() or "float32"
     if dtype not in INPUT_DTYPES:
-        raise UsageError(f"--input {text!r}: unknown dtype {dtype!r}; choose one of "
-                         f"{', '.join(INPUT_DTYPES)}")
+        raise UsageError(
+            f"--input {text!r}: unknown dtype {dtype!r}; choose one of {', '.join(INPUT_DTYPES)}"
+        )
     return parse_shape(shape_text), dtype
 
 
@@ -137,8 +192,9 @@ def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
         model, default = resolve_model(spec)
         if not parsed:
             if default is None:
-                raise UsageError(f"give --input N,C,H,W (repeat it for several inputs) for "
-                                 f"{spec!r}")
+                raise UsageError(
+                    f"give --input N,C,H,W (repeat it for several inputs) for {spec!r}"
+                )
             parsed = [((batch or default[0], *default[1:]), "float32")]
 
         def on_cpu() -> Resolved:
@@ -153,8 +209,12 @@ def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
     zoo.check_known(spec)
     built = zoo.build(spec, batch=batch or 1)
     if not parsed:
-        return Resolved(built.module, built.inputs, built.needs_real_data,
-                        f"input: {built.input_note} ({spec}'s default; --input to change it)")
+        return Resolved(
+            built.module,
+            built.inputs,
+            built.needs_real_data,
+            f"input: {built.input_note} ({spec}'s default; --input to change it)",
+        )
     inputs = make_inputs(built.module, parsed, real=built.needs_real_data)
     if zoo.task(spec) == "detection":  # detection models take a list of (3, H, W) images
         if any(t.dim() != 4 or not t.is_floating_point() for t in inputs):
@@ -163,21 +223,26 @@ def resolve(spec: str, given: list[str] | None, batch: int | None) -> Resolved:
     return Resolved(built.module, inputs, built.needs_real_data)
 
 
-def make_inputs(model: Any, parsed: list[tuple[tuple[int, ...], str]],
-                real: bool = False) -> tuple:
+def make_inputs(
+    model: Any, parsed: list[tuple[tuple[int, ...], str]], real: bool = False
+) -> tuple:
     """Tensors of the given shapes and dtypes (meta unless ``real``); integer inputs hold
     values inside the smallest ``nn.Embedding``'s range, so token ids look up real rows."""
     import torch
     from torch import nn
 
-    high = min((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)),
-               default=2)
+    high = min(
+        (m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)), default=2
+    )
     tensors = []
     for shape, name in parsed:
         dtype = getattr(torch, name)
         if dtype.is_floating_point:
-            tensors.append(torch.rand(shape, dtype=dtype) if real
-                           else torch.empty(shape, dtype=dtype, device="meta"))
+            tensors.append(
+                torch.rand(shape, dtype=dtype)
+                if real
+                else torch.empty(shape, dtype=dtype, device="meta")
+            )
         elif dtype == torch.bool:
             tensors.append(torch.ones(shape, dtype=dtype))
         else:
@@ -227,21 +292,27 @@ def trace(source: str, resolved: Resolved, dtype: str) -> tuple[Any, Any]:
     if resolved.default_note:
         print(resolved.default_note, file=sys.stderr)
     try:
-        return analyze(resolved.model, example_inputs=resolved.inputs, dtype=dtype,
-                       real=resolved.real), resolved.model
+        return analyze(
+            resolved.model, example_inputs=resolved.inputs, dtype=dtype, real=resolved.real
+        ), resolved.model
     except ModelError as exc:
         if resolved.real or resolved.on_cpu is None or not needs_real_values(str(exc)):
             raise
-    print(f"note: {source} reads tensor values in its forward, which the meta device does "
-          "not have; tracing it on the CPU on random inputs instead (counts that depend on "
-          "the data are those of this run)", file=sys.stderr)
+    print(
+        f"note: {source} reads tensor values in its forward, which the meta device does "
+        "not have; tracing it on the CPU on random inputs instead (counts that depend on "
+        "the data are those of this run)",
+        file=sys.stderr,
+    )
     resolved = resolved.on_cpu()
-    return analyze(resolved.model, example_inputs=resolved.inputs, dtype=dtype,
-                   real=True), resolved.model
+    return analyze(
+        resolved.model, example_inputs=resolved.inputs, dtype=dtype, real=True
+    ), resolved.model
 
 
-def load_analysis(source: str, given: str | list[str] | None, batch: int | None,
-                  dtype: str) -> tuple[Any, Any]:
+def load_analysis(
+    source: str, given: str | list[str] | None, batch: int | None, dtype: str
+) -> tuple[Any, Any]:
     """``(Analysis, nn.Module or None)`` of a MODEL argument (a file gives no module): the
     one resolution every sub-command that takes a MODEL uses."""
     from dnnlens.analysis import analyze
@@ -270,11 +341,15 @@ def validate(args: argparse.Namespace) -> None:
 
         parse_size(buffer)
     if getattr(args, "train", False) and is_model_file(args.model):
-        raise UsageError("--train traces a PyTorch model's backward pass; give a model "
-                         "name or package.module:factory instead of a file")
+        raise UsageError(
+            "--train traces a PyTorch model's backward pass; give a model "
+            "name or package.module:factory instead of a file"
+        )
     if getattr(args, "train", False) and args.measure:
-        raise UsageError("--measure times inference layers; drop it with --train (use "
-                         "--device for the roofline of a training step)")
+        raise UsageError(
+            "--measure times inference layers; drop it with --train (use "
+            "--device for the roofline of a training step)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -316,10 +391,15 @@ def _run_training(args: argparse.Namespace, resolved: Resolved) -> int:
 
     if resolved.default_note:
         print(resolved.default_note, file=sys.stderr)
-    step = analyze_training(resolved.model, example_inputs=resolved.inputs, dtype=args.dtype,
-                            optimizer=args.optimizer, amp=args.amp,
-                            checkpoint_depth=args.checkpoint_activations,
-                            workspace=args.workspace)
+    step = analyze_training(
+        resolved.model,
+        example_inputs=resolved.inputs,
+        dtype=args.dtype,
+        optimizer=args.optimizer,
+        amp=args.amp,
+        checkpoint_depth=args.checkpoint_activations,
+        workspace=args.workspace,
+    )
     step.analysis.graph.name = args.model
     if args.json:
         print(step.to_json(args.depth))

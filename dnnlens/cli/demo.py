@@ -20,33 +20,45 @@ INPUT_SHAPE = (1, 1, 28, 28)
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train, verify, analyse and report on the course network (the main job)",
+        "demo",
+        help="train, verify, analyse and report on the course network (the main job)",
         description="Train the course notebook's MNIST network for 10 epochs on the bundled "
-                    "sample (4,000 train / 1,000 test digits), verify our loop-nest engine "
-                    "against PyTorch on the test images, print the per-layer analysis and "
-                    "write an HTML report with the roofline of this machine, offline.")
-    parser.add_argument("--data", default="sample", metavar="SRC",
-                        help="sample (default, offline), idx:PATH, mnist or fashion-mnist")
-    parser.add_argument("--out", type=Path, default=Path("dnnlens-demo"), metavar="DIR",
-                        help="folder for the checkpoint and the report "
-                             "(default ./dnnlens-demo)")
+        "sample (4,000 train / 1,000 test digits), verify our loop-nest engine "
+        "against PyTorch on the test images, print the per-layer analysis and "
+        "write an HTML report with the roofline of this machine, offline.",
+    )
+    parser.add_argument(
+        "--data",
+        default="sample",
+        metavar="SRC",
+        help="sample (default, offline), idx:PATH, mnist or fashion-mnist",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("dnnlens-demo"),
+        metavar="DIR",
+        help="folder for the checkpoint and the report (default ./dnnlens-demo)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
     from dnnlens.cli.verify import render as render_verification
-    from dnnlens.verify import verify
     from dnnlens.hwprobe import probe
     from dnnlens.models import Net
     from dnnlens.report import write_report
     from dnnlens.roofline import memory_footprint, render_roofline, roofline
     from dnnlens.training import train
+    from dnnlens.verify import verify
 
     print(f"1. training the course network on {args.data} for {DEMO_EPOCHS} epochs")
     result = train(data=args.data, epochs=DEMO_EPOCHS, out=args.out / "my_mnist_net.pth")
-    print(f"   test accuracy {result.final_accuracy:.2%} ({result.wall_time:.1f} s); "
-          f"checkpoint {result.checkpoint}")
+    print(
+        f"   test accuracy {result.final_accuracy:.2%} ({result.wall_time:.1f} s); "
+        f"checkpoint {result.checkpoint}"
+    )
 
     print("\n2. our loop-nest engine against PyTorch on the test images")
     check = verify(result.checkpoint, data=args.data)

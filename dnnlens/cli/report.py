@@ -77,8 +77,10 @@ def validate(args: argparse.Namespace) -> None:
     check_output_folder(args.out, "the report")
     validate_model_options(args)
     if getattr(args, "train", False) and is_model_file(args.model):
-        raise UsageError("--train traces a PyTorch model's backward pass; give a model "
-                         "name or package.module:factory instead of a file")
+        raise UsageError(
+            "--train traces a PyTorch model's backward pass; give a model "
+            "name or package.module:factory instead of a file"
+        )
     if args.checkpoint:
         if args.model != "seed":
             raise UsageError(
@@ -137,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "train", False):
         from dnnlens.training_step import analyze_training
 
-        training = analyze_training(model, shape, batch=args.batch, dtype=args.dtype,
-                                    optimizer=args.optimizer)
+        assert model is not None  # the checks above refuse --train with a model file
+        training = analyze_training(
+            model, shape, batch=args.batch, dtype=args.dtype, optimizer=args.optimizer
+        )
     page = write_report(
         analysis,
         Path(args.out),

@@ -40,8 +40,9 @@ def is_model_file(source: str) -> bool:
     return lower.startswith("spec:") or lower.endswith(FILE_SOURCES)
 
 
-def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
-                    batch: int | None = None) -> Graph | None:
+def graph_from_file(
+    source: str, input_shape: tuple[int, ...] | None = None, batch: int | None = None
+) -> Graph | None:
     """The canonical graph of a model *file* named on the command line, or None for other
     sources.
 
@@ -54,8 +55,10 @@ def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
     if not is_model_file(source):
         return None
     if input_shape is not None and not lower.endswith(".onnx"):
-        raise UsageError(f"--input does not apply to {source}: its layers fix the input "
-                         "shape (edit the file's input instead); --batch sets N")
+        raise UsageError(
+            f"--input does not apply to {source}: its layers fix the input "
+            "shape (edit the file's input instead); --batch sets N"
+        )
     if is_spec:
         from dnnlens.importers.spec import import_spec
 
@@ -68,15 +71,17 @@ def graph_from_file(source: str, input_shape: tuple[int, ...] | None = None,
 
     shape = input_shape
     if batch is not None:
-        base = shape or tuple(d if isinstance(d, int) and d > 0 else 1
-                              for d in onnx_input_dims(source))
+        base = shape or tuple(
+            d if isinstance(d, int) and d > 0 else 1 for d in onnx_input_dims(source)
+        )
         shape = (batch, *base[1:])
     graph, _ = import_onnx(source, input_shape=shape)
     return graph
 
 
-def build_model(spec: str, device: str = "meta", seed: int | None = None
-                ) -> tuple[nn.Module, tuple[int, ...] | None]:
+def build_model(
+    spec: str, device: str = "meta", seed: int | None = None
+) -> tuple[nn.Module, tuple[int, ...] | None]:
     """The ``nn.Module`` named by ``spec`` and its usual input shape (None if unknown, or if
     the model takes several inputs or a list of images).
 
@@ -104,8 +109,9 @@ def build_model(spec: str, device: str = "meta", seed: int | None = None
     if device == "meta":
         built = zoo.build(spec)
         shapes = built.input_shapes
-        return built.module, (shapes[0] if len(shapes) == 1 and not built.needs_real_data
-                              else None)
+        return built.module, (
+            shapes[0] if len(shapes) == 1 and not built.needs_real_data else None
+        )
     import torchvision
 
     try:
@@ -134,8 +140,9 @@ def _from_factory(spec: str, device: str) -> nn.Module:
     except (ImportError, AttributeError) as exc:
         raise ModelError(f"cannot find factory {spec!r} (looked from {here}): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-        raise ModelError(f"importing {module_name!r} for {spec!r} raised "
-                         f"{type(exc).__name__}: {exc}") from None
+        raise ModelError(
+            f"importing {module_name!r} for {spec!r} raised {type(exc).__name__}: {exc}"
+        ) from None
     try:
         with torch.device(device):  # build without allocating weights where the factory can
             model = factory()
@@ -149,8 +156,9 @@ def _from_factory(spec: str, device: str) -> nn.Module:
     return model
 
 
-def load_graph(source: Any, input_shape: tuple[int, ...] | None = None,
-               batch: int | None = None) -> Graph:
+def load_graph(
+    source: Any, input_shape: tuple[int, ...] | None = None, batch: int | None = None
+) -> Graph:
     """Any model argument as a canonical graph: a model file, a model name or factory, or an
     ``nn.Module`` (then ``input_shape`` is required)."""
     from dnnlens.importers.torch import import_torch

@@ -25,7 +25,7 @@ dimensions without ``input_shape``.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
@@ -64,25 +64,83 @@ InputShapes = Shape | Sequence[int] | Mapping[str, Sequence[int]] | None
 
 #: ONNX unary ops -> the IR's activation names.
 UNARY = {
-    "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log",
-    "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Erf": "erf", "Reciprocal": "reciprocal",
-    "Softplus": "softplus", "Elu": "elu", "Selu": "selu", "LeakyRelu": "leaky_relu",
-    "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish", "Gelu": "gelu", "Mish": "mish",
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Exp": "exp",
+    "Log": "log",
+    "Sqrt": "sqrt",
+    "Neg": "neg",
+    "Abs": "abs",
+    "Erf": "erf",
+    "Reciprocal": "reciprocal",
+    "Softplus": "softplus",
+    "Elu": "elu",
+    "Selu": "selu",
+    "LeakyRelu": "leaky_relu",
+    "HardSigmoid": "hardsigmoid",
+    "HardSwish": "hardswish",
+    "Gelu": "gelu",
+    "Mish": "mish",
     "Clip": "clamp",
 }
-BINARY_OPS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow",
-              "Max": "maximum", "Min": "minimum", "Where": "where"}
-REDUCE_OPS = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "amax",
-              "ReduceMin": "amin"}
+BINARY_OPS = {
+    "Add": "add",
+    "Sub": "sub",
+    "Mul": "mul",
+    "Div": "div",
+    "Pow": "pow",
+    "Max": "maximum",
+    "Min": "minimum",
+    "Where": "where",
+}
+REDUCE_OPS = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "amax", "ReduceMin": "amin"}
 
 #: Ops evaluated at import time when all their inputs are constants (shape arithmetic).
-FOLDABLE = frozenset({
-    "Constant", "Identity", "Cast", "CastLike", "Shape", "Size", "Gather", "Unsqueeze",
-    "Squeeze", "Concat", "Reshape", "Slice", "ConstantOfShape", "Range", "Add", "Sub", "Mul",
-    "Div", "Equal", "Where", "Transpose", "Flatten", "Sqrt", "Neg", "ReduceProd", "Max", "Min",
-    "Floor", "Ceil", "Not", "Less", "Greater", "Abs", "Expand", "Tile", "Mod", "And", "Or",
-    "Split", "DequantizeLinear",
-})
+FOLDABLE = frozenset(
+    {
+        "Constant",
+        "Identity",
+        "Cast",
+        "CastLike",
+        "Shape",
+        "Size",
+        "Gather",
+        "Unsqueeze",
+        "Squeeze",
+        "Concat",
+        "Reshape",
+        "Slice",
+        "ConstantOfShape",
+        "Range",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Equal",
+        "Where",
+        "Transpose",
+        "Flatten",
+        "Sqrt",
+        "Neg",
+        "ReduceProd",
+        "Max",
+        "Min",
+        "Floor",
+        "Ceil",
+        "Not",
+        "Less",
+        "Greater",
+        "Abs",
+        "Expand",
+        "Tile",
+        "Mod",
+        "And",
+        "Or",
+        "Split",
+        "DequantizeLinear",
+    }
+)
 #: Foldable ops that keep a parameter's values (so its name) when they read one.
 PASS_THROUGH = frozenset({"Identity", "Cast", "CastLike"})
 
@@ -115,7 +173,8 @@ class _Ctx:
     fused: set[int] = field(default_factory=set)  # ONNX nodes absorbed by an earlier one
     # SplitToSequence outputs: value -> (input, axis, [(start, stop)], keep_dim)
     sequences: dict[str, tuple[str, int, list[tuple[int, int]], bool]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     values: dict[str, str] = field(default_factory=dict)  # IR node -> the ONNX value it is
 
     def is_param(self, value: str) -> bool:
@@ -124,6 +183,7 @@ class _Ctx:
 
 
 # --- loading, checking, shapes ----------------------------------------------------------
+
 
 def _load(path: Path):
     import onnx
@@ -135,8 +195,9 @@ def _load(path: Path):
         model = onnx.load(str(path))
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path} is not a readable ONNX model (truncated or corrupt?): "
-                         f"{first}") from None
+        raise ModelError(
+            f"{path} is not a readable ONNX model (truncated or corrupt?): {first}"
+        ) from None
     if not model.graph.node:
         raise ModelError(f"{path} holds no ONNX graph nodes (truncated or not an ONNX model?)")
     _check_names(model, path)
@@ -149,8 +210,14 @@ def _check_names(model, path: Path) -> None:
     graph = model.graph
     names = [value.name for value in (*graph.input, *graph.output, *graph.initializer)]
     for node in graph.node:
-        names += [node.name, node.op_type, node.domain, *node.input, *node.output,
-                  *(attribute.name for attribute in node.attribute)]
+        names += [
+            node.name,
+            node.op_type,
+            node.domain,
+            *node.input,
+            *node.output,
+            *(attribute.name for attribute in node.attribute),
+        ]
     if not all(isinstance(name, str) for name in names):
         raise ModelError(f"{path} holds names that are not valid UTF-8 text (corrupt?)")
 
@@ -164,7 +231,8 @@ def _check_dangling(model, path: Path) -> None:
             if value not in known:
                 raise ModelError(
                     f"{path}: node {node.name or node.op_type!r} ({node.op_type}) reads "
-                    f"{value!r}, which no graph input, initializer or earlier node provides")
+                    f"{value!r}, which no graph input, initializer or earlier node provides"
+                )
         known.update(node.output)
     for out in model.graph.output:
         if out.name not in known:
@@ -198,8 +266,10 @@ def _fix_inputs(model, path: Path, input_shape: InputShapes) -> dict[str, Shape]
         given = {k: tuple(int(d) for d in v) for k, v in input_shape.items()}
         unknown = set(given) - {i.name for i in inputs}
         if unknown:
-            raise ModelError(f"{path}: no graph input named {min(unknown)!r} "
-                             f"(inputs: {', '.join(i.name for i in inputs)})")
+            raise ModelError(
+                f"{path}: no graph input named {min(unknown)!r} "
+                f"(inputs: {', '.join(i.name for i in inputs)})"
+            )
     elif input_shape is not None:
         if len(inputs) != 1:
             raise ModelError(f"{path} has {len(inputs)} inputs; give each shape by name")
@@ -213,16 +283,20 @@ def _fix_inputs(model, path: Path, input_shape: InputShapes) -> dict[str, Shape]
         if want is None:
             if not all(isinstance(d, int) and d > 0 for d in dims):
                 shown = ", ".join(str(d) for d in dims)
-                example = ",".join(str(d) if isinstance(d, int) and d > 0 else "1"
-                                   for d in dims)
-                raise ModelError(f"{path}: input {value.name!r} has dynamic dimensions "
-                                 f"({shown}); give its shape with --input, e.g. "
-                                 f"--input {example}")
+                example = ",".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in dims)
+                raise ModelError(
+                    f"{path}: input {value.name!r} has dynamic dimensions "
+                    f"({shown}); give its shape with --input, e.g. "
+                    f"--input {example}"
+                )
             want = tuple(int(d) for d in dims)
-        elif len(want) != len(dims) or any(isinstance(d, int) and d > 0 and d != w
-                                           for d, w in zip(dims, want)):
-            raise ModelError(f"{path}: input {value.name!r} is ({', '.join(map(str, dims))}); "
-                             f"the given shape {want} does not fit it")
+        elif len(want) != len(dims) or any(
+            isinstance(d, int) and d > 0 and d != w for d, w in zip(dims, want)
+        ):
+            raise ModelError(
+                f"{path}: input {value.name!r} is ({', '.join(map(str, dims))}); "
+                f"the given shape {want} does not fit it"
+            )
         if any(d < 1 for d in want):
             raise ModelError(f"{path}: input shape {want} has a non-positive size")
         tensor_shape = value.type.tensor_type.shape
@@ -273,13 +347,17 @@ def _static_shapes(model) -> dict[str, Shape]:
     graph = model.graph
     for info in [*graph.input, *graph.value_info, *graph.output]:
         dims = _dims(info)
-        if info.type.HasField("tensor_type") and all(isinstance(d, int) for d in dims) \
-                and info.type.tensor_type.HasField("shape"):
+        if (
+            info.type.HasField("tensor_type")
+            and all(isinstance(d, int) for d in dims)
+            and info.type.tensor_type.HasField("shape")
+        ):
             shapes[info.name] = tuple(int(d) for d in dims)
     return shapes
 
 
 # --- constants ---------------------------------------------------------------------------
+
 
 def _initializers(model, path: str | Path = "the ONNX model") -> dict[str, Const]:
     from onnx import numpy_helper
@@ -331,8 +409,9 @@ def _try_fold(node, ctx: _Ctx) -> bool:
         # Only the dtype of the second input matters: a constant cast, not a layer.
         const = ctx.consts[node.input[0]]
         dtype = ctx.dtypes.get(node.input[1], const.array.dtype)
-        ctx.consts[node.output[0]] = Const(const.array.astype(dtype), const.origin,
-                                           const.transposed)
+        ctx.consts[node.output[0]] = Const(
+            const.array.astype(dtype), const.origin, const.transposed
+        )
         return True
     if op not in FOLDABLE:
         return False
@@ -340,8 +419,7 @@ def _try_fold(node, ctx: _Ctx) -> bool:
     if not all(n in ctx.consts for n in names):
         return False
     params = [n for n in names if ctx.is_param(n)]
-    transpose_2d = (op == "Transpose" and len(params) == 1
-                    and ctx.consts[params[0]].array.ndim == 2)
+    transpose_2d = op == "Transpose" and len(params) == 1 and ctx.consts[params[0]].array.ndim == 2
     if params and op not in PASS_THROUGH and op not in ("Shape", "Size") and not transpose_2d:
         return False  # an op on a parameter is a layer of its own (Expand of a class token)
     arrays = [ctx.consts[n].array if n else None for n in node.input]
@@ -380,6 +458,7 @@ def _attrs(node) -> dict[str, Any]:
 
 
 # --- module paths ------------------------------------------------------------------------
+
 
 def _name_scopes(node) -> list[str] | None:
     """The dynamo exporter's module scopes of a node (outermost first, the fx node last), or
@@ -432,8 +511,10 @@ def _module_type(node) -> str:
 
 # --- translation helpers -------------------------------------------------------------------
 
-def _param(ctx: _Ctx, value: str, layout: np.ndarray | None = None,
-           want_transposed: bool = False) -> Param:
+
+def _param(
+    ctx: _Ctx, value: str, layout: np.ndarray | None = None, want_transposed: bool = False
+) -> Param:
     """The Param for constant ``value``; its array goes into the weights dict.
 
     ``want_transposed``: the operator needs the transpose of the value (a MatMul weight
@@ -450,8 +531,9 @@ def _param(ctx: _Ctx, value: str, layout: np.ndarray | None = None,
         array = const.array
     name = const.origin or value
     existing = ctx.weights.get(name)
-    if existing is not None and (existing.shape != array.shape
-                                 or not np.array_equal(existing, array)):
+    if existing is not None and (
+        existing.shape != array.shape or not np.array_equal(existing, array)
+    ):
         name = unique_name(f"{name}:{value}", set(ctx.weights))
     ctx.weights[name] = np.asarray(array, order="C")  # (ascontiguousarray makes 0-d 1-d)
     return Param(name, tuple(int(d) for d in array.shape))
@@ -461,8 +543,10 @@ def _ir(ctx: _Ctx, value: str) -> str:
     """The IR value (graph input or node name) an ONNX value maps to."""
     if value in ctx.alias:
         return ctx.alias[value]
-    raise ModelError(f"{ctx.path}: value {value!r} is used before it is computed "
-                     f"(or only by an operator dnnlens folded away)")
+    raise ModelError(
+        f"{ctx.path}: value {value!r} is used before it is computed "
+        f"(or only by an operator dnnlens folded away)"
+    )
 
 
 def _activations(ctx: _Ctx, node) -> list[str]:
@@ -470,8 +554,15 @@ def _activations(ctx: _Ctx, node) -> list[str]:
     return [v for v in node.input if v and v not in ctx.consts]
 
 
-def _emit(ctx: _Ctx, node, op: Op, inputs: list[str], params: dict[str, Param],
-          output: str | None = None, suffix: str = "") -> str:
+def _emit(
+    ctx: _Ctx,
+    node,
+    op: Op,
+    inputs: list[str],
+    params: dict[str, Param],
+    output: str | None = None,
+    suffix: str = "",
+) -> str:
     """Add one IR node for ONNX ``node``; returns its IR name."""
     module = module_path(node)
     base = module or _local_name(node)
@@ -487,12 +578,23 @@ def _emit(ctx: _Ctx, node, op: Op, inputs: list[str], params: dict[str, Param],
     except ShapeError as exc:
         raise ModelError(f"{ctx.path}: node {node.name or node.op_type!r}: {exc}") from None
     if observed is not None and tuple(observed) != tuple(out):
-        raise ModelError(f"{ctx.path}: node {node.name or node.op_type!r} ({node.op_type}): "
-                         f"dnnlens computes shape {out}, ONNX shape inference {observed}")
-    ctx.graph.nodes.append(Node(
-        name=name, op=op, inputs=ir_inputs, input_shapes=input_shapes, output_shape=out,
-        params=params, module=module, module_type=_module_type(node),
-        source=f"onnx:{node.op_type} {node.name}".rstrip()))
+        raise ModelError(
+            f"{ctx.path}: node {node.name or node.op_type!r} ({node.op_type}): "
+            f"dnnlens computes shape {out}, ONNX shape inference {observed}"
+        )
+    ctx.graph.nodes.append(
+        Node(
+            name=name,
+            op=op,
+            inputs=ir_inputs,
+            input_shapes=input_shapes,
+            output_shape=out,
+            params=params,
+            module=module,
+            module_type=_module_type(node),
+            source=f"onnx:{node.op_type} {node.name}".rstrip(),
+        )
+    )
     ctx.alias[out_value] = name
     ctx.values[name] = out_value
     return name
@@ -504,24 +606,39 @@ def _unknown(ctx: _Ctx, node, reason: str = "") -> None:
     for index, out in enumerate(o for o in node.output if o):
         shape = ctx.shapes.get(out)
         if shape is None:
-            raise ModelError(f"{ctx.path}: cannot infer the shape of {out!r}, output of the "
-                             f"{node.op_type} node {node.name!r} dnnlens does not know")
-        params = {f"input{i}": _param(ctx, v) for i, v in enumerate(node.input)
-                  if v and ctx.is_param(v)}
+            raise ModelError(
+                f"{ctx.path}: cannot infer the shape of {out!r}, output of the "
+                f"{node.op_type} node {node.name!r} dnnlens does not know"
+            )
+        params = {
+            f"input{i}": _param(ctx, v) for i, v in enumerate(node.input) if v and ctx.is_param(v)
+        }
         target = f"onnx:{node.op_type}" + (f" with {reason}" if reason else "")
-        _emit(ctx, node, Unknown(target=target, observed_shape=shape),
-              _activations(ctx, node), params, output=out,
-              suffix="" if index == 0 else f".{index}")
+        _emit(
+            ctx,
+            node,
+            Unknown(target=target, observed_shape=shape),
+            _activations(ctx, node),
+            params,
+            output=out,
+            suffix="" if index == 0 else f".{index}",
+        )
 
 
-def _spatial_pads(attrs: dict, x: Shape, kernel: Sequence[int], strides: Sequence[int],
-                  dilations: Sequence[int]) -> tuple[tuple[int, int], ...]:
+def _spatial_pads(
+    attrs: dict, x: Shape, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
     """ONNX ``pads`` (all begins, then all ends) or ``auto_pad`` as (begin, end) pairs."""
     d = len(kernel)
     auto = attrs.get("auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        return same_padding(tuple(x[2:]), tuple(kernel), tuple(strides), tuple(dilations),
-                            extra_at_end=auto == "SAME_UPPER")
+        return same_padding(
+            tuple(x[2:]),
+            tuple(kernel),
+            tuple(strides),
+            tuple(dilations),
+            extra_at_end=auto == "SAME_UPPER",
+        )
     if auto == "VALID":
         return tuple((0, 0) for _ in range(d))
     pads = list(attrs.get("pads", [0] * (2 * d)))
@@ -529,6 +646,7 @@ def _spatial_pads(attrs: dict, x: Shape, kernel: Sequence[int], strides: Sequenc
 
 
 # --- the translators, one per ONNX op family ------------------------------------------------
+
 
 def _conv(ctx: _Ctx, node) -> None:
     x_name, w_name = node.input[0], node.input[1]
@@ -561,8 +679,14 @@ def _conv(ctx: _Ctx, node) -> None:
         return _unknown(ctx, node)
     else:
         padding = _spatial_pads(attrs, x, kernel, strides, dilations)
-    op = Conv(stride=strides, padding=padding, dilation=dilations,
-              groups=int(attrs.get("group", 1)), transposed=transposed, output_padding=out_pad)
+    op = Conv(
+        stride=strides,
+        padding=padding,
+        dilation=dilations,
+        groups=int(attrs.get("group", 1)),
+        transposed=transposed,
+        output_padding=out_pad,
+    )
     _emit(ctx, node, op, [x_name], params)
 
 
@@ -576,14 +700,19 @@ def _next_bias_add(ctx: _Ctx, node, model_nodes: dict[str, list], features: int)
     add = users[0]
     other = add.input[1] if add.input[0] == out else add.input[0]
     const = ctx.consts.get(other)
-    if const is None or const.origin is None or const.array.size != features \
-            or const.array.ndim != 1:
+    if (
+        const is None
+        or const.origin is None
+        or const.array.size != features
+        or const.array.ndim != 1
+    ):
         return None
     return add, other
 
 
-def _linear(ctx: _Ctx, node, x_name: str, weight: Param, bias: Param | None,
-            users: dict[str, list]) -> None:
+def _linear(
+    ctx: _Ctx, node, x_name: str, weight: Param, bias: Param | None, users: dict[str, list]
+) -> None:
     params = {"weight": weight}
     output = node.output[0]
     if bias is not None:
@@ -620,8 +749,11 @@ def _gemm(ctx: _Ctx, node, users: dict[str, list]) -> None:
             return _unknown(ctx, node)
         full = np.broadcast_to(array.reshape(-1), (weight.shape[0],)) * beta
         if ctx.is_param(c) or np.any(full):
-            bias = _param(ctx, c, layout=np.ascontiguousarray(full)) if (
-                beta != 1.0 or array.size == 1 or array.ndim != 1) else _param(ctx, c)
+            bias = (
+                _param(ctx, c, layout=np.ascontiguousarray(full))
+                if (beta != 1.0 or array.size == 1 or array.ndim != 1)
+                else _param(ctx, c)
+            )
     _linear(ctx, node, a, weight, bias, users)
 
 
@@ -631,18 +763,23 @@ def _matmul_general(ctx: _Ctx, node) -> None:
     if node.op_type == "Gemm":
         return _unknown(ctx, node)
     if len(acts) == 2:
-        return _emit(ctx, node, MatMul(), acts, {})
+        _emit(ctx, node, MatMul(), acts, {})
+        return
     if len(acts) == 1 and node.input[0] in ctx.consts:
-        return _emit(ctx, node, MatMul(weight_operand=0), acts,
-                     {"weight": _param(ctx, node.input[0])})
+        _emit(ctx, node, MatMul(weight_operand=0), acts, {"weight": _param(ctx, node.input[0])})
+        return
     _unknown(ctx, node)
 
 
 def _matmul(ctx: _Ctx, node, users: dict[str, list]) -> None:
     a, b = node.input[0], node.input[1]
     const = ctx.consts.get(b)
-    if a not in ctx.consts and const is not None and const.array.ndim == 2 \
-            and const.origin is not None:
+    if (
+        a not in ctx.consts
+        and const is not None
+        and const.array.ndim == 2
+        and const.origin is not None
+    ):
         weight = _param(ctx, b, want_transposed=True)  # x @ W(K, N) is fc with (N, K)
         return _linear(ctx, node, a, weight, None, users)
     _matmul_general(ctx, node)
@@ -654,8 +791,9 @@ def _batchnorm(ctx: _Ctx, node) -> None:
         return _unknown(ctx, node)
     for stat in (mean, var):
         ctx.weights[stat] = ctx.consts[stat].array
-    op = Norm(function="batchnorm", eps=float(_attrs(node).get("epsilon", 1e-5)),
-              stats=(mean, var))
+    op = Norm(
+        function="batchnorm", eps=float(_attrs(node).get("epsilon", 1e-5)), stats=(mean, var)
+    )
     _emit(ctx, node, op, [x], {"weight": _param(ctx, scale), "bias": _param(ctx, bias)})
 
 
@@ -669,8 +807,11 @@ def _layernorm(ctx: _Ctx, node) -> None:
         params["weight"] = _param(ctx, node.input[1])
     if len(node.input) > 2 and node.input[2] and node.input[2] in ctx.consts:
         params["bias"] = _param(ctx, node.input[2])
-    op = Norm(function="layernorm", normalized_shape=tuple(shape[axis:]),
-              eps=float(attrs.get("epsilon", 1e-5)))
+    op = Norm(
+        function="layernorm",
+        normalized_shape=tuple(shape[axis:]),
+        eps=float(attrs.get("epsilon", 1e-5)),
+    )
     _emit(ctx, node, op, [x], params)
 
 
@@ -721,8 +862,9 @@ def _unary(ctx: _Ctx, node) -> None:
     function = UNARY[node.op_type]
     attrs = {**ONNX_ACTIVATION_DEFAULTS.get(node.op_type, {}), **_attrs(node)}
     if node.op_type == "Clip":
-        bounds = [ctx.consts[v].array.item() if v in ctx.consts else None
-                  for v in node.input[1:3]] + [None, None]
+        bounds = [
+            ctx.consts[v].array.item() if v in ctx.consts else None for v in node.input[1:3]
+        ] + [None, None]
         if any(v and v not in ctx.consts for v in node.input[1:3]):
             return _unknown(ctx, node, "bounds computed at run time")
         low, high = attrs.pop("min", bounds[0]), attrs.pop("max", bounds[1])
@@ -752,17 +894,22 @@ def _binary(ctx: _Ctx, node) -> None:
         return _unknown(ctx, node)
     function = BINARY_OPS[node.op_type]
     operands = [v for v in node.input if v]
-    if function in ORDERED and any(v in ctx.consts for v in operands[:operands.index(acts[-1])]):
+    if function in ORDERED and any(v in ctx.consts for v in operands[: operands.index(acts[-1])]):
         return _unknown(ctx, node, "a constant before an activation operand")
     dtype = ctx.dtypes.get(node.output[0])
     if dtype is not None and np.dtype(dtype).kind in INTEGER_KINDS:
         if function == "div":
             return _unknown(ctx, node, "integer division, which has no integer kernel yet")
-        kinds = {np.dtype(ctx.consts[v].array.dtype if v in ctx.consts
-                          else ctx.dtypes.get(v, dtype)).kind for v in operands}
+        kinds = {
+            np.dtype(
+                ctx.consts[v].array.dtype if v in ctx.consts else ctx.dtypes.get(v, dtype)
+            ).kind
+            for v in operands
+        }
         if kinds - set(INTEGER_KINDS):  # Pow(int, float) is an int in ONNX, a float in NumPy
-            return _unknown(ctx, node, f"an integer result from operands of kinds "
-                                       f"{''.join(sorted(kinds))}")
+            return _unknown(
+                ctx, node, f"an integer result from operands of kinds {''.join(sorted(kinds))}"
+            )
     params: dict[str, Param] = {}
     for value in operands:
         if value not in ctx.consts:
@@ -780,18 +927,22 @@ def _pool(ctx: _Ctx, node) -> None:
     d = len(kernel)
     strides = tuple(attrs.get("strides", [1] * d))
     dilations = tuple(attrs.get("dilations", [1] * d))
-    op = Pool(mode="max" if node.op_type == "MaxPool" else "avg", kernel=kernel,
-              stride=strides, padding=_spatial_pads(attrs, x, kernel, strides, dilations),
-              dilation=dilations, ceil_mode=bool(attrs.get("ceil_mode", 0)),
-              count_include_pad=bool(attrs.get("count_include_pad", 0)))
+    op = Pool(
+        mode="max" if node.op_type == "MaxPool" else "avg",
+        kernel=kernel,
+        stride=strides,
+        padding=_spatial_pads(attrs, x, kernel, strides, dilations),
+        dilation=dilations,
+        ceil_mode=bool(attrs.get("ceil_mode", 0)),
+        count_include_pad=bool(attrs.get("count_include_pad", 0)),
+    )
     _emit(ctx, node, op, [node.input[0]], {})
 
 
 def _global_pool(ctx: _Ctx, node) -> None:
     x = ctx.graph.shape_of(_ir(ctx, node.input[0]))
     mode = "max" if node.op_type == "GlobalMaxPool" else "avg"
-    _emit(ctx, node, AdaptivePool(mode=mode, output_size=(1,) * (len(x) - 2)),
-          [node.input[0]], {})
+    _emit(ctx, node, AdaptivePool(mode=mode, output_size=(1,) * (len(x) - 2)), [node.input[0]], {})
 
 
 def _reduce(ctx: _Ctx, node) -> None:
@@ -832,8 +983,11 @@ def _view_shape(ctx: _Ctx, node, x: Shape) -> Shape | None:
     second = node.input[1] if len(node.input) > 1 and node.input[1] else None
     if second is not None and second not in ctx.consts:
         return None
-    values = ([int(v) for v in ctx.consts[second].array.reshape(-1)] if second
-              else [int(v) for v in attrs.get("axes", [])])
+    values = (
+        [int(v) for v in ctx.consts[second].array.reshape(-1)]
+        if second
+        else [int(v) for v in attrs.get("axes", [])]
+    )
     if node.op_type == "Reshape":
         if second is None:
             return None
@@ -850,8 +1004,8 @@ def _view_shape(ctx: _Ctx, node, x: Shape) -> Shape | None:
         for axis in axes:
             shape.insert(axis, 1)
         return tuple(shape)
-    axes = {a % len(x) for a in values} if values else {i for i, d in enumerate(x) if d == 1}
-    return tuple(d for i, d in enumerate(x) if i not in axes)  # Squeeze
+    squeezed = {a % len(x) for a in values} if values else {i for i, d in enumerate(x) if d == 1}
+    return tuple(d for i, d in enumerate(x) if i not in squeezed)  # Squeeze
 
 
 def _transpose(ctx: _Ctx, node) -> None:
@@ -861,14 +1015,15 @@ def _transpose(ctx: _Ctx, node) -> None:
 
 
 def _concat(ctx: _Ctx, node) -> None:
-    params = {}
+    params: dict[str, Param] = {}
     for i, value in enumerate(node.input):
         if value in ctx.consts:
             if not ctx.is_param(value):
                 return _unknown(ctx, node)
             params["weight" if not params else f"weight{i}"] = _param(ctx, value)
-    _emit(ctx, node, Concat(axis=int(_attrs(node).get("axis", 1))), _activations(ctx, node),
-          params)
+    _emit(
+        ctx, node, Concat(axis=int(_attrs(node).get("axis", 1))), _activations(ctx, node), params
+    )
 
 
 def _softmax(ctx: _Ctx, node) -> None:
@@ -880,26 +1035,32 @@ def _gather(ctx: _Ctx, node) -> None:
     data, indices = node.input[0], node.input[1]
     axis = int(_attrs(node).get("axis", 0))
     if ctx.is_param(data) and indices not in ctx.consts and axis == 0:
-        return _emit(ctx, node, Embedding(), [indices], {"weight": _param(ctx, data)})
+        _emit(ctx, node, Embedding(), [indices], {"weight": _param(ctx, data)})
+        return
     if data not in ctx.consts and indices in ctx.consts and ctx.consts[indices].array.size == 1:
         index = int(ctx.consts[indices].array.reshape(-1)[0])
         x = ctx.graph.shape_of(_ir(ctx, data))
         index %= x[axis % len(x)]
         keep = ctx.consts[indices].array.ndim > 0
-        return _emit(ctx, node, Slice(axis=axis, start=index, stop=index + 1, keep_dim=keep),
-                     [data], {})
+        _emit(ctx, node, Slice(axis=axis, start=index, stop=index + 1, keep_dim=keep), [data], {})
+        return
     _unknown(ctx, node)
+
+
+def _slice_attributes(node) -> tuple[list, list, list, list]:
+    """``(starts, ends, axes, steps)`` from a Slice's attributes (up to opset 9: step 1)."""
+    attrs = _attrs(node)
+    starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
+    axes = list(attrs.get("axes", range(len(starts))))
+    return starts, ends, axes, [1] * len(starts)
 
 
 def _slice_arguments(ctx: _Ctx, node) -> tuple[list, list, list, list] | None:
     """``(starts, ends, axes, steps)``: attributes up to opset 9, constant inputs from 10;
     None when one of them is computed at run time."""
     if ctx.opset < 10 or len(node.input) == 1:
-        attrs = _attrs(node)
-        starts, ends = list(attrs.get("starts", [])), list(attrs.get("ends", []))
-        axes = list(attrs.get("axes", range(len(starts))))
-        return starts, ends, axes, [1] * len(starts)
-    values = []
+        return _slice_attributes(node)
+    values: list[list[int] | None] = []
     for value in node.input[1:5]:
         if not value:
             values.append(None)
@@ -911,8 +1072,12 @@ def _slice_arguments(ctx: _Ctx, node) -> tuple[list, list, list, list] | None:
     starts, ends, axes, steps = values
     if starts is None or ends is None:
         return None
-    return (starts, ends, list(axes if axes is not None else range(len(starts))),
-            list(steps if steps is not None else [1] * len(starts)))
+    return (
+        starts,
+        ends,
+        list(axes if axes is not None else range(len(starts))),
+        list(steps if steps is not None else [1] * len(starts)),
+    )
 
 
 def _slice(ctx: _Ctx, node) -> None:
@@ -921,16 +1086,19 @@ def _slice(ctx: _Ctx, node) -> None:
     if arguments is None:
         return _unknown(ctx, node, "bounds computed at run time")
     starts, ends, axes, steps = arguments
-    big = 2 ** 62  # ONNX writes "to the end" as INT64_MAX (or INT64_MIN going backwards)
+    big = 2**62  # ONNX writes "to the end" as INT64_MAX (or INT64_MIN going backwards)
     source = node.input[0]
     rank = len(ctx.graph.shape_of(_ir(ctx, source)))
     for index, (start, stop, axis, step) in enumerate(zip(starts, ends, axes, steps)):
         last = index == len(starts) - 1
         output = node.output[0] if last else f"{node.output[0]}#slice{index}"
-        op = Slice(axis=int(axis) % rank, start=int(start), stop=max(min(int(stop), big), -big),
-                   step=int(step))
-        _emit(ctx, node, op, [source], {}, output=output,
-              suffix="" if index == 0 else f".{index}")
+        op = Slice(
+            axis=int(axis) % rank,
+            start=int(start),
+            stop=max(min(int(stop), big), -big),
+            step=int(step),
+        )
+        _emit(ctx, node, op, [source], {}, output=output, suffix="" if index == 0 else f".{index}")
         source = output
     if not starts:
         _identity(ctx, node)
@@ -949,8 +1117,15 @@ def _split(ctx: _Ctx, node) -> None:
         sizes.append(shape[axis])
     start = 0
     for index, (out, size) in enumerate(zip(node.output, sizes)):
-        _emit(ctx, node, Slice(axis=axis, start=start, stop=start + size), [node.input[0]], {},
-              output=out, suffix="" if index == 0 else f".{index}")
+        _emit(
+            ctx,
+            node,
+            Slice(axis=axis, start=start, stop=start + size),
+            [node.input[0]],
+            {},
+            output=out,
+            suffix="" if index == 0 else f".{index}",
+        )
         start += size
 
 
@@ -994,18 +1169,19 @@ def _expand(ctx: _Ctx, node) -> None:
         # ONNX's inference gave up (a shape computed from Shape ops, folded by us since):
         # Expand broadcasts the input's shape and the given one, NumPy's way.
         given = tuple(int(v) for v in ctx.consts[node.input[1]].array.reshape(-1))
-        source = (ctx.consts[x].array.shape if x in ctx.consts
-                  else ctx.graph.shape_of(_ir(ctx, x)))
+        source = ctx.consts[x].array.shape if x in ctx.consts else ctx.graph.shape_of(_ir(ctx, x))
         try:
             target = tuple(np.broadcast_shapes(tuple(source), given))
         except ValueError:
-            raise ModelError(f"{ctx.path}: Expand node {node.name!r} cannot expand "
-                             f"{tuple(source)} to {given}") from None
+            raise ModelError(
+                f"{ctx.path}: Expand node {node.name!r} cannot expand {tuple(source)} to {given}"
+            ) from None
         ctx.shapes[node.output[0]] = target
     if target is None:
         return _unknown(ctx, node)
     if ctx.is_param(x):  # a class token broadcast over the batch
-        return _emit(ctx, node, Expand(shape=tuple(target)), [], {"weight": _param(ctx, x)})
+        _emit(ctx, node, Expand(shape=tuple(target)), [], {"weight": _param(ctx, x)})
+        return
     if x in ctx.consts:
         return _unknown(ctx, node)
     _emit(ctx, node, Expand(shape=tuple(target)), [x], {})
@@ -1013,8 +1189,9 @@ def _expand(ctx: _Ctx, node) -> None:
 
 def _dropout(ctx: _Ctx, node) -> None:
     training = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if training is not None and (training not in ctx.consts
-                                 or bool(ctx.consts[training].array.reshape(-1)[0])):
+    if training is not None and (
+        training not in ctx.consts or bool(ctx.consts[training].array.reshape(-1)[0])
+    ):
         return _unknown(ctx, node, "training_mode on (random masks)")
     ratio = _attrs(node).get("ratio", 0.5)
     if len(node.input) > 1 and node.input[1] in ctx.consts:
@@ -1032,22 +1209,34 @@ def _identity(ctx: _Ctx, node) -> None:
 
 
 #: ONNX op type -> the rule that writes its IR node; anything else becomes ``unknown``.
-RULES = {
+RULES: dict[str, Callable[..., None]] = {
     "Identity": _identity,
-    "Conv": _conv, "ConvTranspose": _conv,
-    "Gemm": _gemm, "MatMul": _matmul,
-    "BatchNormalization": _batchnorm, "LayerNormalization": _layernorm,
+    "Conv": _conv,
+    "ConvTranspose": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "BatchNormalization": _batchnorm,
+    "LayerNormalization": _layernorm,
     **{op: _unary for op in UNARY},
     **{op: _binary for op in BINARY_OPS},
-    "MaxPool": _pool, "AveragePool": _pool,
-    "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "GlobalAveragePool": _global_pool,
+    "GlobalMaxPool": _global_pool,
     **{op: _reduce for op in REDUCE_OPS},
     **{op: _reshape_like for op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze")},
-    "Transpose": _transpose, "Concat": _concat,
-    "Softmax": _softmax, "LogSoftmax": _softmax,
-    "Gather": _gather, "Slice": _slice, "Split": _split, "Expand": _expand,
-    "SplitToSequence": _split_to_sequence, "SequenceAt": _sequence_at,
-    "Dropout": _dropout, "Attention": _attention,
+    "Transpose": _transpose,
+    "Concat": _concat,
+    "Softmax": _softmax,
+    "LogSoftmax": _softmax,
+    "Gather": _gather,
+    "Slice": _slice,
+    "Split": _split,
+    "Expand": _expand,
+    "SplitToSequence": _split_to_sequence,
+    "SequenceAt": _sequence_at,
+    "Dropout": _dropout,
+    "Attention": _attention,
 }
 
 
@@ -1063,8 +1252,9 @@ def _translate(ctx: _Ctx, node, users: dict[str, list]) -> None:
         rule(ctx, node)
 
 
-def import_onnx(path: str | Path, input_shape: InputShapes = None
-                ) -> tuple[Graph, dict[str, np.ndarray]]:
+def import_onnx(
+    path: str | Path, input_shape: InputShapes = None
+) -> tuple[Graph, dict[str, np.ndarray]]:
     """Read an ONNX file into ``(graph, weights)``.
 
     ``input_shape``: the input's shape (batch included) when the file leaves dimensions
@@ -1077,8 +1267,9 @@ def import_onnx(path: str | Path, input_shape: InputShapes = None
     return graph, weights
 
 
-def import_onnx_with_values(path: str | Path, input_shape: InputShapes = None
-                            ) -> tuple[Graph, dict[str, np.ndarray], dict[str, str]]:
+def import_onnx_with_values(
+    path: str | Path, input_shape: InputShapes = None
+) -> tuple[Graph, dict[str, np.ndarray], dict[str, str]]:
     """:func:`import_onnx`, plus the ONNX value each IR node computes (by node name), so that
     onnxruntime's intermediate values can be compared with ours layer by layer."""
     from dnnlens.canonical import canonicalise
@@ -1090,8 +1281,14 @@ def import_onnx_with_values(path: str | Path, input_shape: InputShapes = None
     model = _infer_shapes(model, path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     graph = Graph(nodes=[], inputs=dict(inputs), outputs=[], name=path.stem)
-    ctx = _Ctx(path=str(path), opset=opset, consts=_initializers(model, path),
-               shapes=_static_shapes(model), graph=graph, dtypes=_dtypes(model))
+    ctx = _Ctx(
+        path=str(path),
+        opset=opset,
+        consts=_initializers(model, path),
+        shapes=_static_shapes(model),
+        graph=graph,
+        dtypes=_dtypes(model),
+    )
     ctx.alias.update({name: name for name in inputs})
     ctx.taken.update(inputs)
     users: dict[str, list] = {}

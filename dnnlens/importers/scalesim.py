@@ -113,15 +113,16 @@ def _conv_rows(node: Node) -> tuple[list[TopologyRow], str]:
         spatial_out = out[2:]
     stride = op.stride[0]
     # Padded input trimmed to what the windows read: SCALE-Sim's ceil rule then gives out.
-    ifmap = [(o - 1) * stride + k for o, k in zip(spatial_out, kernel)]
+    ih, iw = [(o - 1) * stride + k for o, k in zip(spatial_out, kernel)]
+    kh, kw = kernel
     name = _clean(node.name)
     g = op.groups
     if g == 1:
-        return [TopologyRow(name, *ifmap, *kernel, cin, cout, stride)], ""
+        return [TopologyRow(name, ih, iw, kh, kw, cin, cout, stride)], ""
     if g == cin:  # depthwise, channel multiplier cout // cin
-        return [TopologyRow(f"{name}_DP", *ifmap, *kernel, cin, cout // cin, stride)], ""
+        return [TopologyRow(f"{name}_DP", ih, iw, kh, kw, cin, cout // cin, stride)], ""
     return [
-        TopologyRow(f"{name}_g{i}", *ifmap, *kernel, cin // g, cout // g, stride) for i in range(g)
+        TopologyRow(f"{name}_g{i}", ih, iw, kh, kw, cin // g, cout // g, stride) for i in range(g)
     ], ""
 
 
@@ -228,7 +229,7 @@ def _row_node(row: TopologyRow, taken: set[str], batch: int) -> tuple[str, tuple
     taken.add(name)
     if _is_gemm(row):
         x: tuple[int, ...] = (batch, row.ifmap_h, row.ifmap_w)  # M rows of K values each
-        op = Linear()
+        op: Linear | Conv = Linear()
         params = {"weight": Param(f"{name}.weight", (row.num_filter, row.ifmap_w))}
     else:
         groups = row.channels if row.depthwise else 1
@@ -261,8 +262,9 @@ def import_topology(path: str | Path, batch: int | None = None) -> Graph:
     """A SCALE-Sim topology as a :class:`~dnnlens.ir.Graph`: one conv/fc node per line.
 
     A topology lists layers, not how they connect, so every layer reads its own graph input
-    (its padded IFMAP, ``batch`` images, default 1) and padding is 0. Depthwise (``DP``) lines become one grouped
-    conv; GEMM-mapped lines (1 channel, 1 x K filter across the IFMAP) become fc layers.
+    (its padded IFMAP, ``batch`` images, default 1) and padding is 0. Depthwise (``DP``) lines
+    become one grouped conv; GEMM-mapped lines (1 channel, 1 x K filter across the IFMAP)
+    become fc layers.
     """
     rows = read_topology(path)
     graph = Graph(nodes=[], inputs={}, outputs=[], name=Path(path).stem)

@@ -71,12 +71,14 @@ class _State:
 
 # --- small validators: each raises SpecError naming the layer ---------------------------
 
+
 def _fail(where: str, message: str) -> SpecError:
     return SpecError(f"{where}: {message}")
 
 
-def _positive_ints(where: str, key: str, value: Any, count: int | None = None,
-                   allow_zero: bool = False) -> tuple[int, ...]:
+def _positive_ints(
+    where: str, key: str, value: Any, count: int | None = None, allow_zero: bool = False
+) -> tuple[int, ...]:
     """A list of positive ints (``count`` of them when given); bool is not an int here."""
     items = value if isinstance(value, list) else None
     if items is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
@@ -107,12 +109,16 @@ def _flag(where: str, key: str, value: Any) -> bool:
 def _check_keys(where: str, raw: Raw, allowed: set[str] | frozenset[str]) -> None:
     extra = sorted(set(raw) - set(allowed) - COMMON_KEYS)
     if extra:
-        raise _fail(where, f"unknown setting(s) {', '.join(extra)} "
-                           f"(allowed: {', '.join(sorted(set(allowed) | COMMON_KEYS))})")
+        raise _fail(
+            where,
+            f"unknown setting(s) {', '.join(extra)} "
+            f"(allowed: {', '.join(sorted(set(allowed) | COMMON_KEYS))})",
+        )
 
 
-def _padding(where: str, value: Any, kernel: tuple[int, int],
-             dilation: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def _padding(
+    where: str, value: Any, kernel: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """Padding as ((top, bottom), (left, right)) for (H, W).
 
     Accepts ``"same"`` (the notebook's ``K//2`` on every side: output = input for odd
@@ -130,8 +136,7 @@ def _padding(where: str, value: Any, kernel: tuple[int, int],
         left, right, top, bottom = _positive_ints(where, "padding", value, 4, allow_zero=True)
         return (top, bottom), (left, right)
     if isinstance(value, str):
-        raise _fail(where, f"padding must be \"same\", \"valid\", a number or a list, "
-                           f"got {value!r}")
+        raise _fail(where, f'padding must be "same", "valid", a number or a list, got {value!r}')
     pw, ph = _pair(where, "padding", value, allow_zero=True)
     return (ph, ph), (pw, pw)
 
@@ -142,8 +147,9 @@ Built = tuple[Op, dict[str, Shape], list[str]]
 
 
 def _conv(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
-    _check_keys(where, raw, {key, "stride", "padding", "groups", "dilation", "bias",
-                             "output_padding"})
+    _check_keys(
+        where, raw, {key, "stride", "padding", "groups", "dilation", "bias", "output_padding"}
+    )
     kw, kh, cin, cout = _positive_ints(where, key, raw[key], 4)
     stride = _pair(where, "stride", raw.get("stride", 1))
     dilation = _pair(where, "dilation", raw.get("dilation", 1))
@@ -153,17 +159,25 @@ def _conv(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
     if cin % groups or cout % groups:
         raise _fail(where, f"channels in={cin} out={cout} are not divisible by groups={groups}")
     transposed = key == "convtranspose"
-    pads = _padding(where, raw.get("padding", "valid" if transposed else "same"),
-                    (kw, kh), dilation)
+    pads = _padding(
+        where, raw.get("padding", "valid" if transposed else "same"), (kw, kh), dilation
+    )
     out_pad = _pair(where, "output_padding", raw.get("output_padding", 0), allow_zero=True)
     if not transposed and "output_padding" in raw:
         raise _fail(where, "output_padding applies to convtranspose only")
-    op = Conv(stride=(stride[1], stride[0]), padding=pads, dilation=(dilation[1], dilation[0]),
-              groups=groups, transposed=transposed, output_padding=(out_pad[1], out_pad[0]))
+    op = Conv(
+        stride=(stride[1], stride[0]),
+        padding=pads,
+        dilation=(dilation[1], dilation[0]),
+        groups=groups,
+        transposed=transposed,
+        output_padding=(out_pad[1], out_pad[0]),
+    )
     # The notebook's Cin is the layer's input channels; check it before the weight rule does.
     if len(x) == 4 and x[1] != cin:
-        raise _fail(where, f"{key} expects {cin} input channels but its input {tuple(x)} "
-                           f"has {x[1]}")
+        raise _fail(
+            where, f"{key} expects {cin} input channels but its input {tuple(x)} has {x[1]}"
+        )
     weight = (cin, cout // groups, kh, kw) if transposed else (cout, cin // groups, kh, kw)
     params: dict[str, Shape] = {"weight": weight}
     if _flag(where, "bias", raw.get("bias", True)):
@@ -178,12 +192,16 @@ def _pool(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
     if key != "pool" and "mode" in raw:
         raise _fail(where, f"{key} sets its mode already; use pool with mode = ... instead")
     if mode not in ("max", "avg"):
-        raise _fail(where, f"pool mode must be \"max\" or \"avg\", got {mode!r}")
+        raise _fail(where, f'pool mode must be "max" or "avg", got {mode!r}')
     pads = _padding(where, raw.get("padding", "valid"), (xw, yw), (1, 1))
-    op = Pool(mode=mode, kernel=(yw, xw), stride=(ys, xs), padding=pads,
-              ceil_mode=_flag(where, "ceil_mode", raw.get("ceil_mode", False)),
-              count_include_pad=_flag(where, "count_include_pad",
-                                      raw.get("count_include_pad", True)))
+    op = Pool(
+        mode=mode,
+        kernel=(yw, xw),
+        stride=(ys, xs),
+        padding=pads,
+        ceil_mode=_flag(where, "ceil_mode", raw.get("ceil_mode", False)),
+        count_include_pad=_flag(where, "count_include_pad", raw.get("count_include_pad", True)),
+    )
     return op, {}, [st.current]
 
 
@@ -197,7 +215,7 @@ def _adaptive(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
         size = (h, w)
     mode = raw.get("mode", "avg")
     if mode not in ("max", "avg"):
-        raise _fail(where, f"mode must be \"max\" or \"avg\", got {mode!r}")
+        raise _fail(where, f'mode must be "max" or "avg", got {mode!r}')
     return AdaptivePool(mode=mode, output_size=size), {}, [st.current]
 
 
@@ -205,8 +223,11 @@ def _fc(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
     _check_keys(where, raw, {key, "bias"})
     out, inp = _positive_ints(where, key, raw[key], 2)
     if x[-1] != inp:
-        raise _fail(where, f"fc expects {inp} inputs but its input {tuple(x)} has {x[-1]} "
-                           f"values per row (did you mean fc = [{out}, {x[-1]}]?)")
+        raise _fail(
+            where,
+            f"fc expects {inp} inputs but its input {tuple(x)} has {x[-1]} "
+            f"values per row (did you mean fc = [{out}, {x[-1]}]?)",
+        )
     params: dict[str, Shape] = {"weight": (out, inp)}
     if _flag(where, "bias", raw.get("bias", True)):
         params["bias"] = (out,)
@@ -229,10 +250,12 @@ def _flatten(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
 def _reshape(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
     _check_keys(where, raw, {key})
     value = raw[key]
-    if not isinstance(value, list) or not all(isinstance(v, int) and (v > 0 or v == -1)
-                                              for v in value):
-        raise _fail(where, f"reshape must list the sizes after the batch (-1 once allowed), "
-                           f"got {value!r}")
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and (v > 0 or v == -1) for v in value
+    ):
+        raise _fail(
+            where, f"reshape must list the sizes after the batch (-1 once allowed), got {value!r}"
+        )
     target = (x[0], *value)
     op = Reshape(shape=target) if -1 in value else Reshape.between(x, target)
     return op, {}, [st.current]
@@ -267,8 +290,10 @@ def _reference(where: str, st: _State, name: Any) -> str:
         raise _fail(where, f"a layer reference must be a layer name, got {name!r}")
     known = [*st.graph.inputs, *(n.name for n in st.graph.nodes)]
     if name not in known:
-        raise _fail(where, f"refers to {name!r}, which is not an earlier layer "
-                           f"(earlier: {', '.join(known)})")
+        raise _fail(
+            where,
+            f"refers to {name!r}, which is not an earlier layer (earlier: {', '.join(known)})",
+        )
     return name
 
 
@@ -305,8 +330,11 @@ def _norm(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
         if len(x) < 2:
             raise _fail(where, f"batchnorm needs an input (N, C, ...), got {tuple(x)}")
         shape: Shape = (x[1],)
-        op: Op = Norm(function="batchnorm", eps=float(eps),
-                      stats=(f"{name}.running_mean", f"{name}.running_var") if name else ())
+        op: Op = Norm(
+            function="batchnorm",
+            eps=float(eps),
+            stats=(f"{name}.running_mean", f"{name}.running_var") if name else (),
+        )
     else:
         value = raw[key]
         shape = (x[-1],) if value is True else _positive_ints(where, key, value)
@@ -319,11 +347,20 @@ Builder = Callable[[str, Raw, _State, str, Shape], Built]
 
 #: Layer key -> builder. Every activation the IR knows is a layer key of its own.
 BUILDERS: dict[str, Builder] = {
-    "conv": _conv, "convtranspose": _conv,
-    "pool": _pool, "maxpool": _pool, "avgpool": _pool,
-    "adaptivepool": _adaptive, "globalpool": _adaptive,
-    "fc": _fc, "flatten": _flatten, "reshape": _reshape, "permute": _permute,
-    "softmax": _softmax, "logsoftmax": _softmax, "dropout": _dropout,
+    "conv": _conv,
+    "convtranspose": _conv,
+    "pool": _pool,
+    "maxpool": _pool,
+    "avgpool": _pool,
+    "adaptivepool": _adaptive,
+    "globalpool": _adaptive,
+    "fc": _fc,
+    "flatten": _flatten,
+    "reshape": _reshape,
+    "permute": _permute,
+    "softmax": _softmax,
+    "logsoftmax": _softmax,
+    "dropout": _dropout,
     "concat": _concat,
     **{name: _binary for name in sorted(BINARY - {"where"})},
     **{name: _activation for name in sorted(ACTIVATIONS)},
@@ -338,16 +375,33 @@ def _layer_key(where: str, raw: Raw) -> str:
     if len(keys) != 1:
         unknown = sorted(set(raw) - COMMON_KEYS - OPTION_KEYS)
         if unknown and not keys:
-            raise _fail(where, f"unknown layer type {unknown[0]!r} (known: "
-                               f"{', '.join(sorted(set(BUILDERS) | NORM_KEYS))})")
+            raise _fail(
+                where,
+                f"unknown layer type {unknown[0]!r} (known: "
+                f"{', '.join(sorted(set(BUILDERS) | NORM_KEYS))})",
+            )
         found = ", ".join(keys) if keys else "none"
         raise _fail(where, f"a layer needs exactly one layer type key, found {found}")
     return keys[0]
 
 
 NORM_KEYS = frozenset({"batchnorm", "layernorm"})
-OPTION_KEYS = frozenset({"stride", "padding", "groups", "dilation", "bias", "output_padding",
-                         "mode", "ceil_mode", "count_include_pad", "axis", "affine", "eps"})
+OPTION_KEYS = frozenset(
+    {
+        "stride",
+        "padding",
+        "groups",
+        "dilation",
+        "bias",
+        "output_padding",
+        "mode",
+        "ceil_mode",
+        "count_include_pad",
+        "axis",
+        "affine",
+        "eps",
+    }
+)
 
 
 def _add_layer(index: int, raw: Any, st: _State) -> None:
@@ -374,16 +428,28 @@ def _add_layer(index: int, raw: Any, st: _State) -> None:
     except ShapeError as exc:
         raise _fail(f"{st.path}: layer {index}", str(exc)) from None
     params = {role: Param(f"{name}.{role}", shape) for role, shape in param_shapes.items()}
-    st.graph.nodes.append(Node(name=name, op=op, inputs=inputs, input_shapes=input_shapes,
-                               output_shape=out, params=params, module=name,
-                               module_type=f"spec:{key}", source="spec"))
+    st.graph.nodes.append(
+        Node(
+            name=name,
+            op=op,
+            inputs=inputs,
+            input_shapes=input_shapes,
+            output_shape=out,
+            params=params,
+            module=name,
+            module_type=f"spec:{key}",
+            source="spec",
+        )
+    )
     st.current = name
 
 
 def _input_shape(path: str, doc: Raw) -> Shape:
     if "input" not in doc:
-        raise SpecError(f"{path}: missing 'input', the input shape, e.g. input = [1, 1, 28, 28] "
-                        f"(batch, channels, height, width)")
+        raise SpecError(
+            f"{path}: missing 'input', the input shape, e.g. input = [1, 1, 28, 28] "
+            f"(batch, channels, height, width)"
+        )
     return _positive_ints(f"{path}: input", "input", doc["input"])
 
 
@@ -391,8 +457,9 @@ def spec_from_dict(doc: Raw, path: str = "<spec>") -> Graph:
     """Build the graph of an already parsed spec (a dict as :mod:`tomllib` returns it)."""
     unknown = sorted(set(doc) - {"name", "input", "layers", "layer"})
     if unknown:
-        raise SpecError(f"{path}: unknown top-level key(s) {', '.join(unknown)} "
-                        f"(allowed: name, input, layers)")
+        raise SpecError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)} (allowed: name, input, layers)"
+        )
     shape = _input_shape(path, doc)
     for key in ("layers", "layer"):
         if key in doc and not isinstance(doc[key], list):

@@ -39,8 +39,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,14 +52,42 @@ from torch.utils._pytree import tree_flatten
 
 from dnnlens.errors import DnnlensError, ModelError, UsageError, annotate, annotation
 from dnnlens.ir import Graph, Node, Param, Shape, unique_name
-from dnnlens.ops import (Activation, AdaptivePool, Attention, Binary, Concat, Constant, Conv,
-                         Copy, Dropout, Embedding, Expand, Linear, MatMul, Norm, Op, Permute,
-                         Pool, Recurrent, RecurrentState, Reduce, Reshape, Slice, Softmax,
-                         Unknown, infer_shape)
+from dnnlens.ops import (
+    Activation,
+    AdaptivePool,
+    Attention,
+    Binary,
+    Concat,
+    Constant,
+    Conv,
+    Copy,
+    Dropout,
+    Embedding,
+    Expand,
+    Linear,
+    MatMul,
+    Norm,
+    Op,
+    Permute,
+    Pool,
+    Recurrent,
+    RecurrentState,
+    Reduce,
+    Reshape,
+    Slice,
+    Softmax,
+    Unknown,
+    infer_shape,
+)
 from dnnlens.ops.conv import same_padding, symmetric_padding
+from dnnlens.ops.elementwise import (
+    ACTIVATION_PARAMETERS,
+    ACTIVATIONS,
+    BINARY,
+    TORCH_PARAMETER_NAMES,
+    broadcast,
+)
 from dnnlens.ops.scan import CumSum
-from dnnlens.ops.elementwise import (ACTIVATION_PARAMETERS, ACTIVATIONS, BINARY,
-                                     TORCH_PARAMETER_NAMES, broadcast)
 
 __all__ = ["import_torch", "unknown_ops", "LEAF_RULES", "ATEN_RULES"]
 
@@ -112,19 +141,32 @@ def _tuple(value: Any, rank: int) -> tuple[int, ...]:
 # Leaf modules: one node each
 
 
-def _leaf_conv(tr: "Tracer", m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> Built:
+def _leaf_conv(tr: Tracer, m: Any, x: torch.Tensor, out: torch.Tensor) -> Built:
+    # m: Any: any of the conv classes; nn.Module's stub does not know their kernel_size, ...
     rank = len(m.kernel_size)
     if isinstance(m.padding, str):  # 'same' (stride 1 only, in PyTorch) / 'valid'
         sizes = tuple(x.shape[2:])
-        padding = (same_padding(sizes, _tuple(m.kernel_size, rank), _tuple(m.stride, rank),
-                                _tuple(m.dilation, rank)) if m.padding == "same"
-                   else symmetric_padding((0,) * rank))
+        padding = (
+            same_padding(
+                sizes,
+                _tuple(m.kernel_size, rank),
+                _tuple(m.stride, rank),
+                _tuple(m.dilation, rank),
+            )
+            if m.padding == "same"
+            else symmetric_padding((0,) * rank)
+        )
     else:
         padding = symmetric_padding(_tuple(m.padding, rank))
     transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
-    op = Conv(stride=_tuple(m.stride, rank), padding=padding, dilation=_tuple(m.dilation, rank),
-              groups=int(m.groups), transposed=transposed,
-              output_padding=_tuple(m.output_padding, rank))
+    op = Conv(
+        stride=_tuple(m.stride, rank),
+        padding=padding,
+        dilation=_tuple(m.dilation, rank),
+        groups=int(m.groups),
+        transposed=transposed,
+        output_padding=_tuple(m.output_padding, rank),
+    )
     return Built(op, [x], out, tr.module_params(m, ("weight", "bias")))
 
 
@@ -139,10 +181,15 @@ def _leaf_norm(function: str):
             stats = tuple(tr.names.get(id(b), "") for b in (m.running_mean, m.running_var))
         if function == "instancenorm" and m.track_running_stats and not m.training:
             stats = tuple(tr.names.get(id(b), "") for b in (m.running_mean, m.running_var))
-        op = Norm(function=function, eps=float(m.eps),
-                  normalized_shape=tuple(getattr(m, "normalized_shape", ())),
-                  groups=int(getattr(m, "num_groups", 1)), stats=stats)
+        op = Norm(
+            function=function,
+            eps=float(m.eps),
+            normalized_shape=tuple(getattr(m, "normalized_shape", ())),
+            groups=int(getattr(m, "num_groups", 1)),
+            stats=stats,
+        )
         return Built(op, [x], out, tr.module_params(m, ("weight", "bias")))
+
     return build
 
 
@@ -153,16 +200,24 @@ def _leaf_pool(mode: str):
         stride = _tuple(m.stride if m.stride is not None else m.kernel_size, rank)
         padding = symmetric_padding(_tuple(m.padding, rank))
         dilation = _tuple(getattr(m, "dilation", 1), rank)
-        op = Pool(mode=mode, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
-                  ceil_mode=bool(m.ceil_mode),
-                  count_include_pad=bool(getattr(m, "count_include_pad", True)))
+        op = Pool(
+            mode=mode,
+            kernel=kernel,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            ceil_mode=bool(m.ceil_mode),
+            count_include_pad=bool(getattr(m, "count_include_pad", True)),
+        )
         return Built(op, [x], out)
+
     return build
 
 
 def _leaf_adaptive(mode: str):
     def build(tr, m, x, out):
         return Built(AdaptivePool(mode=mode, output_size=shape_of(out)[2:]), [x], out)
+
     return build
 
 
@@ -182,6 +237,7 @@ def _leaf_activation(function: str):
     def build(tr, m, x, out):
         op = Activation(function=function, **_activation_parameters(function, vars(m)))
         return Built(op, [x], out)
+
     return build
 
 
@@ -189,6 +245,7 @@ def _leaf_softmax(log: bool):
     def build(tr, m, x, out):
         dim = m.dim if m.dim is not None else (0 if x.dim() in (0, 1, 3) else 1)
         return Built(Softmax(axis=int(dim), log=log), [x], out)
+
     return build
 
 
@@ -215,19 +272,23 @@ def _recurrent_mode(m: nn.Module) -> str:
     return str(m.mode).lower()  # nn.RNNBase: LSTM, GRU, RNN_TANH, RNN_RELU
 
 
-def _recurrent_op(m: nn.Module, packed_batch: int = 0) -> Recurrent:
-    return Recurrent(mode=_recurrent_mode(m), hidden_size=int(m.hidden_size),
-                     num_layers=int(getattr(m, "num_layers", 1)),
-                     bidirectional=bool(getattr(m, "bidirectional", False)),
-                     batch_first=bool(getattr(m, "batch_first", False)),
-                     proj_size=int(getattr(m, "proj_size", 0) or 0),
-                     cell=isinstance(m, nn.RNNCellBase), packed_batch=packed_batch)
+def _recurrent_op(m: nn.RNNBase | nn.RNNCellBase, packed_batch: int = 0) -> Recurrent:
+    return Recurrent(
+        mode=_recurrent_mode(m),
+        hidden_size=int(m.hidden_size),
+        num_layers=int(getattr(m, "num_layers", 1)),
+        bidirectional=bool(getattr(m, "bidirectional", False)),
+        batch_first=bool(getattr(m, "batch_first", False)),
+        proj_size=int(getattr(m, "proj_size", 0) or 0),
+        cell=isinstance(m, nn.RNNCellBase),
+        packed_batch=packed_batch,
+    )
 
 
-def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor,
-                    out: torch.Tensor) -> list[Built]:
+def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> list[Built]:
     """One node for the whole module (all layers, both directions) or the cell's step, then a
     ``state`` node for each further output (``h_n``, ``c_n``; a cell's new ``c``)."""
+    assert isinstance(m, (nn.RNNBase, nn.RNNCellBase))  # LEAF_RULES gives it these only
     cell = isinstance(m, nn.RNNCellBase)
     given_input = (getattr(m, "_dnnlens_args", ()) or (None,))[0]
     packed = int(given_input.batch_sizes[0]) if isinstance(given_input, PackedSequence) else 0
@@ -242,8 +303,11 @@ def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor,
         extras = [("c", whole[1])]
     elif not cell and isinstance(whole, (tuple, list)) and len(whole) > 1:
         state = whole[1]
-        extras = [("h_n", state[0]), ("c_n", state[1])] if isinstance(state, (tuple, list)) \
+        extras = (
+            [("h_n", state[0]), ("c_n", state[1])]
+            if isinstance(state, (tuple, list))
             else [("h_n", state)]
+        )
     for which, t in extras:
         if isinstance(t, torch.Tensor):
             built.append(Built(RecurrentState(which=which, shape=shape_of(t)), [out], t))
@@ -255,20 +319,35 @@ LeafRule = Callable[["Tracer", nn.Module, torch.Tensor, torch.Tensor], "Built | 
 #: Module class -> rule; a module counts as a leaf when its class's ``forward`` is the
 #: ``forward`` of one of these classes (so subclasses that only change ``__init__`` count).
 LEAF_RULES: dict[type[nn.Module], LeafRule] = {
-    **{cls: _leaf_conv for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
-                                   nn.ConvTranspose2d, nn.ConvTranspose3d)},
+    **{
+        cls: _leaf_conv
+        for cls in (
+            nn.Conv1d,
+            nn.Conv2d,
+            nn.Conv3d,
+            nn.ConvTranspose1d,
+            nn.ConvTranspose2d,
+            nn.ConvTranspose3d,
+        )
+    },
     nn.Linear: _leaf_linear,
     **{cls: _leaf_norm("batchnorm") for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
     nn.LayerNorm: _leaf_norm("layernorm"),
     nn.GroupNorm: _leaf_norm("groupnorm"),
-    **{cls: _leaf_norm("instancenorm")
-       for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
+    **{
+        cls: _leaf_norm("instancenorm")
+        for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+    },
     **{cls: _leaf_pool("max") for cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)},
     **{cls: _leaf_pool("avg") for cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)},
-    **{cls: _leaf_adaptive("avg")
-       for cls in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)},
-    **{cls: _leaf_adaptive("max")
-       for cls in (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)},
+    **{
+        cls: _leaf_adaptive("avg")
+        for cls in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+    },
+    **{
+        cls: _leaf_adaptive("max")
+        for cls in (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+    },
     nn.ReLU: _leaf_activation("relu"),
     nn.ReLU6: _leaf_activation("relu6"),
     nn.LeakyReLU: _leaf_activation("leaky_relu"),
@@ -285,13 +364,17 @@ LEAF_RULES: dict[type[nn.Module], LeafRule] = {
     nn.Softplus: _leaf_activation("softplus"),
     nn.Softmax: _leaf_softmax(False),
     nn.LogSoftmax: _leaf_softmax(True),
-    **{cls: _leaf_dropout for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                                      nn.AlphaDropout)},
+    **{
+        cls: _leaf_dropout
+        for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+    },
     nn.Flatten: _leaf_reshape,
     nn.Unflatten: _leaf_reshape,
     nn.Embedding: _leaf_embedding,
-    **{cls: _leaf_recurrent for cls in (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell,
-                                        nn.GRUCell)},
+    **{
+        cls: _leaf_recurrent
+        for cls in (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell)
+    },
 }
 
 
@@ -303,7 +386,7 @@ def leaf_rule(module: nn.Module) -> LeafRule | None:
     for cls in type(module).__mro__:
         rule = LEAF_RULES.get(cls)
         if rule is not None:
-            return rule if cls.forward is forward else None
+            return rule if getattr(cls, "forward", None) is forward else None
     return None
 
 
@@ -314,7 +397,7 @@ def leaf_rule(module: nn.Module) -> LeafRule | None:
 class Call:
     """One aten call as a rule sees it: arguments, output, and how each tensor is classified."""
 
-    def __init__(self, tracer: "Tracer", func: Any, args: tuple, kwargs: dict, out: Any):
+    def __init__(self, tracer: Tracer, func: Any, args: tuple, kwargs: dict, out: Any):
         self.tracer, self.func, self.args, self.kwargs, self.out = tracer, func, args, kwargs, out
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
@@ -341,7 +424,8 @@ class Call:
     def generic(self, op: Op, tensors: Iterable[Any], role: str = "weight") -> Built:
         """Activation tensors become inputs, parameters become params (``weight``,
         ``weight2``, ...), anything else (scalars, masks we did not see made) is ignored."""
-        inputs, params = [], {}
+        inputs: list[Any] = []
+        params: dict[str, Param] = {}
         for t in tensors:
             ref = self.pref(t)
             if ref is not None:
@@ -362,16 +446,27 @@ def _schema_positions(func: Any) -> dict[str, int]:
     positions = _POSITIONS.get(func)
     if positions is None:
         schema = getattr(func, "_schema", None)
-        positions = {} if schema is None else {
-            a.name: i for i, a in enumerate(schema.arguments) if not a.kwarg_only}
+        positions = (
+            {}
+            if schema is None
+            else {a.name: i for i, a in enumerate(schema.arguments) if not a.kwarg_only}
+        )
         _POSITIONS[func] = positions
     return positions
 
 
 #: Argument names of the torch functions recorded whole (they have no aten schema).
 _FUNCTION_ARGUMENTS = {
-    "scaled_dot_product_attention": ("query", "key", "value", "attn_mask", "dropout_p",
-                                     "is_causal", "scale", "enable_gqa"),
+    "scaled_dot_product_attention": (
+        "query",
+        "key",
+        "value",
+        "attn_mask",
+        "dropout_p",
+        "is_causal",
+        "scale",
+        "enable_gqa",
+    ),
 }
 
 
@@ -394,12 +489,18 @@ def _conv(c: Call) -> Built:
     ref = c.pref(weight)
     if ref is None:  # a weight computed at run time: no rule (rare; reported as unknown)
         return _unknown(c)
-    op = Conv(stride=_tuple(stride, rank), padding=symmetric_padding(_tuple(padding, rank)),
-              dilation=_tuple(dilation, rank), groups=int(groups), transposed=bool(transposed),
-              output_padding=_tuple(output_padding, rank))
+    op = Conv(
+        stride=_tuple(stride, rank),
+        padding=symmetric_padding(_tuple(padding, rank)),
+        dilation=_tuple(dilation, rank),
+        groups=int(groups),
+        transposed=bool(transposed),
+        output_padding=_tuple(output_padding, rank),
+    )
     params = {"weight": ref.param()}
-    if c.pref(bias) is not None:
-        params["bias"] = c.pref(bias).param()
+    bias_ref = c.pref(bias)
+    if bias_ref is not None:
+        params["bias"] = bias_ref.param()
     return Built(op, [x], c.out0, params)
 
 
@@ -407,10 +508,10 @@ def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
     """mm/bmm/addmm/baddbmm: ``x @ W.t() (+ b)`` with a parameter W is a ``fc``."""
     ref_a, ref_b, ref_c = c.pref(a), c.pref(b), c.pref(addend)
     if ref_b is not None and ref_b.untransposed is not None and ref_a is None:
-        params = {"weight": Param(ref_b.name, ref_b.untransposed)}
+        linear_params = {"weight": Param(ref_b.name, ref_b.untransposed)}
         if ref_c is not None and len(ref_c.shape) == 1:
-            params["bias"] = ref_c.param()
-        return Built(Linear(), [a], c.out0, params)
+            linear_params["bias"] = ref_c.param()
+        return Built(Linear(), [a], c.out0, linear_params)
     inputs = [t for t in (a, b) if c.pref(t) is None]  # a constant operand is read too
     params: dict[str, Param] = {}
     operand = None
@@ -427,8 +528,9 @@ def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
         return _unknown(c)  # a product of two parameters: constant folding, not a layer
     if ref_c is not None:
         params["bias"] = ref_c.param()
-    return Built(MatMul(weight_operand=operand, weight_transposed=transposed), inputs,
-                 c.out0, params)
+    return Built(
+        MatMul(weight_operand=operand, weight_transposed=transposed), inputs, c.out0, params
+    )
 
 
 def _mm(c):
@@ -444,9 +546,12 @@ def _attention(c: Call) -> Built:
     named = _named(c)
     mask = named.get("attn_mask", named.get("attn_bias"))
     scale = named.get("scale")
-    op = Attention(causal=bool(named.get("is_causal", False)), has_mask=mask is not None,
-                   scale=None if scale is None else float(scale),
-                   enable_gqa=bool(named.get("enable_gqa", False)))
+    op = Attention(
+        causal=bool(named.get("is_causal", False)),
+        has_mask=mask is not None,
+        scale=None if scale is None else float(scale),
+        enable_gqa=bool(named.get("enable_gqa", False)),
+    )
     inputs = [q, k, v] + ([mask] if mask is not None and c.tracer.known(mask) else [])
     return Built(op, inputs, c.out0)
 
@@ -461,10 +566,14 @@ def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = No
                 params[role] = ref.param()
         stats: tuple[str, ...] = ()
         if stats_at is not None:  # running statistics are buffers: named, never weights
-            found = [c.arg(stats_at + i, name) for i, name in
-                     enumerate(("running_mean", "running_var"))]
-            stats = tuple(c.tracer.names[id(t)] for t in found
-                          if isinstance(t, torch.Tensor) and id(t) in c.tracer.names)
+            found = [
+                c.arg(stats_at + i, name) for i, name in enumerate(("running_mean", "running_var"))
+            ]
+            stats = tuple(
+                c.tracer.names[id(t)]
+                for t in found
+                if isinstance(t, torch.Tensor) and id(t) in c.tracer.names
+            )
         kwargs: dict[str, Any] = {}
         if function == "layernorm":
             kwargs["normalized_shape"] = tuple(int(d) for d in c.arg(1, "normalized_shape"))
@@ -475,6 +584,7 @@ def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = No
             kwargs["eps"] = float(eps)
         op = Norm(function=function, stats=stats, **kwargs)
         return Built(op, [x], c.out0, params)
+
     return build
 
 
@@ -485,14 +595,25 @@ def _pool(c: Call, mode: str) -> Built:
     rank = x.dim() - 2
     kernel = _tuple(c.arg(1, "kernel_size"), rank)
     stride = c.arg(2, "stride") or kernel
+    extra: dict[str, Any]  # Pool's mode-specific fields
     if mode == "max":
-        extra = dict(dilation=_tuple(c.arg(4, "dilation", 1), rank),
-                     ceil_mode=bool(c.arg(5, "ceil_mode", False)))
+        extra = dict(
+            dilation=_tuple(c.arg(4, "dilation", 1), rank),
+            ceil_mode=bool(c.arg(5, "ceil_mode", False)),
+        )
     else:
-        extra = dict(dilation=(1,) * rank, ceil_mode=bool(c.arg(4, "ceil_mode", False)),
-                     count_include_pad=bool(c.arg(5, "count_include_pad", True)))
-    op = Pool(mode=mode, kernel=kernel, stride=_tuple(stride, rank),
-              padding=symmetric_padding(_tuple(c.arg(3, "padding", 0), rank)), **extra)
+        extra = dict(
+            dilation=(1,) * rank,
+            ceil_mode=bool(c.arg(4, "ceil_mode", False)),
+            count_include_pad=bool(c.arg(5, "count_include_pad", True)),
+        )
+    op = Pool(
+        mode=mode,
+        kernel=kernel,
+        stride=_tuple(stride, rank),
+        padding=symmetric_padding(_tuple(c.arg(3, "padding", 0), rank)),
+        **extra,
+    )
     return Built(op, [x], c.out0)
 
 
@@ -506,8 +627,10 @@ def _avg_pool(c: Call) -> Built:
 
 def _adaptive(mode: str) -> AtenRule:
     def build(c: Call) -> Built:
-        return Built(AdaptivePool(mode=mode, output_size=shape_of(c.out0)[2:]), [c.args[0]],
-                     c.out0)
+        return Built(
+            AdaptivePool(mode=mode, output_size=shape_of(c.out0)[2:]), [c.args[0]], c.out0
+        )
+
     return build
 
 
@@ -518,28 +641,36 @@ def _activation(function: str) -> AtenRule:
             return _unknown(c)  # a parameter computed at run time (clamp.Tensor)
         op = Activation(function=function, **_activation_parameters(function, named))
         return c.generic(op, [c.args[0]])
+
     return build
 
 
-def _binary(function: str, swapped: bool = False, rounding_mode: str | None = None
-            ) -> AtenRule:
+def _binary(function: str, swapped: bool = False, rounding_mode: str | None = None) -> AtenRule:
     """``swapped``: aten's rsub(a, b) is b - a; ``rounding_mode``: floor_divide's."""
+
     def build(c: Call) -> Built:
-        operands = list(c.args[:3 if function == "where" else 2])
+        operands = list(c.args[: 3 if function == "where" else 2])
         if swapped:
             operands.reverse()
         tensors = [a for a in operands if isinstance(a, torch.Tensor)]
         # Python numbers keep their place and type: 1 - x, x * 0.5, x // 2
-        scalars = tuple((i, a) for i, a in enumerate(operands)
-                        if isinstance(a, (bool, int, float)))
+        scalars = tuple(
+            (i, a) for i, a in enumerate(operands) if isinstance(a, (bool, int, float))
+        )
         mode = c.kwargs.get("rounding_mode", rounding_mode) if function == "div" else None
         # A 1-d parameter added to activations is a bias (MultiheadAttention's in_proj_bias).
-        role = "bias" if (function == "add" and any(
-            c.pref(t) is not None and len(c.pref(t).shape) == 1 for t in tensors)) else "weight"
+        role = (
+            "bias"
+            if (
+                function == "add"
+                and any(len(getattr(c.pref(t), "shape", ())) == 1 for t in tensors)
+            )
+            else "weight"
+        )
         # parameters keep their place when one comes before an input (w - x)
         slots = [i for i in range(len(operands)) if i not in dict(scalars)]
         at = tuple(i for i in slots if c.pref(operands[i]) is not None)
-        at = () if at == tuple(slots[len(slots) - len(at):]) else at
+        at = () if at == tuple(slots[len(slots) - len(at) :]) else at
         op = Binary(function=function, scalars=scalars, rounding_mode=mode, param_positions=at)
         built = c.generic(op, tensors, role)
         shapes = [shape_of(t) for t in built.inputs] + [p.shape for p in built.params.values()]
@@ -548,12 +679,14 @@ def _binary(function: str, swapped: bool = False, rounding_mode: str | None = No
             constants = [t for t in tensors if c.pref(t) is None and not c.tracer.known(t)]
             built.inputs.extend(constants)
         return built
+
     return build
 
 
 def _softmax(log: bool) -> AtenRule:
     def build(c: Call) -> Built:
         return Built(Softmax(axis=int(c.arg(1, "dim")), log=log), [c.args[0]], c.out0)
+
     return build
 
 
@@ -563,14 +696,19 @@ def _reduce(function: str) -> AtenRule:
         dims = c.arg(1, "dim")
         dims = () if dims is None else _tuple(dims, 1) if isinstance(dims, int) else tuple(dims)
         named = _named(c)
-        extra = {}
+        extra: dict[str, Any] = {}
         if function in ("var", "std") and named.get("correction") is not None:
             extra["correction"] = int(named["correction"])
         elif function in ("var", "std") and named.get("unbiased") is False:
             extra["correction"] = 0
-        op = Reduce(function=function, dims=tuple(int(d) for d in dims),
-                    keepdim=bool(named.get("keepdim", False)), **extra)
+        op = Reduce(
+            function=function,
+            dims=tuple(int(d) for d in dims),
+            keepdim=bool(named.get("keepdim", False)),
+            **extra,
+        )
         return Built(op, [x], c.out0)
+
     return build
 
 
@@ -582,7 +720,7 @@ def _permute(c: Call) -> Built:
     rank = c.args[0].dim()
     name = c.func.overloadpacket.__name__
     if name == "t":
-        dims = (1, 0) if rank == 2 else (0,)
+        dims: tuple[int, ...] = (1, 0) if rank == 2 else (0,)
     elif name == "permute":
         dims = tuple(int(d) % rank for d in c.arg(1, "dims"))
     else:  # transpose(a, b)
@@ -656,8 +794,10 @@ def _cumsum(c: Call) -> Built:
 
 def _unknown(c: Call) -> Built:
     tensors = [t for t in tree_flatten((c.args, c.kwargs))[0] if isinstance(t, torch.Tensor)]
-    built = c.generic(Unknown(target=f"aten.{c.func.overloadpacket.__name__}",
-                              observed_shape=shape_of(c.out0)), tensors)
+    built = c.generic(
+        Unknown(target=f"aten.{c.func.overloadpacket.__name__}", observed_shape=shape_of(c.out0)),
+        tensors,
+    )
     return built
 
 
@@ -683,31 +823,55 @@ def _binary_table() -> dict[str, AtenRule]:
 #: aten operator name (overload packet) -> rule. Names absent here become ``unknown``.
 ATEN_RULES: dict[str, AtenRule] = {
     "convolution": _conv,
-    "mm": _mm, "bmm": _mm, "mv": _mm, "dot": _mm,
-    "addmm": _addmm, "baddbmm": _addmm, "addmv": _addmm,
+    "mm": _mm,
+    "bmm": _mm,
+    "mv": _mm,
+    "dot": _mm,
+    "addmm": _addmm,
+    "baddbmm": _addmm,
+    "addmv": _addmm,
     "native_batch_norm": _norm("batchnorm", 1, 2),
     "_native_batch_norm_legit_no_training": _norm("batchnorm", 1, 2, stats_at=3),
     "native_layer_norm": _norm("layernorm", 2, 3),
     "native_group_norm": _norm("groupnorm", 1, 2),
-    "max_pool2d_with_indices": _max_pool, "max_pool3d_with_indices": _max_pool,
-    "max_pool2d": _max_pool, "max_pool1d": _max_pool,
-    "avg_pool2d": _avg_pool, "avg_pool3d": _avg_pool,
-    "_adaptive_avg_pool2d": _adaptive("avg"), "_adaptive_avg_pool3d": _adaptive("avg"),
-    "adaptive_max_pool2d": _adaptive("max"), "adaptive_max_pool3d": _adaptive("max"),
+    "max_pool2d_with_indices": _max_pool,
+    "max_pool3d_with_indices": _max_pool,
+    "max_pool2d": _max_pool,
+    "max_pool1d": _max_pool,
+    "avg_pool2d": _avg_pool,
+    "avg_pool3d": _avg_pool,
+    "_adaptive_avg_pool2d": _adaptive("avg"),
+    "_adaptive_avg_pool3d": _adaptive("avg"),
+    "adaptive_max_pool2d": _adaptive("max"),
+    "adaptive_max_pool3d": _adaptive("max"),
     **_act_table(),
-    "gelu": _activation("gelu"), "gelu_": _activation("gelu"),
+    "gelu": _activation("gelu"),
+    "gelu_": _activation("gelu"),
     **_binary_table(),
-    "_softmax": _softmax(False), "_safe_softmax": _softmax(False),
+    "_softmax": _softmax(False),
+    "_safe_softmax": _softmax(False),
     "_log_softmax": _softmax(True),
     **{name: _reduce(name) for name in ("mean", "sum", "amax", "amin", "var", "std")},
-    "view": _view, "_unsafe_view": _view, "reshape": _view, "unsqueeze": _view,
-    "squeeze": _view, "flatten": _view, "unflatten": _view, "view_as": _view,
-    "permute": _permute, "transpose": _permute, "t": _permute,
+    "view": _view,
+    "_unsafe_view": _view,
+    "reshape": _view,
+    "unsqueeze": _view,
+    "squeeze": _view,
+    "flatten": _view,
+    "unflatten": _view,
+    "view_as": _view,
+    "permute": _permute,
+    "transpose": _permute,
+    "t": _permute,
     "expand": _expand,
-    "slice": _slice, "select": _select,
-    "split": _split, "split_with_sizes": _split, "unbind": _split,
+    "slice": _slice,
+    "select": _select,
+    "split": _split,
+    "split_with_sizes": _split,
+    "unbind": _split,
     "cat": _cat,
-    "clone": _copy, "_to_copy": _copy,
+    "clone": _copy,
+    "_to_copy": _copy,
     "embedding": _embedding,
     "cumsum": _cumsum,
     "_scaled_dot_product_flash_attention_for_cpu": _attention,
@@ -715,6 +879,7 @@ ATEN_RULES: dict[str, AtenRule] = {
     "_scaled_dot_product_efficient_attention": _attention,
     "_scaled_dot_product_cudnn_attention": _attention,
 }
+
 
 def _batch_norm_meta(x: torch.Tensor, *rest: Any) -> tuple[torch.Tensor, ...]:
     """Inference batch norm's outputs (y, mean, invstd) on meta, without PyTorch's Python
@@ -733,23 +898,71 @@ _META_SHORTCUTS: dict[str, Callable[..., Any]] = {
 }
 
 #: Operators that return their input unchanged (no node: the value keeps its producer).
-PASSTHROUGH = frozenset({"alias", "detach", "lift_fresh", "dropout", "feature_dropout",
-                         "contiguous", "_conj", "resolve_conj", "resolve_neg"})
+PASSTHROUGH = frozenset(
+    {
+        "alias",
+        "detach",
+        "lift_fresh",
+        "dropout",
+        "feature_dropout",
+        "contiguous",
+        "_conj",
+        "resolve_conj",
+        "resolve_neg",
+    }
+)
 
 #: Element-wise functions that, applied to one parameter alone, stand for it (no node).
-PARAMETER_MATH = ACTIVATIONS | BINARY | frozenset({"clamp_min", "clamp_max", "log2", "log1p",
-                                                   "sign", "square", "zero", "fill"})
+PARAMETER_MATH = (
+    ACTIVATIONS
+    | BINARY
+    | frozenset({"clamp_min", "clamp_max", "log2", "log1p", "sign", "square", "zero", "fill"})
+)
 
 #: Operators whose result does not depend on their input's values (no node: a constant).
-CONSTANT_MAKERS = frozenset({"new_zeros", "new_ones", "new_empty", "new_full", "zeros_like",
-                             "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
-                             "randint_like", "new_empty_strided", "scalar_tensor"})
+CONSTANT_MAKERS = frozenset(
+    {
+        "new_zeros",
+        "new_ones",
+        "new_empty",
+        "new_full",
+        "zeros_like",
+        "ones_like",
+        "empty_like",
+        "full_like",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "new_empty_strided",
+        "scalar_tensor",
+    }
+)
 
 #: View operators: applied to a parameter they give a view of it (no node).
-PARAM_VIEWS = frozenset({"t", "transpose", "permute", "view", "_unsafe_view", "reshape",
-                         "unsqueeze", "squeeze", "flatten", "unflatten", "alias", "detach",
-                         "slice", "select", "split", "split_with_sizes", "unbind", "clone",
-                         "_to_copy", "lift_fresh"})
+PARAM_VIEWS = frozenset(
+    {
+        "t",
+        "transpose",
+        "permute",
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "unsqueeze",
+        "squeeze",
+        "flatten",
+        "unflatten",
+        "alias",
+        "detach",
+        "slice",
+        "select",
+        "split",
+        "split_with_sizes",
+        "unbind",
+        "clone",
+        "_to_copy",
+        "lift_fresh",
+    }
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -827,9 +1040,18 @@ class Tracer(TorchDispatchMode):
         name = unique_name(base, self.taken)
         self.taken.add(name)
         shape = shape_of(t)
-        self.nodes.append(Node(name=name, op=Constant(shape=shape, source=source), inputs=[],
-                               input_shapes=[], output_shape=shape, module=module,
-                               module_type=module_type, source="constant"))
+        self.nodes.append(
+            Node(
+                name=name,
+                op=Constant(shape=shape, source=source),
+                inputs=[],
+                input_shapes=[],
+                output_shape=shape,
+                module=module,
+                module_type=module_type,
+                source="constant",
+            )
+        )
         self.bind(t, name)
         return name
 
@@ -853,12 +1075,22 @@ class Tracer(TorchDispatchMode):
         if inferred != output_shape:
             raise RuntimeError(
                 f"dnnlens bug: layer {name!r} ({built.op.kind}, from {source}): our shape rule "
-                f"gives {inferred} but PyTorch traced {output_shape}; please report it")
+                f"gives {inferred} but PyTorch traced {output_shape}; please report it"
+            )
         inputs = [self.value_of(t) if self.known(t) else self.constant(t) for t in built.inputs]
-        self.nodes.append(Node(name=name, op=built.op, inputs=inputs,
-                               input_shapes=input_shapes, output_shape=output_shape,
-                               params=dict(built.params), module=module,
-                               module_type=module_type, source=source))
+        self.nodes.append(
+            Node(
+                name=name,
+                op=built.op,
+                inputs=inputs,
+                input_shapes=input_shapes,
+                output_shape=output_shape,
+                params=dict(built.params),
+                module=module,
+                module_type=module_type,
+                source=source,
+            )
+        )
         self.bind(built.out, name)
 
     # --- aten level ------------------------------------------------------------------------
@@ -875,8 +1107,9 @@ class Tracer(TorchDispatchMode):
             except DnnlensError:
                 raise
             except Exception as exc:  # a bug of ours: say where, for the CLI's one line
-                annotate(exc, layer=self.stack[-1][0] if self.stack else "",
-                         operator=self.operator)
+                annotate(
+                    exc, layer=self.stack[-1][0] if self.stack else "", operator=self.operator
+                )
                 raise
         return out
 
@@ -890,7 +1123,12 @@ class Tracer(TorchDispatchMode):
         if first is not None and id(first) in self.params and name in PARAM_VIEWS:
             self.derive(name, first, args, out)
             return
-        if name in PASSTHROUGH and self.known(first) and isinstance(out, torch.Tensor):
+        if (
+            name in PASSTHROUGH
+            and first is not None
+            and self.known(first)
+            and isinstance(out, torch.Tensor)
+        ):
             self.bind(out, self.value_of(first))
             return
         if name in CONSTANT_MAKERS:
@@ -952,29 +1190,39 @@ class Tracer(TorchDispatchMode):
             self.suppress -= 1
         call = Call(self, func, args, kwargs, out)
         module = self.stack[-1][0] if self.stack else ""
-        self.add(_attention(call), "F.scaled_dot_product_attention",
-                 f"{module}.attention" if module else "attention")
+        self.add(
+            _attention(call),
+            "F.scaled_dot_product_attention",
+            f"{module}.attention" if module else "attention",
+        )
         return out
 
     # --- module level ----------------------------------------------------------------------
     def pre_hook(self, qualname: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # module: Any, not nn.Module: the hooks keep plain markers on it (_dnnlens_leaf, ...),
+        # which nn.Module's stub would type as Tensor | Module.
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
             first = args[0] if args else next(iter(kwargs.values()), None)
             packed = isinstance(first, PackedSequence) and isinstance(module, nn.RNNBase)
-            leaf = (self.suppress == 0 and leaf_rule(module) is not None
-                    and (isinstance(first, torch.Tensor) or packed))
+            leaf = (
+                self.suppress == 0
+                and leaf_rule(module) is not None
+                and (isinstance(first, torch.Tensor) or packed)
+            )
             self.stack.append((qualname, type(module).__name__))
-            module._dnnlens_leaf = leaf  # type: ignore[attr-defined]
+            module._dnnlens_leaf = leaf
             if leaf:
-                module._dnnlens_input = first.data if packed else first  # packed: (rows, E)
+                # packed: the rows (sum of lengths, E)
+                module._dnnlens_input = first.data if isinstance(first, PackedSequence) else first
                 module._dnnlens_args = tuple(args) + tuple(kwargs.values())
                 self.suppress += 1
                 if isinstance(module, nn.RNNBase) and self.shortcut_recurrent:
                     self.recurrent = module
+
         return hook
 
     def post_hook(self, qualname: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        def hook(module: Any, args: tuple, kwargs: dict, out: Any) -> None:
             self.stack.pop()
             if out is None and self.failed_in is None and qualname:
                 self.failed_in = qualname  # always_call: forward raised inside this module
@@ -992,6 +1240,7 @@ class Tracer(TorchDispatchMode):
                 self.failed_in = self.failed_in or qualname
                 return  # forward raised (always_call hooks still run): nothing to record
             rule = leaf_rule(module)
+            assert rule is not None  # the pre-hook marked it a leaf because it has a rule
             source = f"nn.{type(module).__name__}"
             self.operator = source
             self.stack.append((qualname, type(module).__name__))
@@ -1011,6 +1260,7 @@ class Tracer(TorchDispatchMode):
                 self.stack.pop()
                 self.leaf_output = None
                 module._dnnlens_args = ()
+
         return hook
 
     def recurrent_outputs(self, args: tuple) -> tuple[torch.Tensor, ...]:
@@ -1061,8 +1311,7 @@ class _FusedFunctions(TorchFunctionMode):
 
 #: The fused recurrent kernels ``nn.RNN``/``LSTM``/``GRU`` call; on meta PyTorch would unroll
 #: them into every gate product of every time step (seconds for a long sequence).
-_VF_RECURRENT = frozenset({torch._VF.lstm, torch._VF.gru, torch._VF.rnn_tanh,
-                           torch._VF.rnn_relu})
+_VF_RECURRENT = frozenset({torch._VF.lstm, torch._VF.gru, torch._VF.rnn_tanh, torch._VF.rnn_relu})
 
 
 @contextlib.contextmanager
@@ -1100,8 +1349,10 @@ def meta_copy(model: nn.Module, real: bool = False) -> tuple[nn.Module, dict[int
     try:
         copied = copy.deepcopy(model, memo)
     except Exception as exc:  # noqa: BLE001 - any failure to copy is the model's
-        raise ModelError(f"cannot copy the model to the meta device ({exc}); build it under "
-                         "`with torch.device('meta'):` and pass that instead") from None
+        raise ModelError(
+            f"cannot copy the model to the meta device ({exc}); build it under "
+            "`with torch.device('meta'):` and pass that instead"
+        ) from None
     copied.eval()
     names: dict[int, str] = {}
     for name, p in copied.named_parameters():
@@ -1111,8 +1362,9 @@ def meta_copy(model: nn.Module, real: bool = False) -> tuple[nn.Module, dict[int
     return copied, names
 
 
-def _meta_inputs(input_shape: Sequence[int] | None, example_inputs: Any,
-                 kwargs: dict | None, real: bool = False) -> tuple[tuple, dict]:
+def _meta_inputs(
+    input_shape: Sequence[int] | None, example_inputs: Any, kwargs: dict | None, real: bool = False
+) -> tuple[tuple, dict]:
     """Positional and keyword inputs (on meta; ``real``: as given) from a shape or from
     example tensors (lists and tuples of tensors, as detection models take, are kept)."""
     if input_shape is None and example_inputs is None and not kwargs:
@@ -1125,8 +1377,11 @@ def _meta_inputs(input_shape: Sequence[int] | None, example_inputs: Any,
     elif example_inputs is None:
         args = ()
     else:
-        args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
+        args = (
+            tuple(example_inputs)
+            if isinstance(example_inputs, (tuple, list))
             else (example_inputs,)
+        )
 
     def to_meta(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
@@ -1143,9 +1398,14 @@ def _input_tensors(args: tuple) -> list[torch.Tensor]:
     return [t for t in tree_flatten(list(args))[0] if isinstance(t, torch.Tensor)]
 
 
-def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *,
-                 example_inputs: Any = None, kwargs: dict | None = None,
-                 real: bool = False) -> Graph:
+def import_torch(
+    model: nn.Module,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    example_inputs: Any = None,
+    kwargs: dict | None = None,
+    real: bool = False,
+) -> Graph:
     """Trace ``model`` on the meta device into a :class:`~dnnlens.ir.Graph`.
 
     ``input_shape`` gives one float input ``(N, C, H, W)`` (batch included); or pass
@@ -1182,20 +1442,31 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
             tracer.bind(t, key)
     handles = []
     for qualname, module in copied.named_modules():
-        handles.append(module.register_forward_pre_hook(tracer.pre_hook(qualname),
-                                                        with_kwargs=True))
-        handles.append(module.register_forward_hook(tracer.post_hook(qualname),
-                                                    with_kwargs=True, always_call=True))
+        handles.append(
+            module.register_forward_pre_hook(tracer.pre_hook(qualname), with_kwargs=True)
+        )
+        handles.append(
+            module.register_forward_hook(
+                tracer.post_hook(qualname), with_kwargs=True, always_call=True
+            )
+        )
     try:
         with torch.no_grad(), _patched_sdpa(tracer), _FusedFunctions(tracer), tracer:
             out = copied(*args, **kw)
     except DnnlensError:
         raise
     except Exception as exc:  # sorted below: the model's fault, or ours
-        if annotation(exc) or str(exc).startswith("dnnlens bug") or not isinstance(
-                exc, _MODEL_ERRORS):
-            annotate(exc, model=type(model).__name__, layer=tracer.failed_in or "",
-                     operator=tracer.operator)
+        if (
+            annotation(exc)
+            or str(exc).startswith("dnnlens bug")
+            or not isinstance(exc, _MODEL_ERRORS)
+        ):
+            annotate(
+                exc,
+                model=type(model).__name__,
+                layer=tracer.failed_in or "",
+                operator=tracer.operator,
+            )
             raise  # a dnnlens bug: the CLI turns it into one line, exit code 1
         raise ModelError(_rejected(args, kw, tracer, exc)) from None
     finally:
@@ -1204,13 +1475,26 @@ def import_torch(model: nn.Module, input_shape: tuple[int, ...] | None = None, *
     outputs = [tracer.value_of(t) for t in tree_flatten(out)[0] if tracer.known(t)]
     from dnnlens.canonical import canonicalise
 
-    return canonicalise(Graph(nodes=tracer.nodes, inputs=graph_inputs, outputs=outputs,
-                              name=type(model).__name__, declared_params=declared))
+    return canonicalise(
+        Graph(
+            nodes=tracer.nodes,
+            inputs=graph_inputs,
+            outputs=outputs,
+            name=type(model).__name__,
+            declared_params=declared,
+        )
+    )
 
 
 #: Exceptions from running the model itself that mean "this input does not fit the model".
-_MODEL_ERRORS = (RuntimeError, TypeError, ValueError, IndexError, AssertionError,
-                 NotImplementedError)
+_MODEL_ERRORS = (
+    RuntimeError,
+    TypeError,
+    ValueError,
+    IndexError,
+    AssertionError,
+    NotImplementedError,
+)
 
 
 def unknown_ops(graph: Graph) -> list[Node]:
@@ -1221,16 +1505,20 @@ def unknown_ops(graph: Graph) -> list[Node]:
 def _rejected(args: tuple, kwargs: dict, tracer: Tracer, exc: BaseException) -> str:
     where = f" in module {tracer.failed_in!r}" if tracer.failed_in else ""
     if "device meta" in str(exc):
-        where += (" (it uses a tensor or module that is not registered as a parameter, buffer "
-                  "or sub-module, so it was not moved to the meta device; register it)")
-    return _first_line(f"the model rejects input {_describe(args, kwargs)}{where}: "
-                       f"{type(exc).__name__}: {exc}")
+        where += (
+            " (it uses a tensor or module that is not registered as a parameter, buffer "
+            "or sub-module, so it was not moved to the meta device; register it)"
+        )
+    return _first_line(
+        f"the model rejects input {_describe(args, kwargs)}{where}: {type(exc).__name__}: {exc}"
+    )
 
 
 def _describe(args: tuple, kwargs: dict) -> str:
     parts = [str(shape_of(a)) if isinstance(a, torch.Tensor) else repr(a) for a in args]
-    parts += [f"{k}={shape_of(v) if isinstance(v, torch.Tensor) else v!r}"
-              for k, v in kwargs.items()]
+    parts += [
+        f"{k}={shape_of(v) if isinstance(v, torch.Tensor) else v!r}" for k, v in kwargs.items()
+    ]
     return ", ".join(parts)
 
 

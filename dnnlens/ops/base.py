@@ -19,9 +19,10 @@ Counting conventions (stated once, here, and in docs/units.md):
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,10 +30,10 @@ from dnnlens.errors import ShapeError
 from dnnlens.shapes import Shape
 
 #: Every operator class by its ``KIND``; filled by :func:`register`.
-REGISTRY: dict[str, type["Op"]] = {}
+REGISTRY: dict[str, type[Op]] = {}
 
 
-def register(cls: type["Op"]) -> type["Op"]:
+def register(cls: type[Op]) -> type[Op]:
     """Class decorator adding an operator to :data:`REGISTRY`; a second ``KIND`` is a bug."""
     kind = cls.KIND
     if not kind:
@@ -60,7 +61,9 @@ class Op:
 
     # --- shape rule -------------------------------------------------------------------
     def output_shape(self, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> Shape:
-        """Output shape from input shapes and parameter shapes (by role); ShapeError if they do not fit."""
+        """Output shape from input shapes and parameter shapes (by role).
+
+        ShapeError if they do not fit."""
         raise NotImplementedError
 
     # --- costs ------------------------------------------------------------------------
@@ -71,7 +74,9 @@ class Op:
         return 0
 
     def descriptor(self, input_shapes: Sequence[Shape], params: Mapping[str, Shape]) -> tuple:
-        """The course notebook's layer tuple: conv (Kw,Kh,Cin,Cout), pool (xw,yw,xs,ys), fc (out,in)."""
+        """The course notebook's layer tuple.
+
+        conv (Kw,Kh,Cin,Cout), pool (xw,yw,xs,ys), fc (out,in)."""
         return ()
 
     def values_moved(
@@ -191,6 +196,22 @@ class Unknown(Op):
         return f"{self.target or 'this operator'} has no rule (and no kernel) in dnnlens"
 
 
+def as_pair(values: Sequence[int], fill: int = 1) -> tuple[int, int]:
+    """A 1-d or 2-d attribute as the 2-d kernels take it, (height, width): a 1-d one gets a
+    unit height (``fill``)."""
+    if len(values) == 1:
+        return (fill, int(values[0]))
+    height, width = values
+    return (int(height), int(width))
+
+
+def as_triple(values: Sequence[int], fill: int = 1) -> tuple[int, int, int]:
+    """A 1-d, 2-d or 3-d attribute as the 3-d kernels take it, (depth, height, width): the
+    missing leading dimensions get ``fill``."""
+    depth, height, width = (fill,) * (3 - len(values)) + tuple(values)
+    return (int(depth), int(height), int(width))
+
+
 # --- compiled kernels (added for the loop-nest engine, issue 3) ---------------------------
 _COMPILED: dict[object, object] = {}
 
@@ -243,8 +264,14 @@ def torch_tensors(*values: Any) -> list[Any]:
     Arrays are copied (torch takes no negative strides, and a broadcast view is read-only)."""
     import torch
 
-    return [None if v is None else v if isinstance(v, torch.Tensor)
-            else torch.from_numpy(np.array(v, copy=True)) for v in values]
+    return [
+        None
+        if v is None
+        else v
+        if isinstance(v, torch.Tensor)
+        else torch.from_numpy(np.array(v, copy=True))
+        for v in values
+    ]
 
 
 def contiguous(x: np.ndarray, dtype: Any = None) -> np.ndarray:

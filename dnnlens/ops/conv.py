@@ -9,14 +9,16 @@ Shape contract (2-d shown; 1-d and 3-d drop or add a spatial dimension):
   transposed: ``Ho = (H-1)*stride - pad_begin - pad_end + dilation*(Kh-1) + output_padding + 1``.
 
 MACs, padding zeros counted: ``N * Cout * Ho*Wo * (Cin/groups) * Kh*Kw``; a transposed
-convolution scatters every input value through its kernel: ``N * Cin * H*W * (Cout/groups) * Kh*Kw``.
+convolution scatters every input value through its kernel:
+``N * Cin * H*W * (Cout/groups) * Kh*Kw``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,6 +26,8 @@ from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
     Op,
+    as_pair,
+    as_triple,
     check_fits,
     compiled_kernel,
     contiguous,
@@ -38,13 +42,18 @@ prange = range  # numba.prange once the loop nests are compiled (see base.compil
 
 
 def symmetric_padding(padding: tuple[int, ...]) -> Pads:
-    """``(1, 2)`` -> ``((1, 1), (2, 2))``: PyTorch's per-dimension padding as (begin, end) pairs."""
+    """``(1, 2)`` -> ``((1, 1), (2, 2))``: PyTorch's per-dimension padding as (begin, end)."""
     return tuple((int(p), int(p)) for p in padding)
 
 
-def same_padding(sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-                 dilation: tuple[int, ...], extra_at_end: bool = True) -> Pads:
-    """"Same" padding, the one definition every importer uses: the (begin, end) pairs that
+def same_padding(
+    sizes: tuple[int, ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    extra_at_end: bool = True,
+) -> Pads:
+    """ "Same" padding, the one definition every importer uses: the (begin, end) pairs that
     make the output ``ceil(size / stride)`` long; an odd total puts the extra zero at the end
     (PyTorch's ``padding="same"``, ONNX ``SAME_UPPER``) or at the beginning (``SAME_LOWER``).
     ``total = max((ceil(size / stride) - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)``.
@@ -98,8 +107,8 @@ class Conv(Op):
         else:
             if weight[1] * self.groups != cin:
                 raise ShapeError(
-                    f"input {tuple(input_shape)} has {cin} channels but the weight {tuple(weight)} "
-                    f"with groups={self.groups} expects {weight[1] * self.groups}"
+                    f"input {tuple(input_shape)} has {cin} channels but the weight "
+                    f"{tuple(weight)} with groups={self.groups} expects {weight[1] * self.groups}"
                 )
             cout = weight[0]
         if cin % self.groups or cout % self.groups:
@@ -125,8 +134,8 @@ class Conv(Op):
             else:
                 if size + pb + pe < reach:
                     raise ShapeError(
-                        f"kernel {tuple(kernel)} (dilation {self.dilation}) is larger than the padded "
-                        f"input {tuple(x)}"
+                        f"kernel {tuple(kernel)} (dilation {self.dilation}) is larger than the "
+                        f"padded input {tuple(x)}"
                     )
                 out = (size + pb + pe - reach) // s + 1
             if out < 1:
@@ -164,13 +173,13 @@ class Conv(Op):
         bias = weights.get("bias")
         check_fits(self, x, weights)
         attrs = Conv2dAttrs(
-            tuple(self.stride), tuple(self.padding), tuple(self.dilation), self.groups
+            as_pair(self.stride),
+            ((0, 0),) * (2 - len(self.padding)) + tuple(self.padding),
+            as_pair(self.dilation),
+            self.groups,
         )
         if self.spatial_dims == 1:  # (N, C, L) -> (N, C, 1, L)
             x, weight = x[:, :, None, :], weight[:, :, None, :]
-            attrs = Conv2dAttrs(
-                (1, *attrs.stride), ((0, 0), *attrs.padding), (1, *attrs.dilation), self.groups
-            )
         return x, weight, bias, attrs
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
@@ -211,17 +220,22 @@ class Conv(Op):
         unit = (1,) * missing
         x = x.reshape(*x.shape[:2], *unit, *x.shape[2:])
         weight = weight.reshape(*weight.shape[:2], *unit, *weight.shape[2:])
-        attrs = Conv3dAttrs((*unit, *self.stride), (((0, 0),) * missing) + tuple(self.padding),
-                            (*unit, *self.dilation), self.groups,
-                            (*(0,) * missing, *self.extra_padding))
+        attrs = Conv3dAttrs(
+            as_triple(self.stride),
+            (((0, 0),) * missing) + tuple(self.padding),
+            as_triple(self.dilation),
+            self.groups,
+            as_triple(self.extra_padding, fill=0),
+        )
         dtype = np.result_type(x, weight)
         bias = np.zeros(out_shape[1], dtype) if bias is None else np.asarray(bias, dtype)
         if self.transposed:
             run = conv_transpose3d_compiled if compiled else conv_transpose3d_reference
         else:
             run = conv3d_compiled if compiled else conv3d_reference
-        return run(x.astype(dtype, copy=False), weight.astype(dtype, copy=False), bias,
-                   attrs).reshape(out_shape)
+        return run(
+            x.astype(dtype, copy=False), weight.astype(dtype, copy=False), bias, attrs
+        ).reshape(out_shape)
 
     def torch_oracle(self, inputs, weights):
         import torch.nn.functional as F
@@ -232,9 +246,10 @@ class Conv(Op):
             begin = tuple(b for b, _ in self.padding)
             if begin != tuple(e for _, e in self.padding):
                 raise NotImplementedError("PyTorch's transposed convolution pads evenly")
-            conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[d - 1]
-            return conv(x, weight, bias, self.stride, begin, self.extra_padding, self.groups,
-                        self.dilation)
+            transposed = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[d - 1]
+            return transposed(
+                x, weight, bias, self.stride, begin, self.extra_padding, self.groups, self.dilation
+            )
         pads = [p for pair in reversed(self.padding) for p in pair]  # F.pad: last dim first
         conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
         return conv(F.pad(x, pads), weight, bias, self.stride, 0, self.dilation, self.groups)
@@ -257,8 +272,9 @@ def _taps(k: int, d: int, s: int, count: int) -> slice:
     return slice(k * d, k * d + s * (count - 1) + 1, s)
 
 
-def conv3d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                     attrs: Conv3dAttrs) -> np.ndarray:
+def conv3d_reference(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, attrs: Conv3dAttrs
+) -> np.ndarray:
     """x ``(N, Cin, D, H, W)``, weight ``(Cout, Cin/groups, Kd, Kh, Kw)``, bias ``(Cout,)`` ->
     ``(N, Cout, Do, Ho, Wo)``: ``out[n, co, od, oh, ow] = bias[co] + sum over ci, kd, kh, kw
     of weight[co, ci, kd, kh, kw] * x_padded[n, group(co) + ci, od*sd + kd*dd, ...]``; the
@@ -266,8 +282,10 @@ def conv3d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
     multiply-accumulate for every image and output position at once."""
     xp = np.pad(x, ((0, 0), (0, 0), *attrs.padding))
     cout, cin_per_group, *kernel = weight.shape
-    size = [(xp.shape[2 + i] - attrs.dilation[i] * (kernel[i] - 1) - 1) // attrs.stride[i] + 1
-            for i in range(3)]
+    size = [
+        (xp.shape[2 + i] - attrs.dilation[i] * (kernel[i] - 1) - 1) // attrs.stride[i] + 1
+        for i in range(3)
+    ]
     out = np.zeros((x.shape[0], cout, *size), dtype=x.dtype)
     cout_per_group = cout // attrs.groups
     (sd, sh, sw), (dd, dh, dw) = attrs.stride, attrs.dilation
@@ -277,8 +295,13 @@ def conv3d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
             for kd in range(kernel[0]):
                 for kh in range(kernel[1]):
                     for kw in range(kernel[2]):
-                        window = xp[:, first + ci, _taps(kd, dd, sd, size[0]),
-                                    _taps(kh, dh, sh, size[1]), _taps(kw, dw, sw, size[2])]
+                        window = xp[
+                            :,
+                            first + ci,
+                            _taps(kd, dd, sd, size[0]),
+                            _taps(kh, dh, sh, size[1]),
+                            _taps(kw, dw, sw, size[2]),
+                        ]
                         out[:, co] += weight[co, ci, kd, kh, kw] * window
         out[:, co] += bias[co]
     return out
@@ -313,13 +336,16 @@ def conv3d_compiled(x, weight, bias, attrs: Conv3dAttrs) -> np.ndarray:
     """:func:`conv3d_loops` compiled with Numba; same contract as :func:`conv3d_reference`."""
     xp = contiguous(np.pad(x, ((0, 0), (0, 0), *attrs.padding)))
     cout, _, *kernel = weight.shape
-    size = [(xp.shape[2 + i] - attrs.dilation[i] * (kernel[i] - 1) - 1) // attrs.stride[i] + 1
-            for i in range(3)]
+    size = [
+        (xp.shape[2 + i] - attrs.dilation[i] * (kernel[i] - 1) - 1) // attrs.stride[i] + 1
+        for i in range(3)
+    ]
     out = np.empty((x.shape[0], cout, *size), dtype=x.dtype)
     macs = out.size * weight[0].size
     kernel_fn = compiled_kernel(conv3d_loops, parallel=macs >= PARALLEL_MIN_WORK)
-    kernel_fn(xp, contiguous(weight), contiguous(bias), out, *attrs.stride, *attrs.dilation,
-              attrs.groups)
+    kernel_fn(
+        xp, contiguous(weight), contiguous(bias), out, *attrs.stride, *attrs.dilation, attrs.groups
+    )
     return out
 
 
@@ -337,15 +363,17 @@ def _transposed_sizes(x_shape, kernel, attrs: Conv3dAttrs) -> tuple[list[int], l
     return out, full
 
 
-def _crop(full: np.ndarray, out_size: list[int], attrs: Conv3dAttrs,
-          bias: np.ndarray) -> np.ndarray:
+def _crop(
+    full: np.ndarray, out_size: list[int], attrs: Conv3dAttrs, bias: np.ndarray
+) -> np.ndarray:
     (bd, _), (bh, _), (bw, _) = attrs.padding
-    out = full[:, :, bd:bd + out_size[0], bh:bh + out_size[1], bw:bw + out_size[2]]
+    out = full[:, :, bd : bd + out_size[0], bh : bh + out_size[1], bw : bw + out_size[2]]
     return out + bias.reshape(1, -1, 1, 1, 1)
 
 
-def conv_transpose3d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                               attrs: Conv3dAttrs) -> np.ndarray:
+def conv_transpose3d_reference(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, attrs: Conv3dAttrs
+) -> np.ndarray:
     """x ``(N, Cin, D, H, W)``, weight ``(Cin, Cout/groups, Kd, Kh, Kw)`` -> ``(N, Cout, Do,
     Ho, Wo)``: every input value scattered through the kernel, ``full[n, co, id*sd + kd*dd,
     ...] += weight[ci, co_in_group, kd, kh, kw] * x[n, ci, id, ...]``, then the padding cropped
@@ -364,8 +392,13 @@ def conv_transpose3d_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarr
             for kd in range(kernel[0]):
                 for kh in range(kernel[1]):
                     for kw in range(kernel[2]):
-                        full[:, co, _taps(kd, dd, sd, size[0]), _taps(kh, dh, sh, size[1]),
-                             _taps(kw, dw, sw, size[2])] += weight[ci, j, kd, kh, kw] * x[:, ci]
+                        full[
+                            :,
+                            co,
+                            _taps(kd, dd, sd, size[0]),
+                            _taps(kh, dh, sh, size[1]),
+                            _taps(kw, dw, sw, size[2]),
+                        ] += weight[ci, j, kd, kh, kw] * x[:, ci]
     return _crop(full, out_size, attrs, bias)
 
 
@@ -387,8 +420,9 @@ def conv_transpose3d_loops(x, weight, full, groups, sd, sh, sw, dd, dh, dw):  # 
                         for i in range(di):
                             for h in range(hi):
                                 for k in range(wi):
-                                    full[n, co, i * sd + kd * dd, h * sh + kh * dh,
-                                         k * sw + kw * dw] += w * x[n, ci, i, h, k]
+                                    full[
+                                        n, co, i * sd + kd * dd, h * sh + kh * dh, k * sw + kw * dw
+                                    ] += w * x[n, ci, i, h, k]
 
 
 def conv_transpose3d_compiled(x, weight, bias, attrs: Conv3dAttrs) -> np.ndarray:
@@ -398,8 +432,9 @@ def conv_transpose3d_compiled(x, weight, bias, attrs: Conv3dAttrs) -> np.ndarray
     full = np.zeros((x.shape[0], cout_per_group * attrs.groups, *full_size), dtype=x.dtype)
     macs = x.size * weight[0].size
     kernel_fn = compiled_kernel(conv_transpose3d_loops, parallel=macs >= PARALLEL_MIN_WORK)
-    kernel_fn(contiguous(x), contiguous(weight), full, attrs.groups, *attrs.stride,
-              *attrs.dilation)
+    kernel_fn(
+        contiguous(x), contiguous(weight), full, attrs.groups, *attrs.stride, *attrs.dilation
+    )
     return _crop(full, out_size, attrs, bias)
 
 

@@ -54,9 +54,17 @@ ACTIVATION_PARAMETERS: dict[str, dict[str, object]] = {
 #: Names of the same parameters in PyTorch: aten schema argument names and nn.Module
 #: attributes, so importers read them by name (never by position).
 TORCH_PARAMETER_NAMES = {
-    "negative_slope": "alpha", "alpha": "alpha", "scale": "scale", "input_scale": "input_scale",
-    "approximate": "approximate", "beta": "beta", "threshold": "threshold",
-    "min_val": "lower", "max_val": "upper", "min": "lower", "max": "upper",
+    "negative_slope": "alpha",
+    "alpha": "alpha",
+    "scale": "scale",
+    "input_scale": "input_scale",
+    "approximate": "approximate",
+    "beta": "beta",
+    "threshold": "threshold",
+    "min_val": "lower",
+    "max_val": "upper",
+    "min": "lower",
+    "max": "upper",
 }
 
 
@@ -86,7 +94,7 @@ def _clip(x: np.ndarray, lower: float | None, upper: float | None) -> np.ndarray
 
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
     if approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     return 0.5 * x * (1 + _erf(x / math.sqrt(2)))  # x * Phi(x)
 
 
@@ -125,7 +133,7 @@ ACTIVATION_KERNELS: dict[str, Callable[..., np.ndarray]] = {
     "sign": lambda x, a: np.sign(x),
     "floor": lambda x, a: np.floor(x),
     "ceil": lambda x, a: np.ceil(x),
-    "round": lambda x, a: np.round(x),  # half to even, as torch.round
+    "round": lambda x, a: np.rint(x),  # half to even, as torch.round (np.round's 0 decimals)
     "sin": lambda x, a: np.sin(x),
     "cos": lambda x, a: np.cos(x),
 }
@@ -138,9 +146,39 @@ INTEGER_ACTIVATIONS = frozenset({"relu", "relu6", "hardtanh", "clamp", "neg", "a
 
 #: Codes of the functions in the compiled loop, in :data:`ACTIVATION_KERNELS`' order (module
 #: constants, which Numba compiles as literals).
-(RELU, RELU6, HARDTANH, CLAMP, LEAKY_RELU, ELU, CELU, SELU, GELU, SILU, MISH, SIGMOID, TANH,
- HARDSIGMOID, HARDSWISH, SOFTPLUS, SOFTSIGN, ERF, EXP, LOG, SQRT, RSQRT, RECIPROCAL, NEG, ABS,
- SIGN, FLOOR, CEIL, ROUND, SIN, COS) = range(31)
+(
+    RELU,
+    RELU6,
+    HARDTANH,
+    CLAMP,
+    LEAKY_RELU,
+    ELU,
+    CELU,
+    SELU,
+    GELU,
+    SILU,
+    MISH,
+    SIGMOID,
+    TANH,
+    HARDSIGMOID,
+    HARDSWISH,
+    SOFTPLUS,
+    SOFTSIGN,
+    ERF,
+    EXP,
+    LOG,
+    SQRT,
+    RSQRT,
+    RECIPROCAL,
+    NEG,
+    ABS,
+    SIGN,
+    FLOOR,
+    CEIL,
+    ROUND,
+    SIN,
+    COS,
+) = range(31)
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATION_KERNELS)}
 assert len(ACTIVATION_CODES) == 31 and ACTIVATION_CODES["cos"] == COS
 
@@ -178,13 +216,15 @@ class Activation(Op):
                 object.__setattr__(self, field.name, defaults[field.name])
             elif field.name in ("lower", "upper"):
                 # a bound keeps its type: clamp(int tensor, 0.5) is float, clamp(x, 0) is not
-                object.__setattr__(self, field.name, value if isinstance(value, int)
-                                   else float(value))
+                object.__setattr__(
+                    self, field.name, value if isinstance(value, int) else float(value)
+                )
             elif field.name != "approximate":
                 object.__setattr__(self, field.name, float(value))
         if self.function == "gelu" and self.approximate not in ("none", "tanh"):
-            raise ValueError(f"gelu approximate must be 'none' or 'tanh', "
-                             f"not {self.approximate!r}")
+            raise ValueError(
+                f"gelu approximate must be 'none' or 'tanh', not {self.approximate!r}"
+            )
         if self.function == "relu6" and (self.lower, self.upper) != (0.0, 6.0):
             raise ValueError("relu6 clamps to [0, 6]; use hardtanh or clamp for other bounds")
 
@@ -197,12 +237,22 @@ class Activation(Op):
         """The function's parameters as set (defaults filled in)."""
         return {name: getattr(self, name) for name in ACTIVATION_PARAMETERS.get(self.function, {})}
 
+    def number(self, name: str) -> float:
+        """A numeric parameter this function takes (``__post_init__`` filled its default)."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"{self.function} takes no parameter {name!r}")
+        return value
+
     def output_shape(self, input_shapes, params):
         return tuple(input_shapes[0])
 
     def _result_dtype(self, x: np.ndarray) -> np.dtype:
-        floats = self.function not in INTEGER_ACTIVATIONS or self.function == "clamp" and any(
-            isinstance(b, float) for b in (self.lower, self.upper))  # (hardtanh keeps ints)
+        floats = (
+            self.function not in INTEGER_ACTIVATIONS
+            or self.function == "clamp"
+            and any(isinstance(b, float) for b in (self.lower, self.upper))
+        )  # (hardtanh keeps ints)
         if x.dtype.kind in "iub" and floats:
             return np.dtype(np.float32)  # torch computes these in the default float type
         return x.dtype
@@ -225,10 +275,18 @@ class Activation(Op):
         nan = math.nan
         lower = nan if self.lower is None else self.lower
         upper = nan if self.upper is None else self.upper
-        kernel(flat, out, ACTIVATION_CODES[self.function], *(
-            nan if v is None else v
-            for v in (self.alpha, self.beta, self.scale, self.input_scale, self.threshold)),
-            lower, upper, self.approximate == "tanh")
+        kernel(
+            flat,
+            out,
+            ACTIVATION_CODES[self.function],
+            *(
+                nan if v is None else v
+                for v in (self.alpha, self.beta, self.scale, self.input_scale, self.threshold)
+            ),
+            lower,
+            upper,
+            self.approximate == "tanh",
+        )
         return out.reshape(x.shape)
 
     def torch_oracle(self, inputs, weights):
@@ -238,22 +296,25 @@ class Activation(Op):
         (x,) = torch_tensors(inputs[0])
         f, a = self.function, self
         if f == "leaky_relu":
-            return F.leaky_relu(x, a.alpha)
+            return F.leaky_relu(x, a.number("alpha"))
         if f in ("hardtanh", "relu6"):
-            return F.hardtanh(x, a.lower, a.upper)
+            return F.hardtanh(x, a.number("lower"), a.number("upper"))
         if f == "clamp":  # ONNX's Clip without bounds is the identity; torch refuses that
-            return x.clone() if a.lower is None and a.upper is None else torch.clamp(
-                x, a.lower, a.upper)
+            return (
+                x.clone()
+                if a.lower is None and a.upper is None
+                else torch.clamp(x, a.lower, a.upper)
+            )
         if f == "elu":
             return torch.ops.aten.elu(x, a.alpha, a.scale, a.input_scale)
         if f == "celu":
-            return F.celu(x, a.alpha)
+            return F.celu(x, a.number("alpha"))
         if f == "selu":
             return torch.ops.aten.elu(x, a.alpha, a.scale, 1.0)
         if f == "gelu":
-            return F.gelu(x, approximate=a.approximate)
+            return F.gelu(x, approximate=a.approximate or "none")  # None: not gelu
         if f == "softplus":
-            return F.softplus(x, a.beta, a.threshold)
+            return F.softplus(x, a.number("beta"), a.number("threshold"))
         if f == "hardsigmoid":
             return torch.clamp(a.alpha * x + a.beta, 0, 1)
         if f in ("silu", "mish", "hardswish", "softsign"):
@@ -263,8 +324,9 @@ class Activation(Op):
         return getattr(torch, f)(x)
 
 
-def activation_loops(x, out, code, alpha, beta, scale, input_scale, threshold, lower, upper,
-                     tanh_gelu):  # pragma: no cover - compiled
+def activation_loops(
+    x, out, code, alpha, beta, scale, input_scale, threshold, lower, upper, tanh_gelu
+):  # pragma: no cover - compiled
     """Every activation, scalar, for Numba: ``x`` and ``out`` flat; ``code`` picks the function
     (:data:`ACTIVATION_CODES`, the same formulas as :data:`ACTIVATION_KERNELS`); a NaN bound is
     no bound."""
@@ -364,11 +426,22 @@ def _power(a, b):
 #: Kernels of the binary operators (pure element-wise NumPy, so they also serve as the
 #: compiled path); operands broadcast as in NumPy and PyTorch.
 BINARY_KERNELS: dict[str, Callable[..., np.ndarray]] = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "pow": _power,
-    "maximum": np.maximum, "minimum": np.minimum, "remainder": np.mod, "fmod": np.fmod,
-    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
-    "gt": np.greater, "ge": np.greater_equal,
-    "logical_and": np.logical_and, "logical_or": np.logical_or,
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "pow": _power,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "remainder": np.mod,
+    "fmod": np.fmod,
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+    "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
     "logical_xor": np.logical_xor,
 }
 
@@ -415,9 +488,11 @@ class Binary(Op):
         if self.function not in BINARY:
             raise ValueError(f"unknown binary operator {self.function!r}")
         if self.rounding_mode not in (None, "trunc", "floor") or (
-                self.rounding_mode and self.function != "div"):
-            raise ValueError(f"rounding mode {self.rounding_mode!r} does not apply to "
-                             f"{self.function}")
+            self.rounding_mode and self.function != "div"
+        ):
+            raise ValueError(
+                f"rounding mode {self.rounding_mode!r} does not apply to {self.function}"
+            )
 
     @property
     def kind(self) -> str:
@@ -430,8 +505,10 @@ class Binary(Op):
         needed = 3 if self.function == "where" else 2
         have = len(input_shapes) + len(params) + len(self.scalars)
         if have < needed:  # an operand the importer could not capture (a computed constant)
-            return (f"{self.function} has {have} of its {needed} operands (one is a value the "
-                    "importer did not capture), so it cannot be computed")
+            return (
+                f"{self.function} has {have} of its {needed} operands (one is a value the "
+                "importer did not capture), so it cannot be computed"
+            )
         if self.function == "where" and have != 3:
             return f"where takes 3 operands, got {have}"
         return None
@@ -444,8 +521,7 @@ class Binary(Op):
         placed: dict[int, object] = dict(self.scalars)
         if self.param_positions:
             if len(self.param_positions) != len(params):
-                raise ShapeError(f"{len(params)} parameters for positions "
-                                 f"{self.param_positions}")
+                raise ShapeError(f"{len(params)} parameters for positions {self.param_positions}")
             placed.update(zip(self.param_positions, params))
         else:
             arrays += params  # after the inputs
@@ -460,15 +536,20 @@ class Binary(Op):
         operands = self.operands(inputs, weights)
         broadcast([np.shape(a) for a in operands])  # ShapeError naming the shapes
         arrays = [a for a in operands if isinstance(a, np.ndarray)]
-        if (self.function != "where" and any(isinstance(a, float) for a in operands)
-                and all(a.dtype.kind in "iub" for a in arrays)):  # int tensor * 0.5: float32
-            operands = [a.astype(np.float32) if isinstance(a, np.ndarray) else a
-                        for a in operands]
+        if (
+            self.function != "where"
+            and any(isinstance(a, float) for a in operands)
+            and all(a.dtype.kind in "iub" for a in arrays)
+        ):  # int tensor * 0.5: float32
+            operands = [a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in operands]
         if self.function == "where":
             condition, a, b = operands
             result = np.where(np.asarray(condition, dtype=bool), a, b)
-            if not isinstance(a, np.ndarray) and not isinstance(b, np.ndarray) and \
-                    result.dtype.kind == "f":  # two constants: torch's default float type
+            if (
+                not isinstance(a, np.ndarray)
+                and not isinstance(b, np.ndarray)
+                and result.dtype.kind == "f"
+            ):  # two constants: torch's default float type
                 result = result.astype(np.float32)
             return result
         result = operands[0]
@@ -483,18 +564,29 @@ class Binary(Op):
     def torch_oracle(self, inputs, weights):
         import torch
 
-        operands = [v if isinstance(v, (int, float, bool)) else torch_tensors(v)[0]
-                    for v in self.operands(inputs, weights)]
+        operands = [
+            v if isinstance(v, (int, float, bool)) else torch_tensors(v)[0]
+            for v in self.operands(inputs, weights)
+        ]
         if self.function == "where":
             condition, a, b = operands
-            a, b = (v if isinstance(v, torch.Tensor) else torch.tensor(
-                v, dtype=torch.result_type(a if isinstance(a, torch.Tensor) else b, v))
-                for v in (a, b))
+            a, b = (
+                v
+                if isinstance(v, torch.Tensor)
+                else torch.tensor(
+                    v, dtype=torch.result_type(a if isinstance(a, torch.Tensor) else b, v)
+                )
+                for v in (a, b)
+            )
             return torch.where(torch.as_tensor(condition).bool(), a, b)
         tensors = [v for v in operands if isinstance(v, torch.Tensor)]
         # constants as 0-d tensors of the type torch gives a Python scalar with that tensor
-        operands = [v if isinstance(v, torch.Tensor) else torch.tensor(
-            v, dtype=torch.result_type(tensors[0], v) if tensors else None) for v in operands]
+        operands = [
+            v
+            if isinstance(v, torch.Tensor)
+            else torch.tensor(v, dtype=torch.result_type(tensors[0], v) if tensors else None)
+            for v in operands
+        ]
         result = operands[0]
         for operand in operands[1:]:
             if self.function == "div":
@@ -538,7 +630,8 @@ class Softmax(Op):
         flat = rows.reshape(-1, rows.shape[-1]) if rows.size else rows.reshape(0, 1)
         out = np.empty_like(flat)
         compiled_kernel(softmax_loops, parallel=flat.size >= PARALLEL_MIN_WORK)(
-            flat, out, self.log)
+            flat, out, self.log
+        )
         return np.moveaxis(out.reshape(rows.shape), -1, self.axis)
 
     def torch_oracle(self, inputs, weights):

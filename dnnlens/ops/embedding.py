@@ -141,7 +141,7 @@ class Gather(Op):
         else:
             raise ShapeError("gather needs its indices as a second input")
         axis = self.axis % len(x)
-        return (*x[:axis], *index_shape, *x[axis + 1:])
+        return (*x[:axis], *index_shape, *x[axis + 1 :])
 
     def values_moved(self, input_shapes, output_shape, params):
         index = prod(input_shapes[1]) if len(input_shapes) > 1 else 0
@@ -153,7 +153,7 @@ class Gather(Op):
         indices = self.indices(inputs, weights)
         out_shape = self.output_shape([x.shape, indices.shape], {})
         axis = self.axis % x.ndim
-        outer, after = prod(x.shape[:axis]), prod(x.shape[axis + 1:])
+        outer, after = prod(x.shape[:axis]), prod(x.shape[axis + 1 :])
         picked = gather(x.reshape(outer, x.shape[axis], after), indices.reshape(-1))
         return picked.reshape(out_shape)
 
@@ -171,4 +171,4 @@ class Gather(Op):
         axis = self.axis % x.dim()
         indices = indices.long() % x.shape[axis]
         picked = torch.index_select(x, axis, indices.reshape(-1))
-        return picked.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))
+        return picked.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]))

@@ -1,14 +1,16 @@
 """Fully connected layer (the notebook's ``fc``), on any number of leading dimensions.
 
-Shape contract: input ``(..., in)``, weight ``(out, in)``, bias ``(out,)`` -> output ``(..., out)``.
+Shape contract: input ``(..., in)``, weight ``(out, in)``, bias ``(out,)``
+-> output ``(..., out)``.
 MACs: ``prod(leading dims) * in * out`` (for a ``(N, in)`` input: ``N * in * out``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,11 +37,13 @@ class Linear(Op):
         weight = params["weight"]
         if len(x) < 1 or len(weight) != 2:
             raise ShapeError(
-                f"fc needs an input (..., in) and a weight (out, in), got {tuple(x)} and {tuple(weight)}"
+                "fc needs an input (..., in) and a weight (out, in), "
+                f"got {tuple(x)} and {tuple(weight)}"
             )
         if x[-1] != weight[1]:
             raise ShapeError(
-                f"input {tuple(x)} has {x[-1]} features but the weight {tuple(weight)} expects {weight[1]}"
+                f"input {tuple(x)} has {x[-1]} features "
+                f"but the weight {tuple(weight)} expects {weight[1]}"
             )
         if "bias" in params and tuple(params["bias"]) != (weight[0],):
             raise ShapeError(

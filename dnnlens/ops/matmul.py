@@ -34,8 +34,8 @@ from dnnlens.ops.base import (
     register,
     torch_tensors,
 )
-from dnnlens.shapes import Shape
 from dnnlens.ops.elementwise import broadcast
+from dnnlens.shapes import Shape
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
@@ -47,8 +47,9 @@ def matmul_shape(a: Shape, b: Shape) -> Shape:
     a2 = (1, *a) if len(a) == 1 else tuple(a)
     b2 = (*b, 1) if len(b) == 1 else tuple(b)
     if a2[-1] != b2[-2]:
-        raise ShapeError(f"matmul of {tuple(a)} and {tuple(b)}: inner dimensions "
-                         f"{a2[-1]} and {b2[-2]} differ")
+        raise ShapeError(
+            f"matmul of {tuple(a)} and {tuple(b)}: inner dimensions {a2[-1]} and {b2[-2]} differ"
+        )
     lead = broadcast([a2[:-2], b2[:-2]]) if (a2[:-2] or b2[:-2]) else ()
     out = (*lead, a2[-2], b2[-1])
     if len(a) == 1:
@@ -228,8 +229,10 @@ class Attention(Op):
         if self.has_mask:
             given = np.asarray(inputs[3])
             if broadcast([given.shape, (*lead, length, source)]) != (*lead, length, source):
-                raise ShapeError(f"mask {given.shape} does not broadcast to the scores "
-                                 f"{(*lead, length, source)}")
+                raise ShapeError(
+                    f"mask {given.shape} does not broadcast to the scores "
+                    f"{(*lead, length, source)}"
+                )
             if given.dtype == bool:
                 given = np.where(given, 0.0, -np.inf).astype(dtype)
             mask = mask + given
@@ -280,11 +283,15 @@ class Attention(Op):
         if causal and mask is not None:  # torch takes one or the other: combine them here
             keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
             extra = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))
-            mask = (extra + torch.zeros_like(extra).masked_fill(~mask, float("-inf"))
-                    if mask.dtype == torch.bool else extra + mask)
+            mask = (
+                extra + torch.zeros_like(extra).masked_fill(~mask, float("-inf"))
+                if mask.dtype == torch.bool
+                else extra + mask
+            )
             causal = False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              scale=self.scale, enable_gqa=self.enable_gqa)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale, enable_gqa=self.enable_gqa
+        )
 
 
 def attention_loops(q, k, v, mask, scale, out):  # pragma: no cover - compiled
@@ -294,14 +301,14 @@ def attention_loops(q, k, v, mask, scale, out):  # pragma: no cover - compiled
     batches, length, features = q.shape
     source, values = k.shape[1], v.shape[2]
     for job in prange(batches * length):
-        b, l = job // length, job % length
+        b, row = job // length, job % length
         scores = np.empty(source, dtype=np.float64)
         largest = -np.inf
         for s in range(source):
             total = 0.0
             for e in range(features):
-                total += q[b, l, e] * k[b, s, e]
-            scores[s] = total * scale + mask[b, l, s]
+                total += q[b, row, e] * k[b, s, e]
+            scores[s] = total * scale + mask[b, row, s]
             largest = max(largest, scores[s])
         if largest == -np.inf:  # no key visible: zeros, as PyTorch's safe softmax
             largest = 0.0
@@ -310,9 +317,9 @@ def attention_loops(q, k, v, mask, scale, out):  # pragma: no cover - compiled
             scores[s] = math.exp(scores[s] - largest)
             total += scores[s]
         for j in range(values):
-            out[b, l, j] = 0
+            out[b, row, j] = 0
         if total > 0:
             for s in range(source):
                 weight = scores[s] / total
                 for j in range(values):
-                    out[b, l, j] += weight * v[b, s, j]
+                    out[b, row, j] += weight * v[b, s, j]

@@ -33,8 +33,22 @@ from dnnlens.ops.base import (
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
 NORMS = frozenset({"batchnorm", "layernorm", "groupnorm", "instancenorm"})
-REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "prod", "var", "std", "norm",
-                        "logsumexp", "sumsquare", "argmax", "argmin"})
+REDUCTIONS = frozenset(
+    {
+        "mean",
+        "sum",
+        "amax",
+        "amin",
+        "prod",
+        "var",
+        "std",
+        "norm",
+        "logsumexp",
+        "sumsquare",
+        "argmax",
+        "argmin",
+    }
+)
 
 
 @register
@@ -60,7 +74,7 @@ class Norm(Op):
         x = tuple(input_shapes[0])
         if self.function == "layernorm":
             n = len(self.normalized_shape)
-            if tuple(x[len(x) - n:]) != self.normalized_shape:
+            if tuple(x[len(x) - n :]) != self.normalized_shape:
                 raise ShapeError(f"layer norm over {self.normalized_shape} does not fit input {x}")
             expected = self.normalized_shape
         else:
@@ -92,8 +106,10 @@ class Norm(Op):
 
     def kernel_gap(self, input_shapes, params):
         if self.function == "batchnorm" and not self.uses_running_stats:
-            return ("batch norm without running statistics (a model traced in training "
-                    "mode?) has no inference kernel; call model.eval() first")
+            return (
+                "batch norm without running statistics (a model traced in training "
+                "mode?) has no inference kernel; call model.eval() first"
+            )
         return None
 
     def rows(self, x: np.ndarray) -> np.ndarray:
@@ -108,17 +124,18 @@ class Norm(Op):
 
     def _checked(self, inputs, weights) -> np.ndarray:
         x = np.asarray(inputs[0])
-        shapes = {role: np.shape(w) for role, w in weights.items()
-                  if role in ("weight", "bias")}
+        shapes = {role: np.shape(w) for role, w in weights.items() if role in ("weight", "bias")}
         self.output_shape([x.shape], shapes)
         gap = self.kernel_gap([x.shape], shapes)
         if gap:
             raise NotImplementedError(gap)
         missing = set(self.buffers()) - set(weights)
         if missing:  # a caller that passed node.params only
-            raise NotImplementedError(f"{self.function} needs its running statistics "
-                                      f"({', '.join(sorted(missing))}) among the weights: "
-                                      "pass the operator's buffers() by role")
+            raise NotImplementedError(
+                f"{self.function} needs its running statistics "
+                f"({', '.join(sorted(missing))}) among the weights: "
+                "pass the operator's buffers() by role"
+            )
         return x
 
     def _affine(self, normalised: np.ndarray, x: np.ndarray, weights) -> np.ndarray:
@@ -188,8 +205,9 @@ class Norm(Op):
         import torch.nn.functional as F
 
         (x,) = torch_tensors(inputs[0])
-        w, b, mean, var = torch_tensors(*(weights.get(role) for role in (
-            "weight", "bias", "running_mean", "running_var")))
+        w, b, mean, var = torch_tensors(
+            *(weights.get(role) for role in ("weight", "bias", "running_mean", "running_var"))
+        )
         if self.uses_running_stats:
             return F.batch_norm(x, mean, var, w, b, training=False, eps=self.eps)
         if self.function == "layernorm":
@@ -384,8 +402,9 @@ class Reduce(Op):
         (x,) = torch_tensors(inputs[0])
         dims = list(self.dims) or list(range(x.dim()))
         if self.function in ("var", "std"):
-            return getattr(torch, self.function)(x, dims, correction=self.correction,
-                                                 keepdim=self.keepdim)
+            return getattr(torch, self.function)(
+                x, dims, correction=self.correction, keepdim=self.keepdim
+            )
         if self.function == "norm":
             return torch.linalg.vector_norm(x, self.p, dims, keepdim=self.keepdim)
         if self.function == "prod":
@@ -407,9 +426,18 @@ class Reduce(Op):
 
 #: Codes of the reductions in the compiled loop (module constants: literals to Numba).
 SUM, MEAN, AMAX, AMIN, PROD, VAR, STD, NORM, LOGSUMEXP, SUMSQUARE = range(10)
-REDUCE_CODES = {"sum": SUM, "mean": MEAN, "amax": AMAX, "amin": AMIN, "prod": PROD,
-                "var": VAR, "std": STD, "norm": NORM, "logsumexp": LOGSUMEXP,
-                "sumsquare": SUMSQUARE}
+REDUCE_CODES = {
+    "sum": SUM,
+    "mean": MEAN,
+    "amax": AMAX,
+    "amin": AMIN,
+    "prod": PROD,
+    "var": VAR,
+    "std": STD,
+    "norm": NORM,
+    "logsumexp": LOGSUMEXP,
+    "sumsquare": SUMSQUARE,
+}
 
 
 def arg_loops(rows, where, is_max, last):  # pragma: no cover - compiled
@@ -438,7 +466,8 @@ def reduce_loops(rows, out, code, correction):  # pragma: no cover - compiled
             for j in range(1, length):
                 v = rows[r, j]
                 if (code == AMAX and (v > best or math.isnan(v))) or (
-                        code == AMIN and (v < best or math.isnan(v))):
+                    code == AMIN and (v < best or math.isnan(v))
+                ):
                     best = v  # a NaN wins, as in torch
             out[r] = best
         elif code == PROD:

@@ -61,12 +61,14 @@ class Pad(Op):
         out = []
         for size, (begin, end) in zip(x, self.pads):
             if self.mode == "reflect" and (begin >= size or end >= size) and (begin or end):
-                raise ShapeError(f"reflect padding {begin, end} needs a dimension larger than "
-                                 f"it, got {size}")
+                raise ShapeError(
+                    f"reflect padding {begin, end} needs a dimension larger than it, got {size}"
+                )
             if self.mode != "constant" and min(begin, end) < 0:
                 raise ShapeError(f"{self.mode} padding cannot be negative, got {begin, end}")
-            if size + begin + end < 0 or (size == 0 and (begin or end)
-                                          and self.mode != "constant"):
+            if size + begin + end < 0 or (
+                size == 0 and (begin or end) and self.mode != "constant"
+            ):
                 raise ShapeError(f"padding {begin, end} does not fit a dimension of {size}")
             out.append(size + begin + end)
         return tuple(out)
@@ -80,13 +82,17 @@ class Pad(Op):
             if begin == 0 and end == 0:
                 continue
             source = source_positions(x.shape[axis], begin, end, self.mode)
-            picked = np.take(x, np.maximum(source, 0), axis=axis) if x.shape[axis] else \
-                np.zeros((*x.shape[:axis], len(source), *x.shape[axis + 1:]), x.dtype)
+            picked = (
+                np.take(x, np.maximum(source, 0), axis=axis)
+                if x.shape[axis]
+                else np.zeros((*x.shape[:axis], len(source), *x.shape[axis + 1 :]), x.dtype)
+            )
             if self.mode == "constant":
                 shape = [1] * x.ndim
                 shape[axis] = len(source)
-                picked = np.where(source.reshape(shape) < 0, np.asarray(self.value, x.dtype),
-                                  picked)
+                picked = np.where(
+                    source.reshape(shape) < 0, np.asarray(self.value, x.dtype), picked
+                )
             x = picked
         return x
 
@@ -122,8 +128,10 @@ class Roll(Op):
     def output_shape(self, input_shapes, params):
         x = tuple(input_shapes[0])
         if self.dims and len(self.dims) != len(self.shifts):
-            raise ShapeError(f"roll takes one shift per dimension, got shifts {self.shifts} "
-                             f"and dims {self.dims}")
+            raise ShapeError(
+                f"roll takes one shift per dimension, got shifts {self.shifts} "
+                f"and dims {self.dims}"
+            )
         if not self.dims and len(self.shifts) != 1:
             raise ShapeError("roll without dims takes one shift")
         for d in self.dims:

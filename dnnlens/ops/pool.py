@@ -11,7 +11,7 @@ per output): 0 MACs, but it moves its input and output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 from typing import ClassVar
 
@@ -21,6 +21,7 @@ from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
     Op,
+    as_pair,
     compiled_kernel,
     contiguous,
     register,
@@ -39,7 +40,8 @@ def pooled_size(
     span = size + pads[0] + pads[1] - reach
     if span < 0:
         raise ShapeError(
-            f"window {k} (dilation {dilation}) is larger than the padded input size {size + sum(pads)}"
+            f"window {k} (dilation {dilation}) is larger than "
+            f"the padded input size {size + sum(pads)}"
         )
     out = -(-span // s) + 1 if ceil_mode else span // s + 1
     if ceil_mode and (out - 1) * s >= size + pads[0]:
@@ -100,17 +102,13 @@ class Pool(Op):
         x = np.asarray(inputs[0])
         out_shape = self.output_shape([tuple(x.shape)], {})  # raises ShapeError
         window = PoolWindow(
-            tuple(self.kernel), tuple(self.stride), tuple(self.padding), tuple(self.dilation)
+            as_pair(self.kernel),
+            as_pair(self.stride),
+            ((0, 0),) * (2 - len(self.padding)) + tuple(self.padding),
+            as_pair(self.dilation),
         )
         if len(self.kernel) == 1:  # (N, C, L) -> (N, C, 1, L)
-            x = x[:, :, None, :]
-            window = PoolWindow(
-                (1, *window.kernel),
-                (1, *window.stride),
-                ((0, 0), *window.padding),
-                (1, *window.dilation),
-            )
-            return x, window, (1, out_shape[2])
+            return x[:, :, None, :], window, (1, out_shape[2])
         return x, window, (out_shape[2], out_shape[3])
 
     def _finish(self, out: np.ndarray) -> np.ndarray:
@@ -123,19 +121,20 @@ class Pool(Op):
             return f"no kernel for {len(self.kernel)}-d pooling"
         return None
 
-    def separated(self) -> tuple["Pool", "Pool"]:
+    def separated(self) -> tuple[Pool, Pool]:
         """A 3-d pool as two 2-d pools: over (H, W) first, then over D with a ``(kd, 1)``
         window. Max and average both separate: the window is a box, so its maximum is the
         maximum of per-plane maxima, and its divisor (with or without the padding counted) is
         the product of the per-axis counts."""
         (kd, kh, kw), (sd, sh, sw) = self.kernel, self.stride
         (pd, ph, pw), (dd, dh, dw) = self.padding, self.dilation
-        common = dict(mode=self.mode, ceil_mode=self.ceil_mode,
-                      count_include_pad=self.count_include_pad)
-        planes = Pool(kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw),
-                      **common)
-        depth = Pool(kernel=(kd, 1), stride=(sd, 1), padding=(pd, (0, 0)), dilation=(dd, 1),
-                     **common)
+        # replace() keeps mode, ceil_mode and count_include_pad.
+        planes = replace(
+            self, kernel=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw)
+        )
+        depth = replace(
+            self, kernel=(kd, 1), stride=(sd, 1), padding=(pd, (0, 0)), dilation=(dd, 1)
+        )
         return planes, depth
 
     def _pool3d(self, x: np.ndarray, path: str) -> np.ndarray:
@@ -192,12 +191,19 @@ class Pool(Op):
             pads = [p for pair in reversed(self.padding) for p in pair]  # F.pad: last dim first
             x, begin = F.pad(x, pads, value=float("-inf")), (0,) * dims
         if self.mode == "max":
-            pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
-            return pool(x, self.kernel, self.stride, begin, self.dilation,
-                        ceil_mode=self.ceil_mode)
-        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
-        return pool(x, self.kernel, self.stride, begin, ceil_mode=self.ceil_mode,
-                    count_include_pad=self.count_include_pad)
+            max_pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
+            return max_pool(
+                x, self.kernel, self.stride, begin, self.dilation, ceil_mode=self.ceil_mode
+            )
+        avg_pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
+        return avg_pool(
+            x,
+            self.kernel,
+            self.stride,
+            begin,
+            ceil_mode=self.ceil_mode,
+            count_include_pad=self.count_include_pad,
+        )
 
 
 @register
@@ -251,6 +257,7 @@ class AdaptivePool(Op):
             kernel = compiled_kernel(adaptive_rows_loops, parallel=rows.size >= PARALLEL_MIN_WORK)
             kernel(rows, out, is_max)
             return out
+
         return self._passes(inputs, one_axis)
 
     def torch_oracle(self, inputs, weights):
@@ -258,7 +265,8 @@ class AdaptivePool(Op):
 
         (x,) = torch_tensors(inputs[0])
         return getattr(F, f"adaptive_{self.mode}_pool{len(self.output_size)}d")(
-            x, self.output_size)
+            x, self.output_size
+        )
 
 
 def adaptive_rows_reference(rows: np.ndarray, size: int, is_max: bool) -> np.ndarray:

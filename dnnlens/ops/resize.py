@@ -20,6 +20,7 @@ rule, like pooling); reads the input, writes the output.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -49,15 +50,24 @@ class Resize(Op):
             default = "asymmetric" if self.mode == "nearest" else "half_pixel"
             object.__setattr__(self, "coordinate_mode", default)
         if self.coordinate_mode not in COORDINATE_MODES:
-            raise ValueError(f"unknown coordinate mode {self.coordinate_mode!r}: use one of "
-                             f"{', '.join(COORDINATE_MODES)}")
+            raise ValueError(
+                f"unknown coordinate mode {self.coordinate_mode!r}: use one of "
+                f"{', '.join(COORDINATE_MODES)}"
+            )
         if self.nearest_mode not in NEAREST_MODES:
-            raise ValueError(f"unknown nearest mode {self.nearest_mode!r}: use one of "
-                             f"{', '.join(NEAREST_MODES)}")
+            raise ValueError(
+                f"unknown nearest mode {self.nearest_mode!r}: use one of "
+                f"{', '.join(NEAREST_MODES)}"
+            )
 
     @classmethod
-    def from_torch(cls, mode: str, size: tuple[int, ...], scales: tuple[float, ...] | None,
-                   align_corners: bool | None) -> Resize:
+    def from_torch(
+        cls,
+        mode: str,
+        size: tuple[int, ...],
+        scales: tuple[float, ...] | None,
+        align_corners: bool | None,
+    ) -> Resize:
         """``F.interpolate``'s arguments: mode ``nearest``, ``nearest-exact``, ``linear``,
         ``bilinear`` or ``trilinear``."""
         if mode == "nearest-exact":
@@ -74,8 +84,10 @@ class Resize(Op):
     def output_shape(self, input_shapes, params):
         x = tuple(input_shapes[0])
         if len(x) != len(self.size) + 2:
-            raise ShapeError(f"a {len(self.size)}-d resize needs an input with "
-                             f"{len(self.size) + 2} dimensions, got {x}")
+            raise ShapeError(
+                f"a {len(self.size)}-d resize needs an input with "
+                f"{len(self.size) + 2} dimensions, got {x}"
+            )
         if self.scales is not None and len(self.scales) != len(self.size):
             raise ShapeError(f"{len(self.scales)} scales for {len(self.size)} dimensions")
         return (*x[:2], *self.size)
@@ -95,10 +107,13 @@ class Resize(Op):
 
     def nearest(self, src: np.ndarray, length: int) -> np.ndarray:
         """The input position nearest mode picks for each coordinate, clamped to the input."""
-        rounding = {"floor": np.floor, "ceil": np.ceil,
-                    "round_prefer_floor": lambda s: np.ceil(s - 0.5),
-                    "round_prefer_ceil": lambda s: np.floor(s + 0.5)}[self.nearest_mode]
-        return np.clip(rounding(src), 0, length - 1).astype(np.int64)
+        roundings: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+            "floor": np.floor,
+            "ceil": np.ceil,
+            "round_prefer_floor": lambda s: np.ceil(s - 0.5),
+            "round_prefer_ceil": lambda s: np.floor(s + 0.5),
+        }
+        return np.clip(roundings[self.nearest_mode](src), 0, length - 1).astype(np.int64)
 
     def reference(self, inputs, weights):
         """Axis by axis: nearest copies one position; linear takes
@@ -127,18 +142,24 @@ class Resize(Op):
         d = len(self.size)
         corners = None
         if self.mode == "nearest":
-            modes = {("asymmetric", "floor"): "nearest",
-                     ("half_pixel", "round_prefer_ceil"): "nearest-exact"}
+            modes: dict[tuple[str | None, str], str] = {
+                ("asymmetric", "floor"): "nearest",
+                ("half_pixel", "round_prefer_ceil"): "nearest-exact",
+            }
             mode = modes.get((self.coordinate_mode, self.nearest_mode))
         else:
             mode = ("linear", "bilinear", "trilinear")[d - 1]
-            corners = {"half_pixel": False, "align_corners": True}.get(self.coordinate_mode)
+            aligned: dict[str | None, bool] = {"half_pixel": False, "align_corners": True}
+            corners = aligned.get(self.coordinate_mode)
             mode = mode if corners is not None else None
         if mode is None:
-            raise NotImplementedError(f"PyTorch has no resize with {self.coordinate_mode} "
-                                      f"coordinates and {self.nearest_mode} rounding")
+            raise NotImplementedError(
+                f"PyTorch has no resize with {self.coordinate_mode} "
+                f"coordinates and {self.nearest_mode} rounding"
+            )
         if self.scales is not None and not corners:
-            assert all(math.floor(n * s) == o for n, s, o in zip(x.shape[2:], self.scales,
-                                                                   self.size))
+            assert all(
+                math.floor(n * s) == o for n, s, o in zip(x.shape[2:], self.scales, self.size)
+            )
             return F.interpolate(x, scale_factor=self.scales, mode=mode, align_corners=corners)
         return F.interpolate(x, size=self.size, mode=mode, align_corners=corners)

@@ -70,7 +70,7 @@ class Reshape(Op):
         return x.reshape(target)
 
     @classmethod
-    def between(cls, source: tuple[int, ...], target: tuple[int, ...]) -> "Reshape":
+    def between(cls, source: tuple[int, ...], target: tuple[int, ...]) -> Reshape:
         """The reshape taking ``source`` to ``target``, recognising a flatten."""
         flatten = len(source) > 2 and len(target) == 2 and target[0] == source[0]
         keeps_batch = bool(source) and bool(target) and source[0] == target[0]
@@ -94,7 +94,8 @@ class Permute(Op):
         """``dims`` made non-negative (``(0, -1, 1)`` on rank 3 is ``(0, 2, 1)``);
         ShapeError unless they are a permutation of the axes."""
         if any(not -rank <= d < rank for d in self.dims) or sorted(
-                d % rank for d in self.dims) != list(range(rank)):
+            d % rank for d in self.dims
+        ) != list(range(rank)):
             raise ShapeError(f"permutation {self.dims} does not fit rank {rank}")
         return tuple(d % rank for d in self.dims)
 
@@ -135,7 +136,7 @@ class Slice(Op):
     def reference(self, inputs, weights):
         x = np.asarray(inputs[0])
         self.output_shape([x.shape], {})
-        index: list[object] = [slice(None)] * x.ndim
+        index: list[slice | int] = [slice(None)] * x.ndim
         axis = self.axis % x.ndim
         index[axis] = slice(self.start, self.stop, self.step) if self.keep_dim else self.start
         return x[tuple(index)]
@@ -197,7 +198,7 @@ class Expand(Op):
 @register
 @dataclass(frozen=True)
 class Concat(Op):
-    """Concatenate along ``axis``; inputs may be activations and/or parameters (ViT's class token)."""
+    """Concatenate along ``axis``; inputs may be activations or parameters (ViT's class token)."""
 
     KIND: ClassVar[str] = "concat"
     axis: int = 1
@@ -213,7 +214,8 @@ class Concat(Op):
                 a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis
             ):
                 raise ShapeError(
-                    f"cannot concatenate shapes {[tuple(s) for s in shapes]} along axis {self.axis}"
+                    f"cannot concatenate shapes {[tuple(s) for s in shapes]} "
+                    f"along axis {self.axis}"
                 )
         out = list(shapes[0])
         out[axis] = sum(s[axis] for s in shapes)
@@ -233,7 +235,7 @@ class Concat(Op):
 @register
 @dataclass(frozen=True)
 class Copy(Op):
-    """An explicit copy (``contiguous`` after a permute, ``clone``): reads and writes every value."""
+    """An explicit copy (``contiguous`` after a permute, ``clone``): reads, writes every value."""
 
     KIND: ClassVar[str] = "copy"
 
