@@ -79,6 +79,8 @@ from dnnlens.importers.torch import (
     _meta_inputs,
     _patched_sdpa,
     _rejected,
+    bind_inputs,
+    install_hooks,
     meta_copy,
     shape_of,
 )
@@ -976,26 +978,8 @@ def _trace_training(
     tracer = _TrainingTracer(names)
     for t in [*copied.parameters(), *copied.buffers()]:
         tracer.params[id(t)] = ParamRef(names[id(t)], shape_of(t))
-    graph_inputs: dict[str, tuple[int, ...]] = {}
-    tensor_args = [a for a in args if isinstance(a, torch.Tensor)]
-    for i, t in enumerate(tensor_args):
-        value = "input" if len(tensor_args) == 1 and not kw else f"input{i}"
-        graph_inputs[value] = shape_of(t)
-        tracer.bind(t, value)
-    for key, t in kw.items():
-        if isinstance(t, torch.Tensor):
-            graph_inputs[key] = shape_of(t)
-            tracer.bind(t, key)
-    handles = []
-    for qualname, module in copied.named_modules():
-        handles.append(
-            module.register_forward_pre_hook(tracer.pre_hook(qualname), with_kwargs=True)
-        )
-        handles.append(
-            module.register_forward_hook(
-                tracer.post_hook(qualname), with_kwargs=True, always_call=True
-            )
-        )
+    graph_inputs = bind_inputs(tracer, args, kw)
+    handles = install_hooks(tracer, copied)
     try:
         with torch.enable_grad(), _patched_sdpa(tracer), _FusedFunctions(tracer), tracer:
             out = copied(*args, **kw)

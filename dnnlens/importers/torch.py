@@ -1398,6 +1398,38 @@ def _input_tensors(args: tuple) -> list[torch.Tensor]:
     return [t for t in tree_flatten(list(args))[0] if isinstance(t, torch.Tensor)]
 
 
+def bind_inputs(tracer: Tracer, args: tuple, kw: dict[str, Any]) -> dict[str, Shape]:
+    """Name the model's input tensors for ``tracer`` (``input``, or ``input0``, ``input1``, ...
+    and keyword names) and return the graph's inputs by name with their shapes."""
+    graph_inputs: dict[str, Shape] = {}
+    tensor_args = _input_tensors(args)
+    for i, t in enumerate(tensor_args):
+        value = "input" if len(tensor_args) == 1 and not kw else f"input{i}"
+        graph_inputs[value] = shape_of(t)
+        tracer.bind(t, value)
+    for key, t in kw.items():
+        if isinstance(t, torch.Tensor):
+            graph_inputs[key] = shape_of(t)
+            tracer.bind(t, key)
+    return graph_inputs
+
+
+def install_hooks(tracer: Tracer, model: nn.Module) -> list[Any]:
+    """The tracer's module-stack hooks on every module of ``model``; remove the returned
+    handles after the trace."""
+    handles = []
+    for qualname, module in model.named_modules():
+        handles.append(
+            module.register_forward_pre_hook(tracer.pre_hook(qualname), with_kwargs=True)
+        )
+        handles.append(
+            module.register_forward_hook(
+                tracer.post_hook(qualname), with_kwargs=True, always_call=True
+            )
+        )
+    return handles
+
+
 def import_torch(
     model: nn.Module,
     input_shape: tuple[int, ...] | None = None,
@@ -1430,26 +1462,8 @@ def import_torch(
     for name, p in copied.named_parameters():  # each parameter once, tied ones by first name
         tracer.params[id(p)] = ParamRef(name, shape_of(p))
         declared[name] = Param(name, shape_of(p))
-    graph_inputs: dict[str, Shape] = {}
-    tensor_args = _input_tensors(args)
-    for i, t in enumerate(tensor_args):
-        value = "input" if len(tensor_args) == 1 and not kw else f"input{i}"
-        graph_inputs[value] = shape_of(t)
-        tracer.bind(t, value)
-    for key, t in kw.items():
-        if isinstance(t, torch.Tensor):
-            graph_inputs[key] = shape_of(t)
-            tracer.bind(t, key)
-    handles = []
-    for qualname, module in copied.named_modules():
-        handles.append(
-            module.register_forward_pre_hook(tracer.pre_hook(qualname), with_kwargs=True)
-        )
-        handles.append(
-            module.register_forward_hook(
-                tracer.post_hook(qualname), with_kwargs=True, always_call=True
-            )
-        )
+    graph_inputs = bind_inputs(tracer, args, kw)
+    handles = install_hooks(tracer, copied)
     try:
         with torch.no_grad(), _patched_sdpa(tracer), _FusedFunctions(tracer), tracer:
             out = copied(*args, **kw)
