@@ -33,7 +33,7 @@ import numpy as np
 
 from dnnlens.errors import CheckpointError, DataError, ModelError, ShapeError, UsageError
 from dnnlens.ir import Graph, Node
-from dnnlens.ops import Activation, Binary, Conv, Linear, Norm, Pool
+from dnnlens.ops import Activation, Conv, Linear, Norm, Pool
 
 ENGINES = ("compiled", "reference")
 
@@ -65,8 +65,10 @@ WeightSource = Any  # an nn.Module, a state dict (name -> tensor/array), or a ch
 
 
 def load_weights(source: WeightSource) -> dict[str, np.ndarray]:
-    """Parameters by state-dict name as float32 NumPy arrays, from a PyTorch module, a state
-    dict, or a checkpoint file (read with ``torch.load(..., weights_only=True)``)."""
+    """Parameters and buffers (batch norm's running statistics, a constant's value) by
+    state-dict name as NumPy arrays, from a PyTorch module, a state dict, or a checkpoint file
+    (read with ``torch.load(..., weights_only=True)``). Floating-point values become float32;
+    integer and boolean buffers (an index table) keep their dtype."""
     if isinstance(source, (str, os.PathLike)):
         from dnnlens.models import load_state_dict_file
 
@@ -80,12 +82,16 @@ def load_weights(source: WeightSource) -> dict[str, np.ndarray]:
     for name, value in source.items():
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()
-        weights[name] = np.ascontiguousarray(value, dtype=np.float32)
+        value = np.asarray(value)
+        dtype = value.dtype if value.dtype.kind in "biu" else np.float32
+        weights[name] = np.ascontiguousarray(value, dtype=dtype)
     return weights
 
 
 def node_weights(node: Node, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The node's parameters by role; CheckpointError naming any missing or mis-shaped one."""
+    """The node's parameters by role, and the buffers its operator reads (``op.buffers()``:
+    batch norm's running statistics) by role too; CheckpointError naming any missing or
+    mis-shaped one."""
     found = {}
     for role, param in node.params.items():
         if param.name not in weights:
@@ -97,33 +103,20 @@ def node_weights(node: Node, weights: Mapping[str, np.ndarray]) -> dict[str, np.
                                   f"{tuple(value.shape)} but the network expects "
                                   f"{tuple(param.shape)}")
         found[role] = value
+    for role, name in node.op.buffers().items():
+        if name not in weights:
+            raise CheckpointError(f"layer {node.name!r} needs buffer {name!r} ({role}), which "
+                                  "the weights do not have: give the whole state dict")
+        found[role] = weights[name]
     return found
 
 
 # --- which nodes can run ------------------------------------------------------------------
-def node_has_kernel(node: Node) -> bool:
-    """Whether the engine has a kernel for this node (the one place that decides it).
-
-    The operator class says whether it has kernels at all; until each operator answers per
-    node, the variants its kernels leave out are listed here, so that a model is refused
-    before anything runs rather than in the middle of a run."""
-    from dnnlens.ops import AdaptivePool
-    from dnnlens.ops.elementwise import ACTIVATION_KERNELS, BINARY_KERNELS
-
-    op = node.op
-    if not type(op).has_kernel():
-        return False
-    if isinstance(op, Activation):
-        return op.function in ACTIVATION_KERNELS
-    if isinstance(op, Binary):  # one operand: an importer lost the other (a scalar)
-        return op.function in BINARY_KERNELS and len(node.inputs) + len(node.params) >= 2
-    if isinstance(op, Conv):
-        return not op.transposed and op.spatial_dims in (1, 2)
-    if isinstance(op, Pool):
-        return len(op.kernel) in (1, 2)
-    if isinstance(op, AdaptivePool):
-        return len(op.output_size) in (1, 2)
-    return True
+def kernel_gap(node: Node) -> str | None:
+    """Why the engine cannot run this node, or None when it can: the operator answers for
+    this node's shapes and parameters (:meth:`dnnlens.ops.base.Op.kernel_gap`)."""
+    params = {role: tuple(p.shape) for role, p in node.params.items()}
+    return node.op.kernel_gap([tuple(s) for s in node.input_shapes], params)
 
 
 def run_node(node: Node, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
@@ -143,30 +136,34 @@ def _describe(node: Node) -> str:
     """``layer 'bn1' (batchnorm, nn.BatchNorm2d)``; an unknown operator by what it was."""
     target = getattr(node.op, "target", "")
     what = target or ", ".join(dict.fromkeys(p for p in (node.kind, node.source) if p))
-    operands = len(node.inputs) + len(node.params)
-    if isinstance(node.op, Binary) and operands < 2:
-        what += f", with {operands} operand: the importer kept no other"
     return f"layer {node.name!r} ({what})"
 
 
-def missing_kernels(graph: Graph, steps: Sequence[Step] | None = None) -> list[Node]:
-    """The nodes the engine would have to run and has no kernel for (a batch norm the plan
-    folds into its conv needs none)."""
+def missing_kernels(graph: Graph, steps: Sequence[Step] | None = None
+                    ) -> list[tuple[Node, str]]:
+    """The nodes the engine would have to run and cannot, each with the reason its operator
+    gives (a batch norm the plan folds into its conv needs no kernel of its own)."""
     steps = plan(graph, fuse=False) if steps is None else steps
-    return [step.nodes[0] for step in steps if not node_has_kernel(step.nodes[0])]
+    missing = []
+    for step in steps:
+        gap = kernel_gap(step.nodes[0])
+        if gap is not None:
+            missing.append((step.nodes[0], gap))
+    return missing
 
 
 def check_kernels(graph: Graph, steps: Sequence[Step] | None = None) -> None:
-    """ModelError naming the first node the engine cannot run (and how many more, of which
-    kinds), before anything runs."""
+    """ModelError naming the first node the engine cannot run, its operator and why (and how
+    many more, of which kinds), before anything runs."""
     missing = missing_kernels(graph, steps)
     if not missing:
         return
+    node, gap = missing[0]
     more = ""
     if len(missing) > 1:
-        kinds = sorted({node.kind for node in missing})
+        kinds = sorted({n.kind for n, _ in missing})
         more = f" (and {len(missing) - 1} more layer(s) of kind {', '.join(kinds)})"
-    raise ModelError(f"{_describe(missing[0])} has no kernel in dnnlens{more}: the engine "
+    raise ModelError(f"{_describe(node)} has no kernel in dnnlens: {gap}{more}; the engine "
                      "cannot run this network")
 
 
@@ -268,29 +265,22 @@ def fusable_conv_pool(conv: Node, pool: Node) -> bool:
 def fold_batchnorm(producer: Node, norm: Node, params: Mapping[str, np.ndarray],
                    weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``producer``'s weight and bias with the batch norm after it folded in (in float64):
-    ``scale = gamma / sqrt(var + eps)``, ``weight' = weight * scale`` per output channel,
-    ``bias' = (bias - mean) * scale + beta``."""
-    norm_params = node_weights(norm, weights)
-    mean_name, var_name = norm.op.stats
-    for name in (mean_name, var_name):
-        if name not in weights:
-            raise CheckpointError(f"layer {norm.name!r} needs its running statistic "
-                                  f"{name!r}, which the weights do not have")
-    mean = weights[mean_name].astype(np.float64)
-    var = weights[var_name].astype(np.float64)
+    the norm is ``x * scale + shift`` per channel (:meth:`dnnlens.ops.Norm.scale_shift`), so
+    ``weight' = weight * scale`` per output channel and ``bias' = bias * scale + shift``."""
+    norm_params = node_weights(norm, weights)  # its affine parameters and running statistics
     weight = np.asarray(params["weight"], np.float64)
     channels = weight.shape[0]
-    if mean.shape != (channels,) or var.shape != (channels,):
+    if norm_params["running_mean"].shape != (channels,) or \
+            norm_params["running_var"].shape != (channels,):
         raise CheckpointError(f"layer {norm.name!r}: running statistics of shape "
-                              f"{mean.shape} do not fit {channels} channels")
-    gamma = norm_params.get("weight", np.ones(channels)).astype(np.float64)
-    beta = norm_params.get("bias", np.zeros(channels)).astype(np.float64)
-    scale = gamma / np.sqrt(var + norm.op.eps)
+                              f"{norm_params['running_mean'].shape} do not fit {channels} "
+                              "channels")
+    scale, shift = norm.op.scale_shift(norm_params)
     bias = np.asarray(params.get("bias", np.zeros(channels)), np.float64)
     dtype = np.result_type(params["weight"].dtype, np.float32)
     folded_weight = weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))
     return {"weight": np.ascontiguousarray(folded_weight, dtype),
-            "bias": np.ascontiguousarray((bias - mean) * scale + beta, dtype)}
+            "bias": np.ascontiguousarray(bias * scale + shift, dtype)}
 
 
 def run_step(step: Step, values: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
@@ -381,7 +371,7 @@ class Plan:
         # Keeping every value means no fusion; a batch norm is then folded only where it
         # cannot run on its own.
         fold: bool | Callable[[Node], bool] = (
-            (lambda norm: not node_has_kernel(norm)) if keep_activations else True)
+            (lambda norm: kernel_gap(norm) is not None) if keep_activations else True)
         self.steps = plan(graph, fuse=engine == "compiled" and not keep_activations, fold=fold)
         check_kernels(graph, self.steps)
         traced = next(iter(graph.inputs.values()), (None,))[0]
