@@ -175,7 +175,7 @@ class Step:
     node's value is kept."""
 
     nodes: list[Node]
-    kind: str = "single"  # "single", "conv_relu_maxpool", "fc_relu", "batch_expand"
+    kind: str = "single"  # "single", "conv_relu_maxpool", "fc_relu", "batch_expand", "state"
     free: list[str] = field(default_factory=list)  # values no later step reads
     folded: Node | None = None  # a batch norm folded into nodes[0]'s weights
     params: dict[str, np.ndarray] = field(default_factory=dict)  # nodes[0]'s, packed
@@ -379,6 +379,7 @@ class Plan:
             step.params = _step_params(step, weights)
             if _expands_to_the_batch(step.nodes[0], traced):
                 step.kind = "batch_expand"
+        self._states = _recurrent_states(graph, self.steps)
         for name, index in _last_use(self.steps).items():
             if name not in graph.outputs:
                 self.steps[index].free.append(name)
@@ -403,7 +404,16 @@ class Plan:
         calls = self._calls(values)
         for index, step in enumerate(self.steps):
             call = calls[index] if calls is not None else None
-            if call is None:
+            if step.kind == "state":
+                pass  # a recurrent layer's final state: its layer's step wrote it
+            elif index in self._states:  # a recurrent layer whose final states are read
+                first = step.nodes[0]
+                out, states = first.op.run([values[name] for name in step.inputs],
+                                           step.params, compiled=self.engine == "compiled")
+                values[step.output] = out
+                for name, which in self._states[index]:
+                    values[name] = states[which]
+            elif call is None:
                 seen = [values[name] for name in step.inputs]
                 values[step.output] = run_step(step, values, {}, self.engine, batch)
                 if calls is not None:  # bind on this first, checked, run
@@ -425,6 +435,28 @@ class Plan:
         batch = batch or ENGINE_BATCH[self.engine]
         parts = [self.run(images[i:i + batch]).logits for i in range(0, len(images), batch)]
         return np.concatenate(parts)
+
+
+def _recurrent_states(graph: Graph, steps: list[Step]) -> dict[int, list[tuple[str, str]]]:
+    """For each recurrent layer's step, the state nodes (``h_n``, ``c_n``) that read it, as
+    (name, which); those nodes' steps become ``state`` steps: the layer's one run computes
+    its output and its final states together."""
+    from dnnlens.ops import Recurrent, RecurrentState
+
+    index_of = {step.output: i for i, step in enumerate(steps)}
+    producers = {node.name: node for node in graph}
+    states: dict[int, list[tuple[str, str]]] = {}
+    for step in steps:
+        node = step.nodes[0]
+        if not isinstance(node.op, RecurrentState):
+            continue
+        producer = producers.get(node.inputs[0]) if node.inputs else None
+        if producer is None or not isinstance(producer.op, Recurrent):
+            raise ModelError(f"{_describe(node)}: a recurrent state whose input is not a "
+                             "recurrent layer cannot be computed")
+        step.kind = "state"
+        states.setdefault(index_of[producer.name], []).append((node.name, node.op.which))
+    return states
 
 
 def _expands_to_the_batch(node: Node, traced_batch: int | None) -> bool:
