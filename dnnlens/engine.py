@@ -380,6 +380,9 @@ class Plan:
             if _expands_to_the_batch(step.nodes[0], traced):
                 step.kind = "batch_expand"
         self._states = _recurrent_states(graph, self.steps)
+        self._traced_batch = traced
+        self._batch_first = all(not node.output_shape or node.output_shape[0] == traced
+                                for node in graph)
         for name, index in _last_use(self.steps).items():
             if name not in graph.outputs:
                 self.steps[index].free.append(name)
@@ -398,9 +401,37 @@ class Plan:
         return calls
 
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> EngineResult:
-        """The graph on ``inputs``: a batch ``(N, ...)`` of any N, or a dict by input name."""
+        """The graph on ``inputs``: a batch ``(N, ...)`` of any N, or a dict by input name.
+
+        A graph some of whose values do not keep the batch first (an attention traced at
+        batch 1 that moves the batch behind the sequence) runs in chunks of the batch it was
+        traced at, since its reshapes name the traced batch; values are then joined along
+        the axis where each holds the batch."""
         values: dict[str, np.ndarray] = _graph_inputs(self.graph, inputs)
         batch = next(iter(values.values())).shape[0] if values else None
+        if batch is not None and self._traced_batch and batch != self._traced_batch \
+                and not self._batch_first:
+            return self._run_in_chunks(values, batch)
+        return self._run_values(values, batch)
+
+    def _run_in_chunks(self, values: dict[str, np.ndarray], batch: int) -> EngineResult:
+        size = self._traced_batch
+        if batch % size:
+            raise ShapeError(f"this network moves the batch dimension and was traced at batch "
+                             f"{size}: give a multiple of {size} inputs, got {batch}")
+        parts = [self._run_values({k: v[i:i + size] for k, v in values.items()}, size)
+                 for i in range(0, batch, size)]
+        shapes = {node.name: node.output_shape for node in self.graph}
+        outputs = {name: _join([p.outputs[name] for p in parts], shapes[name], size)
+                   for name in self.graph.outputs}
+        activations = {}
+        for name in parts[0].activations:
+            axis = _batch_axis(shapes[name], size)
+            if axis is not None:
+                activations[name] = np.concatenate([p.activations[name] for p in parts], axis)
+        return EngineResult(outputs, activations)
+
+    def _run_values(self, values: dict[str, np.ndarray], batch: int | None) -> EngineResult:
         calls = self._calls(values)
         for index, step in enumerate(self.steps):
             call = calls[index] if calls is not None else None
@@ -435,6 +466,20 @@ class Plan:
         batch = batch or ENGINE_BATCH[self.engine]
         parts = [self.run(images[i:i + batch]).logits for i in range(0, len(images), batch)]
         return np.concatenate(parts)
+
+
+def _batch_axis(shape: Sequence[int], traced_batch: int) -> int | None:
+    """The axis of a value traced with ``shape`` that holds the batch: the first of the
+    traced batch's size (None: the batch is merged into another axis)."""
+    return next((axis for axis, size in enumerate(shape) if size == traced_batch), None)
+
+
+def _join(parts: list[np.ndarray], shape: Sequence[int], traced_batch: int) -> np.ndarray:
+    axis = _batch_axis(shape, traced_batch)
+    if axis is None:
+        raise ShapeError(f"an output of shape {tuple(shape)} holds no batch axis: run this "
+                         f"network {traced_batch} input(s) at a time")
+    return np.concatenate(parts, axis)
 
 
 def _recurrent_states(graph: Graph, steps: list[Step]) -> dict[int, list[tuple[str, str]]]:
