@@ -26,6 +26,7 @@ from dnnlens.ops import (
     Attention,
     Binary,
     Concat,
+    Constant,
     Conv,
     Copy,
     CumSum,
@@ -40,6 +41,8 @@ from dnnlens.ops import (
     Pad,
     Permute,
     Pool,
+    Recurrent,
+    RecurrentState,
     Reduce,
     Reshape,
     Resize,
@@ -494,6 +497,76 @@ def cumsum_cases(draw):
     return op, [x], {}
 
 
+@st.composite
+def recurrent_layers(draw):
+    """A recurrent layer or cell, its operands (sequence, then h0 and c0 when drawn) and its
+    weights by PyTorch name: 1 or 2 layers, both directions, batch_first, LSTM projections,
+    unbatched inputs, bias-free modules."""
+    mode = draw(st.sampled_from(["rnn_tanh", "rnn_relu", "gru", "lstm"]))
+    cell = draw(st.booleans())
+    hidden = draw(st.integers(1, 4))
+    features = draw(st.integers(1, 4))
+    proj = draw(st.integers(0, hidden - 1)) if mode == "lstm" and not cell else 0
+    layers = 1 if cell else draw(st.integers(1, 2))
+    op = Recurrent(mode=mode, hidden_size=hidden, num_layers=layers, cell=cell,
+                   bidirectional=not cell and draw(st.booleans()),
+                   batch_first=not cell and draw(st.booleans()), proj_size=proj)
+    batched = draw(st.booleans())
+    n, t = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    if cell:
+        x_shape = (n, features) if batched else (features,)
+    else:
+        x_shape = ((n, t, features) if op.batch_first else (t, n, features)) if batched \
+            else (t, features)
+    x = values(draw, x_shape, low=-1.5, high=1.5)
+    gates = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}[mode] * hidden
+    out = proj or hidden
+    bias = draw(st.booleans())
+    weights = {}
+    for layer in range(layers):
+        width = features if layer == 0 else op.directions * out
+        for reverse in (False, True)[:op.directions]:
+            def role(what):
+                return op.role(what, layer, reverse)
+            weights[role("weight_ih")] = values(draw, (gates, width), low=-1, high=1)
+            weights[role("weight_hh")] = values(draw, (gates, out), low=-1, high=1)
+            if bias:
+                weights[role("bias_ih")] = values(draw, (gates,), low=-1, high=1)
+                weights[role("bias_hh")] = values(draw, (gates,), low=-1, high=1)
+            if proj:
+                weights[role("weight_hr")] = values(draw, (proj, hidden), low=-1, high=1)
+    inputs = [x]
+    if draw(st.booleans()):
+        count = layers * op.directions
+        lead = ((n,) if batched else ()) if cell else \
+            ((count, n) if batched else (count,))
+        inputs.append(values(draw, (*lead, out), low=-1, high=1))
+        if mode == "lstm":
+            inputs.append(values(draw, (*lead, hidden), low=-1, high=1))
+    return op, inputs, weights
+
+
+@st.composite
+def recurrent_cases(draw):
+    return draw(recurrent_layers())
+
+
+@st.composite
+def recurrent_state_cases(draw):
+    """A final state (h_n, c_n; a cell's h or c) computed from its layer's operands."""
+    layer, inputs, weights = draw(recurrent_layers())
+    names = ["h", "c"] if layer.cell else ["h_n", "c_n"]
+    which = draw(st.sampled_from(names if layer.mode == "lstm" else names[:1]))
+    return RecurrentState(which=which, recurrent=layer), inputs, weights
+
+
+@st.composite
+def constant_cases(draw):
+    dtype = draw(st.sampled_from([np.float64, np.int64]))
+    value = values(draw, draw(shapes(0, 3)), dtype)
+    return Constant(shape=value.shape, source="buffer"), [], {"value": value}
+
+
 CASES = {
     Activation: activation_cases, Binary: binary_cases, Softmax: softmax_cases,
     Norm: norm_cases, Reduce: reduce_cases, MatMul: matmul_cases, Attention: any_attention_cases,
@@ -501,7 +574,8 @@ CASES = {
     Reshape: reshape_cases, Permute: permute_cases, Slice: slice_cases, Expand: expand_cases,
     Concat: concat_cases, Copy: copy_cases, Dropout: copy_cases, Embedding: embedding_cases,
     Gather: gather_cases, Pad: pad_cases, Roll: roll_cases, Resize: resize_cases,
-    CumSum: cumsum_cases,
+    CumSum: cumsum_cases, Recurrent: recurrent_cases, RecurrentState: recurrent_state_cases,
+    Constant: constant_cases,
 }
 
 #: Examples per operator: enough to meet every branch of the strategies above on a few
