@@ -280,3 +280,48 @@ def test_predict_on_no_images_is_a_data_error():
     graph = import_torch(net, (1, 1, 28, 28))
     with pytest.raises(DataError, match="no images"):
         engine.predict(graph, net, np.zeros((0, 1, 28, 28), np.float32))
+
+
+RECURRENT_FACTORY = '''
+import torch
+from torch import nn
+
+
+class Tagger(nn.Module):
+    """A 2-layer bidirectional LSTM with projections, a GRU over its output (sequence first),
+    and a head reading both layers' final states."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, num_layers=2, bidirectional=True, batch_first=True,
+                            proj_size=6)
+        self.gru = nn.GRU(12, 10)
+        self.head = nn.Linear(10 + 6 + 16, 5)
+
+    def forward(self, x):
+        out, (h, c) = self.lstm(x)
+        _, h_gru = self.gru(out.transpose(0, 1))
+        return self.head(torch.cat([h_gru[-1], h[-1], c[0]], dim=1))
+
+
+def tagger():
+    torch.manual_seed(0)
+    return Tagger()
+'''
+
+
+def test_cli_verifies_recurrent_layers_with_their_final_states(tmp_path, monkeypatch, capsys):
+    """nn.LSTM and nn.GRU through our loop nests, against the PyTorch model itself; the head
+    reads h_n and c_n, so the states are checked through the logits."""
+    (tmp_path / "recurrent_factory.py").write_text(RECURRENT_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["verify", "recurrent_factory:tagger", "--input", "1,7,8", "--images", "6",
+                 "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["reference"] == "pytorch" and report["images"] == 6
+    assert report["mismatches"] == 0
+    assert report["max_abs_diff"] <= 1e-5 * report["max_abs_reference"]
+    layers = {row["name"]: row for row in report["layers"]}
+    for name in ("lstm", "gru", "head"):
+        assert layers[name]["max_abs_diff"] <= 1e-5 * layers[name]["max_abs_reference"], name
