@@ -7,8 +7,9 @@ logits) and a largest |logit difference| of at most 1e-3 x the largest |referenc
 
 Two models run in ``make test`` (slow); every other model is marked ``engine_zoo`` and runs with
 ``pytest --run-engine-zoo tests/test_engine_zoo.py`` (minutes per model on two cores: the engine runs
-every MAC of every image in our own loop nests). A model with an operator that has no kernel in
-this build is an expected failure naming the layer and the operator, and nothing else is.
+every MAC of every image in our own loop nests). Every named model must pass; in the rest of
+the zoo a model with an operator that has no kernel in this build is an expected failure naming
+the layer and the operator, and nothing else is. The results as measured: docs/zoo.md.
 """
 
 from __future__ import annotations
@@ -37,14 +38,15 @@ def marks(name: str) -> list[pytest.MarkDecorator]:
     return [pytest.mark.slow] if name in QUICK else [pytest.mark.slow, pytest.mark.engine_zoo]
 
 
-def verified(model: object, **options: object) -> VerifyResult:
-    """:func:`verify` on the zoo's inputs; an expected failure only when the engine refuses
-    the model for an operator without a kernel."""
+def verified(model: object, may_lack_kernels: bool = False) -> VerifyResult:
+    """:func:`verify` on the zoo's inputs. With ``may_lack_kernels`` (the unnamed zoo), an
+    engine refusing the model for an operator without a kernel is an expected failure naming
+    the layer; the named models and their exports must run."""
     try:
-        return verify(model, images=IMAGES, seed=0, layers=False, **options)
+        return verify(model, images=IMAGES, seed=0, layers=False)
     except ModelError as exc:
-        if "has no kernel" in str(exc):
-            pytest.xfail(f"needs kernels from the ops branch: {exc}")
+        if may_lack_kernels and "has no kernel" in str(exc):
+            pytest.xfail(str(exc))
         raise
 
 
@@ -65,7 +67,7 @@ def test_named_model_runs_in_our_engine_like_pytorch(name):
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow, pytest.mark.engine_zoo])
                                   for n in ZOO if n not in NAMED])
 def test_every_classification_model_runs_in_our_engine_like_pytorch(name):
-    assert_meets_the_bar(verified(name))
+    assert_meets_the_bar(verified(name, may_lack_kernels=True))
 
 
 # --- the same models exported to ONNX, against onnxruntime --------------------------------
