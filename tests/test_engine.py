@@ -325,3 +325,36 @@ def test_cli_verifies_recurrent_layers_with_their_final_states(tmp_path, monkeyp
     layers = {row["name"]: row for row in report["layers"]}
     for name in ("lstm", "gru", "head"):
         assert layers[name]["max_abs_diff"] <= 1e-5 * layers[name]["max_abs_reference"], name
+
+
+class UnfoldableNorms(nn.Module):
+    """Batch norms the plan cannot fold into a conv: before a conv (densenet's order), after
+    an add, and a BatchNorm1d over (N, C, L)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn_in = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn_add = nn.BatchNorm2d(4)
+        self.bn_seq = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4 * 36, 5)
+
+    def forward(self, x):
+        y = self.conv(torch.relu(self.bn_in(x)))
+        y = self.bn_add(y + 1.5 * y)
+        return self.fc(self.bn_seq(y.flatten(2)).flatten(1))
+
+
+@pytest.mark.parametrize("engine_name", engine.ENGINES)
+def test_batch_norms_that_cannot_be_folded_run_on_their_running_statistics(engine_name):
+    torch.manual_seed(5)
+    model = UnfoldableNorms()
+    for bn in (model.bn_in, model.bn_add, model.bn_seq):  # statistics that are not 0 and 1
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    model.eval()
+    result = verify(model, input_shape=(1, 3, 6, 6), images=6, engine=engine_name, layers=False)
+    assert result.mismatches == 0
+    assert result.max_abs_diff <= 1e-5 * result.max_abs_reference
