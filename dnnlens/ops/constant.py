@@ -36,16 +36,19 @@ class Constant(Op):
 
     def kernel_gap(self, input_shapes, params):
         if not self.source:
-            return ("a constant computed while tracing (not a buffer) has no value the "
-                    "engine can read")
+            return (
+                "a constant computed while tracing (not a buffer) has no value the engine can read"
+            )
         return None
 
     def reference(self, inputs, weights):
         """The buffer as stored (its own dtype), a fresh array: a consumer may write to it."""
         value = np.array(weights["value"], copy=True)
         if tuple(value.shape) != tuple(self.shape):
-            raise ShapeError(f"constant {self.source!r} has shape {tuple(value.shape)} but the "
-                             f"network expects {tuple(self.shape)}")
+            raise ShapeError(
+                f"constant {self.source!r} has shape {tuple(value.shape)} but the "
+                f"network expects {tuple(self.shape)}"
+            )
         return value
 
     def torch_oracle(self, inputs, weights):

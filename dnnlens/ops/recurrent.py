@@ -5,9 +5,10 @@ Shape contract (PyTorch's): a sequence is ``(N, T, E)`` with ``batch_first``, el
 ``(T, N, E)``, or ``(T, E)`` unbatched; the output is ``(..., D * H_out)`` with ``D`` = 2 when
 bidirectional and ``H_out`` = ``proj_size`` if set, else ``hidden_size``. A cell takes one time
 step ``(N, E)`` (or ``(E,)``) and returns ``(N, H)``. A ``PackedSequence`` input counts by
-its data ``(sum of lengths, E)``: every step of every sequence, no padding. The final states ``h_n`` (and ``c_n``)
-and a cell's new ``c`` are further outputs: the importer shows them as ``state`` rows that
-re-label the recurrent node's result (they cost nothing more; see :class:`RecurrentState`).
+its data ``(sum of lengths, E)``: every step of every sequence, no padding. The final states
+``h_n`` (and ``c_n``) and a cell's new ``c`` are further outputs: the importer shows them as
+``state`` rows that re-label the recurrent node's result (they cost nothing more; see
+:class:`RecurrentState`).
 
 Counted per time step, for each layer ``l`` and direction, with ``G`` gates (RNN 1, GRU 3,
 LSTM 4), ``in_l`` = E for the first layer and ``D * H_out`` after it:
@@ -33,8 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import (Op, compiled_kernel, contiguous, register, torch_tensors,
-                              weight_count)
+from dnnlens.ops.base import Op, compiled_kernel, contiguous, register, torch_tensors, weight_count
 from dnnlens.shapes import Shape
 
 #: Gate matrices per mode (rows of ``weight_ih`` are ``GATES * hidden_size``).
@@ -103,9 +103,11 @@ class Recurrent(Op):
         if weight_ih is None:
             raise ShapeError(f"{self.kind} has no input weight")
         if tuple(weight_ih) != (gates * self.hidden_size, features):
-            raise ShapeError(f"input {x} has {features} features but {self.kind} expects "
-                             f"weight_ih {(gates * self.hidden_size, features)}, got "
-                             f"{tuple(weight_ih)}")
+            raise ShapeError(
+                f"input {x} has {features} features but {self.kind} expects "
+                f"weight_ih {(gates * self.hidden_size, features)}, got "
+                f"{tuple(weight_ih)}"
+            )
         if self.cell:
             return (*x[:-1], self.hidden_size)
         return (*x[:-1], self.directions * self.hidden_out)
@@ -145,12 +147,13 @@ class Recurrent(Op):
         _, _, features = self.sequence(tuple(input_shapes[0]))
         return (features, self.hidden_size, self.num_layers, self.directions)
 
-
     # --- kernels ----------------------------------------------------------------------
     def kernel_gap(self, input_shapes, params):
         if self.packed_batch:
-            return ("a PackedSequence input (sequences of several lengths) has no kernel: "
-                    "pad the sequences to one length")
+            return (
+                "a PackedSequence input (sequences of several lengths) has no kernel: "
+                "pad the sequences to one length"
+            )
         if self.mode not in GATES:
             return f"no kernel for recurrent mode {self.mode!r}"
         return None
@@ -161,8 +164,12 @@ class Recurrent(Op):
     def compiled(self, inputs, weights):
         return self.run(inputs, weights, compiled=True)[0]
 
-    def run(self, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-            compiled: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def run(
+        self,
+        inputs: Sequence[np.ndarray],
+        weights: Mapping[str, np.ndarray],
+        compiled: bool = True,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The output sequence and the final states (``h_n``, ``c_n``; a cell's ``c``), in
         PyTorch's layouts. ``inputs``: the sequence, then ``h0`` (and ``c0``) if given;
         ``weights`` by their PyTorch names (roles). Layer by layer, direction by direction,
@@ -177,8 +184,11 @@ class Recurrent(Op):
         h0, c0 = self._initial_states(inputs[1:], n, layers * d, dtype)
         h_n = np.empty((layers * d, n, out_width), dtype)
         c_n = np.empty((layers * d, n, hidden), dtype)
-        loop = (compiled_kernel(recurrent_direction_reference) if compiled
-                else recurrent_direction_reference)
+        loop = (
+            compiled_kernel(recurrent_direction_reference)
+            if compiled
+            else recurrent_direction_reference
+        )
         mode = MODE_CODES[self.mode]
         for layer in range(layers):
             out = np.empty((n, t, d * out_width), dtype)
@@ -199,8 +209,9 @@ class Recurrent(Op):
             return x[None]
         return x if self.batch_first else x.transpose(1, 0, 2)
 
-    def _initial_states(self, given: Sequence[np.ndarray], n: int, count: int, dtype
-                        ) -> tuple[np.ndarray, np.ndarray]:
+    def _initial_states(
+        self, given: Sequence[np.ndarray], n: int, count: int, dtype
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``h0`` ``(layers*directions, N, H_out)`` and ``c0`` ``(..., N, H)``: given, else 0."""
         h0 = np.zeros((count, n, self.hidden_out), dtype)
         c0 = np.zeros((count, n, self.hidden_size), dtype)
@@ -216,15 +227,21 @@ class Recurrent(Op):
 
         def get(what: str, shape: tuple[int, ...]) -> np.ndarray:
             value = weights.get(self.role(what, layer, reverse))
-            return contiguous(np.zeros(shape, dtype) if value is None
-                              else np.asarray(value), dtype)
+            return contiguous(
+                np.zeros(shape, dtype) if value is None else np.asarray(value), dtype
+            )
 
-        return [get("weight_ih", (rows, 0)), get("weight_hh", (rows, self.hidden_out)),
-                get("bias_ih", (rows,)), get("bias_hh", (rows,)),
-                get("weight_hr", (0, 0)) if self.proj_size else np.zeros((0, 0), dtype)]
+        return [
+            get("weight_ih", (rows, 0)),
+            get("weight_hh", (rows, self.hidden_out)),
+            get("bias_ih", (rows,)),
+            get("bias_hh", (rows,)),
+            get("weight_hr", (0, 0)) if self.proj_size else np.zeros((0, 0), dtype),
+        ]
 
-    def _layouts(self, out: np.ndarray, h_n: np.ndarray, c_n: np.ndarray, shape: Shape
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _layouts(
+        self, out: np.ndarray, h_n: np.ndarray, c_n: np.ndarray, shape: Shape
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Output and states back in the input's layout (unbatched: no N)."""
         if self.cell:
             lead = tuple(shape[:-1])
@@ -249,8 +266,7 @@ class Recurrent(Op):
         module = self.torch_module(weights)
         with torch.no_grad():
             if self.cell:
-                given = (None if not states else tuple(states) if self.mode == "lstm"
-                         else states[0])
+                given = None if not states else tuple(states) if self.mode == "lstm" else states[0]
                 result = module(x, given)
                 if self.mode == "lstm":
                     return result[0], {"h": result[0], "c": result[1]}
@@ -271,19 +287,26 @@ class Recurrent(Op):
         bias = any(r.startswith("bias") for r in weights)
         if self.cell:
             cls = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(self.mode, nn.RNNCell)
-            extra = ({"nonlinearity": self.mode[4:]} if cls is nn.RNNCell else {})
+            extra = {"nonlinearity": self.mode[4:]} if cls is nn.RNNCell else {}
             module = cls(features, self.hidden_size, bias=bias, **extra)
         else:
             cls = {"lstm": nn.LSTM, "gru": nn.GRU}.get(self.mode, nn.RNN)
             extra = {"nonlinearity": self.mode[4:]} if cls is nn.RNN else {}
             if self.proj_size:
                 extra["proj_size"] = self.proj_size
-            module = cls(features, self.hidden_size, num_layers=self.num_layers, bias=bias,
-                         batch_first=self.batch_first, bidirectional=self.bidirectional,
-                         **extra)
+            module = cls(
+                features,
+                self.hidden_size,
+                num_layers=self.num_layers,
+                bias=bias,
+                batch_first=self.batch_first,
+                bidirectional=self.bidirectional,
+                **extra,
+            )
         module = module.double()
-        module.load_state_dict({r: torch.from_numpy(np.array(w, np.float64))
-                                for r, w in weights.items()})
+        module.load_state_dict(
+            {r: torch.from_numpy(np.array(w, np.float64)) for r, w in weights.items()}
+        )
         return module.eval()
 
 
@@ -291,8 +314,9 @@ class Recurrent(Op):
 MODE_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 
 
-def recurrent_direction_reference(seq, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, mode, reverse,
-                                  out, column):  # pragma: no cover - also compiled
+def recurrent_direction_reference(
+    seq, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, mode, reverse, out, column
+):  # pragma: no cover - also compiled
     """One layer in one direction over every time step, in place: ``seq`` ``(N, T, E)``,
     state ``h`` ``(N, H_out)`` and ``c`` ``(N, H)`` (LSTM), written to
     ``out[:, :, column:column + H_out]``. Gate rows in PyTorch's order (LSTM i, f, g, o;
