@@ -24,8 +24,10 @@ Verification against PyTorch and onnxruntime lives in :mod:`dnnlens.verify`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +98,14 @@ def node_weights(node: Node, weights: Mapping[str, np.ndarray]) -> dict[str, np.
     mis-shaped one."""
     found = {}
     for role, param in node.params.items():
-        if param.name not in weights:
+        value = parameter_value(param.name, weights)
+        if value is None:
             raise CheckpointError(
                 f"layer {node.name!r} needs parameter {param.name!r}, which "
                 "the weights do not have"
             )
-        value = weights[param.name]
+        if value.shape != tuple(param.shape) and value.size == prod(param.shape):
+            value = np.ascontiguousarray(value.reshape(param.shape))  # a select's slice
         if tuple(value.shape) != tuple(param.shape):
             raise CheckpointError(
                 f"layer {node.name!r}: parameter {param.name!r} has shape "
@@ -117,6 +121,27 @@ def node_weights(node: Node, weights: Mapping[str, np.ndarray]) -> dict[str, np.
             )
         found[role] = weights[name]
     return found
+
+
+#: A slice of a parameter as the torch importer names it: ``attn.in_proj_weight[0:768]``,
+#: ``w[:, 2:4]`` (a view of a parameter a layer reads, such as MultiheadAttention's query part).
+_SLICED = re.compile(r"(?P<base>.+)\[(?P<index>(?::, )*\d+:\d+)\]")
+
+
+def parameter_value(name: str, weights: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The array a parameter name stands for: a state-dict entry, or a slice of one (as the
+    importer names it, possibly a slice of a slice); None if the weights do not have it."""
+    if name in weights:
+        return weights[name]
+    match = _SLICED.fullmatch(name)
+    if match is None:
+        return None
+    base = parameter_value(match["base"], weights)
+    if base is None:
+        return None
+    *whole, last = match["index"].split(", ")
+    start, stop = (int(i) for i in last.split(":"))
+    return np.ascontiguousarray(base[(slice(None),) * len(whole) + (slice(start, stop),)])
 
 
 # --- which nodes can run ------------------------------------------------------------------

@@ -402,3 +402,27 @@ def test_batch_norms_that_cannot_be_folded_run_on_their_running_statistics(engin
     result = verify(model, input_shape=(1, 3, 6, 6), images=6, engine=engine_name, layers=False)
     assert result.mismatches == 0
     assert result.max_abs_diff <= 1e-5 * result.max_abs_reference
+
+
+class CrossAttention(nn.Module):
+    """MultiheadAttention with queries other than its keys: its in-projection runs as slices
+    of ``in_proj_weight`` (``mha.in_proj_weight[0:8]``), which are not state-dict keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query = nn.Linear(8, 8)
+        self.memory = nn.Linear(8, 8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        memory = self.memory(x)
+        out, _ = self.mha(self.query(x), memory, memory)
+        return self.head(out.mean(1))
+
+
+def test_sliced_parameters_are_read_from_the_state_dict():
+    torch.manual_seed(0)
+    result = verify(CrossAttention().eval(), input_shape=(1, 5, 8), images=6, layers=False)
+    assert result.mismatches == 0
+    assert result.max_abs_diff <= 1e-5 * result.max_abs_reference
