@@ -246,8 +246,8 @@ def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor,
             else [("h_n", state)]
     for which, t in extras:
         if isinstance(t, torch.Tensor):
-            built.append(Built(RecurrentState(which=which, shape=shape_of(t), recurrent=op), [out],
-                               t))
+            state = RecurrentState(which=which, shape=shape_of(t), recurrent=op)
+            built.append(Built(state, [out], t))
     return built
 
 
