@@ -24,8 +24,10 @@ Verification against PyTorch and onnxruntime lives in :mod:`dnnlens.verify`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from dnnlens.errors import CheckpointError, DataError, ModelError, ShapeError, UsageError
 from dnnlens.ir import Graph, Node
-from dnnlens.ops import Activation, Binary, Conv, Linear, Norm, Pool
+from dnnlens.ops import Activation, Conv, Linear, Norm, Pool
 
 ENGINES = ("compiled", "reference")
 
@@ -65,8 +67,10 @@ WeightSource = Any  # an nn.Module, a state dict (name -> tensor/array), or a ch
 
 
 def load_weights(source: WeightSource) -> dict[str, np.ndarray]:
-    """Parameters by state-dict name as float32 NumPy arrays, from a PyTorch module, a state
-    dict, or a checkpoint file (read with ``torch.load(..., weights_only=True)``)."""
+    """Parameters and buffers (batch norm's running statistics, a constant's value) by
+    state-dict name as NumPy arrays, from a PyTorch module, a state dict, or a checkpoint file
+    (read with ``torch.load(..., weights_only=True)``). Floating-point values become float32;
+    integer and boolean buffers (an index table) keep their dtype."""
     if isinstance(source, (str, os.PathLike)):
         from dnnlens.models import load_state_dict_file
 
@@ -74,60 +78,86 @@ def load_weights(source: WeightSource) -> dict[str, np.ndarray]:
     elif hasattr(source, "state_dict") and callable(source.state_dict):
         source = source.state_dict()
     if not isinstance(source, Mapping):
-        raise CheckpointError(f"cannot take weights from a {type(source).__name__}: give a "
-                              "PyTorch module, a state dict or a checkpoint path")
+        raise CheckpointError(
+            f"cannot take weights from a {type(source).__name__}: give a "
+            "PyTorch module, a state dict or a checkpoint path"
+        )
     weights = {}
     for name, value in source.items():
         if hasattr(value, "detach"):
             value = value.detach().cpu().numpy()
-        weights[name] = np.ascontiguousarray(value, dtype=np.float32)
+        value = np.asarray(value)
+        dtype = value.dtype if value.dtype.kind in "biu" else np.float32
+        weights[name] = np.ascontiguousarray(value, dtype=dtype)
     return weights
 
 
 def node_weights(node: Node, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The node's parameters by role; CheckpointError naming any missing or mis-shaped one."""
+    """The node's parameters by role, and the buffers its operator reads (``op.buffers()``:
+    batch norm's running statistics) by role too; CheckpointError naming any missing or
+    mis-shaped one."""
     found = {}
     for role, param in node.params.items():
-        if param.name not in weights:
-            raise CheckpointError(f"layer {node.name!r} needs parameter {param.name!r}, which "
-                                  "the weights do not have")
-        value = weights[param.name]
+        value = parameter_value(param.name, weights)
+        if value is None:
+            raise CheckpointError(
+                f"layer {node.name!r} needs parameter {param.name!r}, which "
+                "the weights do not have"
+            )
+        if value.shape != tuple(param.shape) and value.size == prod(param.shape):
+            value = np.ascontiguousarray(value.reshape(param.shape))  # a select's slice
         if tuple(value.shape) != tuple(param.shape):
-            raise CheckpointError(f"layer {node.name!r}: parameter {param.name!r} has shape "
-                                  f"{tuple(value.shape)} but the network expects "
-                                  f"{tuple(param.shape)}")
+            raise CheckpointError(
+                f"layer {node.name!r}: parameter {param.name!r} has shape "
+                f"{tuple(value.shape)} but the network expects "
+                f"{tuple(param.shape)}"
+            )
         found[role] = value
+    for role, name in node.op.buffers().items():
+        if name not in weights:
+            raise CheckpointError(
+                f"layer {node.name!r} needs buffer {name!r} ({role}), which "
+                "the weights do not have: give the whole state dict"
+            )
+        found[role] = weights[name]
     return found
 
 
+#: A slice of a parameter as the torch importer names it: ``attn.in_proj_weight[0:768]``,
+#: ``w[:, 2:4]`` (a view of a parameter a layer reads, such as MultiheadAttention's query part).
+_SLICED = re.compile(r"(?P<base>.+)\[(?P<index>(?::, )*\d+:\d+)\]")
+
+
+def parameter_value(name: str, weights: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The array a parameter name stands for: a state-dict entry, or a slice of one (as the
+    importer names it, possibly a slice of a slice); None if the weights do not have it."""
+    if name in weights:
+        return weights[name]
+    match = _SLICED.fullmatch(name)
+    if match is None:
+        return None
+    base = parameter_value(match["base"], weights)
+    if base is None:
+        return None
+    *whole, last = match["index"].split(", ")
+    start, stop = (int(i) for i in last.split(":"))
+    return np.ascontiguousarray(base[(slice(None),) * len(whole) + (slice(start, stop),)])
+
+
 # --- which nodes can run ------------------------------------------------------------------
-def node_has_kernel(node: Node) -> bool:
-    """Whether the engine has a kernel for this node (the one place that decides it).
-
-    The operator class says whether it has kernels at all; until each operator answers per
-    node, the variants its kernels leave out are listed here, so that a model is refused
-    before anything runs rather than in the middle of a run."""
-    from dnnlens.ops import AdaptivePool
-    from dnnlens.ops.elementwise import ACTIVATION_KERNELS, BINARY_KERNELS
-
-    op = node.op
-    if not type(op).has_kernel():
-        return False
-    if isinstance(op, Activation):
-        return op.function in ACTIVATION_KERNELS
-    if isinstance(op, Binary):  # one operand: an importer lost the other (a scalar)
-        return op.function in BINARY_KERNELS and len(node.inputs) + len(node.params) >= 2
-    if isinstance(op, Conv):
-        return not op.transposed and op.spatial_dims in (1, 2)
-    if isinstance(op, Pool):
-        return len(op.kernel) in (1, 2)
-    if isinstance(op, AdaptivePool):
-        return len(op.output_size) in (1, 2)
-    return True
+def kernel_gap(node: Node) -> str | None:
+    """Why the engine cannot run this node, or None when it can: the operator answers for
+    this node's shapes and parameters (:meth:`dnnlens.ops.base.Op.kernel_gap`)."""
+    params = {role: tuple(p.shape) for role, p in node.params.items()}
+    return node.op.kernel_gap([tuple(s) for s in node.input_shapes], params)
 
 
-def run_node(node: Node, inputs: Sequence[np.ndarray], weights: Mapping[str, np.ndarray],
-             engine: str = "compiled") -> np.ndarray:
+def run_node(
+    node: Node,
+    inputs: Sequence[np.ndarray],
+    weights: Mapping[str, np.ndarray],
+    engine: str = "compiled",
+) -> np.ndarray:
     """One node's kernel; a ShapeError or a missing kernel names the layer."""
     kernel = node.op.compiled if engine == "compiled" else node.op.reference
     try:
@@ -135,39 +165,45 @@ def run_node(node: Node, inputs: Sequence[np.ndarray], weights: Mapping[str, np.
     except ShapeError as exc:
         raise ShapeError(f"layer {node.name!r} ({node.kind}): {exc}") from None
     except NotImplementedError as exc:
-        raise ModelError(f"layer {node.name!r} ({node.kind}): {exc}; the engine cannot run "
-                         "this network") from None
+        raise ModelError(
+            f"layer {node.name!r} ({node.kind}): {exc}; the engine cannot run this network"
+        ) from None
 
 
 def _describe(node: Node) -> str:
     """``layer 'bn1' (batchnorm, nn.BatchNorm2d)``; an unknown operator by what it was."""
     target = getattr(node.op, "target", "")
     what = target or ", ".join(dict.fromkeys(p for p in (node.kind, node.source) if p))
-    operands = len(node.inputs) + len(node.params)
-    if isinstance(node.op, Binary) and operands < 2:
-        what += f", with {operands} operand: the importer kept no other"
     return f"layer {node.name!r} ({what})"
 
 
-def missing_kernels(graph: Graph, steps: Sequence[Step] | None = None) -> list[Node]:
-    """The nodes the engine would have to run and has no kernel for (a batch norm the plan
-    folds into its conv needs none)."""
+def missing_kernels(graph: Graph, steps: Sequence[Step] | None = None) -> list[tuple[Node, str]]:
+    """The nodes the engine would have to run and cannot, each with the reason its operator
+    gives (a batch norm the plan folds into its conv needs no kernel of its own)."""
     steps = plan(graph, fuse=False) if steps is None else steps
-    return [step.nodes[0] for step in steps if not node_has_kernel(step.nodes[0])]
+    missing = []
+    for step in steps:
+        gap = kernel_gap(step.nodes[0])
+        if gap is not None:
+            missing.append((step.nodes[0], gap))
+    return missing
 
 
 def check_kernels(graph: Graph, steps: Sequence[Step] | None = None) -> None:
-    """ModelError naming the first node the engine cannot run (and how many more, of which
-    kinds), before anything runs."""
+    """ModelError naming the first node the engine cannot run, its operator and why (and how
+    many more, of which kinds), before anything runs."""
     missing = missing_kernels(graph, steps)
     if not missing:
         return
+    node, gap = missing[0]
     more = ""
     if len(missing) > 1:
-        kinds = sorted({node.kind for node in missing})
+        kinds = sorted({n.kind for n, _ in missing})
         more = f" (and {len(missing) - 1} more layer(s) of kind {', '.join(kinds)})"
-    raise ModelError(f"{_describe(missing[0])} has no kernel in dnnlens{more}: the engine "
-                     "cannot run this network")
+    raise ModelError(
+        f"{_describe(node)} has no kernel in dnnlens: {gap}{more}; the engine "
+        "cannot run this network"
+    )
 
 
 # --- the plan: steps ----------------------------------------------------------------------
@@ -178,7 +214,7 @@ class Step:
     node's value is kept."""
 
     nodes: list[Node]
-    kind: str = "single"  # "single", "conv_relu_maxpool", "fc_relu", "batch_expand"
+    kind: str = "single"  # "single", "conv_relu_maxpool", "fc_relu", "batch_expand", "state"
     free: list[str] = field(default_factory=list)  # values no later step reads
     folded: Node | None = None  # a batch norm folded into nodes[0]'s weights
     params: dict[str, np.ndarray] = field(default_factory=dict)  # nodes[0]'s, packed
@@ -192,16 +228,19 @@ class Step:
         return self.nodes[0].inputs
 
 
-def _only_consumer(graph: Graph, users: dict[str, list[str]], node: Node | None
-                   ) -> Node | None:
+def _only_consumer(graph: Graph, users: dict[str, list[str]], node: Node | None) -> Node | None:
     if node is None or node.name in graph.outputs or len(users.get(node.name, [])) != 1:
         return None
     return graph.node(users[node.name][0])
 
 
 def _is_relu(node: Node | None, source: Node) -> bool:
-    return (node is not None and isinstance(node.op, Activation) and node.op.function == "relu"
-            and node.inputs == [source.name])
+    return (
+        node is not None
+        and isinstance(node.op, Activation)
+        and node.op.function == "relu"
+        and node.inputs == [source.name]
+    )
 
 
 def foldable_norm(producer: Node, norm: Node | None) -> bool:
@@ -218,8 +257,9 @@ def foldable_norm(producer: Node, norm: Node | None) -> bool:
     return isinstance(op, Linear) and len(producer.output_shape) == 2
 
 
-def plan(graph: Graph, fuse: bool = True, fold: bool | Callable[[Node], bool] = True
-         ) -> list[Step]:
+def plan(
+    graph: Graph, fuse: bool = True, fold: bool | Callable[[Node], bool] = True
+) -> list[Step]:
     """The graph as kernel calls in execution order.
 
     ``fold``: fold each inference batch norm into the conv or fc before it when nobody else
@@ -259,42 +299,54 @@ def plan(graph: Graph, fuse: bool = True, fold: bool | Callable[[Node], bool] = 
 def fusable_conv_pool(conv: Node, pool: Node) -> bool:
     """Whether the fused conv+relu+max-pool kernel covers this pair of layers."""
     c, p = conv.op, pool.op
-    return (isinstance(c, Conv) and not c.transposed and c.spatial_dims == 2 and c.groups == 1
-            and isinstance(p, Pool) and p.mode == "max" and len(p.kernel) == 2
-            and all(pads == (0, 0) for pads in p.padding) and tuple(p.dilation) == (1, 1)
-            and not p.ceil_mode)
+    return (
+        isinstance(c, Conv)
+        and not c.transposed
+        and c.spatial_dims == 2
+        and c.groups == 1
+        and isinstance(p, Pool)
+        and p.mode == "max"
+        and len(p.kernel) == 2
+        and all(pads == (0, 0) for pads in p.padding)
+        and tuple(p.dilation) == (1, 1)
+        and not p.ceil_mode
+    )
 
 
-def fold_batchnorm(producer: Node, norm: Node, params: Mapping[str, np.ndarray],
-                   weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def fold_batchnorm(
+    producer: Node, norm: Node, params: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """``producer``'s weight and bias with the batch norm after it folded in (in float64):
-    ``scale = gamma / sqrt(var + eps)``, ``weight' = weight * scale`` per output channel,
-    ``bias' = (bias - mean) * scale + beta``."""
-    norm_params = node_weights(norm, weights)
-    mean_name, var_name = norm.op.stats
-    for name in (mean_name, var_name):
-        if name not in weights:
-            raise CheckpointError(f"layer {norm.name!r} needs its running statistic "
-                                  f"{name!r}, which the weights do not have")
-    mean = weights[mean_name].astype(np.float64)
-    var = weights[var_name].astype(np.float64)
+    the norm is ``x * scale + shift`` per channel (:meth:`dnnlens.ops.Norm.scale_shift`), so
+    ``weight' = weight * scale`` per output channel and ``bias' = bias * scale + shift``."""
+    norm_params = node_weights(norm, weights)  # its affine parameters and running statistics
     weight = np.asarray(params["weight"], np.float64)
     channels = weight.shape[0]
-    if mean.shape != (channels,) or var.shape != (channels,):
-        raise CheckpointError(f"layer {norm.name!r}: running statistics of shape "
-                              f"{mean.shape} do not fit {channels} channels")
-    gamma = norm_params.get("weight", np.ones(channels)).astype(np.float64)
-    beta = norm_params.get("bias", np.zeros(channels)).astype(np.float64)
-    scale = gamma / np.sqrt(var + norm.op.eps)
+    if norm_params["running_mean"].shape != (channels,) or norm_params["running_var"].shape != (
+        channels,
+    ):
+        raise CheckpointError(
+            f"layer {norm.name!r}: running statistics of shape "
+            f"{norm_params['running_mean'].shape} do not fit {channels} "
+            "channels"
+        )
+    scale, shift = norm.op.scale_shift(norm_params)
     bias = np.asarray(params.get("bias", np.zeros(channels)), np.float64)
     dtype = np.result_type(params["weight"].dtype, np.float32)
     folded_weight = weight * scale.reshape(-1, *([1] * (weight.ndim - 1)))
-    return {"weight": np.ascontiguousarray(folded_weight, dtype),
-            "bias": np.ascontiguousarray((bias - mean) * scale + beta, dtype)}
+    return {
+        "weight": np.ascontiguousarray(folded_weight, dtype),
+        "bias": np.ascontiguousarray(bias * scale + shift, dtype),
+    }
 
 
-def run_step(step: Step, values: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
-             engine: str, batch: int | None = None) -> np.ndarray:
+def run_step(
+    step: Step,
+    values: Mapping[str, np.ndarray],
+    weights: Mapping[str, np.ndarray],
+    engine: str,
+    batch: int | None = None,
+) -> np.ndarray:
     """One step on the values computed so far (``weights`` are used only when the step's
     parameters were not packed by :func:`prepare`; ``batch``: the batch being run)."""
     first = step.nodes[0]
@@ -331,8 +383,9 @@ def _step_params(step: Step, weights: Mapping[str, np.ndarray]) -> dict[str, np.
     return params
 
 
-def bind_step(step: Step, inputs: list[np.ndarray]
-              ) -> Callable[[list[np.ndarray]], np.ndarray] | None:
+def bind_step(
+    step: Step, inputs: list[np.ndarray]
+) -> Callable[[list[np.ndarray]], np.ndarray] | None:
     """For a step that just ran (so its shapes are checked) on ``inputs``: a call that runs it
     again on inputs of the same shapes with every size, kernel and weight decided now, or None
     to keep the general path. One image at a time, the general path's bookkeeping would cost
@@ -347,8 +400,9 @@ def bind_step(step: Step, inputs: list[np.ndarray]
         x, weight, bias, attrs = first.op.kernel_args(inputs, step.params)
         if x.ndim != 4:
             return None
-        kernel = bind_conv_relu_maxpool(x.shape, x.dtype, weight, bias, attrs, pool.op.kernel,
-                                        pool.op.stride)
+        kernel = bind_conv_relu_maxpool(
+            x.shape, x.dtype, weight, bias, attrs, pool.op.kernel, pool.op.stride
+        )
         return lambda xs: kernel(xs[0])
     if isinstance(first.op, Linear) and inputs[0].ndim == 2:
         x, weight, bias, _ = first.op.kernel_args(inputs, step.params)
@@ -371,8 +425,9 @@ class Plan:
     Made by :func:`prepare`. It holds the weight arrays it was given, uncopied (a folded
     batch norm's conv gets arrays of its own): prepare again after changing them."""
 
-    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], engine: str,
-                 keep_activations: bool) -> None:
+    def __init__(
+        self, graph: Graph, weights: Mapping[str, np.ndarray], engine: str, keep_activations: bool
+    ) -> None:
         if engine not in ENGINES:
             raise UsageError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
         self.graph = graph
@@ -381,7 +436,8 @@ class Plan:
         # Keeping every value means no fusion; a batch norm is then folded only where it
         # cannot run on its own.
         fold: bool | Callable[[Node], bool] = (
-            (lambda norm: not node_has_kernel(norm)) if keep_activations else True)
+            (lambda norm: kernel_gap(norm) is not None) if keep_activations else True
+        )
         self.steps = plan(graph, fuse=engine == "compiled" and not keep_activations, fold=fold)
         check_kernels(graph, self.steps)
         traced = next(iter(graph.inputs.values()), (None,))[0]
@@ -389,6 +445,11 @@ class Plan:
             step.params = _step_params(step, weights)
             if _expands_to_the_batch(step.nodes[0], traced):
                 step.kind = "batch_expand"
+        self._states = _recurrent_states(graph, self.steps)
+        self._traced_batch = traced
+        self._batch_first = all(
+            not node.output_shape or node.output_shape[0] == traced for node in graph
+        )
         for name, index in _last_use(self.steps).items():
             if name not in graph.outputs:
                 self.steps[index].free.append(name)
@@ -407,13 +468,63 @@ class Plan:
         return calls
 
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> EngineResult:
-        """The graph on ``inputs``: a batch ``(N, ...)`` of any N, or a dict by input name."""
+        """The graph on ``inputs``: a batch ``(N, ...)`` of any N, or a dict by input name.
+
+        A graph some of whose values do not keep the batch first (an attention traced at
+        batch 1 that moves the batch behind the sequence) runs in chunks of the batch it was
+        traced at, since its reshapes name the traced batch; values are then joined along
+        the axis where each holds the batch."""
         values: dict[str, np.ndarray] = _graph_inputs(self.graph, inputs)
         batch = next(iter(values.values())).shape[0] if values else None
+        if (
+            batch is not None
+            and self._traced_batch
+            and batch != self._traced_batch
+            and not self._batch_first
+        ):
+            return self._run_in_chunks(values, batch)
+        return self._run_values(values, batch)
+
+    def _run_in_chunks(self, values: dict[str, np.ndarray], batch: int) -> EngineResult:
+        size = self._traced_batch
+        if batch % size:
+            raise ShapeError(
+                f"this network moves the batch dimension and was traced at batch "
+                f"{size}: give a multiple of {size} inputs, got {batch}"
+            )
+        parts = [
+            self._run_values({k: v[i : i + size] for k, v in values.items()}, size)
+            for i in range(0, batch, size)
+        ]
+        shapes = {node.name: node.output_shape for node in self.graph}
+        outputs = {
+            name: _join([p.outputs[name] for p in parts], shapes[name], size)
+            for name in self.graph.outputs
+        }
+        activations = {}
+        for name in parts[0].activations:
+            axis = _batch_axis(shapes[name], size)
+            if axis is not None:
+                activations[name] = np.concatenate([p.activations[name] for p in parts], axis)
+        return EngineResult(outputs, activations)
+
+    def _run_values(self, values: dict[str, np.ndarray], batch: int | None) -> EngineResult:
         calls = self._calls(values)
         for index, step in enumerate(self.steps):
             call = calls[index] if calls is not None else None
-            if call is None:
+            if step.kind == "state":
+                pass  # a recurrent layer's final state: its layer's step wrote it
+            elif index in self._states:  # a recurrent layer whose final states are read
+                first = step.nodes[0]
+                out, states = first.op.run(
+                    [values[name] for name in step.inputs],
+                    step.params,
+                    compiled=self.engine == "compiled",
+                )
+                values[step.output] = out
+                for name, which in self._states[index]:
+                    values[name] = states[which]
+            elif call is None:
                 seen = [values[name] for name in step.inputs]
                 values[step.output] = run_step(step, values, {}, self.engine, batch)
                 if calls is not None:  # bind on this first, checked, run
@@ -424,8 +535,11 @@ class Plan:
                 for name in step.free:
                     del values[name]
         outputs = {name: values[name] for name in self.graph.outputs}
-        activations = ({node.name: values[node.name] for node in self.graph
-                        if node.name in values} if self.keep_activations else {})
+        activations = (
+            {node.name: values[node.name] for node in self.graph if node.name in values}
+            if self.keep_activations
+            else {}
+        )
         return EngineResult(outputs, activations)
 
     def predict(self, images: np.ndarray, batch: int | None = None) -> np.ndarray:
@@ -433,8 +547,48 @@ class Plan:
         if len(images) == 0:
             raise DataError("no images to predict: the data set or --limit selects none")
         batch = batch or ENGINE_BATCH[self.engine]
-        parts = [self.run(images[i:i + batch]).logits for i in range(0, len(images), batch)]
+        parts = [self.run(images[i : i + batch]).logits for i in range(0, len(images), batch)]
         return np.concatenate(parts)
+
+
+def _batch_axis(shape: Sequence[int], traced_batch: int) -> int | None:
+    """The axis of a value traced with ``shape`` that holds the batch: the first of the
+    traced batch's size (None: the batch is merged into another axis)."""
+    return next((axis for axis, size in enumerate(shape) if size == traced_batch), None)
+
+
+def _join(parts: list[np.ndarray], shape: Sequence[int], traced_batch: int) -> np.ndarray:
+    axis = _batch_axis(shape, traced_batch)
+    if axis is None:
+        raise ShapeError(
+            f"an output of shape {tuple(shape)} holds no batch axis: run this "
+            f"network {traced_batch} input(s) at a time"
+        )
+    return np.concatenate(parts, axis)
+
+
+def _recurrent_states(graph: Graph, steps: list[Step]) -> dict[int, list[tuple[str, str]]]:
+    """For each recurrent layer's step, the state nodes (``h_n``, ``c_n``) that read it, as
+    (name, which); those nodes' steps become ``state`` steps: the layer's one run computes
+    its output and its final states together."""
+    from dnnlens.ops import Recurrent, RecurrentState
+
+    index_of = {step.output: i for i, step in enumerate(steps)}
+    producers = {node.name: node for node in graph}
+    states: dict[int, list[tuple[str, str]]] = {}
+    for step in steps:
+        node = step.nodes[0]
+        if not isinstance(node.op, RecurrentState):
+            continue
+        producer = producers.get(node.inputs[0]) if node.inputs else None
+        if producer is None or not isinstance(producer.op, Recurrent):
+            raise ModelError(
+                f"{_describe(node)}: a recurrent state whose input is not a "
+                "recurrent layer cannot be computed"
+            )
+        step.kind = "state"
+        states.setdefault(index_of[producer.name], []).append((node.name, node.op.which))
+    return states
 
 
 def _expands_to_the_batch(node: Node, traced_batch: int | None) -> bool:
@@ -443,12 +597,18 @@ def _expands_to_the_batch(node: Node, traced_batch: int | None) -> bool:
     from dnnlens.ops import Expand
 
     op = node.op
-    return (isinstance(op, Expand) and bool(op.shape) and traced_batch is not None
-            and op.shape[0] == traced_batch and len(node.output_shape) == len(op.shape))
+    return (
+        isinstance(op, Expand)
+        and bool(op.shape)
+        and traced_batch is not None
+        and op.shape[0] == traced_batch
+        and len(node.output_shape) == len(op.shape)
+    )
 
 
-def prepare(graph: Graph, weights: WeightSource, engine: str = "compiled",
-            keep_activations: bool = False) -> Plan:
+def prepare(
+    graph: Graph, weights: WeightSource, engine: str = "compiled", keep_activations: bool = False
+) -> Plan:
     """``graph`` planned for ``engine`` with ``weights`` (a module, a state dict or a
     checkpoint path). ModelError naming the layer if a node has no kernel, CheckpointError
     naming the parameter if the weights do not fit: both before anything runs."""
@@ -457,13 +617,18 @@ def prepare(graph: Graph, weights: WeightSource, engine: str = "compiled",
 
 
 # --- the engine ---------------------------------------------------------------------------
-def _graph_inputs(graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray]
-                  ) -> dict[str, np.ndarray]:
+def _graph_inputs(
+    graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Inputs by name; each must match its traced shape except for the batch dimension."""
     if isinstance(inputs, np.ndarray) and len(graph.inputs) == 1:  # the common case, fast
-        (name, shape), = graph.inputs.items()
-        if (inputs.shape[1:] == tuple(shape[1:]) and inputs.ndim == len(shape)
-                and inputs.dtype.kind == "f" and np.isfinite(inputs.sum())):
+        ((name, shape),) = graph.inputs.items()
+        if (
+            inputs.shape[1:] == tuple(shape[1:])
+            and inputs.ndim == len(shape)
+            and inputs.dtype.kind == "f"
+            and np.isfinite(inputs.sum())
+        ):
             return {name: inputs}  # (a NaN or Inf anywhere makes the sum NaN or Inf)
     if not isinstance(inputs, Mapping):
         if len(graph.inputs) != 1:
@@ -476,17 +641,23 @@ def _graph_inputs(graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray]
         value = np.asarray(inputs[name])
         if value.dtype.kind in "fc" and not np.isfinite(value).all():  # would poison accuracy
             bad = int(np.count_nonzero(~np.isfinite(value)))
-            raise DataError(f"input {name!r} has {bad} NaN or Inf value(s); clean the data "
-                            "first")
+            raise DataError(f"input {name!r} has {bad} NaN or Inf value(s); clean the data first")
         if value.ndim != len(shape) or tuple(value.shape[1:]) != tuple(shape[1:]):
-            raise ShapeError(f"input {name!r} has shape {tuple(value.shape)} but the network "
-                             f"expects (N, {', '.join(str(d) for d in shape[1:])})")
+            raise ShapeError(
+                f"input {name!r} has shape {tuple(value.shape)} but the network "
+                f"expects (N, {', '.join(str(d) for d in shape[1:])})"
+            )
         values[name] = value
     return values
 
 
-def run(graph: Graph, weights: WeightSource, inputs: np.ndarray | Mapping[str, np.ndarray],
-        engine: str = "compiled", keep_activations: bool = False) -> EngineResult:
+def run(
+    graph: Graph,
+    weights: WeightSource,
+    inputs: np.ndarray | Mapping[str, np.ndarray],
+    engine: str = "compiled",
+    keep_activations: bool = False,
+) -> EngineResult:
     """Run ``graph`` on ``inputs`` (a batch ``(N, ...)`` of any N, or a dict by input name)
     with our kernels: ``engine`` is ``"compiled"`` (Numba, fused) or ``"reference"`` (the
     readable NumPy loop nests). ``weights``: a module, a state dict or a checkpoint path.
@@ -500,8 +671,9 @@ def run(graph: Graph, weights: WeightSource, inputs: np.ndarray | Mapping[str, n
 
 
 def _is_array_dict(weights: object) -> bool:
-    return isinstance(weights, Mapping) and all(isinstance(v, np.ndarray)
-                                                for v in weights.values())
+    return isinstance(weights, Mapping) and all(
+        isinstance(v, np.ndarray) for v in weights.values()
+    )
 
 
 def _last_use(steps: list[Step]) -> dict[str, int]:
@@ -513,8 +685,13 @@ def _last_use(steps: list[Step]) -> dict[str, int]:
     return last
 
 
-def predict(graph: Graph | Plan, weights: WeightSource, images: np.ndarray,
-            engine: str = "compiled", batch: int | None = None) -> np.ndarray:
+def predict(
+    graph: Graph | Plan,
+    weights: WeightSource,
+    images: np.ndarray,
+    engine: str = "compiled",
+    batch: int | None = None,
+) -> np.ndarray:
     """Logits for many images, ``batch`` at a time: ``(N, ...)`` -> ``(N, classes)``."""
     if len(images) == 0:
         raise DataError("no images to predict: the data set or --limit selects none")

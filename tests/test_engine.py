@@ -31,7 +31,8 @@ def torch_logits(model: nn.Module, images: np.ndarray) -> np.ndarray:
 # --- the trained reference network ---------------------------------------------------------
 @pytest.mark.parametrize("engine_name", ENGINES)
 def test_sample_test_set_agrees_with_torch_prediction_for_prediction(
-        sample_checkpoint, sample_test_data, engine_name):
+    sample_checkpoint, sample_test_data, engine_name
+):
     result = verify(sample_checkpoint, data="sample", engine=engine_name)
     assert result.images == len(sample_test_data) == 1000
     assert result.mismatches == 0
@@ -43,7 +44,17 @@ def test_sample_test_set_agrees_with_torch_prediction_for_prediction(
     assert result.torch_correct == int(np.sum(expected == sample_test_data.labels))
     assert result.accuracy > 0.8  # a trained network, not a constant guess
     assert [layer.name for layer in result.layers] == [
-        "conv1", "relu", "pool", "conv2", "relu#2", "pool#2", "flatten", "fc1", "relu#3", "fc2"]
+        "conv1",
+        "relu",
+        "pool",
+        "conv2",
+        "relu#2",
+        "pool#2",
+        "flatten",
+        "fc1",
+        "relu#3",
+        "fc2",
+    ]
     for layer in result.layers:
         assert layer.max_abs_diff is not None and layer.max_abs_diff <= 1e-4, layer
 
@@ -55,8 +66,9 @@ def test_fashion_mnist_test_set_agrees_with_torch(fashion_dir, tmp_path):
     from dnnlens.training import train
 
     source = f"idx:{fashion_dir}"
-    checkpoint = train(data=source, epochs=1, out=tmp_path / "fashion.pth", seed=0,
-                       progress=False).checkpoint
+    checkpoint = train(
+        data=source, epochs=1, out=tmp_path / "fashion.pth", seed=0, progress=False
+    ).checkpoint
     model = load_checkpoint(checkpoint)
     test = load_data(source, "test")
     assert len(test) == 10_000
@@ -90,14 +102,18 @@ def test_repeated_calls_through_bound_kernels_stay_exact():
     images = torch.randn(40, 1, 28, 28).numpy()
     truth = torch_logits(model, images)
     plan = engine.prepare(graph, weights)
-    one_by_one = np.concatenate([plan.run(images[i:i + 1]).logits for i in range(len(images))])
+    one_by_one = np.concatenate([plan.run(images[i : i + 1]).logits for i in range(len(images))])
     np.testing.assert_allclose(one_by_one, truth, rtol=0, atol=1e-5)
     for _ in range(2):  # batches of 20: the lanes path, bound on the second call
-        batched = np.concatenate([plan.run(images[i:i + 20]).logits for i in (0, 20)])
+        batched = np.concatenate([plan.run(images[i : i + 20]).logits for i in (0, 20)])
         np.testing.assert_allclose(batched, truth, rtol=0, atol=1e-5)
     other = Net().eval()  # other weights, same graph and shapes: a plan of their own
-    np.testing.assert_allclose(engine.run(graph, engine.load_weights(other), images[:1]).logits,
-                               torch_logits(other, images[:1]), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        engine.run(graph, engine.load_weights(other), images[:1]).logits,
+        torch_logits(other, images[:1]),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_conv_relu_pool_chains_are_fused_only_when_nothing_else_reads_them():
@@ -158,15 +174,18 @@ def test_other_networks_match_torch(model_class, engine_name):
     plan = engine.prepare(graph, engine.load_weights(model), engine_name)
     for _ in range(2):  # the second call runs the bound kernels
         result = plan.run(images)
-        np.testing.assert_allclose(result.logits, torch_logits(model, images), rtol=0,
-                                   atol=1e-4)
+        np.testing.assert_allclose(result.logits, torch_logits(model, images), rtol=0, atol=1e-4)
     checked = verify(model, input_shape=(1, 1, 28, 28), images=20, engine=engine_name)
     assert checked.mismatches == 0 and checked.max_abs_diff < 1e-4
     # every module's own output (hooks), compared layer by layer
-    modules = [layer for layer in checked.layers if "." not in layer.name
-               and layer.kind not in ("add", "flatten")]
-    assert modules and all(layer.max_abs_diff is not None and layer.max_abs_diff < 1e-4
-                           for layer in modules), checked.layers
+    modules = [
+        layer
+        for layer in checked.layers
+        if "." not in layer.name and layer.kind not in ("add", "flatten")
+    ]
+    assert modules and all(
+        layer.max_abs_diff is not None and layer.max_abs_diff < 1e-4 for layer in modules
+    ), checked.layers
 
 
 def test_residual_network_really_adds():
@@ -176,8 +195,14 @@ def test_residual_network_really_adds():
 
 # --- errors -------------------------------------------------------------------------------
 def one_layer_graph(op, input_shape, params, output_shape) -> Graph:
-    node = Node("layer1", op, ["input"], [input_shape], output_shape,
-                {role: Param(f"layer1.{role}", shape) for role, shape in params.items()})
+    node = Node(
+        "layer1",
+        op,
+        ["input"],
+        [input_shape],
+        output_shape,
+        {role: Param(f"layer1.{role}", shape) for role, shape in params.items()},
+    )
     return Graph([node], {"input": input_shape}, ["layer1"])
 
 
@@ -212,8 +237,9 @@ def test_wrong_input_shape_names_both_shapes():
 
 
 def test_operator_without_kernel_is_a_model_error_naming_it():
-    node = Node("mystery", Unknown(target="aten.foo", observed_shape=(1, 4)), ["input"],
-                [(1, 4)], (1, 4))
+    node = Node(
+        "mystery", Unknown(target="aten.foo", observed_shape=(1, 4)), ["input"], [(1, 4)], (1, 4)
+    )
     graph = Graph([node], {"input": (1, 4)}, ["mystery"])
     with pytest.raises(ModelError, match=r"mystery.*aten\.foo"):
         engine.run(graph, {}, np.zeros((1, 4), np.float32))
@@ -236,8 +262,9 @@ def test_unknown_engine_is_a_usage_error():
 
 
 def test_flatten_keeps_batch_in_a_hand_built_graph():
-    node = Node("flatten", Reshape.between((1, 2, 3, 3), (1, 18)), ["input"], [(1, 2, 3, 3)],
-                (1, 18))
+    node = Node(
+        "flatten", Reshape.between((1, 2, 3, 3), (1, 18)), ["input"], [(1, 2, 3, 3)], (1, 18)
+    )
     graph = Graph([node], {"input": (1, 2, 3, 3)}, ["flatten"])
     x = np.arange(5 * 18, dtype=np.float32).reshape(5, 2, 3, 3)
     np.testing.assert_array_equal(engine.run(graph, {}, x).logits, x.reshape(5, 18))
@@ -245,27 +272,43 @@ def test_flatten_keeps_batch_in_a_hand_built_graph():
 
 # --- the command --------------------------------------------------------------------------
 def test_verify_command_json(sample_checkpoint, capsys):
-    code = main(["verify", str(sample_checkpoint), "--data", "sample", "--limit", "200",
-                 "--json"])
+    code = main(["verify", str(sample_checkpoint), "--data", "sample", "--limit", "200", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert {"reference", "images", "accuracy", "reference_accuracy", "mismatches",
-            "max_abs_diff", "max_abs_reference", "layers"} <= set(report)
+    assert {
+        "reference",
+        "images",
+        "accuracy",
+        "reference_accuracy",
+        "mismatches",
+        "max_abs_diff",
+        "max_abs_reference",
+        "layers",
+    } <= set(report)
     assert report["reference"] == "pytorch"
     assert report["images"] == 200 and report["mismatches"] == 0
     assert report["max_abs_diff"] <= 1e-4
 
 
 def test_verify_command_text(sample_checkpoint, capsys):
-    code = main(["verify", str(sample_checkpoint), "--data", "sample", "--limit", "50",
-                 "--engine", "reference"])
+    code = main(
+        [
+            "verify",
+            str(sample_checkpoint),
+            "--data",
+            "sample",
+            "--limit",
+            "50",
+            "--engine",
+            "reference",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "differing predictions 0" in out and "fc2" in out and "images/s" in out
 
 
-@pytest.mark.parametrize("args", [["--limit", "0"], ["--limit", "ten"],
-                                  ["--engine", "fast"]])
+@pytest.mark.parametrize("args", [["--limit", "0"], ["--limit", "ten"], ["--engine", "fast"]])
 def test_verify_command_bad_options(sample_checkpoint, capsys, args):
     assert main(["verify", str(sample_checkpoint), *args]) == 2
     assert capsys.readouterr().err.startswith("error: ")
@@ -280,3 +323,106 @@ def test_predict_on_no_images_is_a_data_error():
     graph = import_torch(net, (1, 1, 28, 28))
     with pytest.raises(DataError, match="no images"):
         engine.predict(graph, net, np.zeros((0, 1, 28, 28), np.float32))
+
+
+RECURRENT_FACTORY = '''
+import torch
+from torch import nn
+
+
+class Tagger(nn.Module):
+    """A 2-layer bidirectional LSTM with projections, a GRU over its output (sequence first),
+    and a head reading both layers' final states."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, num_layers=2, bidirectional=True, batch_first=True,
+                            proj_size=6)
+        self.gru = nn.GRU(12, 10)
+        self.head = nn.Linear(10 + 6 + 16, 5)
+
+    def forward(self, x):
+        out, (h, c) = self.lstm(x)
+        _, h_gru = self.gru(out.transpose(0, 1))
+        return self.head(torch.cat([h_gru[-1], h[-1], c[0]], dim=1))
+
+
+def tagger():
+    torch.manual_seed(0)
+    return Tagger()
+'''
+
+
+def test_cli_verifies_recurrent_layers_with_their_final_states(tmp_path, monkeypatch, capsys):
+    """nn.LSTM and nn.GRU through our loop nests, against the PyTorch model itself; the head
+    reads h_n and c_n, so the states are checked through the logits."""
+    (tmp_path / "recurrent_factory.py").write_text(RECURRENT_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(
+        ["verify", "recurrent_factory:tagger", "--input", "1,7,8", "--images", "6", "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["reference"] == "pytorch" and report["images"] == 6
+    assert report["mismatches"] == 0
+    assert report["max_abs_diff"] <= 1e-5 * report["max_abs_reference"]
+    layers = {row["name"]: row for row in report["layers"]}
+    for name in ("lstm", "gru", "head"):
+        assert layers[name]["max_abs_diff"] <= 1e-5 * layers[name]["max_abs_reference"], name
+
+
+class UnfoldableNorms(nn.Module):
+    """Batch norms the plan cannot fold into a conv: before a conv (densenet's order), after
+    an add, and a BatchNorm1d over (N, C, L)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn_in = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn_add = nn.BatchNorm2d(4)
+        self.bn_seq = nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4 * 36, 5)
+
+    def forward(self, x):
+        y = self.conv(torch.relu(self.bn_in(x)))
+        y = self.bn_add(y + 1.5 * y)
+        return self.fc(self.bn_seq(y.flatten(2)).flatten(1))
+
+
+@pytest.mark.parametrize("engine_name", engine.ENGINES)
+def test_batch_norms_that_cannot_be_folded_run_on_their_running_statistics(engine_name):
+    torch.manual_seed(5)
+    model = UnfoldableNorms()
+    for bn in (model.bn_in, model.bn_add, model.bn_seq):  # statistics that are not 0 and 1
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    model.eval()
+    result = verify(model, input_shape=(1, 3, 6, 6), images=6, engine=engine_name, layers=False)
+    assert result.mismatches == 0
+    assert result.max_abs_diff <= 1e-5 * result.max_abs_reference
+
+
+class CrossAttention(nn.Module):
+    """MultiheadAttention with queries other than its keys: its in-projection runs as slices
+    of ``in_proj_weight`` (``mha.in_proj_weight[0:8]``), which are not state-dict keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.query = nn.Linear(8, 8)
+        self.memory = nn.Linear(8, 8)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        memory = self.memory(x)
+        out, _ = self.mha(self.query(x), memory, memory)
+        return self.head(out.mean(1))
+
+
+def test_sliced_parameters_are_read_from_the_state_dict():
+    torch.manual_seed(0)
+    result = verify(CrossAttention().eval(), input_shape=(1, 5, 8), images=6, layers=False)
+    assert result.mismatches == 0
+    assert result.max_abs_diff <= 1e-5 * result.max_abs_reference

@@ -11,6 +11,7 @@ dtypes and ranks, so Numba compiles each kernel a handful of times (cached on di
 
 from __future__ import annotations
 
+import functools
 from math import prod
 
 import numpy as np
@@ -26,6 +27,7 @@ from dnnlens.ops import (
     Attention,
     Binary,
     Concat,
+    Constant,
     Conv,
     Copy,
     CumSum,
@@ -40,6 +42,8 @@ from dnnlens.ops import (
     Pad,
     Permute,
     Pool,
+    Recurrent,
+    RecurrentState,
     Reduce,
     Reshape,
     Resize,
@@ -115,8 +119,9 @@ def activation_cases(draw):
         as_type = draw(st.sampled_from([int, float]))  # int bounds keep integers integer
         params = {k: (None if v is None else as_type(int(v))) for k, v in params.items()}
     positive = function in ("log", "sqrt", "rsqrt")
-    x = values(draw, draw(shapes()), np.int64 if integer else np.float64,
-               0.1 if positive else -6, 6)
+    x = values(
+        draw, draw(shapes()), np.int64 if integer else np.float64, 0.1 if positive else -6, 6
+    )
     return Activation(function, **params), [x], {}
 
 
@@ -180,8 +185,9 @@ def softmax_cases(draw):
 # --- normalisation and reductions ---------------------------------------------------------
 @st.composite
 def norm_cases(draw):
-    function = draw(st.sampled_from(sorted(["batchnorm", "layernorm", "groupnorm",
-                                            "instancenorm"])))
+    function = draw(
+        st.sampled_from(sorted(["batchnorm", "layernorm", "groupnorm", "instancenorm"]))
+    )
     n, spatial = draw(st.integers(1, 3)), draw(shapes(0 if function == "batchnorm" else 1, 3))
     groups = draw(st.integers(1, 3))
     c = groups * draw(st.integers(1, 3)) if function == "groupnorm" else draw(st.integers(1, 4))
@@ -192,7 +198,7 @@ def norm_cases(draw):
     eps = draw(st.sampled_from([1e-5, 1e-3, 0.1]))
     affine = draw(st.booleans())
     if function == "layernorm":
-        normalized = x.shape[len(x.shape) - draw(st.integers(1, min(2, x.ndim))):]
+        normalized = x.shape[len(x.shape) - draw(st.integers(1, min(2, x.ndim))) :]
         weights = {"weight": values(draw, normalized), "bias": values(draw, normalized)}
         op = Norm("layernorm", normalized_shape=tuple(normalized), eps=eps)
         return op, [x], weights if affine else {}
@@ -200,8 +206,10 @@ def norm_cases(draw):
     stats: tuple[str, ...] = ()
     if function == "batchnorm" or (function == "instancenorm" and draw(st.booleans())):
         stats = ("layer.running_mean", "layer.running_var")
-        weights |= {"running_mean": values(draw, (c,)),
-                    "running_var": values(draw, (c,), low=0.01, high=3)}
+        weights |= {
+            "running_mean": values(draw, (c,)),
+            "running_var": values(draw, (c,), low=0.01, high=3),
+        }
     op = Norm(function, groups=groups if function == "groupnorm" else 1, eps=eps, stats=stats)
     assert set(op.buffers()) <= set(weights)
     return op, [x], weights
@@ -209,21 +217,48 @@ def norm_cases(draw):
 
 @st.composite
 def reduce_cases(draw):
-    function = draw(st.sampled_from(["mean", "sum", "amax", "amin", "prod", "var", "std",
-                                     "norm", "logsumexp", "sumsquare", "argmax", "argmin"]))
+    function = draw(
+        st.sampled_from(
+            [
+                "mean",
+                "sum",
+                "amax",
+                "amin",
+                "prod",
+                "var",
+                "std",
+                "norm",
+                "logsumexp",
+                "sumsquare",
+                "argmax",
+                "argmin",
+            ]
+        )
+    )
     shape = draw(shapes(1, 4))
     integer = function in ("sum", "amax", "amin", "prod", "argmax") and draw(st.booleans())
-    dims = tuple(draw(st.lists(st.integers(-len(shape), len(shape) - 1),
-                               max_size=1 if function.startswith("arg") else 3,
-                               unique_by=lambda d: d % len(shape))))
+    dims = tuple(
+        draw(
+            st.lists(
+                st.integers(-len(shape), len(shape) - 1),
+                max_size=1 if function.startswith("arg") else 3,
+                unique_by=lambda d: d % len(shape),
+            )
+        )
+    )
     reduced = prod(shape[d] for d in dims) if dims else prod(shape)
     correction = draw(st.sampled_from([0, 1])) if reduced > 1 else 0
     x = values(draw, shape, np.int64 if integer else np.float64, -3, 3)
     if function.startswith("arg") and not integer and draw(st.booleans()):
         x = np.round(x)  # ties, so the first or last of equal extremes matters
-    op = Reduce(function, dims=dims, keepdim=draw(st.booleans()), correction=correction,
-                p=draw(st.sampled_from([1.0, 2.0, 3.0])),
-                select_last=function.startswith("arg") and draw(st.booleans()))
+    op = Reduce(
+        function,
+        dims=dims,
+        keepdim=draw(st.booleans()),
+        correction=correction,
+        p=draw(st.sampled_from([1.0, 2.0, 3.0])),
+        select_last=function.startswith("arg") and draw(st.booleans()),
+    )
     return op, [x], {}
 
 
@@ -259,8 +294,11 @@ def attention_cases(draw):
     if mask_kind:
         wider = [(1, length, source)] if q.ndim > 2 else []  # never of higher rank than q
         shape = draw(st.sampled_from([(length, source), *wider]))
-        mask = values(draw, shape, np.int64, 0, 1).astype(bool) if mask_kind == "bool" \
+        mask = (
+            values(draw, shape, np.int64, 0, 1).astype(bool)
+            if mask_kind == "bool"
             else values(draw, shape)
+        )
         inputs.append(mask)
     scale = draw(st.sampled_from([None, 0.25, 1.5]))
     op = Attention(causal=causal, has_mask=mask_kind is not None, scale=scale)
@@ -310,11 +348,19 @@ def conv_cases(draw):
     else:  # padding beyond half the kernel, and uneven
         pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(dims))
         extra = (0,) * dims
-        sizes = tuple(max(s, d * (k - 1) + 1 - b - e) for s, d, k, (b, e)
-                      in zip(sizes, dilation, kernel, pads))
+        sizes = tuple(
+            max(s, d * (k - 1) + 1 - b - e)
+            for s, d, k, (b, e) in zip(sizes, dilation, kernel, pads)
+        )
         weight_shape = (cout, cin // groups, *kernel)
-    op = Conv(stride=stride, padding=pads, dilation=dilation, groups=groups,
-              transposed=transposed, output_padding=extra)
+    op = Conv(
+        stride=stride,
+        padding=pads,
+        dilation=dilation,
+        groups=groups,
+        transposed=transposed,
+        output_padding=extra,
+    )
     x = values(draw, (draw(st.integers(1, 2)), cin, *sizes))
     weights = {"weight": values(draw, weight_shape)}
     if draw(st.booleans()):
@@ -337,11 +383,19 @@ def pool_cases(draw):
     pads = tuple(draw(st.integers(0, k // 2)) for k in kernel)  # PyTorch: at most half
     # PyTorch's 3-d average pooling wants the window inside the unpadded input
     inside = dims == 3 and mode == "avg"
-    sizes = tuple(max(draw(st.integers(1, 6)), d * (k - 1) + 1 - (0 if inside else 2 * p))
-                  for k, d, p in zip(kernel, dilation, pads))
-    op = Pool(mode=mode, kernel=kernel, stride=stride, padding=tuple((p, p) for p in pads),
-              dilation=dilation, ceil_mode=draw(st.booleans()),
-              count_include_pad=draw(st.booleans()))
+    sizes = tuple(
+        max(draw(st.integers(1, 6)), d * (k - 1) + 1 - (0 if inside else 2 * p))
+        for k, d, p in zip(kernel, dilation, pads)
+    )
+    op = Pool(
+        mode=mode,
+        kernel=kernel,
+        stride=stride,
+        padding=tuple((p, p) for p in pads),
+        dilation=dilation,
+        ceil_mode=draw(st.booleans()),
+        count_include_pad=draw(st.booleans()),
+    )
     return op, [values(draw, (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *sizes))], {}
 
 
@@ -360,8 +414,11 @@ def reshape_cases(draw):
     x = values(draw, (draw(st.integers(1, 3)), *draw(shapes(1, 3))))
     rest = prod(x.shape[1:])
     first = draw(st.sampled_from([d for d in range(1, rest + 1) if rest % d == 0]))
-    target = draw(st.sampled_from([(x.shape[0], -1), (x.shape[0], first, -1),
-                                   (x.shape[0], first, rest // first)]))
+    target = draw(
+        st.sampled_from(
+            [(x.shape[0], -1), (x.shape[0], first, -1), (x.shape[0], first, rest // first)]
+        )
+    )
     return Reshape(shape=target, flatten=len(target) == 2), [x], {}
 
 
@@ -389,8 +446,9 @@ def slice_cases(draw):
 @st.composite
 def expand_cases(draw):
     x = values(draw, draw(shapes(0, 3)))
-    target = tuple(draw(st.integers(1, 3)) if d == 1 else draw(st.sampled_from([d, -1]))
-                   for d in x.shape)
+    target = tuple(
+        draw(st.integers(1, 3)) if d == 1 else draw(st.sampled_from([d, -1])) for d in x.shape
+    )
     lead = tuple(draw(shapes(0, 2)))
     return Expand(shape=(*lead, *target)), [x], {}
 
@@ -429,8 +487,11 @@ def gather_cases(draw):
     indices = values(draw, index_shape, np.int64, -size, size - 1)  # negatives count back
     source = draw(st.sampled_from(["constant", "buffer", "input"]))
     if source == "constant":
-        op = Gather(axis=axis, index_values=tuple(int(i) for i in indices.reshape(-1)),
-                    index_shape=index_shape)
+        op = Gather(
+            axis=axis,
+            index_values=tuple(int(i) for i in indices.reshape(-1)),
+            index_shape=index_shape,
+        )
         return op, [x], {}
     if source == "buffer":
         return Gather(axis=axis), [x], {"indices": indices}
@@ -480,8 +541,9 @@ def resize_cases(draw):
         torch_mode = "nearest" if mode == "nearest" else "linear"
         return Resize.from_torch(torch_mode, out, scales, False), [x], {}
     out = tuple(draw(st.integers(1, 7)) for _ in range(dims))
-    torch_mode = draw(st.sampled_from(["nearest", "nearest-exact"] if mode == "nearest"
-                                      else ["linear"]))
+    torch_mode = draw(
+        st.sampled_from(["nearest", "nearest-exact"] if mode == "nearest" else ["linear"])
+    )
     corners = mode == "linear" and draw(st.booleans())
     return Resize.from_torch(torch_mode, out, None, corners), [x], {}
 
@@ -489,19 +551,119 @@ def resize_cases(draw):
 @st.composite
 def cumsum_cases(draw):
     x = values(draw, draw(shapes(1, 3, 5)), np.int64 if draw(st.booleans()) else np.float64)
-    op = CumSum(axis=draw(st.integers(-x.ndim, x.ndim - 1)), exclusive=draw(st.booleans()),
-                reverse=draw(st.booleans()))
+    op = CumSum(
+        axis=draw(st.integers(-x.ndim, x.ndim - 1)),
+        exclusive=draw(st.booleans()),
+        reverse=draw(st.booleans()),
+    )
     return op, [x], {}
 
 
+@st.composite
+def recurrent_layers(draw):
+    """A recurrent layer or cell, its operands (sequence, then h0 and c0 when drawn) and its
+    weights by PyTorch name: 1 or 2 layers, both directions, batch_first, LSTM projections,
+    unbatched inputs, bias-free modules."""
+    mode = draw(st.sampled_from(["rnn_tanh", "rnn_relu", "gru", "lstm"]))
+    cell = draw(st.booleans())
+    hidden = draw(st.integers(1, 4))
+    features = draw(st.integers(1, 4))
+    proj = draw(st.integers(0, hidden - 1)) if mode == "lstm" and not cell else 0
+    layers = 1 if cell else draw(st.integers(1, 2))
+    op = Recurrent(
+        mode=mode,
+        hidden_size=hidden,
+        num_layers=layers,
+        cell=cell,
+        bidirectional=not cell and draw(st.booleans()),
+        batch_first=not cell and draw(st.booleans()),
+        proj_size=proj,
+    )
+    batched = draw(st.booleans())
+    n, t = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    if cell:
+        x_shape = (n, features) if batched else (features,)
+    else:
+        x_shape = (
+            ((n, t, features) if op.batch_first else (t, n, features))
+            if batched
+            else (t, features)
+        )
+    x = values(draw, x_shape, low=-1.5, high=1.5)
+    gates = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}[mode] * hidden
+    out = proj or hidden
+    bias = draw(st.booleans())
+    weights = {}
+    for layer in range(layers):
+        width = features if layer == 0 else op.directions * out
+        for reverse in (False, True)[: op.directions]:
+            role = functools.partial(op.role, layer=layer, reverse=reverse)
+            weights[role("weight_ih")] = values(draw, (gates, width), low=-1, high=1)
+            weights[role("weight_hh")] = values(draw, (gates, out), low=-1, high=1)
+            if bias:
+                weights[role("bias_ih")] = values(draw, (gates,), low=-1, high=1)
+                weights[role("bias_hh")] = values(draw, (gates,), low=-1, high=1)
+            if proj:
+                weights[role("weight_hr")] = values(draw, (proj, hidden), low=-1, high=1)
+    inputs = [x]
+    if draw(st.booleans()):
+        count = layers * op.directions
+        lead = ((n,) if batched else ()) if cell else ((count, n) if batched else (count,))
+        inputs.append(values(draw, (*lead, out), low=-1, high=1))
+        if mode == "lstm":
+            inputs.append(values(draw, (*lead, hidden), low=-1, high=1))
+    return op, inputs, weights
+
+
+@st.composite
+def recurrent_cases(draw):
+    return draw(recurrent_layers())
+
+
+@st.composite
+def recurrent_state_cases(draw):
+    """A final state (h_n, c_n; a cell's h or c) computed from its layer's operands."""
+    layer, inputs, weights = draw(recurrent_layers())
+    names = ["h", "c"] if layer.cell else ["h_n", "c_n"]
+    which = draw(st.sampled_from(names if layer.mode == "lstm" else names[:1]))
+    return RecurrentState(which=which, recurrent=layer), inputs, weights
+
+
+@st.composite
+def constant_cases(draw):
+    dtype = draw(st.sampled_from([np.float64, np.int64]))
+    value = values(draw, draw(shapes(0, 3)), dtype)
+    return Constant(shape=value.shape, source="buffer"), [], {"value": value}
+
+
 CASES = {
-    Activation: activation_cases, Binary: binary_cases, Softmax: softmax_cases,
-    Norm: norm_cases, Reduce: reduce_cases, MatMul: matmul_cases, Attention: any_attention_cases,
-    Linear: linear_cases, Conv: conv_cases, Pool: pool_cases, AdaptivePool: adaptive_cases,
-    Reshape: reshape_cases, Permute: permute_cases, Slice: slice_cases, Expand: expand_cases,
-    Concat: concat_cases, Copy: copy_cases, Dropout: copy_cases, Embedding: embedding_cases,
-    Gather: gather_cases, Pad: pad_cases, Roll: roll_cases, Resize: resize_cases,
+    Activation: activation_cases,
+    Binary: binary_cases,
+    Softmax: softmax_cases,
+    Norm: norm_cases,
+    Reduce: reduce_cases,
+    MatMul: matmul_cases,
+    Attention: any_attention_cases,
+    Linear: linear_cases,
+    Conv: conv_cases,
+    Pool: pool_cases,
+    AdaptivePool: adaptive_cases,
+    Reshape: reshape_cases,
+    Permute: permute_cases,
+    Slice: slice_cases,
+    Expand: expand_cases,
+    Concat: concat_cases,
+    Copy: copy_cases,
+    Dropout: copy_cases,
+    Embedding: embedding_cases,
+    Gather: gather_cases,
+    Pad: pad_cases,
+    Roll: roll_cases,
+    Resize: resize_cases,
     CumSum: cumsum_cases,
+    Recurrent: recurrent_cases,
+    RecurrentState: recurrent_state_cases,
+    Constant: constant_cases,
 }
 
 #: Examples per operator: enough to meet every branch of the strategies above on a few
@@ -518,16 +680,22 @@ def test_every_operator_has_oracle_cases():
         assert cls.torch_oracle is not Op.torch_oracle, f"{cls.__name__} has no oracle"
 
 
-@pytest.mark.parametrize("cls", sorted(CASES, key=lambda c: c.__name__),
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", sorted(CASES, key=lambda c: c.__name__), ids=lambda c: c.__name__)
 def test_kernels_agree_with_the_oracle(cls):
-    @settings(max_examples=EXAMPLES.get(cls, 15), deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=EXAMPLES.get(cls, 15),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(case=CASES[cls]())
     def agree(case):
         op, inputs, weights = case
-        assert op.kernel_gap([np.shape(a) for a in inputs],
-                             {r: np.shape(w) for r, w in weights.items()}) is None
+        assert (
+            op.kernel_gap(
+                [np.shape(a) for a in inputs], {r: np.shape(w) for r, w in weights.items()}
+            )
+            is None
+        )
         check(op, inputs, weights)
 
     agree()
@@ -571,8 +739,10 @@ def test_gaps_are_reported_per_node():
     assert Binary("mul", scalars=((1, 2.0),)).kernel_gap([(2, 3)], {}) is None
     assert Expand(shape=(2, 3)).kernel_gap([], {}) is not None
     assert Unknown(target="aten.foo").kernel_gap([(1,)], {}) is not None
-    assert Norm("batchnorm", stats=("m", "v")).buffers() == {"running_mean": "m",
-                                                            "running_var": "v"}
+    assert Norm("batchnorm", stats=("m", "v")).buffers() == {
+        "running_mean": "m",
+        "running_var": "v",
+    }
 
 
 # --- counts of the new operators, by hand -------------------------------------------------
@@ -596,8 +766,13 @@ def test_counts_of_data_movement_operators():
 def test_counts_of_3d_and_transposed_convolution():
     # conv3d: (1, 4, 5, 6, 7) * weight (6, 2, 3, 2, 3), groups 2, no padding:
     # out (1, 6, 3, 5, 5); MACs = 6*3*5*5 outputs * (2*3*2*3 = 36) = 450 * 36 = 16,200
-    conv = Conv(stride=(1, 1, 1), padding=((0, 0),) * 3, dilation=(1, 1, 1), groups=2,
-                output_padding=(0, 0, 0))
+    conv = Conv(
+        stride=(1, 1, 1),
+        padding=((0, 0),) * 3,
+        dilation=(1, 1, 1),
+        groups=2,
+        output_padding=(0, 0, 0),
+    )
     params = {"weight": (6, 2, 3, 2, 3)}
     out = conv.output_shape([(1, 4, 5, 6, 7)], params)
     assert out == (1, 6, 3, 5, 5)
@@ -633,14 +808,18 @@ def onnxruntime_single(op_type: str, inputs: list[np.ndarray], **attrs) -> np.nd
     from onnx import helper
 
     names = [f"x{i}" for i in range(len(inputs))]
-    types = {np.dtype(np.int64): onnx.TensorProto.INT64,
-             np.dtype(np.float64): onnx.TensorProto.DOUBLE,
-             np.dtype(np.float32): onnx.TensorProto.FLOAT}
+    types = {
+        np.dtype(np.int64): onnx.TensorProto.INT64,
+        np.dtype(np.float64): onnx.TensorProto.DOUBLE,
+        np.dtype(np.float32): onnx.TensorProto.FLOAT,
+    }
     node = helper.make_node(op_type, names, ["y"], **attrs)
     graph = helper.make_graph(
-        [node], "one",
+        [node],
+        "one",
         [helper.make_tensor_value_info(n, types[a.dtype], a.shape) for n, a in zip(names, inputs)],
-        [helper.make_tensor_value_info("y", types[inputs[0].dtype], None)])
+        [helper.make_tensor_value_info("y", types[inputs[0].dtype], None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     session = ort.InferenceSession(model.SerializeToString())
@@ -650,27 +829,36 @@ def onnxruntime_single(op_type: str, inputs: list[np.ndarray], **attrs) -> np.nd
 def test_onnx_integer_div_mod_and_hardsigmoid_against_onnxruntime():
     a, b = np.array([-7, 7, -7, 7, 9]), np.array([2, 2, -2, -2, 3])
     # ONNX Div on integers truncates: -7 / 2 = -3
-    np.testing.assert_array_equal(Binary("div", rounding_mode="trunc").compiled([a, b], {}),
-                                  onnxruntime_single("Div", [a, b]))
+    np.testing.assert_array_equal(
+        Binary("div", rounding_mode="trunc").compiled([a, b], {}),
+        onnxruntime_single("Div", [a, b]),
+    )
     # ONNX Mod (fmod=0) takes the divisor's sign, as Python's %; fmod=1 the dividend's
-    np.testing.assert_array_equal(Binary("remainder").compiled([a, b], {}),
-                                  onnxruntime_single("Mod", [a, b]))
-    np.testing.assert_array_equal(Binary("fmod").compiled([a, b], {}),
-                                  onnxruntime_single("Mod", [a, b], fmod=1))
+    np.testing.assert_array_equal(
+        Binary("remainder").compiled([a, b], {}), onnxruntime_single("Mod", [a, b])
+    )
+    np.testing.assert_array_equal(
+        Binary("fmod").compiled([a, b], {}), onnxruntime_single("Mod", [a, b], fmod=1)
+    )
     x = np.linspace(-5.0, 5.0, 21, dtype=np.float32)  # (onnxruntime has no float64 kernel)
     for alpha, beta in ((0.2, 0.5), (0.3, 0.1)):  # ONNX's default, and another
         np.testing.assert_allclose(
             Activation("hardsigmoid", alpha=alpha, beta=beta).compiled([x], {}),
-            onnxruntime_single("HardSigmoid", [x], alpha=alpha, beta=beta), rtol=1e-6)
+            onnxruntime_single("HardSigmoid", [x], alpha=alpha, beta=beta),
+            rtol=1e-6,
+        )
 
 
-@pytest.mark.parametrize("mode, coordinates, rounding", [
-    ("nearest", "half_pixel", "round_prefer_floor"),  # ONNX's defaults
-    ("nearest", "asymmetric", "ceil"),
-    ("nearest", "align_corners", "round_prefer_ceil"),
-    ("linear", "pytorch_half_pixel", "floor"),
-    ("linear", "asymmetric", "floor"),
-])
+@pytest.mark.parametrize(
+    "mode, coordinates, rounding",
+    [
+        ("nearest", "half_pixel", "round_prefer_floor"),  # ONNX's defaults
+        ("nearest", "asymmetric", "ceil"),
+        ("nearest", "align_corners", "round_prefer_ceil"),
+        ("linear", "pytorch_half_pixel", "floor"),
+        ("linear", "asymmetric", "floor"),
+    ],
+)
 def test_onnx_resize_modes_against_onnxruntime(mode, coordinates, rounding):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -678,18 +866,27 @@ def test_onnx_resize_modes_against_onnxruntime(mode, coordinates, rounding):
 
     x = np.random.default_rng(0).standard_normal((1, 2, 3, 5)).astype(np.float32)
     for size in ((7, 2), (1, 9), (3, 5)):
-        node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode=mode,
-                                coordinate_transformation_mode=coordinates,
-                                nearest_mode=rounding)
+        node = helper.make_node(
+            "Resize",
+            ["x", "", "", "sizes"],
+            ["y"],
+            mode=mode,
+            coordinate_transformation_mode=coordinates,
+            nearest_mode=rounding,
+        )
         sizes = numpy_helper.from_array(np.array((1, 2, *size), dtype=np.int64), "sizes")
         graph = helper.make_graph(
-            [node], "resize", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
-                                                             x.shape)],
-            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [sizes])
+            [node],
+            "resize",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [sizes],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
         model.ir_version = 8
         truth = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
         op = Resize(mode, size, coordinate_mode=coordinates, nearest_mode=rounding)
         for path in PATHS:
-            np.testing.assert_allclose(getattr(op, path)([x], {}), truth, rtol=1e-5,
-                                       atol=1e-6, err_msg=f"{path} {size}")
+            np.testing.assert_allclose(
+                getattr(op, path)([x], {}), truth, rtol=1e-5, atol=1e-6, err_msg=f"{path} {size}"
+            )

@@ -310,7 +310,8 @@ def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor, out: torch.Tensor
         )
     for which, t in extras:
         if isinstance(t, torch.Tensor):
-            built.append(Built(RecurrentState(which=which, shape=shape_of(t)), [out], t))
+            state = RecurrentState(which=which, shape=shape_of(t), recurrent=op)
+            built.append(Built(state, [out], t))
     return built
 
 

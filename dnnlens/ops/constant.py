@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from dnnlens.ops.base import Op, register
+import numpy as np
+
+from dnnlens.errors import ShapeError
+from dnnlens.ops.base import Op, register, torch_tensors
 
 
 @register
@@ -25,3 +28,29 @@ class Constant(Op):
 
     def output_shape(self, input_shapes, params):
         return tuple(self.shape)
+
+    # --- kernels ----------------------------------------------------------------------
+    def buffers(self):
+        """A buffer's value, by role ``value``, from the weights (a state dict has it)."""
+        return {"value": self.source} if self.source else {}
+
+    def kernel_gap(self, input_shapes, params):
+        if not self.source:
+            return (
+                "a constant computed while tracing (not a buffer) has no value the engine can read"
+            )
+        return None
+
+    def reference(self, inputs, weights):
+        """The buffer as stored (its own dtype), a fresh array: a consumer may write to it."""
+        value = np.array(weights["value"], copy=True)
+        if tuple(value.shape) != tuple(self.shape):
+            raise ShapeError(
+                f"constant {self.source!r} has shape {tuple(value.shape)} but the "
+                f"network expects {tuple(self.shape)}"
+            )
+        return value
+
+    def torch_oracle(self, inputs, weights):
+        (value,) = torch_tensors(weights["value"])
+        return value.clone()
