@@ -123,8 +123,7 @@ class Subject:
     onnx_values: dict[str, str] = field(default_factory=dict)  # IR node -> ONNX value
 
 
-def _torch_module(model: Any, weights: Any, seed: int
-                  ) -> tuple[Any, tuple[int, ...] | None, str]:
+def _torch_module(model: Any, weights: Any, seed: int) -> tuple[Any, tuple[int, ...] | None, str]:
     """``(nn.Module in eval mode, its usual input shape or None, its name)``."""
     import torch
 
@@ -137,8 +136,10 @@ def _torch_module(model: Any, weights: Any, seed: int
         from dnnlens.importers import SEED_INPUT
 
         if weights is not None:
-            raise UsageError(f"{model} is already a checkpoint (of the course network); "
-                             "--weights goes with a model name or package.module:factory")
+            raise UsageError(
+                f"{model} is already a checkpoint (of the course network); "
+                "--weights goes with a model name or package.module:factory"
+            )
         return load_checkpoint(model), SEED_INPUT, str(model)
     else:
         module, shape = build_model(str(model), device="cpu", seed=seed)
@@ -153,12 +154,19 @@ def _torch_module(model: Any, weights: Any, seed: int
 def _check_finite(weights: dict[str, np.ndarray]) -> None:
     bad = [name for name, value in weights.items() if not np.isfinite(value).all()]
     if bad:  # NaN weights make every prediction class 0 on both sides: nothing to compare
-        raise CheckpointError(f"the weights {', '.join(bad[:4])} contain NaN or Inf values "
-                              "(did training diverge?); retrain or use another checkpoint")
+        raise CheckpointError(
+            f"the weights {', '.join(bad[:4])} contain NaN or Inf values "
+            "(did training diverge?); retrain or use another checkpoint"
+        )
 
 
-def torch_subject(model: Any, input_shape: tuple[int, ...] | None, weights: Any = None,
-                  seed: int = 0, fallback_shape: tuple[int, ...] | None = None) -> Subject:
+def torch_subject(
+    model: Any,
+    input_shape: tuple[int, ...] | None,
+    weights: Any = None,
+    seed: int = 0,
+    fallback_shape: tuple[int, ...] | None = None,
+) -> Subject:
     from dnnlens.importers.torch import import_torch
 
     module, default, name = _torch_module(model, weights, seed)
@@ -179,26 +187,39 @@ def onnx_subject(path: str | os.PathLike, input_shape: tuple[int, ...] | None) -
     if input_shape is None:
         if not all(isinstance(d, int) and d > 0 for d in dims[1:]):
             shown = ", ".join(str(d) for d in dims)
-            raise UsageError(f"{path}: input ({shown}) has dynamic dimensions; give its shape "
-                             "with --input N,C,H,W")
+            raise UsageError(
+                f"{path}: input ({shown}) has dynamic dimensions; give its shape "
+                "with --input N,C,H,W"
+            )
         input_shape = (1, *dims[1:])
     fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
     graph, weights, values = import_onnx_with_values(path, (fixed or 1, *input_shape[1:]))
-    return Subject(path.name, "onnxruntime", graph, weights, tuple(input_shape), path=path,
-                   onnx_values=values)
+    return Subject(
+        path.name, "onnxruntime", graph, weights, tuple(input_shape), path=path, onnx_values=values
+    )
 
 
-def subject_for(model: Any, input_shape: tuple[int, ...] | None = None, weights: Any = None,
-                seed: int = 0, fallback_shape: tuple[int, ...] | None = None) -> Subject:
+def subject_for(
+    model: Any,
+    input_shape: tuple[int, ...] | None = None,
+    weights: Any = None,
+    seed: int = 0,
+    fallback_shape: tuple[int, ...] | None = None,
+) -> Subject:
     """Route a model argument to its reference: an ONNX file to onnxruntime, everything else
     to PyTorch. ``fallback_shape``: the input shape when neither the caller nor the model
     says it (the data's images)."""
     from dnnlens.importers import is_model_file
 
-    if isinstance(model, (str, os.PathLike)) and is_model_file(str(model)) \
-            and not str(model).lower().endswith(".onnx"):
-        raise UsageError(f"{model} describes layers without weights: nothing to run; verify "
-                         "an ONNX file, a checkpoint, a torchvision name or a factory")
+    if (
+        isinstance(model, (str, os.PathLike))
+        and is_model_file(str(model))
+        and not str(model).lower().endswith(".onnx")
+    ):
+        raise UsageError(
+            f"{model} describes layers without weights: nothing to run; verify "
+            "an ONNX file, a checkpoint, a torchvision name or a factory"
+        )
     if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
         if weights is not None:
             raise UsageError("--weights is for PyTorch models; an ONNX file holds its own")
@@ -214,21 +235,24 @@ def _first_tensor(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list, dict)):
-        for item in (value.values() if isinstance(value, dict) else value):
+        for item in value.values() if isinstance(value, dict) else value:
             found = _first_tensor(item)
             if found is not None:
                 return found
     return None
 
 
-def torch_predict(model: torch.nn.Module, images: np.ndarray, batch: int = TORCH_BATCH
-                  ) -> np.ndarray:
+def torch_predict(
+    model: torch.nn.Module, images: np.ndarray, batch: int = TORCH_BATCH
+) -> np.ndarray:
     """PyTorch eager outputs, ``batch`` images per call (``(N, ...)`` -> ``(N, classes)``)."""
     import torch
 
     with torch.inference_mode():
-        parts = [_first_tensor(model(torch.from_numpy(images[i:i + batch]))).numpy()
-                 for i in range(0, len(images), batch)]
+        parts = [
+            _first_tensor(model(torch.from_numpy(images[i : i + batch]))).numpy()
+            for i in range(0, len(images), batch)
+        ]
     return np.concatenate(parts)
 
 
@@ -244,28 +268,34 @@ def _ort_session(path: Path | bytes):
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # no warnings about unused initializers on stderr
-    return onnxruntime.InferenceSession(path if isinstance(path, bytes) else str(path),
-                                        options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(
+        path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"]
+    )
 
 
-def _ort_run(session, images: np.ndarray, fixed: int | None, batch: int = 256
-             ) -> list[np.ndarray]:
+def _ort_run(session, images: np.ndarray, fixed: int | None, batch: int = 256) -> list[np.ndarray]:
     """All of the session's outputs on ``images``, ``fixed`` (the model's own batch, padded)
     or ``batch`` images per call, concatenated along the batch."""
     name = session.get_inputs()[0].name
     step = fixed or batch
     parts: list[list[np.ndarray]] = []
     for start in range(0, len(images), step):
-        chunk = images[start:start + step]
+        chunk = images[start : start + step]
         count = len(chunk)
         if fixed and count < fixed:  # pad a last partial batch
             pad = np.zeros((fixed - count, *chunk.shape[1:]), chunk.dtype)
             chunk = np.concatenate([chunk, pad])
         outs = session.run(None, {name: chunk})
-        parts.append([np.asarray(o)[:count] if np.ndim(o) and len(o) == len(chunk)
-                      else np.asarray(o) for o in outs])
-    return [np.concatenate([p[i] for p in parts]) if np.ndim(parts[0][i]) else parts[0][i]
-            for i in range(len(parts[0]))]
+        parts.append(
+            [
+                np.asarray(o)[:count] if np.ndim(o) and len(o) == len(chunk) else np.asarray(o)
+                for o in outs
+            ]
+        )
+    return [
+        np.concatenate([p[i] for p in parts]) if np.ndim(parts[0][i]) else parts[0][i]
+        for i in range(len(parts[0]))
+    ]
 
 
 def reference_predict(subject: Subject, images: np.ndarray) -> np.ndarray:
@@ -294,8 +324,9 @@ def _mark(value: Any, mark: str = _MARK) -> list[Any]:
     return tensors
 
 
-def torch_values(model: "torch.nn.Module", images: np.ndarray
-                 ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
+def torch_values(
+    model: torch.nn.Module, images: np.ndarray
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
     """The real model's own intermediate values on ``images``, copied at once (an in-place
     ReLU after them would overwrite them):
 
@@ -325,6 +356,7 @@ def torch_values(model: "torch.nn.Module", images: np.ndarray
             if tensor is not None and inside[0] == 0:
                 modules.setdefault(name, []).append(tensor.detach().clone().numpy())
             _mark(out)
+
         return record
 
     class Operators(TorchDispatchMode):
@@ -343,8 +375,7 @@ def torch_values(model: "torch.nn.Module", images: np.ndarray
         if name in PASSTHROUGH and first is not None and _marked(first, _MARK):
             _mark(out)
             return
-        if not any(_marked(t, _MARK) or _marked(t, _PARAM) for t in tensors) \
-                and name != "expand":
+        if not any(_marked(t, _MARK) or _marked(t, _PARAM) for t in tensors) and name != "expand":
             return  # made from constants only: not a node
         for tensor in _mark(out):
             operators.setdefault(name, []).append(tensor.detach().clone().numpy())
@@ -427,7 +458,7 @@ def layer_differences(subject: Subject, images: np.ndarray, engine: str) -> list
     worst: dict[str, list[float]] = {}
     step = LAYER_CHUNK[engine]
     for start in range(0, len(images), step):
-        chunk = images[start:start + step]
+        chunk = images[start : start + step]
         ours = plan.run(chunk).activations
         for name, truth in truth_of(subject, chunk).items():
             mine = ours.get(name)
@@ -445,8 +476,9 @@ def layer_differences(subject: Subject, images: np.ndarray, engine: str) -> list
             note = f"folded into {into[node.name]}"
         elif diff is None:
             note = "no value of its own in the reference"
-        rows.append(LayerDiff(node.name, node.kind, tuple(node.output_shape[1:]), diff, scale,
-                              note))
+        rows.append(
+            LayerDiff(node.name, node.kind, tuple(node.output_shape[1:]), diff, scale, note)
+        )
     return rows
 
 
@@ -469,8 +501,9 @@ def _dataset(data: Any, split: str) -> Any:
     return data if isinstance(data, Dataset) else load_data(str(data), split)
 
 
-def _inputs(subject: Subject, dataset: Any, limit: int | None, images: int, seed: int
-            ) -> tuple[np.ndarray, np.ndarray | None, str]:
+def _inputs(
+    subject: Subject, dataset: Any, limit: int | None, images: int, seed: int
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """``(images, labels or None, description)``: a data set's, or seeded random ones."""
     if dataset is None:
         if images < 1:
@@ -480,16 +513,27 @@ def _inputs(subject: Subject, dataset: Any, limit: int | None, images: int, seed
         return rng.standard_normal(shape, dtype=np.float32), None, f"random (seed {seed})"
     pixels, labels = dataset.images[:limit], dataset.labels[:limit]
     if tuple(pixels.shape[1:]) != tuple(subject.input_shape[1:]):
-        raise UsageError(f"{dataset.name} has images of shape {tuple(pixels.shape[1:])} but "
-                         f"{subject.name} takes {tuple(subject.input_shape[1:])}; verify it "
-                         "on random inputs (leave out --data)")
+        raise UsageError(
+            f"{dataset.name} has images of shape {tuple(pixels.shape[1:])} but "
+            f"{subject.name} takes {tuple(subject.input_shape[1:])}; verify it "
+            "on random inputs (leave out --data)"
+        )
     return np.ascontiguousarray(pixels, np.float32), labels, dataset.name
 
 
-def verify(model: Any, data: Any = None, limit: int | None = None, engine: str = "compiled",
-           split: str = "test", *, images: int = DEFAULT_IMAGES, seed: int = 0,
-           weights: Any = None, input_shape: tuple[int, ...] | None = None,
-           layers: bool = True) -> VerifyResult:
+def verify(
+    model: Any,
+    data: Any = None,
+    limit: int | None = None,
+    engine: str = "compiled",
+    split: str = "test",
+    *,
+    images: int = DEFAULT_IMAGES,
+    seed: int = 0,
+    weights: Any = None,
+    input_shape: tuple[int, ...] | None = None,
+    layers: bool = True,
+) -> VerifyResult:
     """Run our engine and the reference on the same inputs and compare them.
 
     ``model``: the course network's checkpoint (``.pth``), a torchvision name,
@@ -524,19 +568,26 @@ def verify(model: Any, data: Any = None, limit: int | None = None, engine: str =
     reference_predict(subject, pixels)
     theirs, reference_seconds = _best_of(lambda: reference_predict(subject, pixels), repeats)
     if ours.shape != theirs.shape:
-        raise ModelError(f"{subject.name}: our output has shape {ours.shape}, the "
-                         f"reference's {theirs.shape}")
+        raise ModelError(
+            f"{subject.name}: our output has shape {ours.shape}, the reference's {theirs.shape}"
+        )
 
     predicted, reference_predicted = ours.argmax(axis=-1), theirs.argmax(axis=-1)
     result = VerifyResult(
-        model=subject.name, reference=subject.reference, data=described, images=len(pixels),
-        engine=engine, mismatches=int(np.sum(predicted != reference_predicted)),
+        model=subject.name,
+        reference=subject.reference,
+        data=described,
+        images=len(pixels),
+        engine=engine,
+        mismatches=int(np.sum(predicted != reference_predicted)),
         max_abs_diff=float(np.max(np.abs(ours.astype(np.float64) - theirs))),
         max_abs_reference=float(np.max(np.abs(theirs.astype(np.float64)))),
         layers=layer_differences(subject, pixels, engine) if layers else [],
         images_per_s=len(pixels) / seconds,
         reference_images_per_s=len(pixels) / reference_seconds,
-        warmup_seconds=warmup, threads=torch.get_num_threads())
+        warmup_seconds=warmup,
+        threads=torch.get_num_threads(),
+    )
     if labels is not None and predicted.ndim == 1:
         result.correct = int(np.sum(predicted == labels))
         result.reference_correct = int(np.sum(reference_predicted == labels))
