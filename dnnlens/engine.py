@@ -35,7 +35,17 @@ import numpy as np
 
 from dnnlens.errors import CheckpointError, DataError, ModelError, ShapeError, UsageError
 from dnnlens.ir import Graph, Node
-from dnnlens.ops import Activation, Conv, Linear, Norm, Pool
+from dnnlens.ops import (
+    Activation,
+    Conv,
+    Expand,
+    Linear,
+    Norm,
+    Pool,
+    Recurrent,
+    RecurrentState,
+    Reshape,
+)
 
 ENGINES = ("compiled", "reference")
 
@@ -273,9 +283,14 @@ def plan(
     for node in graph:
         if node.name in taken:
             continue
-        chain, folded = [node], None
+        chain: list[Node] = [node]
+        folded: Node | None = None
         norm = _only_consumer(graph, users, node) if isinstance(node.op, (Conv, Linear)) else None
-        if foldable_norm(node, norm) and (fold(norm) if callable(fold) else fold):
+        if (
+            norm is not None
+            and foldable_norm(node, norm)
+            and (fold(norm) if callable(fold) else fold)
+        ):
             chain.append(norm)
             folded = norm
         last = chain[-1]
@@ -283,12 +298,17 @@ def plan(
         if fuse and isinstance(node.op, Conv):
             relu = _only_consumer(graph, users, last)
             pool = _only_consumer(graph, users, relu) if _is_relu(relu, last) else None
-            if pool is not None and pool.inputs == [relu.name] and fusable_conv_pool(node, pool):
+            if (
+                relu is not None
+                and pool is not None
+                and pool.inputs == [relu.name]
+                and fusable_conv_pool(node, pool)
+            ):
                 chain += [relu, pool]
                 kind = "conv_relu_maxpool"
         elif fuse and isinstance(node.op, Linear):
             relu = _only_consumer(graph, users, last)
-            if _is_relu(relu, last):
+            if relu is not None and _is_relu(relu, last):
                 chain.append(relu)
                 kind = "fc_relu"
         taken.update(n.name for n in chain)
@@ -330,6 +350,7 @@ def fold_batchnorm(
             f"{norm_params['running_mean'].shape} do not fit {channels} "
             "channels"
         )
+    assert isinstance(norm.op, Norm), "only a batch norm folds (see foldable_norm)"
     scale, shift = norm.op.scale_shift(norm_params)
     bias = np.asarray(params.get("bias", np.zeros(channels)), np.float64)
     dtype = np.result_type(params["weight"].dtype, np.float32)
@@ -354,26 +375,35 @@ def run_step(
     params = step.params or _step_params(step, weights)
     if step.kind == "batch_expand" and batch is not None:
         # a parameter broadcast over the batch (a class token): to the batch being run
+        assert isinstance(first.op, Expand), "only an expand follows the batch (Plan)"
         x = inputs[0] if inputs else next(iter(params.values()))
         return np.broadcast_to(x, (batch, *first.op.shape[1:]))
     if step.kind == "conv_relu_maxpool":
         from dnnlens.ops.conv import conv_relu_maxpool_compiled
 
-        pool = step.nodes[-1]
+        conv, pool = _conv_and_pool(step)
         try:
-            x, weight, bias, attrs = first.op.kernel_args(inputs, params)
+            x, weight, bias, attrs = conv.kernel_args(inputs, params)
         except ShapeError as exc:
             raise ShapeError(f"layer {first.name!r} ({first.kind}): {exc}") from None
-        return conv_relu_maxpool_compiled(x, weight, bias, attrs, pool.op.kernel, pool.op.stride)
+        return conv_relu_maxpool_compiled(x, weight, bias, attrs, pool.kernel, pool.stride)
     if step.kind == "fc_relu":
         from dnnlens.ops.linear import linear_compiled
 
+        assert isinstance(first.op, Linear), "plan() fuses a ReLU only into an fc"
         try:
             x, weight, bias, lead = first.op.kernel_args(inputs, params)
         except ShapeError as exc:
             raise ShapeError(f"layer {first.name!r} ({first.kind}): {exc}") from None
         return linear_compiled(x, weight, bias, relu=True).reshape(*lead, weight.shape[0])
     return run_node(first, inputs, params, engine)
+
+
+def _conv_and_pool(step: Step) -> tuple[Conv, Pool]:
+    """The conv and the max pool of a fused ``conv_relu_maxpool`` step."""
+    conv, pool = step.nodes[0].op, step.nodes[-1].op
+    assert isinstance(conv, Conv) and isinstance(pool, Pool), "see fusable_conv_pool"
+    return conv, pool
 
 
 def _step_params(step: Step, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -390,18 +420,17 @@ def bind_step(
     again on inputs of the same shapes with every size, kernel and weight decided now, or None
     to keep the general path. One image at a time, the general path's bookkeeping would cost
     more than the kernels."""
-    from dnnlens.ops import Reshape
     from dnnlens.ops.conv import bind_conv_relu_maxpool
     from dnnlens.ops.linear import bind_linear
 
     first = step.nodes[0]
     if step.kind == "conv_relu_maxpool":
-        pool = step.nodes[-1]
-        x, weight, bias, attrs = first.op.kernel_args(inputs, step.params)
+        conv, pool = _conv_and_pool(step)
+        x, weight, bias, attrs = conv.kernel_args(inputs, step.params)
         if x.ndim != 4:
             return None
         kernel = bind_conv_relu_maxpool(
-            x.shape, x.dtype, weight, bias, attrs, pool.op.kernel, pool.op.stride
+            x.shape, x.dtype, weight, bias, attrs, pool.kernel, pool.stride
         )
         return lambda xs: kernel(xs[0])
     if isinstance(first.op, Linear) and inputs[0].ndim == 2:
@@ -482,11 +511,11 @@ class Plan:
             and batch != self._traced_batch
             and not self._batch_first
         ):
-            return self._run_in_chunks(values, batch)
+            return self._run_in_chunks(values, batch, self._traced_batch)
         return self._run_values(values, batch)
 
-    def _run_in_chunks(self, values: dict[str, np.ndarray], batch: int) -> EngineResult:
-        size = self._traced_batch
+    def _run_in_chunks(self, values: dict[str, np.ndarray], batch: int, size: int) -> EngineResult:
+        """``batch`` inputs run ``size`` (the traced batch) at a time."""
         if batch % size:
             raise ShapeError(
                 f"this network moves the batch dimension and was traced at batch "
@@ -515,8 +544,9 @@ class Plan:
             if step.kind == "state":
                 pass  # a recurrent layer's final state: its layer's step wrote it
             elif index in self._states:  # a recurrent layer whose final states are read
-                first = step.nodes[0]
-                out, states = first.op.run(
+                layer = step.nodes[0].op
+                assert isinstance(layer, Recurrent), "see _recurrent_states"
+                out, states = layer.run(
                     [values[name] for name in step.inputs],
                     step.params,
                     compiled=self.engine == "compiled",
@@ -571,8 +601,6 @@ def _recurrent_states(graph: Graph, steps: list[Step]) -> dict[int, list[tuple[s
     """For each recurrent layer's step, the state nodes (``h_n``, ``c_n``) that read it, as
     (name, which); those nodes' steps become ``state`` steps: the layer's one run computes
     its output and its final states together."""
-    from dnnlens.ops import Recurrent, RecurrentState
-
     index_of = {step.output: i for i, step in enumerate(steps)}
     producers = {node.name: node for node in graph}
     states: dict[int, list[tuple[str, str]]] = {}
@@ -594,8 +622,6 @@ def _recurrent_states(graph: Graph, steps: list[Step]) -> dict[int, list[tuple[s
 def _expands_to_the_batch(node: Node, traced_batch: int | None) -> bool:
     """An expand whose first dimension is the batch the graph was traced at: like a
     reshape's, it follows the batch being run."""
-    from dnnlens.ops import Expand
-
     op = node.op
     return (
         isinstance(op, Expand)

@@ -122,6 +122,13 @@ class Subject:
     path: Path | None = None  # the ONNX file (reference "onnxruntime")
     onnx_values: dict[str, str] = field(default_factory=dict)  # IR node -> ONNX value
 
+    @property
+    def onnx_path(self) -> Path:
+        """The ONNX file the onnxruntime reference runs (:func:`onnx_subject` sets it)."""
+        if self.path is None:
+            raise UsageError(f"{self.name}: the onnxruntime reference needs the ONNX file")
+        return self.path
+
 
 def _torch_module(model: Any, weights: Any, seed: int) -> tuple[Any, tuple[int, ...] | None, str]:
     """``(nn.Module in eval mode, its usual input shape or None, its name)``."""
@@ -185,13 +192,14 @@ def onnx_subject(path: str | os.PathLike, input_shape: tuple[int, ...] | None) -
     path = Path(path)
     dims = onnx_input_dims(path)
     if input_shape is None:
-        if not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        static = [d for d in dims[1:] if isinstance(d, int) and d > 0]
+        if len(static) != len(dims) - 1:
             shown = ", ".join(str(d) for d in dims)
             raise UsageError(
                 f"{path}: input ({shown}) has dynamic dimensions; give its shape "
                 "with --input N,C,H,W"
             )
-        input_shape = (1, *dims[1:])
+        input_shape = (1, *static)
     fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
     graph, weights, values = import_onnx_with_values(path, (fixed or 1, *input_shape[1:]))
     return Subject(
@@ -301,7 +309,8 @@ def _ort_run(session, images: np.ndarray, fixed: int | None, batch: int = 256) -
 def reference_predict(subject: Subject, images: np.ndarray) -> np.ndarray:
     if subject.reference == "pytorch":
         return torch_predict(subject.module, images)
-    return _ort_run(_ort_session(subject.path), images, _fixed_batch(subject.path))[0]
+    path = subject.onnx_path
+    return _ort_run(_ort_session(path), images, _fixed_batch(path))[0]
 
 
 # --- the reference's intermediate values --------------------------------------------------
@@ -431,7 +440,8 @@ def onnx_layer_truth(subject: Subject, images: np.ndarray) -> dict[str, np.ndarr
     graph outputs of an in-memory copy of the model."""
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(subject.path)))
+    path = subject.onnx_path
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     known = {info.name: info for info in model.graph.value_info}
     present = {out.name for out in model.graph.output}
     wanted = {}
@@ -444,7 +454,7 @@ def onnx_layer_truth(subject: Subject, images: np.ndarray) -> dict[str, np.ndarr
             wanted[node_name] = value
     session = _ort_session(model.SerializeToString())
     names = [out.name for out in session.get_outputs()]
-    outs = dict(zip(names, _ort_run(session, images, _fixed_batch(subject.path))))
+    outs = dict(zip(names, _ort_run(session, images, _fixed_batch(path))))
     return {node_name: outs[value] for node_name, value in wanted.items() if value in outs}
 
 
@@ -464,10 +474,10 @@ def layer_differences(subject: Subject, images: np.ndarray, engine: str) -> list
             mine = ours.get(name)
             if mine is None or mine.shape != truth.shape:
                 continue
-            diff = float(np.max(np.abs(mine.astype(np.float64) - truth), initial=0.0))
-            scale = float(np.max(np.abs(truth.astype(np.float64)), initial=0.0))
+            chunk_diff = float(np.max(np.abs(mine.astype(np.float64) - truth), initial=0.0))
+            chunk_scale = float(np.max(np.abs(truth.astype(np.float64)), initial=0.0))
             old = worst.get(name, [0.0, 0.0])
-            worst[name] = [max(old[0], diff), max(old[1], scale)]
+            worst[name] = [max(old[0], chunk_diff), max(old[1], chunk_scale)]
     rows = []
     for node in subject.graph:
         diff, scale = worst.get(node.name, (None, None))

@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from dnnlens.errors import ShapeError
+from dnnlens.errors import ModelError, ShapeError
 from dnnlens.ops.base import Op, compiled_kernel, contiguous, register, torch_tensors, weight_count
 from dnnlens.shapes import Shape
 
@@ -194,10 +194,23 @@ class Recurrent(Op):
             out = np.empty((n, t, d * out_width), dtype)
             for direction in range(d):
                 reverse = direction == 1
-                w = self._layer_weights(weights, layer, reverse, dtype)
+                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(weights, layer, reverse, dtype)
                 index = layer * d + direction
                 h, c = h0[index].copy(), c0[index].copy()
-                loop(contiguous(seq), h, c, *w, mode, reverse, out, direction * out_width)
+                loop(
+                    contiguous(seq),
+                    h,
+                    c,
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                    w_hr,
+                    mode,
+                    reverse,
+                    out,
+                    direction * out_width,
+                )
                 h_n[index], c_n[index] = h, c
             seq = out
         return self._layouts(seq, h_n, c_n, x.shape)
@@ -220,7 +233,9 @@ class Recurrent(Op):
             target[...] = np.asarray(state).reshape(target.shape)
         return h0, c0
 
-    def _layer_weights(self, weights, layer: int, reverse: bool, dtype) -> list[np.ndarray]:
+    def _layer_weights(
+        self, weights, layer: int, reverse: bool, dtype
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``w_ih, w_hh, b_ih, b_hh, w_hr`` of one layer and direction (zero biases when the
         module has none, an empty ``w_hr`` without projections)."""
         rows = GATES[self.mode] * self.hidden_size
@@ -231,13 +246,13 @@ class Recurrent(Op):
                 np.zeros(shape, dtype) if value is None else np.asarray(value), dtype
             )
 
-        return [
+        return (
             get("weight_ih", (rows, 0)),
             get("weight_hh", (rows, self.hidden_out)),
             get("bias_ih", (rows,)),
             get("bias_hh", (rows,)),
             get("weight_hr", (0, 0)) if self.proj_size else np.zeros((0, 0), dtype),
-        ]
+        )
 
     def _layouts(
         self, out: np.ndarray, h_n: np.ndarray, c_n: np.ndarray, shape: Shape
@@ -285,16 +300,19 @@ class Recurrent(Op):
         first = np.asarray(weights[self.role("weight_ih", 0, False)])
         features = first.shape[1]
         bias = any(r.startswith("bias") for r in weights)
+        module: nn.Module
         if self.cell:
-            cls = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(self.mode, nn.RNNCell)
-            extra = {"nonlinearity": self.mode[4:]} if cls is nn.RNNCell else {}
-            module = cls(features, self.hidden_size, bias=bias, **extra)
+            cell = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(self.mode, nn.RNNCell)
+            nonlinearity = {"nonlinearity": self.mode[4:]} if cell is nn.RNNCell else {}
+            module = cell(features, self.hidden_size, bias=bias, **nonlinearity)
         else:
-            cls = {"lstm": nn.LSTM, "gru": nn.GRU}.get(self.mode, nn.RNN)
-            extra = {"nonlinearity": self.mode[4:]} if cls is nn.RNN else {}
+            layers = {"lstm": nn.LSTM, "gru": nn.GRU}.get(self.mode, nn.RNN)
+            extra: dict[str, str | int] = (
+                {"nonlinearity": self.mode[4:]} if layers is nn.RNN else {}
+            )
             if self.proj_size:
                 extra["proj_size"] = self.proj_size
-            module = cls(
+            module = layers(
                 features,
                 self.hidden_size,
                 num_layers=self.num_layers,
@@ -371,6 +389,10 @@ def recurrent_direction_reference(
                 out[n, t, column + k] = h[n, k]
 
 
+#: Why a state node that lost its recurrent layer cannot run.
+_NO_LAYER = "a recurrent state without its recurrent layer cannot be computed"
+
+
 @register
 @dataclass(frozen=True)
 class RecurrentState(Op):
@@ -391,15 +413,20 @@ class RecurrentState(Op):
 
     def kernel_gap(self, input_shapes, params):
         if self.recurrent is None:
-            return "a recurrent state without its recurrent layer cannot be computed"
+            return _NO_LAYER
         return self.recurrent.kernel_gap(input_shapes, params)
+
+    def _layer(self) -> Recurrent:
+        if self.recurrent is None:
+            raise ModelError(_NO_LAYER)
+        return self.recurrent
 
     def reference(self, inputs, weights):
         """``inputs``/``weights``: the recurrent layer's operands, not this node's."""
-        return self.recurrent.run(inputs, weights, compiled=False)[1][self.which]
+        return self._layer().run(inputs, weights, compiled=False)[1][self.which]
 
     def compiled(self, inputs, weights):
-        return self.recurrent.run(inputs, weights, compiled=True)[1][self.which]
+        return self._layer().run(inputs, weights, compiled=True)[1][self.which]
 
     def torch_oracle(self, inputs, weights):
-        return self.recurrent.torch_run(inputs, weights)[1][self.which]
+        return self._layer().torch_run(inputs, weights)[1][self.which]
