@@ -18,20 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 
+from common import machine, rss_bytes, run_child
+
 TOOLS = ("dnnlens", "torchinfo", "fvcore")
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def lstm_model() -> tuple:
@@ -110,7 +102,7 @@ def llm_7b() -> None:
     """Analyse a LLaMA-7B-shaped transformer built on meta; print JSON."""
     import resource
 
-    from llama7b import llm_7b as build_llm_7b
+    from common import llm_7b as build_llm_7b
 
     from dnnlens.analysis import analyze
 
@@ -134,28 +126,6 @@ def llm_7b() -> None:
                 "weights_fp16_bytes": 2 * (t.weights + t.biases),
             }
         )
-    )
-
-
-def run_child(*argv: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, *argv], check=True, capture_output=True, text=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
     )
 
 
@@ -184,7 +154,7 @@ def main() -> None:
     for name in args.models.split(","):
         results = {}
         for tool in TOOLS:
-            runs = [run_child("--child", tool, name) for _ in range(args.repeat)]
+            runs = [run_child(__file__, "--child", tool, name) for _ in range(args.repeat)]
             results[tool] = {
                 key: statistics.median(r[key] for r in runs)
                 for key in ("seconds", "peak", "growth", "macs")
@@ -197,7 +167,7 @@ def main() -> None:
                 f"{r['seconds'] / ours['seconds']:.1f}x | "
                 f"{r['growth'] / max(ours['growth'], 1):.1f}x |"
             )
-    llm = run_child("--llm")
+    llm = run_child(__file__, "--llm")
     print(
         f"\n7B transformer on meta (LLaMA-7B shapes, 2,048 tokens): {llm['params']:,} "
         f"parameters ({llm['weights_fp16_bytes'] / 1e9:.1f} GB in fp16, never allocated), "

@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
+
+from common import machine, rss_bytes, run_child
 
 TOOLS = ("dnnlens", "flopcounter")
 MODELS = ("vit_b_16", "llm7b")
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def build(name: str):
@@ -36,7 +28,7 @@ def build(name: str):
     import torchvision
 
     if name == "llm7b":
-        from llama7b import llm_7b
+        from common import llm_7b
 
         return llm_7b()
     with torch.device("meta"):
@@ -104,28 +96,6 @@ def child(tool: str, name: str) -> None:
     )
 
 
-def run_child(*argv: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, *argv], check=True, capture_output=True, text=True
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -148,7 +118,7 @@ def main() -> None:
     for name in args.models.split(","):
         results = {}
         for tool in TOOLS:
-            runs = [run_child("--child", tool, name) for _ in range(args.repeat)]
+            runs = [run_child(__file__, "--child", tool, name) for _ in range(args.repeat)]
             results[tool] = {
                 key: statistics.median(r[key] for r in runs)
                 for key in ("seconds", "peak", "growth", "macs")

@@ -1,9 +1,16 @@
-"""A LLaMA-7B-shaped transformer on the meta device, shared by the benchmarks that analyse
-it (benchmarks/analysis.py: the forward; benchmarks/training_step.py: a training step).
+"""What the analysis benchmarks share: a LLaMA-7B-shaped transformer on the meta device
+(benchmarks/analysis.py analyses its forward, benchmarks/training_step.py a training step),
+the child-process harness and the machine line of a results header.
 
 Run as scripts, the benchmarks find this module beside them (``sys.path[0]``)."""
 
 from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
 
 
 def llm_7b() -> tuple:
@@ -60,3 +67,34 @@ def llm_7b() -> tuple:
     with torch.device("meta"):
         model = LLM()
     return model, torch.zeros(1, 2048, dtype=torch.long, device="meta")
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_child(script: str, *argv: str) -> dict:
+    """Run ``script`` again in a fresh Python process (so each measurement starts cold and its
+    peak memory is its own) and return the JSON object its last line prints."""
+    out = subprocess.run(
+        [sys.executable, script, *argv], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    """The CPU model, core count, Python and torch versions, for a results header."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
