@@ -333,3 +333,22 @@ def test_cli_report_on_a_model_file(tmp_path):
         text=True,
     )
     assert done.returncode == 2 and "--measure" in done.stderr
+
+
+@pytest.mark.slow
+def test_cli_report_on_a_detector_uses_its_default_input(tmp_path):
+    """A detector takes a list of images, which no N,C,H,W shape describes: the report uses
+    the same default input as ``analyze`` instead of asking for --input (it used to)."""
+    import torchvision
+
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    done = subprocess.run(
+        [sys.executable, "-m", "dnnlens", "report", name, "-o", str(tmp_path)]
+        + ["--device", "rpi5"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "report.html").read_text()
+    published = torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"]
+    assert f"{published:,}" in page  # the published parameter count, 19,386,354

@@ -94,10 +94,10 @@ def validate(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dnnlens.analysis import analyze
-    from dnnlens.cli.analyze import resolve_model
+    from dnnlens.cli.analyze import resolve, trace
     from dnnlens.importers import graph_from_file  # ONNX, spec and topology files
     from dnnlens.report import write_report
-    from dnnlens.roofline import batch_sweep, roofline
+    from dnnlens.roofline import roofline
 
     validate(args)
     given = args.shape
@@ -113,13 +113,13 @@ def run(args: argparse.Namespace) -> int:
             if at.batch == b:  # a SCALE-Sim topology has a fixed batch
                 sweep.append(roofline(at, spec))
     else:
-        model, default = resolve_model(args.model)
-        shape = given or default
-        if shape is None:
-            raise UsageError(f"give --input N,C,H,W for {args.model!r}")
-        analysis = analyze(model, shape, batch=args.batch, dtype=args.dtype)
+        # the one resolution analyze uses: a model's default input (a detector's list of
+        # images, a video's clip) when --input is not given
+        resolved = resolve(args.model, args.input, args.batch)
+        analysis, model = trace(args.model, resolved, args.dtype)
+        shape = _first_shape(resolved.inputs)
         spec = resolve_device(args)
-        sweep = batch_sweep(model, spec, batches, shape, args.dtype)
+        sweep = _sweep(args, analysis, model, spec, batches)
     analysis.graph.name = args.model
     verification = None
     if args.checkpoint:
@@ -140,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
         from dnnlens.training_step import analyze_training
 
         assert model is not None  # the checks above refuse --train with a model file
+        if shape is None:
+            raise UsageError(
+                f"--train needs one image tensor: give --input N,C,H,W for {args.model!r}"
+            )
         training = analyze_training(
             model, shape, batch=args.batch, dtype=args.dtype, optimizer=args.optimizer
         )
@@ -156,3 +160,36 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {page}")
     return 0
+
+
+def _sweep(
+    args: argparse.Namespace, analysis: Any, model: Any, spec: Any, batches: list[int]
+) -> list[Any]:
+    """The roofline at each batch size of the latency/throughput table; a model traced on
+    real values (a detector) only at the report's batch: tracing it at 256 takes minutes."""
+    from dnnlens.cli.analyze import resolve, trace
+    from dnnlens.roofline import roofline
+
+    if not _on_meta(model):
+        return [roofline(analysis, spec)]
+    sweep = []
+    for b in batches:
+        if b != analysis.batch:
+            resolved = resolve(args.model, args.input, b)
+            resolved.default_note = ""  # said once, for the report's own batch
+            sweep.append(roofline(trace(args.model, resolved, args.dtype)[0], spec))
+        else:
+            sweep.append(roofline(analysis, spec))
+    return sweep
+
+
+def _first_shape(inputs: tuple) -> tuple[int, ...] | None:
+    """The first input's shape when it is one tensor (not a detector's list of images)."""
+    first = inputs[0] if inputs else None
+    return tuple(first.shape) if first is not None and hasattr(first, "shape") else None
+
+
+def _on_meta(model: Any) -> bool:
+    """Whether the model was traced on the meta device (cheap at any batch)."""
+    first = next(iter(model.parameters()), None)
+    return first is None or first.device.type == "meta"
