@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -184,16 +185,18 @@ def ort_session(model: torch.nn.Module, shape: tuple[int, ...], profile: bool = 
     import onnxruntime as ort
 
     buffer = io.BytesIO()
-    torch.onnx.export(
-        model,
-        (torch.zeros(shape),),
-        buffer,
-        dynamo=False,
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated, still fine
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (torch.zeros(shape),),
+            buffer,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
@@ -221,10 +224,11 @@ class Network:
 def network(name: str, model: torch.nn.Module, shape: tuple[int, ...]) -> Network:
     """``model`` (eval mode, batch-1 ``shape``) ready for our engine, eager PyTorch and ONNX
     Runtime; torch.compile is added per batch size by :func:`add_torch_compile`."""
-    graph = import_torch(model, shape)
+    with torch.inference_mode(False):  # traced in inference mode, some ops import unknown
+        graph = import_torch(model, shape)
+        session = ort_session(model, shape)
     macs = analyze(graph).totals.macs // shape[0]
     plan = engine.prepare(graph, model)
-    session = ort_session(model, shape)
     runners: dict[str, Runner] = {
         OURS: lambda x: plan.run(x).logits,
         EAGER: lambda x: model(torch.from_numpy(x)),
@@ -458,7 +462,8 @@ def layer_times(
     step against the sum of the layers it covers). The values come from one pass of our plan
     over seeded random images; each call is timed best of a few within ``budget``."""
     shape = (batch, 3, 224, 224)
-    graph = import_torch(model, shape)
+    with torch.inference_mode(False):  # see network()
+        graph = import_torch(model, shape)
     macs = {row.name: row.macs for row in analyze(graph).rows}
     plan = engine.prepare(graph, model)
     rng = np.random.default_rng(seed)
@@ -662,6 +667,16 @@ def reference_against_notebook(net: Network, images: np.ndarray, subset: int) ->
 
 
 # --- the big networks ---------------------------------------------------------------------
+def torchvision_model(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """``name`` from torchvision, ``weights=None``, seed 0, eval mode, and its input shape;
+    built outside inference mode (its parameters would be inference tensors, which the ONNX
+    export refuses)."""
+    with torch.inference_mode(False):
+        model, shape = build_model(name, "cpu", seed=0)
+    assert shape is not None, f"{name} takes one image input"
+    return model, shape
+
+
 def big_rows(net: Network, batches: Sequence[int], cfg: Config) -> tuple[list[Row], list[str]]:
     """Each contender at each of ``batches`` on seeded random images; and how far our logits
     are from PyTorch's."""
@@ -757,6 +772,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/engine.py" + " ".join([""] + (argv or sys.argv[1:]))
     began = time.perf_counter()
 
+    def say(what: str) -> None:
+        print(f"  [{(time.perf_counter() - began) / 60:4.1f} min] {what}", flush=True)
+
+    def show(found: Sequence[Row]) -> None:
+        for row in found:
+            rate = f"{row.rate:,.1f} images/s" if row.rate else row.note
+            print(f"    {row.network}, {row.mode}, {row.contender}: {rate}", flush=True)
+
     import numba
 
     from dnnlens import hwprobe
@@ -784,15 +807,15 @@ def main(argv: list[str] | None = None) -> int:
             shapes = [(b, 1, 28, 28) for b in cfg.course_batches] + [(1, 1, 28, 28)]
             add_torch_compile(course, shapes, args.compile_cap)
             compile_log["course"] = (course.compile_s, course.compile_note)
-        print("  course network...", flush=True)
+        say("course network")
         rows += course_rows(course, images, cfg.course_batches, cfg.single, cfg)
+        show(rows)
         agree = agreement(course, data.images, data.labels)
         anchor = reference_against_notebook(course, images, cfg.notebook_images)
         checks: list[str] = []
         for name in BIG_NETWORKS:
-            print(f"  {name}...", flush=True)
-            big_model, shape = build_model(name, "cpu", seed=0)
-            assert shape is not None
+            say(name)
+            big_model, shape = torchvision_model(name)
             big = network(name, big_model, shape)
             big.plan.run(np.zeros(shape, np.float32))  # compile our kernels before timing
             if compile_on == "all":
@@ -801,12 +824,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 compile_log[name] = (big.compile_s, big.compile_note)
             found, said = big_rows(big, cfg.big_batches, cfg)
+            show(found)
             rows += found
             checks += said
         layers = {}
-        resnet, _ = build_model("resnet18", "cpu", seed=0)
+        resnet, _ = torchvision_model("resnet18")
         for batch in cfg.layer_batches:
-            print(f"  resnet18 per layer, batch {batch}...", flush=True)
+            say(f"resnet18 per layer, batch {batch}")
             layers[batch] = layer_times(resnet, batch, cfg.layer_budget)
     peaks.append(hwprobe.measure_fma(1.0, threads=THREADS) / 1e9)
     results = Results(
