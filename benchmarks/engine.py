@@ -788,6 +788,12 @@ def main(argv: list[str] | None = None) -> int:
     numba.set_num_threads(THREADS)
     info = hwprobe.cpu_info()
     print(f"{info.model}, {info.cores} cores; {versions()}", flush=True)
+    loads = [os.getloadavg()[0]]
+    if loads[0] > info.cores / 2:
+        print(
+            f"  warning: load average {loads[0]:.1f} on {info.cores} cores: the machine is "
+            "busy, the ratios will mostly measure how each library copes with that"
+        )
     peaks = [hwprobe.measure_fma(1.0, threads=THREADS) / 1e9]
     print(f"  probed FP32 FMA peak: {peaks[0]:.0f} GMAC/s", flush=True)
 
@@ -833,6 +839,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"resnet18 per layer, batch {batch}")
             layers[batch] = layer_times(resnet, batch, cfg.layer_budget)
     peaks.append(hwprobe.measure_fma(1.0, threads=THREADS) / 1e9)
+    loads.append(os.getloadavg()[0])
     results = Results(
         command=command,
         machine=f"{info.model}, {info.cores} cores, {platform.system()} {platform.release()}",
@@ -849,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
         layers=layers,
         compiles=compiles,
         minutes=(time.perf_counter() - began) / 60,
+        loads=loads,
     )
     text = render(results)
     print(text)
@@ -874,6 +882,12 @@ class Results:
     layers: dict[int, list[LayerTime]]
     compiles: dict[str, tuple[float, float]]
     minutes: float
+    loads: list[float]  # the 1-minute load average at the start and at the end
+
+    @property
+    def busy(self) -> bool:
+        """Whether other processes wanted more than half of the cores during the run."""
+        return max(self.loads) > (os.cpu_count() or 1) / 2
 
     @property
     def peak(self) -> float:
@@ -952,6 +966,15 @@ def render(r: Results) -> str:
         f"`{r.command}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {r.minutes:.1f} minutes. "
         f"Machine: {r.machine}. {r.versions}. Every contender on {THREADS} threads "
         f"(torch.set_num_threads, Numba, ONNX Runtime intra-op {THREADS} / inter-op 1).",
+        "",
+        f"Load average (1 minute) {' then '.join(f'{x:.1f}' for x in r.loads)} at the start "
+        "and the end"
+        + (
+            ": **the machine was busy**, so the ratios mostly measure how each library copes "
+            "with sharing its cores; rerun on a quiet machine."
+            if r.busy
+            else "."
+        ),
         "",
         f"FP32 FMA peak probed in this run (dnnlens.hwprobe.measure_fma, {THREADS} threads): "
         f"{' then '.join(f'{p:.0f}' for p in r.peaks)} GMAC/s at the start and the end; "
