@@ -178,7 +178,7 @@ def race(
 Runner = Callable[[np.ndarray], Any]  # one call on a batch -> logits (NumPy or torch)
 
 
-def ort_session(model: torch.nn.Module, shape: tuple[int, ...], profile: bool = False):
+def ort_session(model: torch.nn.Module, shape: tuple[int, ...]):
     """ONNX Runtime's CPU session for ``model`` exported with a free batch dimension, on the
     same threads as everyone (intra-op pool ``THREADS``, inter-op pool 1), all graph
     optimisations on (its default)."""
@@ -203,7 +203,6 @@ def ort_session(model: torch.nn.Module, shape: tuple[int, ...], profile: bool = 
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    options.enable_profiling = profile
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
