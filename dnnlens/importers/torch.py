@@ -43,12 +43,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from dnnlens.errors import DnnlensError, ModelError, UsageError, annotate, annotation
 from dnnlens.ir import Graph, Node, Param, Shape, unique_name
@@ -64,16 +65,19 @@ from dnnlens.ops import (
     Dropout,
     Embedding,
     Expand,
+    Gather,
     Linear,
     MatMul,
     Norm,
     Op,
+    Pad,
     Permute,
     Pool,
     Recurrent,
     RecurrentState,
     Reduce,
     Reshape,
+    Roll,
     Slice,
     Softmax,
     Unknown,
@@ -675,8 +679,9 @@ def _binary(function: str, swapped: bool = False, rounding_mode: str | None = No
         op = Binary(function=function, scalars=scalars, rounding_mode=mode, param_positions=at)
         built = c.generic(op, tensors, role)
         shapes = [shape_of(t) for t in built.inputs] + [p.shape for p in built.params.values()]
-        if not shapes or broadcast(shapes) != shape_of(c.out0):
-            # A constant (RAFT's coordinate grid) widens the result: it is an operand.
+        missing = len(shapes) + len(scalars) < len(operands)
+        if not shapes or missing or broadcast(shapes) != shape_of(c.out0):
+            # A constant (RAFT's coordinate grid, Swin's shifted-window mask) is an operand.
             constants = [t for t in tensors if c.pref(t) is None and not c.tracer.known(t)]
             built.inputs.extend(constants)
         return built
@@ -793,6 +798,58 @@ def _cumsum(c: Call) -> Built:
     return c.generic(CumSum(axis=int(_named(c)["dim"])), [c.args[0]])
 
 
+def _index(c: Call) -> Built:
+    """``x[idx]``, ``x[:, idx]``: one integer index tensor is a lookup along its dimension,
+    a ``gather`` (ONNX exports it as Gather), or an ``embedding`` when ``x`` is a 2-d
+    parameter indexed along its rows (the ONNX importer's reading of a Gather from an
+    initializer). Several index tensors or a boolean mask (a data-dependent shape) have no
+    rule yet: unknown."""
+    named = _named(c)
+    x, indices = named["self"], list(named["indices"])
+    given = [(axis, t) for axis, t in enumerate(indices) if t is not None]
+    if len(given) != 1 or given[0][1].dtype in (torch.bool, torch.uint8):
+        return _unknown(c)
+    axis, index = given[0]
+    ref = c.pref(x)
+    if ref is not None:
+        if axis != 0 or x.dim() != 2:
+            return _unknown(c)
+        return Built(Embedding(), [index], c.out0, {"weight": ref.param()})
+    return Built(Gather(axis=axis), [x, index], c.out0)
+
+
+def _constant_pad(c: Call) -> Built:
+    """``F.pad(x, pad, value=v)``: ``pad`` lists (begin, end) from the last dimension back."""
+    named = _named(c)
+    x, flat = named["self"], [int(p) for p in named["pad"]]
+    pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    pads = [(0, 0)] * (x.dim() - len(pairs)) + pairs[::-1]
+    value = float(named.get("value", 0) or 0)
+    return c.generic(Pad(pads=tuple(pads), mode="constant", value=value), [x])
+
+
+def _roll(c: Call) -> Built:
+    named = _named(c)
+    shifts = tuple(int(s) for s in _tuple(named["shifts"], 1))
+    given = named.get("dims") or ()  # empty: the flattened tensor rolls
+    dims = tuple(int(d) for d in _tuple(given, 1)) if given else ()
+    return c.generic(Roll(shifts=shifts, dims=dims), [named["self"]])
+
+
+def _vector_norm(c: Call) -> Built:
+    """``torch.linalg.vector_norm`` (``F.normalize``'s denominator): a p-norm reduction."""
+    named = _named(c)
+    dims = named.get("dim")
+    dims = () if dims is None else _tuple(dims, 1) if isinstance(dims, int) else tuple(dims)
+    op = Reduce(
+        function="norm",
+        dims=tuple(int(d) for d in dims),
+        keepdim=bool(named.get("keepdim", False)),
+        p=float(named.get("ord", 2)),
+    )
+    return c.generic(op, [named["self"]])
+
+
 def _unknown(c: Call) -> Built:
     tensors = [t for t in tree_flatten((c.args, c.kwargs))[0] if isinstance(t, torch.Tensor)]
     built = c.generic(
@@ -875,6 +932,10 @@ ATEN_RULES: dict[str, AtenRule] = {
     "_to_copy": _copy,
     "embedding": _embedding,
     "cumsum": _cumsum,
+    "index": _index,
+    "constant_pad_nd": _constant_pad,
+    "roll": _roll,
+    "linalg_vector_norm": _vector_norm,
     "_scaled_dot_product_flash_attention_for_cpu": _attention,
     "_scaled_dot_product_flash_attention": _attention,
     "_scaled_dot_product_efficient_attention": _attention,
@@ -920,6 +981,35 @@ PARAMETER_MATH = (
     | frozenset({"clamp_min", "clamp_max", "log2", "log1p", "sign", "square", "zero", "fill"})
 )
 
+#: Operators whose values are random or uninitialised: never computed as literals.
+_RANDOM = frozenset(
+    {
+        "rand",
+        "randn",
+        "randint",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "randperm",
+        "normal",
+        "normal_",
+        "uniform_",
+        "bernoulli",
+        "bernoulli_",
+        "exponential_",
+        "multinomial",
+        "empty",
+        "empty_like",
+        "new_empty",
+        "new_empty_strided",
+        "empty_strided",
+        "native_dropout",
+    }
+)
+
+#: The most values a literal tensor may have for the tracer to compute it on CPU.
+_LITERAL_LIMIT = 1 << 24
+
 #: Operators whose result does not depend on their input's values (no node: a constant).
 CONSTANT_MAKERS = frozenset(
     {
@@ -936,6 +1026,24 @@ CONSTANT_MAKERS = frozenset(
         "randint_like",
         "new_empty_strided",
         "scalar_tensor",
+    }
+)
+
+#: Operators that give their input's values in another shape (a buffer stays the buffer).
+_RESHAPES = frozenset(
+    {
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "unsqueeze",
+        "squeeze",
+        "flatten",
+        "unflatten",
+        "alias",
+        "detach",
+        "clone",
+        "contiguous",
+        "lift_fresh",
     }
 )
 
@@ -1005,6 +1113,8 @@ class Tracer(TorchDispatchMode):
         # PyTorch unroll every gate product of every step (a training trace needs the unrolled
         # products: their backward is what it counts).
         self.shortcut_recurrent = not real
+        # id(meta tensor) -> (the tensor, kept alive so its id stays its own; its CPU values)
+        self.literals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- bookkeeping -----------------------------------------------------------------------
     def known(self, t: Any) -> bool:
@@ -1041,10 +1151,14 @@ class Tracer(TorchDispatchMode):
         name = unique_name(base, self.taken)
         self.taken.add(name)
         shape = shape_of(t)
+        op = Constant(shape=shape, source=source)
+        value = None if source else self.literal_value(t)
+        if value is not None:
+            op = Constant.of(value)
         self.nodes.append(
             Node(
                 name=name,
-                op=Constant(shape=shape, source=source),
+                op=op,
                 inputs=[],
                 input_shapes=[],
                 output_shape=shape,
@@ -1055,6 +1169,78 @@ class Tracer(TorchDispatchMode):
         )
         self.bind(t, name)
         return name
+
+    # --- constants made of literals ---------------------------------------------------------
+    def literal_value(self, t: torch.Tensor) -> np.ndarray | None:
+        """The values of a tensor the model made from literals alone (None if unknown or not
+        representable in NumPy): on meta, the copy :meth:`evaluate_literals` computed."""
+        value = t if self.real else self.literal_of(t)
+        if value is None or value.dtype in (torch.bfloat16, torch.complex32):
+            return None
+        try:
+            return value.detach().cpu().numpy()
+        except (TypeError, RuntimeError):
+            return None
+
+    def literal_of(self, t: Any) -> torch.Tensor | None:
+        """A real tensor with ``t``'s values, if ``t`` is made from literals: ``t`` itself
+        when it is not on meta (``torch.tensor([...])`` in a forward), else its CPU copy."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        if t.device.type != "meta":
+            return t
+        entry = self.literals.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else None
+
+    def evaluate_literals(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """On meta, run ``func`` again on CPU when every tensor it reads is made from literals
+        (Swin's shifted-window mask: ``x.new_zeros(...)``, slices filled with numbers,
+        ``masked_fill``), so a layer reading the result gets a constant with values. Buffers
+        and parameters are never read here: a checkpoint may change them."""
+        name = func.overloadpacket.__name__
+        flat, spec = tree_flatten((args, kwargs))
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        computable = name not in _RANDOM and sum(t.numel() for t in outs) <= _LITERAL_LIMIT
+        real: list[Any] = []
+        for i, v in enumerate(flat):
+            if isinstance(v, torch.Tensor):
+                if i == 0 and name in CONSTANT_MAKERS:  # only its shape and dtype matter
+                    v = torch.empty(v.shape, dtype=v.dtype)
+                else:
+                    v = self.literal_of(v)
+                computable = computable and v is not None
+            elif isinstance(v, torch.device) and v.type == "meta":
+                v = torch.device("cpu")
+            real.append(v)
+        if not computable:
+            self.forget_literals(func, flat)
+            return
+        real_args, real_kwargs = tree_unflatten(real, spec)
+        try:
+            result = func(*real_args, **real_kwargs)
+        except Exception:  # noqa: BLE001 - no value then; the constant stays without one
+            self.forget_literals(func, flat)
+            return
+        for meta, value in zip(tree_flatten(out)[0], tree_flatten(result)[0]):
+            if isinstance(meta, torch.Tensor) and isinstance(value, torch.Tensor):
+                if meta.device.type == "meta":
+                    self.literals[id(meta)] = (meta, value)
+
+    def forget_literals(self, func: Any, flat: list[Any]) -> None:
+        """An operator that writes into a literal tensor with values we do not know (an
+        activation copied into it) makes it, and the tensor it is a view of, unknown."""
+        schema = getattr(func, "_schema", None)
+        if schema is None:
+            return
+        written = [
+            v
+            for a, v in zip(schema.arguments, flat)
+            if a.alias_info is not None and a.alias_info.is_write
+        ]
+        for t in written:
+            if isinstance(t, torch.Tensor):
+                for key in (id(t), id(t._base)):
+                    self.literals.pop(key, None)
 
     def module_params(self, m: nn.Module, roles: Sequence[str]) -> dict[str, Param]:
         params = {}
@@ -1101,6 +1287,8 @@ class Tracer(TorchDispatchMode):
         out = shortcut(*args) if shortcut is not None and not kwargs else NotImplemented
         if out is NotImplemented:
             out = func(*args, **kwargs)
+        if self.suppress == 0 and not self.real:
+            self.evaluate_literals(func, args, kwargs, out)
         if self.suppress == 0:
             self.operator = f"aten.{func.overloadpacket.__name__}"
             try:
@@ -1132,6 +1320,8 @@ class Tracer(TorchDispatchMode):
         ):
             self.bind(out, self.value_of(first))
             return
+        if first is not None and name in _RESHAPES and self.buffer_view(first, out):
+            return
         if name in CONSTANT_MAKERS:
             return  # zeros_like(x), x.new_zeros(...): values that do not depend on x
         if not any(self.known(t) or id(t) in self.params for t in tensors):
@@ -1145,6 +1335,21 @@ class Tracer(TorchDispatchMode):
         for b in built if isinstance(built, list) else [built]:
             base = f"{module}.{b.op.kind}" if module else b.op.kind
             self.add(b, f"aten.{name}", base)
+
+    def buffer_view(self, t: torch.Tensor, out: Any) -> bool:
+        """A reshaped buffer (MaxViT's ``relative_position_index.view(-1)``) is the buffer:
+        a layer reading it reads a constant with the buffer's name and the view's shape."""
+        source = self.names.get(id(t))
+        if source is None or id(t) in self.params or self.known(t):
+            return False
+        if not isinstance(out, torch.Tensor) or out.numel() != t.numel():
+            return False
+        if self.real:
+            weakref.finalize(out, self.names.pop, id(out), None)
+        else:
+            self.keep.append(out)
+        self.names[id(out)] = source
+        return True
 
     def parameter_arithmetic(self, tensors: list[torch.Tensor], out: Any) -> bool:
         """An element-wise function of one parameter and constants (Swin V2's
