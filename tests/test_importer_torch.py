@@ -263,3 +263,33 @@ def test_a_constant_computed_from_a_buffer_keeps_no_value_and_is_refused():
     assert not constant.op.known
     with pytest.raises(ModelError, match="computed from buffers"):
         run(graph, Scaled(), np.zeros((2, 3), np.float32))
+
+
+def test_arithmetic_on_a_parameter_is_counted_as_it_but_refused_by_the_engine():
+    """Swin V2 multiplies by ``clamp(logit_scale).exp()`` and zeroes part of a copy of its
+    qkv bias in place: the analysis counts the parameters as they are stored, but their
+    stored values are not what the layers read, so the engine refuses rather than run them."""
+    import numpy as np
+
+    from dnnlens.engine import run
+
+    class CosineScaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logit_scale = nn.Parameter(torch.full((2, 1), 0.5))
+            self.qkv = nn.Linear(2, 6)
+
+        def forward(self, x):
+            bias = self.qkv.bias.clone()
+            bias[2:4].zero_()
+            y = F.linear(x, self.qkv.weight, bias)
+            return y * torch.clamp(self.logit_scale, max=4.6).exp()
+
+    model = CosineScaled()
+    graph = import_torch(model, (2, 2))
+    computed = {p.name: p.computed for n in graph for p in n.params.values() if p.computed}
+    assert computed == {"qkv.bias": "zero_", "logit_scale": "clamp, exp"}
+    totals = analyze(model, (2, 2)).totals
+    assert (totals.weights, totals.params) == (14, 20)  # weights 2*6 + 2*1, bias 6: once each
+    with pytest.raises(ModelError, match=r"'logit_scale' after clamp, exp|'qkv.bias' after zero_"):
+        run(graph, model, np.zeros((2, 2), np.float32))

@@ -112,9 +112,10 @@ class ParamRef:
     name: str
     shape: Shape
     untransposed: Shape | None = None
+    computed: str = ""  # arithmetic the forward did on it ("clamp, exp"; see Param.computed)
 
     def param(self) -> Param:
-        return Param(self.name, self.shape)
+        return Param(self.name, self.shape, self.computed)
 
 
 @dataclass
@@ -1326,7 +1327,8 @@ class Tracer(TorchDispatchMode):
             return  # zeros_like(x), x.new_zeros(...): values that do not depend on x
         if not any(self.known(t) or id(t) in self.params for t in tensors):
             return  # made from constants and buffers only (zeros, arange, a mask): no layer
-        if name.rstrip("_") in PARAMETER_MATH and self.parameter_arithmetic(tensors, out):
+        self.written_parameters(func, args, kwargs)
+        if name.rstrip("_") in PARAMETER_MATH and self.parameter_arithmetic(name, tensors, out):
             return
         call = Call(self, func, args, kwargs, out)
         rule = ATEN_RULES.get(name, _unknown)
@@ -1351,7 +1353,7 @@ class Tracer(TorchDispatchMode):
         self.names[id(out)] = source
         return True
 
-    def parameter_arithmetic(self, tensors: list[torch.Tensor], out: Any) -> bool:
+    def parameter_arithmetic(self, name: str, tensors: list[torch.Tensor], out: Any) -> bool:
         """An element-wise function of one parameter and constants (Swin V2's
         ``clamp(logit_scale).exp()``) stands for that parameter, as a view does: a few values
         computed once per call, no layer."""
@@ -1360,9 +1362,33 @@ class Tracer(TorchDispatchMode):
             return False
         if not isinstance(out, torch.Tensor) or shape_of(out) != refs[0].shape:
             return False
+        if any(out is t for t in tensors):
+            return True  # in place: written_parameters has marked it
         self.keep_alive(out)
-        self.params[id(out)] = refs[0]
+        ref = refs[0]
+        done = f"{ref.computed}, {name}" if ref.computed else name
+        self.params[id(out)] = ParamRef(ref.name, ref.shape, ref.untransposed, done)
         return True
+
+    def written_parameters(self, func: Any, args: tuple, kwargs: dict) -> None:
+        """An operator writing into a parameter's copy in place (Swin V2 zeroes the key part
+        of ``qkv.bias.clone()``) changes what the layers reading that copy get: the copy,
+        and the tensor it is a view of, are marked as computed."""
+        schema = getattr(func, "_schema", None)
+        if schema is None:
+            return
+        flat = tree_flatten((args, kwargs))[0]
+        name = func.overloadpacket.__name__
+        for argument, value in zip(schema.arguments, flat):
+            if argument.alias_info is None or not argument.alias_info.is_write:
+                continue
+            if not isinstance(value, torch.Tensor):
+                continue
+            for t in (value, value._base):
+                ref = self.params.get(id(t)) if t is not None else None
+                if ref is not None:
+                    done = f"{ref.computed}, {name}" if ref.computed else name
+                    self.params[id(t)] = ParamRef(ref.name, ref.shape, ref.untransposed, done)
 
     def derive(self, name: str, t: torch.Tensor, args: tuple, out: Any) -> None:
         """A view of a parameter is the parameter (sliced: the slice gets its own name)."""
@@ -1377,7 +1403,9 @@ class Tracer(TorchDispatchMode):
                 length = 1 if name in ("select", "unbind") else int(piece.shape[dim])
                 index = ":, " * (dim % len(ref.shape)) + f"{start}:{start + length}"
                 self.keep_alive(piece)
-                self.params[id(piece)] = ParamRef(f"{ref.name}[{index}]", shape_of(piece))
+                self.params[id(piece)] = ParamRef(
+                    f"{ref.name}[{index}]", shape_of(piece), computed=ref.computed
+                )
                 start += length
             return
         shape = shape_of(out)
@@ -1385,7 +1413,7 @@ class Tracer(TorchDispatchMode):
         if name in ("t", "transpose", "permute") and len(shape) == 2 and len(ref.shape) == 2:
             untransposed = None if ref.untransposed is not None else ref.shape
         self.keep_alive(out)
-        self.params[id(out)] = ParamRef(ref.name, shape, untransposed)
+        self.params[id(out)] = ParamRef(ref.name, shape, untransposed, ref.computed)
 
     def fused_attention(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """Run SDPA with its inner operators suppressed and record one attention node."""

@@ -111,7 +111,7 @@ class Op:
         when they can. The engine asks every node before it runs anything, so a network the
         kernels do not cover is refused up front rather than half-way through."""
         if not type(self).has_kernel():
-            return f"no kernel for operator {self.kind!r}"
+            return f"dnnlens has no loop nest for {self.kind!r} yet"
         return None
 
     def buffers(self) -> dict[str, str]:
@@ -193,7 +193,8 @@ class Unknown(Op):
         return self.observed_shape
 
     def kernel_gap(self, input_shapes, params):
-        return f"{self.target or 'this operator'} has no rule (and no kernel) in dnnlens"
+        # The engine's message already names the layer and ``target``: say only why.
+        return "dnnlens has no rule for it, so its costs are unknown too"
 
 
 def as_pair(values: Sequence[int], fill: int = 1) -> tuple[int, int]:
