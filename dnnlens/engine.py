@@ -110,9 +110,8 @@ def node_weights(node: Node, weights: Mapping[str, np.ndarray]) -> dict[str, np.
     for role, param in node.params.items():
         if param.computed:
             raise ModelError(
-                f"layer {node.name!r} reads parameter {param.name!r} after {param.computed} "
-                "in the model's forward, which the engine does not compute yet; the engine "
-                "cannot run this network"
+                f"layer {node.name!r} has no kernel for parameter {param.name!r} as the "
+                f"forward changes it ({param.computed}); the engine cannot run this network"
             )
         value = parameter_value(param.name, weights)
         if value is None:
