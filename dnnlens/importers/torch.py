@@ -83,6 +83,7 @@ from dnnlens.ops import (
     Unknown,
     infer_shape,
 )
+from dnnlens.ops.base import names_in
 from dnnlens.ops.conv import same_padding, symmetric_padding
 from dnnlens.ops.elementwise import (
     ACTIVATION_PARAMETERS,
@@ -322,65 +323,28 @@ def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor, out: torch.Tensor
 
 LeafRule = Callable[["Tracer", nn.Module, torch.Tensor, torch.Tensor], "Built | list[Built]"]
 
-#: Module class -> rule; a module counts as a leaf when its class's ``forward`` is the
-#: ``forward`` of one of these classes (so subclasses that only change ``__init__`` count).
+#: How each operator class is read from a leaf module, given the variant its module name
+#: means (ops.base.Names: ``Norm.NAMES.modules["LayerNorm"]`` is ``"layernorm"``).
+_LEAF_READERS: dict[type[Op], Callable[[Any], LeafRule]] = {
+    Conv: lambda _: _leaf_conv,
+    Linear: lambda _: _leaf_linear,
+    Norm: _leaf_norm,
+    Pool: _leaf_pool,
+    AdaptivePool: _leaf_adaptive,
+    Activation: _leaf_activation,
+    Softmax: _leaf_softmax,
+    Dropout: lambda _: _leaf_dropout,
+    Reshape: lambda _: _leaf_reshape,
+    Embedding: lambda _: _leaf_embedding,
+    Recurrent: lambda _: _leaf_recurrent,
+}
+
+#: Module class -> rule, from the ``torch.nn`` names the operators claim; a module counts as
+#: a leaf when its class's ``forward`` is the ``forward`` of one of these classes (so
+#: subclasses that only change ``__init__`` count).
 LEAF_RULES: dict[type[nn.Module], LeafRule] = {
-    **{
-        cls: _leaf_conv
-        for cls in (
-            nn.Conv1d,
-            nn.Conv2d,
-            nn.Conv3d,
-            nn.ConvTranspose1d,
-            nn.ConvTranspose2d,
-            nn.ConvTranspose3d,
-        )
-    },
-    nn.Linear: _leaf_linear,
-    **{cls: _leaf_norm("batchnorm") for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
-    nn.LayerNorm: _leaf_norm("layernorm"),
-    nn.GroupNorm: _leaf_norm("groupnorm"),
-    **{
-        cls: _leaf_norm("instancenorm")
-        for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-    },
-    **{cls: _leaf_pool("max") for cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)},
-    **{cls: _leaf_pool("avg") for cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)},
-    **{
-        cls: _leaf_adaptive("avg")
-        for cls in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-    },
-    **{
-        cls: _leaf_adaptive("max")
-        for cls in (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-    },
-    nn.ReLU: _leaf_activation("relu"),
-    nn.ReLU6: _leaf_activation("relu6"),
-    nn.LeakyReLU: _leaf_activation("leaky_relu"),
-    nn.ELU: _leaf_activation("elu"),
-    nn.SELU: _leaf_activation("selu"),
-    nn.GELU: _leaf_activation("gelu"),
-    nn.SiLU: _leaf_activation("silu"),
-    nn.Sigmoid: _leaf_activation("sigmoid"),
-    nn.Tanh: _leaf_activation("tanh"),
-    nn.Hardswish: _leaf_activation("hardswish"),
-    nn.Hardsigmoid: _leaf_activation("hardsigmoid"),
-    nn.Hardtanh: _leaf_activation("hardtanh"),
-    nn.Mish: _leaf_activation("mish"),
-    nn.Softplus: _leaf_activation("softplus"),
-    nn.Softmax: _leaf_softmax(False),
-    nn.LogSoftmax: _leaf_softmax(True),
-    **{
-        cls: _leaf_dropout
-        for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-    },
-    nn.Flatten: _leaf_reshape,
-    nn.Unflatten: _leaf_reshape,
-    nn.Embedding: _leaf_embedding,
-    **{
-        cls: _leaf_recurrent
-        for cls in (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell)
-    },
+    getattr(nn, name): _LEAF_READERS[cls](variant)
+    for name, (cls, variant) in names_in("modules").items()
 }
 
 
@@ -562,19 +526,19 @@ def _attention(c: Call) -> Built:
     return Built(op, inputs, c.out0)
 
 
-def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = None):
+def _norm(function: str) -> AtenRule:
     def build(c: Call) -> Built:
+        named = _named(c)
         x = c.args[0]
         params = {}
-        for role, at in (("weight", weight_at), ("bias", bias_at)):
-            ref = c.pref(c.arg(at, role))
+        for role in ("weight", "bias"):
+            ref = c.pref(named.get(role))
             if ref is not None:
                 params[role] = ref.param()
         stats: tuple[str, ...] = ()
-        if stats_at is not None:  # running statistics are buffers: named, never weights
-            found = [
-                c.arg(stats_at + i, name) for i, name in enumerate(("running_mean", "running_var"))
-            ]
+        if function == "batchnorm" and not named.get("training", False):
+            # inference: the running statistics are buffers, named, never weights
+            found = [named.get("running_mean"), named.get("running_var")]
             stats = tuple(
                 c.tracer.names[id(t)]
                 for t in found
@@ -582,12 +546,11 @@ def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = No
             )
         kwargs: dict[str, Any] = {}
         if function == "layernorm":
-            kwargs["normalized_shape"] = tuple(int(d) for d in c.arg(1, "normalized_shape"))
+            kwargs["normalized_shape"] = tuple(int(d) for d in named["normalized_shape"])
         if function == "groupnorm":
-            kwargs["groups"] = int(c.arg(6, "group"))
-        eps = _named(c).get("eps")
-        if eps is not None:
-            kwargs["eps"] = float(eps)
+            kwargs["groups"] = int(named["group"])
+        if named.get("eps") is not None:
+            kwargs["eps"] = float(named["eps"])
         op = Norm(function=function, stats=stats, **kwargs)
         return Built(op, [x], c.out0, params)
 
@@ -860,87 +823,44 @@ def _unknown(c: Call) -> Built:
     return built
 
 
-def _act_table() -> dict[str, AtenRule]:
-    table: dict[str, AtenRule] = {}
-    for name in ACTIVATIONS:
-        table[name] = _activation(name)
-        table[f"{name}_"] = _activation(name)
-    for alias, name in (("clamp_min", "clamp"), ("clamp_max", "clamp"), ("relu6", "relu6")):
-        table[alias] = table[f"{alias}_"] = _activation(name)
-    return table
+def _pool_rule(mode: str) -> AtenRule:
+    return _max_pool if mode == "max" else _avg_pool
 
 
-def _binary_table() -> dict[str, AtenRule]:
-    table: dict[str, AtenRule] = {}
-    for name in BINARY:  # the aten names are the operator's function names
-        table[name] = table[f"{name}_"] = _binary(name)
-    table["floor_divide"] = table["floor_divide_"] = _binary("div", rounding_mode="floor")
-    table["rsub"] = _binary("sub", swapped=True)
-    return table
+def _slice_rule(how: str) -> AtenRule:
+    return {"slice": _slice, "select": _select, "split": _split}[how]
 
 
-#: aten operator name (overload packet) -> rule. Names absent here become ``unknown``.
+#: How each operator class is read from an aten call, given the variant its aten name means
+#: (ops.base.Names: ``Binary.NAMES.aten["rsub"]`` is ``("sub", None, True)``).
+_ATEN_READERS: dict[type[Op], Callable[[Any], AtenRule]] = {
+    Conv: lambda _: _conv,
+    MatMul: lambda how: _mm if how == "mm" else _addmm,
+    Attention: lambda _: _attention,
+    Norm: _norm,
+    Reduce: lambda function: _vector_norm if function == "norm" else _reduce(function),
+    Pool: _pool_rule,
+    AdaptivePool: _adaptive,
+    Activation: _activation,
+    Binary: lambda v: _binary(v[0], rounding_mode=v[1], swapped=v[2]),
+    Softmax: _softmax,
+    Reshape: lambda _: _view,
+    Permute: lambda _: _permute,
+    Expand: lambda _: _expand,
+    Slice: _slice_rule,
+    Concat: lambda _: _cat,
+    Copy: lambda _: _copy,
+    Embedding: lambda _: _embedding,
+    Gather: lambda _: _index,
+    Pad: lambda _: _constant_pad,
+    Roll: lambda _: _roll,
+    CumSum: lambda _: _cumsum,
+}
+
+#: aten operator name (overload packet) -> rule, from the aten names the operators claim.
+#: Names absent here become ``unknown``.
 ATEN_RULES: dict[str, AtenRule] = {
-    "convolution": _conv,
-    "mm": _mm,
-    "bmm": _mm,
-    "mv": _mm,
-    "dot": _mm,
-    "addmm": _addmm,
-    "baddbmm": _addmm,
-    "addmv": _addmm,
-    "native_batch_norm": _norm("batchnorm", 1, 2),
-    "_native_batch_norm_legit_no_training": _norm("batchnorm", 1, 2, stats_at=3),
-    "native_layer_norm": _norm("layernorm", 2, 3),
-    "native_group_norm": _norm("groupnorm", 1, 2),
-    "max_pool2d_with_indices": _max_pool,
-    "max_pool3d_with_indices": _max_pool,
-    "max_pool2d": _max_pool,
-    "max_pool1d": _max_pool,
-    "avg_pool2d": _avg_pool,
-    "avg_pool3d": _avg_pool,
-    "_adaptive_avg_pool2d": _adaptive("avg"),
-    "_adaptive_avg_pool3d": _adaptive("avg"),
-    "adaptive_max_pool2d": _adaptive("max"),
-    "adaptive_max_pool3d": _adaptive("max"),
-    **_act_table(),
-    "gelu": _activation("gelu"),
-    "gelu_": _activation("gelu"),
-    **_binary_table(),
-    "_softmax": _softmax(False),
-    "_safe_softmax": _softmax(False),
-    "_log_softmax": _softmax(True),
-    **{name: _reduce(name) for name in ("mean", "sum", "amax", "amin", "var", "std")},
-    "view": _view,
-    "_unsafe_view": _view,
-    "reshape": _view,
-    "unsqueeze": _view,
-    "squeeze": _view,
-    "flatten": _view,
-    "unflatten": _view,
-    "view_as": _view,
-    "permute": _permute,
-    "transpose": _permute,
-    "t": _permute,
-    "expand": _expand,
-    "slice": _slice,
-    "select": _select,
-    "split": _split,
-    "split_with_sizes": _split,
-    "unbind": _split,
-    "cat": _cat,
-    "clone": _copy,
-    "_to_copy": _copy,
-    "embedding": _embedding,
-    "cumsum": _cumsum,
-    "index": _index,
-    "constant_pad_nd": _constant_pad,
-    "roll": _roll,
-    "linalg_vector_norm": _vector_norm,
-    "_scaled_dot_product_flash_attention_for_cpu": _attention,
-    "_scaled_dot_product_flash_attention": _attention,
-    "_scaled_dot_product_efficient_attention": _attention,
-    "_scaled_dot_product_cudnn_attention": _attention,
+    name: _ATEN_READERS[cls](variant) for name, (cls, variant) in names_in("aten").items()
 }
 
 
