@@ -265,10 +265,11 @@ def test_a_constant_computed_from_a_buffer_keeps_no_value_and_is_refused():
         run(graph, Scaled(), np.zeros((2, 3), np.float32))
 
 
-def test_arithmetic_on_a_parameter_is_counted_as_it_but_refused_by_the_engine():
-    """Swin V2 multiplies by ``clamp(logit_scale).exp()`` and zeroes part of a copy of its
-    qkv bias in place: the analysis counts the parameters as they are stored, but their
-    stored values are not what the layers read, so the engine refuses rather than run them."""
+def test_arithmetic_on_a_parameter_runs_as_nodes_and_counts_the_parameter_once():
+    """Swin V2 multiplies by ``clamp(logit_scale).exp()`` and zeroes the key third of a copy
+    of its qkv bias in place: the parameters become values (``expand`` nodes reading them)
+    and the arithmetic nodes of its own, so the engine computes what the layers read, and
+    the analysis still counts each stored parameter once."""
     import numpy as np
 
     from dnnlens.engine import run
@@ -277,19 +278,47 @@ def test_arithmetic_on_a_parameter_is_counted_as_it_but_refused_by_the_engine():
         def __init__(self):
             super().__init__()
             self.logit_scale = nn.Parameter(torch.full((2, 1), 0.5))
-            self.qkv = nn.Linear(2, 6)
+            self.qkv = nn.Linear(3, 2)
 
         def forward(self, x):
             bias = self.qkv.bias.clone()
-            bias[2:4].zero_()
+            bias[1:2].zero_()
             y = F.linear(x, self.qkv.weight, bias)
-            return y * torch.clamp(self.logit_scale, max=4.6).exp()
+            return y * torch.clamp(self.logit_scale, max=0.2).exp()
 
-    model = CosineScaled()
-    graph = import_torch(model, (2, 2))
+    torch.manual_seed(0)
+    model = CosineScaled().eval()
+    graph = import_torch(model, (2, 3))
+    assert not unknown_ops(graph)
+    assert {"expand", "where", "fc", "add", "clamp", "exp", "mul"} <= {n.kind for n in graph}
+    totals = analyze(model, (2, 3)).totals
+    assert (totals.weights, totals.params) == (8, 10)  # weights 3*2 + 2*1, bias 2: once each
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        truth = model(x).numpy()
+    for engine in ("reference", "compiled"):
+        ours = run(graph, model, x.numpy(), engine=engine).logits
+        np.testing.assert_allclose(ours, truth, rtol=1e-6, atol=1e-7, err_msg=engine)
+
+
+def test_arithmetic_on_a_transposed_parameter_is_refused_by_the_engine():
+    """A value cannot say that its parameter is stored transposed: the product of ``2 * W.t()``
+    is counted as ``W`` but marked computed, and the engine refuses it rather than run the
+    stored values."""
+    import numpy as np
+
+    from dnnlens.engine import run
+
+    class Doubled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2, 3))
+
+        def forward(self, x):
+            return x @ (self.w.t() * 2)
+
+    graph = import_torch(Doubled(), (4, 3))
     computed = {p.name: p.computed for n in graph for p in n.params.values() if p.computed}
-    assert computed == {"qkv.bias": "zero_", "logit_scale": "clamp, exp"}
-    totals = analyze(model, (2, 2)).totals
-    assert (totals.weights, totals.params) == (14, 20)  # weights 2*6 + 2*1, bias 6: once each
-    with pytest.raises(ModelError, match=r"'qkv.bias' as the forward changes it \(zero_\)"):
-        run(graph, model, np.zeros((2, 2), np.float32))
+    assert computed == {"w": "mul"}
+    with pytest.raises(ModelError, match=r"parameter 'w' as the forward changes it \(mul\)"):
+        run(graph, Doubled(), np.zeros((4, 3), np.float32))

@@ -54,7 +54,7 @@ def test_module_names_are_torch_nn_classes():
 def test_variants_are_what_the_operator_accepts():
     """Each variant builds the operator it names (a typo'd function would raise here)."""
     for source in FORMATS:
-        for name, (cls, variant) in names_in(source).items():
+        for cls, variant in names_in(source).values():
             if cls in (Activation, Norm, Reduce):
                 cls(function=variant)
             elif cls is Binary:

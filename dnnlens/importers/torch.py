@@ -478,9 +478,17 @@ def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
     """mm/bmm/addmm/baddbmm: ``x @ W.t() (+ b)`` with a parameter W is a ``fc``."""
     ref_a, ref_b, ref_c = c.pref(a), c.pref(b), c.pref(addend)
     if ref_b is not None and ref_b.untransposed is not None and ref_a is None:
-        linear_params = {"weight": Param(ref_b.name, ref_b.untransposed)}
+        linear_params = {"weight": Param(ref_b.name, ref_b.untransposed, ref_b.computed)}
         if ref_c is not None and len(ref_c.shape) == 1:
             linear_params["bias"] = ref_c.param()
+        elif addend is not None and c.tracer.known(addend):
+            # a bias the forward computed (Swin V2's qkv bias with its key third zeroed):
+            # the product, then the addition of that value
+            product = torch.empty_like(c.out0)
+            return [
+                Built(Linear(), [a], product, linear_params),
+                Built(Binary(function="add"), [product, addend], c.out0),
+            ]
         return Built(Linear(), [a], c.out0, linear_params)
     inputs = [t for t in (a, b) if c.pref(t) is None]  # a constant operand is read too
     params: dict[str, Param] = {}
@@ -491,7 +499,7 @@ def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
             operand = index
             if ref.untransposed is not None:
                 transposed = True
-                params["weight"] = Param(ref.name, ref.untransposed)
+                params["weight"] = Param(ref.name, ref.untransposed, ref.computed)
             else:
                 params["weight"] = ref.param()
     if ref_a is not None and ref_b is not None:
@@ -1247,9 +1255,14 @@ class Tracer(TorchDispatchMode):
             return  # zeros_like(x), x.new_zeros(...): values that do not depend on x
         if not any(self.known(t) or id(t) in self.params for t in tensors):
             return  # made from constants and buffers only (zeros, arange, a mask): no layer
-        self.written_parameters(func, args, kwargs)
-        if name.rstrip("_") in PARAMETER_MATH and self.parameter_arithmetic(name, tensors, out):
+        if self.parameter_written(func, args, kwargs):
             return
+        if name.rstrip("_") in PARAMETER_MATH:
+            replaced = self.parameter_arithmetic(func, args, kwargs, tensors, out)
+            if replaced == ():
+                return  # marked computed: the result stands for the parameter
+            if replaced is not None:
+                args, kwargs = replaced
         call = Call(self, func, args, kwargs, out)
         rule = ATEN_RULES.get(name, _unknown)
         built = rule(call)
@@ -1273,42 +1286,108 @@ class Tracer(TorchDispatchMode):
         self.names[id(out)] = source
         return True
 
-    def parameter_arithmetic(self, name: str, tensors: list[torch.Tensor], out: Any) -> bool:
-        """An element-wise function of one parameter and constants (Swin V2's
-        ``clamp(logit_scale).exp()``) stands for that parameter, as a view does: a few values
-        computed once per call, no layer."""
-        refs = [self.params[id(t)] for t in tensors if id(t) in self.params]
-        if any(self.known(t) for t in tensors) or len(refs) != 1:
+    def parameter_value(self, t: torch.Tensor, out: torch.Tensor | None = None) -> bool:
+        """Make the parameter (or view of one) ``t`` a value of the graph: an ``expand`` node
+        reading it, bound to ``out`` (a stand-in tensor), or to ``t`` itself when ``out`` is
+        None (a copy of a parameter about to be written into). False when its stored layout
+        is not the one used (a transposed view), which a value cannot say."""
+        ref = self.params[id(t)]
+        if ref.untransposed is not None or ref.computed:
             return False
-        if not isinstance(out, torch.Tensor) or shape_of(out) != refs[0].shape:
-            return False
-        if any(out is t for t in tensors):
-            return True  # in place: written_parameters has marked it
-        self.keep_alive(out)
-        ref = refs[0]
-        done = f"{ref.computed}, {name}" if ref.computed else name
-        self.params[id(out)] = ParamRef(ref.name, ref.shape, ref.untransposed, done)
+        leaf = ref.name.rsplit(".", 1)[-1]
+        role = "bias" if leaf.startswith("bias") else "weight"
+        target = t if out is None else out
+        built = Built(Expand(shape=ref.shape), [], target, {role: Param(ref.name, ref.shape)})
+        module = self.stack[-1][0] if self.stack else ""
+        self.add(built, "parameter", f"{module}.parameter" if module else "parameter")
         return True
 
-    def written_parameters(self, func: Any, args: tuple, kwargs: dict) -> None:
-        """An operator writing into a parameter's copy in place (Swin V2 zeroes the key part
-        of ``qkv.bias.clone()``) changes what the layers reading that copy get: the copy,
-        and the tensor it is a view of, are marked as computed."""
+    def parameter_arithmetic(
+        self, func: Any, args: tuple, kwargs: dict, tensors: list[torch.Tensor], out: Any
+    ) -> tuple[tuple, dict] | None:
+        """An element-wise function of one parameter and constants (Swin V2's
+        ``clamp(logit_scale).exp()``): the parameter becomes a value (an ``expand`` node
+        reading it) and the function a node of its own, so the engine computes what the layer
+        reads. Returns the arguments with the parameter replaced by that value, or None
+        (then a stand-in is not possible and the result is marked computed instead)."""
+        refs = [(t, self.params[id(t)]) for t in tensors if id(t) in self.params]
+        if any(self.known(t) for t in tensors) or len(refs) != 1:
+            return None
+        if not isinstance(out, torch.Tensor) or shape_of(out) != refs[0][1].shape:
+            return None
+        t, ref = refs[0]
+        if any(out is x for x in tensors):
+            return None  # in place: parameter_written handles it
+        stand_in = torch.empty(ref.shape, dtype=t.dtype, device=t.device)
+        if self.parameter_value(t, stand_in):
+            swap = {id(t): stand_in}
+            flat, spec = tree_flatten((args, kwargs))
+            flat = [swap.get(id(v), v) if isinstance(v, torch.Tensor) else v for v in flat]
+            new_args, new_kwargs = tree_unflatten(flat, spec)
+            return tuple(new_args), dict(new_kwargs)
+        self.keep_alive(out)
+        name = func.overloadpacket.__name__
+        done = f"{ref.computed}, {name}" if ref.computed else name
+        self.params[id(out)] = ParamRef(ref.name, ref.shape, ref.untransposed, done)
+        return ()
+
+    def parameter_written(self, func: Any, args: tuple, kwargs: dict) -> bool:
+        """An operator writing into a parameter's copy in place (Swin V2 zeroes the key third
+        of ``qkv.bias.clone()``). ``zero_``/``fill_`` of a part of a copy: the copy becomes a
+        value (``expand`` of the parameter) and the write a ``where`` over a mask of the
+        written part, so the layers reading the copy read what the model computed; True when
+        recorded so. Any other write marks the copy (and the tensor it is a view of) computed,
+        which the engine refuses."""
         schema = getattr(func, "_schema", None)
         if schema is None:
-            return
+            return False
         flat = tree_flatten((args, kwargs))[0]
         name = func.overloadpacket.__name__
-        for argument, value in zip(schema.arguments, flat):
-            if argument.alias_info is None or not argument.alias_info.is_write:
-                continue
-            if not isinstance(value, torch.Tensor):
-                continue
+        written = [
+            v
+            for a, v in zip(schema.arguments, flat)
+            if a.alias_info is not None and a.alias_info.is_write and isinstance(v, torch.Tensor)
+        ]
+        written = [v for v in written if id(v) in self.params]
+        if not written:
+            return False
+        if (
+            len(written) == 1
+            and name in ("zero_", "fill_")
+            and self.fill_copy(name, written[0], flat)
+        ):
+            return True
+        for value in written:
             for t in (value, value._base):
                 ref = self.params.get(id(t)) if t is not None else None
                 if ref is not None:
                     done = f"{ref.computed}, {name}" if ref.computed else name
                     self.params[id(t)] = ParamRef(ref.name, ref.shape, ref.untransposed, done)
+        return False
+
+    def fill_copy(self, name: str, view: torch.Tensor, flat: list[Any]) -> bool:
+        """``copy[a:b].zero_()`` (or ``fill_(v)``) on a contiguous copy of a parameter, as
+        nodes: see :meth:`parameter_written`."""
+        value = flat[1] if len(flat) > 1 else 0.0
+        if not isinstance(value, (int, float, bool)):
+            return False
+        base = view if view._base is None else view._base
+        if id(base) not in self.params or base is view or not base.is_contiguous():
+            return False
+        if isinstance(base, nn.Parameter):
+            return False  # the parameter itself, not a copy: leave it to the refusal
+        if not self.parameter_value(base):
+            return False
+        mask = torch.zeros(base.numel(), dtype=torch.bool)
+        offset = view.storage_offset() - base.storage_offset()
+        mask.as_strided(tuple(view.shape), tuple(view.stride()), offset).fill_(True)
+        mask = mask.reshape(base.shape)
+        op = Binary(function="where", scalars=((1, value),))
+        module = self.stack[-1][0] if self.stack else ""
+        where = f"{module}.where" if module else "where"
+        self.add(Built(op, [mask, base], base), f"aten.{name}", where)
+        self.params.pop(id(view), None)
+        return True
 
     def derive(self, name: str, t: torch.Tensor, args: tuple, out: Any) -> None:
         """A view of a parameter is the parameter (sliced: the slice gets its own name)."""
