@@ -43,8 +43,9 @@ NAMED = [
 ]
 QUICK = {"resnet18", "mobilenet_v2"}
 #: Window attention (relative-position bias lookups, Swin's shifted-window masks, padding and
-#: cyclic shifts), checked against PyTorch; their ONNX exports are not named here yet.
-WINDOW_ATTENTION = ["swin_t", "maxvit_t"]
+#: cyclic shifts, Swin V2's arithmetic on parameters), checked against PyTorch; their ONNX
+#: exports are not named here yet.
+WINDOW_ATTENTION = ["swin_t", "swin_v2_t", "maxvit_t"]
 ZOO = sorted(torchvision.models.list_models(module=torchvision.models))
 
 
