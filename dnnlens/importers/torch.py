@@ -1317,7 +1317,7 @@ class Tracer(TorchDispatchMode):
             return None
         t, ref = refs[0]
         if any(out is x for x in tensors):
-            return None  # in place: parameter_written handles it
+            return ()  # in place, not a copy's part: parameter_written marked it computed
         stand_in = torch.empty(ref.shape, dtype=t.dtype, device=t.device)
         if self.parameter_value(t, stand_in):
             swap = {id(t): stand_in}
