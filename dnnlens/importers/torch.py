@@ -474,7 +474,7 @@ def _conv(c: Call) -> Built:
     return Built(op, [x], c.out0, params)
 
 
-def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
+def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built | list[Built]:
     """mm/bmm/addmm/baddbmm: ``x @ W.t() (+ b)`` with a parameter W is a ``fc``."""
     ref_a, ref_b, ref_c = c.pref(a), c.pref(b), c.pref(addend)
     if ref_b is not None and ref_b.untransposed is not None and ref_a is None:
@@ -836,7 +836,8 @@ def _pool_rule(mode: str) -> AtenRule:
 
 
 def _slice_rule(how: str) -> AtenRule:
-    return {"slice": _slice, "select": _select, "split": _split}[how]
+    rules: dict[str, AtenRule] = {"slice": _slice, "select": _select, "split": _split}
+    return rules[how]
 
 
 #: How each operator class is read from an aten call, given the variant its aten name means
@@ -1259,9 +1260,9 @@ class Tracer(TorchDispatchMode):
             return
         if name.rstrip("_") in PARAMETER_MATH:
             replaced = self.parameter_arithmetic(func, args, kwargs, tensors, out)
-            if replaced == ():
+            if replaced is True:
                 return  # marked computed: the result stands for the parameter
-            if replaced is not None:
+            if isinstance(replaced, tuple):
                 args, kwargs = replaced
         call = Call(self, func, args, kwargs, out)
         rule = ATEN_RULES.get(name, _unknown)
@@ -1304,20 +1305,21 @@ class Tracer(TorchDispatchMode):
 
     def parameter_arithmetic(
         self, func: Any, args: tuple, kwargs: dict, tensors: list[torch.Tensor], out: Any
-    ) -> tuple[tuple, dict] | None:
+    ) -> tuple[tuple, dict] | bool:
         """An element-wise function of one parameter and constants (Swin V2's
         ``clamp(logit_scale).exp()``): the parameter becomes a value (an ``expand`` node
         reading it) and the function a node of its own, so the engine computes what the layer
-        reads. Returns the arguments with the parameter replaced by that value, or None
-        (then a stand-in is not possible and the result is marked computed instead)."""
+        reads. Returns the arguments with the parameter replaced by that value; True when no
+        value can stand in (a transposed view) and the result, marked computed, stands for
+        the parameter (no node); False when this is not arithmetic on one parameter."""
         refs = [(t, self.params[id(t)]) for t in tensors if id(t) in self.params]
         if any(self.known(t) for t in tensors) or len(refs) != 1:
-            return None
+            return False
         if not isinstance(out, torch.Tensor) or shape_of(out) != refs[0][1].shape:
-            return None
+            return False
         t, ref = refs[0]
         if any(out is x for x in tensors):
-            return ()  # in place, not a copy's part: parameter_written marked it computed
+            return True  # in place, not a copy's part: parameter_written marked it computed
         stand_in = torch.empty(ref.shape, dtype=t.dtype, device=t.device)
         if self.parameter_value(t, stand_in):
             swap = {id(t): stand_in}
@@ -1329,7 +1331,7 @@ class Tracer(TorchDispatchMode):
         name = func.overloadpacket.__name__
         done = f"{ref.computed}, {name}" if ref.computed else name
         self.params[id(out)] = ParamRef(ref.name, ref.shape, ref.untransposed, done)
-        return ()
+        return True
 
     def parameter_written(self, func: Any, args: tuple, kwargs: dict) -> bool:
         """An operator writing into a parameter's copy in place (Swin V2 zeroes the key third
