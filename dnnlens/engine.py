@@ -108,6 +108,11 @@ def node_weights(node: Node, weights: Mapping[str, np.ndarray]) -> dict[str, np.
     mis-shaped one."""
     found = {}
     for role, param in node.params.items():
+        if param.computed:
+            raise ModelError(
+                f"layer {node.name!r} has no kernel for parameter {param.name!r} as the "
+                f"forward changes it ({param.computed}); the engine cannot run this network"
+            )
         value = parameter_value(param.name, weights)
         if value is None:
             raise CheckpointError(
@@ -211,8 +216,7 @@ def check_kernels(graph: Graph, steps: Sequence[Step] | None = None) -> None:
         kinds = sorted({n.kind for n, _ in missing})
         more = f" (and {len(missing) - 1} more layer(s) of kind {', '.join(kinds)})"
     raise ModelError(
-        f"{_describe(node)} has no kernel in dnnlens: {gap}{more}; the engine "
-        "cannot run this network"
+        f"{_describe(node)} has no kernel: {gap}{more}; the engine cannot run this network"
     )
 
 

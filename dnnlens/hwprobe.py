@@ -582,9 +582,7 @@ def materialise(model):
 
 def _torch_layer(model, node, x):
     """A callable running ``node`` in PyTorch on tensor ``x``, or None when there is none."""
-    import torch
-
-    from dnnlens.ops import Activation
+    from dnnlens.ops import Op
 
     if node.module and node.params:
         try:
@@ -592,18 +590,24 @@ def _torch_layer(model, node, x):
         except AttributeError:
             return None
         return lambda: module(x)
-    if isinstance(node.op, Activation) and hasattr(torch, node.op.function):
-        function = getattr(torch, node.op.function)
-        return lambda: function(x)
     if node.module and not node.params and node.module_type:
         try:
             module = model.get_submodule(node.module)
         except AttributeError:
-            return None
-        if not list(module.children()):  # a leaf module such as MaxPool2d
+            module = None
+        if module is not None and not list(module.children()):  # a leaf such as MaxPool2d
             return lambda: module(x)
     if node.op.IS_VIEW:
         return lambda: x.reshape(node.output_shape)
+    if (
+        len(node.inputs) == 1
+        and not node.params
+        and not node.op.buffers()
+        and type(node.op).torch_oracle is not Op.torch_oracle
+    ):
+        # a functional layer (F.relu, x.mean(...), x * 0.5): the operator's own PyTorch
+        # oracle is that function
+        return lambda: node.op.torch_oracle([x], {})
     return None
 
 

@@ -34,6 +34,10 @@ class Param:
 
     name: str
     shape: Shape
+    #: Arithmetic the model's forward did on the parameter before this node read it, in
+    #: order (Swin V2's ``"clamp, exp"`` of ``logit_scale``, ``"zero_"`` of a bias copy):
+    #: counted as the parameter, but not its stored values, so the engine refuses it.
+    computed: str = ""
 
     @property
     def numel(self) -> int:

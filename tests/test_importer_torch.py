@@ -184,3 +184,141 @@ def test_a_buffer_read_as_an_operand_is_a_constant_not_a_weight():
     assert (result.rows[1].macs, result.rows[1].values_moved) == (96, 68)
     assert result.totals.weights == 3 * 2  # the buffer is not a weight
     assert result.totals.params == 3 * 2 + 2
+
+
+class _WindowLookups(nn.Module):
+    """What Swin and MaxViT do around window attention, small: a relative-position bias
+    looked up in a parameter table by a buffer's index (``table[index.view(-1)]``), a mask
+    built from literals (``new_zeros``, slices filled with numbers, ``masked_fill``), zero
+    padding, a cyclic shift, a lookup along a later axis by a literal index tensor, and
+    Swin V2's ``F.normalize``."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(7, 3))
+        self.register_buffer("index", torch.tensor([[0, 1, 2, 3], [4, 5, 6, 0], [1, 1, 2, 2]]))
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):  # x (N, 3, 4, 3)
+        bias = self.table[self.index.view(-1)].view(3, 4, 3)
+        mask = x.new_zeros((3, 4))
+        mask[:1, :2] = 1.0
+        mask[1:, 3:] = 2.0
+        mask = mask.masked_fill(mask != 0, -10.0).unsqueeze(-1)
+        y = self.fc(x + bias) + mask
+        y = F.pad(y, (0, 0, 1, 2), value=0.5)  # W: 4 -> 7
+        y = torch.roll(y, shifts=(1, -2), dims=(1, 2))
+        y = y[:, :, torch.tensor([6, 0, 0, 3, -1])]  # gather along W, a negative index too
+        return F.normalize(y, dim=-1)
+
+
+def test_window_attention_lookups_import_and_run_like_pytorch():
+    import numpy as np
+
+    from dnnlens.engine import run
+
+    torch.manual_seed(0)
+    model = _WindowLookups().eval()
+    graph = import_torch(model, (2, 3, 4, 3))
+    kinds = [n.kind for n in graph]
+    assert not unknown_ops(graph), [n.op.target for n in unknown_ops(graph)]
+    for kind in ("embedding", "pad", "roll", "gather", "norm"):
+        assert kind in kinds, kind
+    constants = [n.op for n in graph if n.kind == "constant"]
+    # the index buffer (by its name, in the view's shape); the literal mask and the literal
+    # index tensor by value
+    assert {(c.source, c.shape) for c in constants if c.source} == {("index", (12,))}
+    literal = {np.dtype(c.dtype).kind: c for c in constants if not c.source}
+    np.testing.assert_array_equal(literal["i"].reference([], {}), [6, 0, 0, 3, -1])
+    mask = literal["f"]
+    expected_mask = np.zeros((3, 4), np.float32)
+    expected_mask[:1, :2] = -10.0
+    expected_mask[1:, 3:] = -10.0
+    np.testing.assert_array_equal(mask.reference([], {}), expected_mask[..., None])
+    x = torch.randn(2, 3, 4, 3)
+    with torch.no_grad():
+        truth = model(x).numpy()
+    for engine in ("reference", "compiled"):
+        ours = run(graph, model, x.numpy(), engine=engine).logits
+        np.testing.assert_allclose(ours, truth, rtol=1e-5, atol=1e-6, err_msg=engine)
+
+
+def test_a_constant_computed_from_a_buffer_keeps_no_value_and_is_refused():
+    """A checkpoint may change a buffer, so a value computed from one while tracing is not
+    kept: the engine refuses the layer, naming why, instead of running stale numbers."""
+    import numpy as np
+
+    from dnnlens.engine import run
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("offset", torch.ones(3))
+
+        def forward(self, x):
+            return x + self.offset * 2
+
+    graph = import_torch(Scaled(), (2, 3))
+    (constant,) = [n for n in graph if n.kind == "constant"]
+    assert not constant.op.known
+    with pytest.raises(ModelError, match="computed from buffers"):
+        run(graph, Scaled(), np.zeros((2, 3), np.float32))
+
+
+def test_arithmetic_on_a_parameter_runs_as_nodes_and_counts_the_parameter_once():
+    """Swin V2 multiplies by ``clamp(logit_scale).exp()`` and zeroes the key third of a copy
+    of its qkv bias in place: the parameters become values (``expand`` nodes reading them)
+    and the arithmetic nodes of its own, so the engine computes what the layers read, and
+    the analysis still counts each stored parameter once."""
+    import numpy as np
+
+    from dnnlens.engine import run
+
+    class CosineScaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logit_scale = nn.Parameter(torch.full((2, 1), 0.5))
+            self.qkv = nn.Linear(3, 2)
+
+        def forward(self, x):
+            bias = self.qkv.bias.clone()
+            bias[1:2].zero_()
+            y = F.linear(x, self.qkv.weight, bias)
+            return y * torch.clamp(self.logit_scale, max=0.2).exp()
+
+    torch.manual_seed(0)
+    model = CosineScaled().eval()
+    graph = import_torch(model, (2, 3))
+    assert not unknown_ops(graph)
+    assert {"expand", "where", "fc", "add", "clamp", "exp", "mul"} <= {n.kind for n in graph}
+    totals = analyze(model, (2, 3)).totals
+    assert (totals.weights, totals.params) == (8, 10)  # weights 3*2 + 2*1, bias 2: once each
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        truth = model(x).numpy()
+    for engine in ("reference", "compiled"):
+        ours = run(graph, model, x.numpy(), engine=engine).logits
+        np.testing.assert_allclose(ours, truth, rtol=1e-6, atol=1e-7, err_msg=engine)
+
+
+def test_arithmetic_on_a_transposed_parameter_is_refused_by_the_engine():
+    """A value cannot say that its parameter is stored transposed: the product of ``2 * W.t()``
+    is counted as ``W`` but marked computed, and the engine refuses it rather than run the
+    stored values."""
+    import numpy as np
+
+    from dnnlens.engine import run
+
+    class Doubled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2, 3))
+
+        def forward(self, x):
+            return x @ (self.w.t() * 2)
+
+    graph = import_torch(Doubled(), (4, 3))
+    computed = {p.name: p.computed for n in graph for p in n.params.values() if p.computed}
+    assert computed == {"w": "mul"}
+    with pytest.raises(ModelError, match=r"parameter 'w' as the forward changes it \(mul\)"):
+        run(graph, Doubled(), np.zeros((4, 3), np.float32))

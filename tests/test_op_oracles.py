@@ -618,7 +618,21 @@ def recurrent_state_cases(draw):
 def constant_cases(draw):
     dtype = draw(st.sampled_from([np.float64, np.int64]))
     value = values(draw, draw(shapes(0, 3)), dtype)
+    form = draw(st.sampled_from(["buffer", "reshaped buffer", "computed"]))
+    if form == "computed":  # values kept in the operator (a mask made of literals)
+        return Constant.of(value), [], {}
+    if form == "reshaped buffer":  # buffer.view(-1) read by a layer
+        return Constant(shape=(value.size,), source="buffer"), [], {"value": value}
     return Constant(shape=value.shape, source="buffer"), [], {"value": value}
+
+
+def test_a_computed_constant_gives_back_its_values_bit_for_bit():
+    mask = np.array([[0.0, -100.0], [np.nan, 1e-30]], dtype=np.float32)
+    assert Constant.of(mask).reference([], {}).tobytes() == mask.tobytes()  # NaN kept too
+    np.testing.assert_array_equal(Constant.of(mask.T).reference([], {}), mask.T)  # a view
+    assert Constant.of(mask) != Constant.of(mask + 1)  # values are part of the operator
+    with pytest.raises(ValueError, match="holds 16 bytes"):
+        Constant(shape=(2, 2), dtype="<f4", data=b"")
 
 
 CASES = {

@@ -110,9 +110,16 @@ def test_batch_norm_is_checked_against_the_modules_own_outputs(engine_name):
 
 def test_a_model_without_a_kernel_is_refused_before_anything_runs():
     model = Sorting()
-    with pytest.raises(ModelError, match=r"layer '\w+' \(aten\.sort\) has no kernel"):
+    with pytest.raises(ModelError, match=r"layer '\w+' \(aten\.sort\) has no kernel") as caught:
         verify(model, input_shape=(1, 4))
     assert model.real_calls == 0
+    # one line that names the layer and the operator once, then why and what it means
+    message = str(caught.value)
+    assert "\n" not in message and message.count("sort") == 1, message
+    assert message.endswith(
+        "has no kernel: dnnlens has no rule for it, so its costs are unknown too; "
+        "the engine cannot run this network"
+    ), message
 
 
 def test_cli_verifies_a_factory_with_a_checkpoint(tmp_path, capsys):

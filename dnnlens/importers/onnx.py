@@ -45,6 +45,7 @@ from dnnlens.ops import (
     Dropout,
     Embedding,
     Expand,
+    Gather,
     Linear,
     MatMul,
     Norm,
@@ -58,43 +59,16 @@ from dnnlens.ops import (
     Unknown,
     infer_shape,
 )
+from dnnlens.ops.base import names_in, variants
 from dnnlens.ops.conv import same_padding
 
 InputShapes = Shape | Sequence[int] | Mapping[str, Sequence[int]] | None
 
-#: ONNX unary ops -> the IR's activation names.
-UNARY = {
-    "Relu": "relu",
-    "Sigmoid": "sigmoid",
-    "Tanh": "tanh",
-    "Exp": "exp",
-    "Log": "log",
-    "Sqrt": "sqrt",
-    "Neg": "neg",
-    "Abs": "abs",
-    "Erf": "erf",
-    "Reciprocal": "reciprocal",
-    "Softplus": "softplus",
-    "Elu": "elu",
-    "Selu": "selu",
-    "LeakyRelu": "leaky_relu",
-    "HardSigmoid": "hardsigmoid",
-    "HardSwish": "hardswish",
-    "Gelu": "gelu",
-    "Mish": "mish",
-    "Clip": "clamp",
-}
-BINARY_OPS = {
-    "Add": "add",
-    "Sub": "sub",
-    "Mul": "mul",
-    "Div": "div",
-    "Pow": "pow",
-    "Max": "maximum",
-    "Min": "minimum",
-    "Where": "where",
-}
-REDUCE_OPS = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "amax", "ReduceMin": "amin"}
+#: ONNX op types -> the IR's activation, binary and reduction functions (from the operators'
+#: own ``NAMES``, :class:`dnnlens.ops.base.Names`).
+UNARY: dict[str, str] = variants("onnx", Activation)
+BINARY_OPS: dict[str, str] = variants("onnx", Binary)
+REDUCE_OPS: dict[str, str] = variants("onnx", Reduce)
 
 #: Ops evaluated at import time when all their inputs are constants (shape arithmetic).
 FOLDABLE = frozenset(
@@ -1208,35 +1182,42 @@ def _identity(ctx: _Ctx, node) -> None:
     ctx.alias[node.output[0]] = _ir(ctx, node.input[0])
 
 
-#: ONNX op type -> the rule that writes its IR node; anything else becomes ``unknown``.
+#: How each operator class is read from an ONNX node, given the variant its op type means
+#: (:class:`dnnlens.ops.base.Names`: ``Slice.NAMES.onnx["Split"]`` is ``"split"``).
+_ONNX_READERS: dict[type[Op], Callable[[Any], Callable[..., None]]] = {
+    Conv: lambda _: _conv,
+    Linear: lambda _: _gemm,
+    MatMul: lambda _: _matmul,
+    Norm: lambda function: _batchnorm if function == "batchnorm" else _layernorm,
+    Activation: lambda _: _unary,
+    Binary: lambda _: _binary,
+    Pool: lambda _: _pool,
+    AdaptivePool: lambda _: _global_pool,
+    Reduce: lambda _: _reduce,
+    Reshape: lambda _: _reshape_like,
+    Permute: lambda _: _transpose,
+    Concat: lambda _: _concat,
+    Softmax: lambda _: _softmax,
+    Gather: lambda _: _gather,
+    Slice: lambda how: {
+        "slice": _slice,
+        "split": _split,
+        "split_to_sequence": _split_to_sequence,
+        "sequence_at": _sequence_at,
+    }[how],
+    Expand: lambda _: _expand,
+    Dropout: lambda _: _dropout,
+    Attention: lambda _: _attention,
+}
+
+#: ONNX op types that make no IR node of their own (the output is another name for a value).
+STRUCTURAL: dict[str, Callable[..., None]] = {"Identity": _identity}
+
+#: ONNX op type -> the rule that writes its IR node, from the op types the operators claim;
+#: anything else becomes ``unknown``.
 RULES: dict[str, Callable[..., None]] = {
-    "Identity": _identity,
-    "Conv": _conv,
-    "ConvTranspose": _conv,
-    "Gemm": _gemm,
-    "MatMul": _matmul,
-    "BatchNormalization": _batchnorm,
-    "LayerNormalization": _layernorm,
-    **{op: _unary for op in UNARY},
-    **{op: _binary for op in BINARY_OPS},
-    "MaxPool": _pool,
-    "AveragePool": _pool,
-    "GlobalAveragePool": _global_pool,
-    "GlobalMaxPool": _global_pool,
-    **{op: _reduce for op in REDUCE_OPS},
-    **{op: _reshape_like for op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze")},
-    "Transpose": _transpose,
-    "Concat": _concat,
-    "Softmax": _softmax,
-    "LogSoftmax": _softmax,
-    "Gather": _gather,
-    "Slice": _slice,
-    "Split": _split,
-    "Expand": _expand,
-    "SplitToSequence": _split_to_sequence,
-    "SequenceAt": _sequence_at,
-    "Dropout": _dropout,
-    "Attention": _attention,
+    **STRUCTURAL,
+    **{name: _ONNX_READERS[cls](variant) for name, (cls, variant) in names_in("onnx").items()},
 }
 
 

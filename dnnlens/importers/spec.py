@@ -48,7 +48,7 @@ from dnnlens.ops import (
     Softmax,
     infer_shape,
 )
-from dnnlens.ops.elementwise import ACTIVATIONS, BINARY
+from dnnlens.ops.base import names_in
 
 #: Settings every layer accepts besides its layer key.
 COMMON_KEYS = frozenset({"name", "from"})
@@ -345,25 +345,27 @@ def _norm(where: str, raw: Raw, st: _State, key: str, x: Shape) -> Built:
 
 Builder = Callable[[str, Raw, _State, str, Shape], Built]
 
-#: Layer key -> builder. Every activation the IR knows is a layer key of its own.
+#: How each operator class is built from a layer table (the builder reads the layer key
+#: itself; the variant a key means is in the operator's ``NAMES.spec``).
+_SPEC_READERS: dict[type[Op], Callable[[Any], Builder]] = {
+    Conv: lambda _: _conv,
+    Pool: lambda _: _pool,
+    AdaptivePool: lambda _: _adaptive,
+    Linear: lambda _: _fc,
+    Reshape: lambda how: _flatten if how == "flatten" else _reshape,
+    Permute: lambda _: _permute,
+    Softmax: lambda _: _softmax,
+    Dropout: lambda _: _dropout,
+    Concat: lambda _: _concat,
+    Binary: lambda _: _binary,
+    Activation: lambda _: _activation,
+    Norm: lambda _: _norm,
+}
+
+#: Layer key -> builder, from the spec keys the operators claim (every activation the IR
+#: knows is a layer key of its own).
 BUILDERS: dict[str, Builder] = {
-    "conv": _conv,
-    "convtranspose": _conv,
-    "pool": _pool,
-    "maxpool": _pool,
-    "avgpool": _pool,
-    "adaptivepool": _adaptive,
-    "globalpool": _adaptive,
-    "fc": _fc,
-    "flatten": _flatten,
-    "reshape": _reshape,
-    "permute": _permute,
-    "softmax": _softmax,
-    "logsoftmax": _softmax,
-    "dropout": _dropout,
-    "concat": _concat,
-    **{name: _binary for name in sorted(BINARY - {"where"})},
-    **{name: _activation for name in sorted(ACTIVATIONS)},
+    key: _SPEC_READERS[cls](variant) for key, (cls, variant) in sorted(names_in("spec").items())
 }
 
 #: Short names for default layer names (conv1, pool1, fc1, ...).
@@ -371,21 +373,19 @@ _PREFIX = {"maxpool": "pool", "avgpool": "pool", "convtranspose": "deconv"}
 
 
 def _layer_key(where: str, raw: Raw) -> str:
-    keys = [k for k in raw if k in BUILDERS or k in NORM_KEYS]
+    keys = [k for k in raw if k in BUILDERS]
     if len(keys) != 1:
         unknown = sorted(set(raw) - COMMON_KEYS - OPTION_KEYS)
         if unknown and not keys:
             raise _fail(
                 where,
-                f"unknown layer type {unknown[0]!r} (known: "
-                f"{', '.join(sorted(set(BUILDERS) | NORM_KEYS))})",
+                f"unknown layer type {unknown[0]!r} (known: {', '.join(sorted(BUILDERS))})",
             )
         found = ", ".join(keys) if keys else "none"
         raise _fail(where, f"a layer needs exactly one layer type key, found {found}")
     return keys[0]
 
 
-NORM_KEYS = frozenset({"batchnorm", "layernorm"})
 OPTION_KEYS = frozenset(
     {
         "stride",
@@ -420,7 +420,7 @@ def _add_layer(index: int, raw: Any, st: _State) -> None:
     if "from" in raw:
         st.current = _reference(where, st, raw["from"])
     x = st.shape(st.current)
-    build = _norm if key in NORM_KEYS else BUILDERS[key]
+    build = BUILDERS[key]
     op, param_shapes, inputs = build(where, {**raw, "name": name}, st, key, x)
     input_shapes = [st.shape(v) for v in inputs]
     try:

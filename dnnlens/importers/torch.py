@@ -43,12 +43,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from dnnlens.errors import DnnlensError, ModelError, UsageError, annotate, annotation
 from dnnlens.ir import Graph, Node, Param, Shape, unique_name
@@ -64,21 +65,25 @@ from dnnlens.ops import (
     Dropout,
     Embedding,
     Expand,
+    Gather,
     Linear,
     MatMul,
     Norm,
     Op,
+    Pad,
     Permute,
     Pool,
     Recurrent,
     RecurrentState,
     Reduce,
     Reshape,
+    Roll,
     Slice,
     Softmax,
     Unknown,
     infer_shape,
 )
+from dnnlens.ops.base import names_in
 from dnnlens.ops.conv import same_padding, symmetric_padding
 from dnnlens.ops.elementwise import (
     ACTIVATION_PARAMETERS,
@@ -108,9 +113,10 @@ class ParamRef:
     name: str
     shape: Shape
     untransposed: Shape | None = None
+    computed: str = ""  # arithmetic the forward did on it ("clamp, exp"; see Param.computed)
 
     def param(self) -> Param:
-        return Param(self.name, self.shape)
+        return Param(self.name, self.shape, self.computed)
 
 
 @dataclass
@@ -317,65 +323,28 @@ def _leaf_recurrent(tr: Tracer, m: nn.Module, x: torch.Tensor, out: torch.Tensor
 
 LeafRule = Callable[["Tracer", nn.Module, torch.Tensor, torch.Tensor], "Built | list[Built]"]
 
-#: Module class -> rule; a module counts as a leaf when its class's ``forward`` is the
-#: ``forward`` of one of these classes (so subclasses that only change ``__init__`` count).
+#: How each operator class is read from a leaf module, given the variant its module name
+#: means (ops.base.Names: ``Norm.NAMES.modules["LayerNorm"]`` is ``"layernorm"``).
+_LEAF_READERS: dict[type[Op], Callable[[Any], LeafRule]] = {
+    Conv: lambda _: _leaf_conv,
+    Linear: lambda _: _leaf_linear,
+    Norm: _leaf_norm,
+    Pool: _leaf_pool,
+    AdaptivePool: _leaf_adaptive,
+    Activation: _leaf_activation,
+    Softmax: _leaf_softmax,
+    Dropout: lambda _: _leaf_dropout,
+    Reshape: lambda _: _leaf_reshape,
+    Embedding: lambda _: _leaf_embedding,
+    Recurrent: lambda _: _leaf_recurrent,
+}
+
+#: Module class -> rule, from the ``torch.nn`` names the operators claim; a module counts as
+#: a leaf when its class's ``forward`` is the ``forward`` of one of these classes (so
+#: subclasses that only change ``__init__`` count).
 LEAF_RULES: dict[type[nn.Module], LeafRule] = {
-    **{
-        cls: _leaf_conv
-        for cls in (
-            nn.Conv1d,
-            nn.Conv2d,
-            nn.Conv3d,
-            nn.ConvTranspose1d,
-            nn.ConvTranspose2d,
-            nn.ConvTranspose3d,
-        )
-    },
-    nn.Linear: _leaf_linear,
-    **{cls: _leaf_norm("batchnorm") for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
-    nn.LayerNorm: _leaf_norm("layernorm"),
-    nn.GroupNorm: _leaf_norm("groupnorm"),
-    **{
-        cls: _leaf_norm("instancenorm")
-        for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-    },
-    **{cls: _leaf_pool("max") for cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)},
-    **{cls: _leaf_pool("avg") for cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)},
-    **{
-        cls: _leaf_adaptive("avg")
-        for cls in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-    },
-    **{
-        cls: _leaf_adaptive("max")
-        for cls in (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-    },
-    nn.ReLU: _leaf_activation("relu"),
-    nn.ReLU6: _leaf_activation("relu6"),
-    nn.LeakyReLU: _leaf_activation("leaky_relu"),
-    nn.ELU: _leaf_activation("elu"),
-    nn.SELU: _leaf_activation("selu"),
-    nn.GELU: _leaf_activation("gelu"),
-    nn.SiLU: _leaf_activation("silu"),
-    nn.Sigmoid: _leaf_activation("sigmoid"),
-    nn.Tanh: _leaf_activation("tanh"),
-    nn.Hardswish: _leaf_activation("hardswish"),
-    nn.Hardsigmoid: _leaf_activation("hardsigmoid"),
-    nn.Hardtanh: _leaf_activation("hardtanh"),
-    nn.Mish: _leaf_activation("mish"),
-    nn.Softplus: _leaf_activation("softplus"),
-    nn.Softmax: _leaf_softmax(False),
-    nn.LogSoftmax: _leaf_softmax(True),
-    **{
-        cls: _leaf_dropout
-        for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-    },
-    nn.Flatten: _leaf_reshape,
-    nn.Unflatten: _leaf_reshape,
-    nn.Embedding: _leaf_embedding,
-    **{
-        cls: _leaf_recurrent
-        for cls in (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell)
-    },
+    getattr(nn, name): _LEAF_READERS[cls](variant)
+    for name, (cls, variant) in names_in("modules").items()
 }
 
 
@@ -505,13 +474,21 @@ def _conv(c: Call) -> Built:
     return Built(op, [x], c.out0, params)
 
 
-def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
+def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built | list[Built]:
     """mm/bmm/addmm/baddbmm: ``x @ W.t() (+ b)`` with a parameter W is a ``fc``."""
     ref_a, ref_b, ref_c = c.pref(a), c.pref(b), c.pref(addend)
     if ref_b is not None and ref_b.untransposed is not None and ref_a is None:
-        linear_params = {"weight": Param(ref_b.name, ref_b.untransposed)}
+        linear_params = {"weight": Param(ref_b.name, ref_b.untransposed, ref_b.computed)}
         if ref_c is not None and len(ref_c.shape) == 1:
             linear_params["bias"] = ref_c.param()
+        elif addend is not None and c.tracer.known(addend):
+            # a bias the forward computed (Swin V2's qkv bias with its key third zeroed):
+            # the product, then the addition of that value
+            product = torch.empty_like(c.out0)
+            return [
+                Built(Linear(), [a], product, linear_params),
+                Built(Binary(function="add"), [product, addend], c.out0),
+            ]
         return Built(Linear(), [a], c.out0, linear_params)
     inputs = [t for t in (a, b) if c.pref(t) is None]  # a constant operand is read too
     params: dict[str, Param] = {}
@@ -522,7 +499,7 @@ def _matmul_like(c: Call, a: Any, b: Any, addend: Any = None) -> Built:
             operand = index
             if ref.untransposed is not None:
                 transposed = True
-                params["weight"] = Param(ref.name, ref.untransposed)
+                params["weight"] = Param(ref.name, ref.untransposed, ref.computed)
             else:
                 params["weight"] = ref.param()
     if ref_a is not None and ref_b is not None:
@@ -557,19 +534,19 @@ def _attention(c: Call) -> Built:
     return Built(op, inputs, c.out0)
 
 
-def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = None):
+def _norm(function: str) -> AtenRule:
     def build(c: Call) -> Built:
+        named = _named(c)
         x = c.args[0]
         params = {}
-        for role, at in (("weight", weight_at), ("bias", bias_at)):
-            ref = c.pref(c.arg(at, role))
+        for role in ("weight", "bias"):
+            ref = c.pref(named.get(role))
             if ref is not None:
                 params[role] = ref.param()
         stats: tuple[str, ...] = ()
-        if stats_at is not None:  # running statistics are buffers: named, never weights
-            found = [
-                c.arg(stats_at + i, name) for i, name in enumerate(("running_mean", "running_var"))
-            ]
+        if function == "batchnorm" and not named.get("training", False):
+            # inference: the running statistics are buffers, named, never weights
+            found = [named.get("running_mean"), named.get("running_var")]
             stats = tuple(
                 c.tracer.names[id(t)]
                 for t in found
@@ -577,12 +554,11 @@ def _norm(function: str, weight_at: int, bias_at: int, stats_at: int | None = No
             )
         kwargs: dict[str, Any] = {}
         if function == "layernorm":
-            kwargs["normalized_shape"] = tuple(int(d) for d in c.arg(1, "normalized_shape"))
+            kwargs["normalized_shape"] = tuple(int(d) for d in named["normalized_shape"])
         if function == "groupnorm":
-            kwargs["groups"] = int(c.arg(6, "group"))
-        eps = _named(c).get("eps")
-        if eps is not None:
-            kwargs["eps"] = float(eps)
+            kwargs["groups"] = int(named["group"])
+        if named.get("eps") is not None:
+            kwargs["eps"] = float(named["eps"])
         op = Norm(function=function, stats=stats, **kwargs)
         return Built(op, [x], c.out0, params)
 
@@ -675,8 +651,9 @@ def _binary(function: str, swapped: bool = False, rounding_mode: str | None = No
         op = Binary(function=function, scalars=scalars, rounding_mode=mode, param_positions=at)
         built = c.generic(op, tensors, role)
         shapes = [shape_of(t) for t in built.inputs] + [p.shape for p in built.params.values()]
-        if not shapes or broadcast(shapes) != shape_of(c.out0):
-            # A constant (RAFT's coordinate grid) widens the result: it is an operand.
+        missing = len(shapes) + len(scalars) < len(operands)
+        if not shapes or missing or broadcast(shapes) != shape_of(c.out0):
+            # A constant (RAFT's coordinate grid, Swin's shifted-window mask) is an operand.
             constants = [t for t in tensors if c.pref(t) is None and not c.tracer.known(t)]
             built.inputs.extend(constants)
         return built
@@ -793,6 +770,58 @@ def _cumsum(c: Call) -> Built:
     return c.generic(CumSum(axis=int(_named(c)["dim"])), [c.args[0]])
 
 
+def _index(c: Call) -> Built:
+    """``x[idx]``, ``x[:, idx]``: one integer index tensor is a lookup along its dimension,
+    a ``gather`` (ONNX exports it as Gather), or an ``embedding`` when ``x`` is a 2-d
+    parameter indexed along its rows (the ONNX importer's reading of a Gather from an
+    initializer). Several index tensors or a boolean mask (a data-dependent shape) have no
+    rule yet: unknown."""
+    named = _named(c)
+    x, indices = named["self"], list(named["indices"])
+    given = [(axis, t) for axis, t in enumerate(indices) if t is not None]
+    if len(given) != 1 or given[0][1].dtype in (torch.bool, torch.uint8):
+        return _unknown(c)
+    axis, index = given[0]
+    ref = c.pref(x)
+    if ref is not None:
+        if axis != 0 or x.dim() != 2:
+            return _unknown(c)
+        return Built(Embedding(), [index], c.out0, {"weight": ref.param()})
+    return Built(Gather(axis=axis), [x, index], c.out0)
+
+
+def _constant_pad(c: Call) -> Built:
+    """``F.pad(x, pad, value=v)``: ``pad`` lists (begin, end) from the last dimension back."""
+    named = _named(c)
+    x, flat = named["self"], [int(p) for p in named["pad"]]
+    pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    pads = [(0, 0)] * (x.dim() - len(pairs)) + pairs[::-1]
+    value = float(named.get("value", 0) or 0)
+    return c.generic(Pad(pads=tuple(pads), mode="constant", value=value), [x])
+
+
+def _roll(c: Call) -> Built:
+    named = _named(c)
+    shifts = tuple(int(s) for s in _tuple(named["shifts"], 1))
+    given = named.get("dims") or ()  # empty: the flattened tensor rolls
+    dims = tuple(int(d) for d in _tuple(given, 1)) if given else ()
+    return c.generic(Roll(shifts=shifts, dims=dims), [named["self"]])
+
+
+def _vector_norm(c: Call) -> Built:
+    """``torch.linalg.vector_norm`` (``F.normalize``'s denominator): a p-norm reduction."""
+    named = _named(c)
+    dims = named.get("dim")
+    dims = () if dims is None else _tuple(dims, 1) if isinstance(dims, int) else tuple(dims)
+    op = Reduce(
+        function="norm",
+        dims=tuple(int(d) for d in dims),
+        keepdim=bool(named.get("keepdim", False)),
+        p=float(named.get("ord", 2)),
+    )
+    return c.generic(op, [named["self"]])
+
+
 def _unknown(c: Call) -> Built:
     tensors = [t for t in tree_flatten((c.args, c.kwargs))[0] if isinstance(t, torch.Tensor)]
     built = c.generic(
@@ -802,83 +831,45 @@ def _unknown(c: Call) -> Built:
     return built
 
 
-def _act_table() -> dict[str, AtenRule]:
-    table: dict[str, AtenRule] = {}
-    for name in ACTIVATIONS:
-        table[name] = _activation(name)
-        table[f"{name}_"] = _activation(name)
-    for alias, name in (("clamp_min", "clamp"), ("clamp_max", "clamp"), ("relu6", "relu6")):
-        table[alias] = table[f"{alias}_"] = _activation(name)
-    return table
+def _pool_rule(mode: str) -> AtenRule:
+    return _max_pool if mode == "max" else _avg_pool
 
 
-def _binary_table() -> dict[str, AtenRule]:
-    table: dict[str, AtenRule] = {}
-    for name in BINARY:  # the aten names are the operator's function names
-        table[name] = table[f"{name}_"] = _binary(name)
-    table["floor_divide"] = table["floor_divide_"] = _binary("div", rounding_mode="floor")
-    table["rsub"] = _binary("sub", swapped=True)
-    return table
+def _slice_rule(how: str) -> AtenRule:
+    rules: dict[str, AtenRule] = {"slice": _slice, "select": _select, "split": _split}
+    return rules[how]
 
 
-#: aten operator name (overload packet) -> rule. Names absent here become ``unknown``.
+#: How each operator class is read from an aten call, given the variant its aten name means
+#: (ops.base.Names: ``Binary.NAMES.aten["rsub"]`` is ``("sub", None, True)``).
+_ATEN_READERS: dict[type[Op], Callable[[Any], AtenRule]] = {
+    Conv: lambda _: _conv,
+    MatMul: lambda how: _mm if how == "mm" else _addmm,
+    Attention: lambda _: _attention,
+    Norm: _norm,
+    Reduce: lambda function: _vector_norm if function == "norm" else _reduce(function),
+    Pool: _pool_rule,
+    AdaptivePool: _adaptive,
+    Activation: _activation,
+    Binary: lambda v: _binary(v[0], rounding_mode=v[1], swapped=v[2]),
+    Softmax: _softmax,
+    Reshape: lambda _: _view,
+    Permute: lambda _: _permute,
+    Expand: lambda _: _expand,
+    Slice: _slice_rule,
+    Concat: lambda _: _cat,
+    Copy: lambda _: _copy,
+    Embedding: lambda _: _embedding,
+    Gather: lambda _: _index,
+    Pad: lambda _: _constant_pad,
+    Roll: lambda _: _roll,
+    CumSum: lambda _: _cumsum,
+}
+
+#: aten operator name (overload packet) -> rule, from the aten names the operators claim.
+#: Names absent here become ``unknown``.
 ATEN_RULES: dict[str, AtenRule] = {
-    "convolution": _conv,
-    "mm": _mm,
-    "bmm": _mm,
-    "mv": _mm,
-    "dot": _mm,
-    "addmm": _addmm,
-    "baddbmm": _addmm,
-    "addmv": _addmm,
-    "native_batch_norm": _norm("batchnorm", 1, 2),
-    "_native_batch_norm_legit_no_training": _norm("batchnorm", 1, 2, stats_at=3),
-    "native_layer_norm": _norm("layernorm", 2, 3),
-    "native_group_norm": _norm("groupnorm", 1, 2),
-    "max_pool2d_with_indices": _max_pool,
-    "max_pool3d_with_indices": _max_pool,
-    "max_pool2d": _max_pool,
-    "max_pool1d": _max_pool,
-    "avg_pool2d": _avg_pool,
-    "avg_pool3d": _avg_pool,
-    "_adaptive_avg_pool2d": _adaptive("avg"),
-    "_adaptive_avg_pool3d": _adaptive("avg"),
-    "adaptive_max_pool2d": _adaptive("max"),
-    "adaptive_max_pool3d": _adaptive("max"),
-    **_act_table(),
-    "gelu": _activation("gelu"),
-    "gelu_": _activation("gelu"),
-    **_binary_table(),
-    "_softmax": _softmax(False),
-    "_safe_softmax": _softmax(False),
-    "_log_softmax": _softmax(True),
-    **{name: _reduce(name) for name in ("mean", "sum", "amax", "amin", "var", "std")},
-    "view": _view,
-    "_unsafe_view": _view,
-    "reshape": _view,
-    "unsqueeze": _view,
-    "squeeze": _view,
-    "flatten": _view,
-    "unflatten": _view,
-    "view_as": _view,
-    "permute": _permute,
-    "transpose": _permute,
-    "t": _permute,
-    "expand": _expand,
-    "slice": _slice,
-    "select": _select,
-    "split": _split,
-    "split_with_sizes": _split,
-    "unbind": _split,
-    "cat": _cat,
-    "clone": _copy,
-    "_to_copy": _copy,
-    "embedding": _embedding,
-    "cumsum": _cumsum,
-    "_scaled_dot_product_flash_attention_for_cpu": _attention,
-    "_scaled_dot_product_flash_attention": _attention,
-    "_scaled_dot_product_efficient_attention": _attention,
-    "_scaled_dot_product_cudnn_attention": _attention,
+    name: _ATEN_READERS[cls](variant) for name, (cls, variant) in names_in("aten").items()
 }
 
 
@@ -920,6 +911,35 @@ PARAMETER_MATH = (
     | frozenset({"clamp_min", "clamp_max", "log2", "log1p", "sign", "square", "zero", "fill"})
 )
 
+#: Operators whose values are random or uninitialised: never computed as literals.
+_RANDOM = frozenset(
+    {
+        "rand",
+        "randn",
+        "randint",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "randperm",
+        "normal",
+        "normal_",
+        "uniform_",
+        "bernoulli",
+        "bernoulli_",
+        "exponential_",
+        "multinomial",
+        "empty",
+        "empty_like",
+        "new_empty",
+        "new_empty_strided",
+        "empty_strided",
+        "native_dropout",
+    }
+)
+
+#: The most values a literal tensor may have for the tracer to compute it on CPU.
+_LITERAL_LIMIT = 1 << 24
+
 #: Operators whose result does not depend on their input's values (no node: a constant).
 CONSTANT_MAKERS = frozenset(
     {
@@ -936,6 +956,24 @@ CONSTANT_MAKERS = frozenset(
         "randint_like",
         "new_empty_strided",
         "scalar_tensor",
+    }
+)
+
+#: Operators that give their input's values in another shape (a buffer stays the buffer).
+_RESHAPES = frozenset(
+    {
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "unsqueeze",
+        "squeeze",
+        "flatten",
+        "unflatten",
+        "alias",
+        "detach",
+        "clone",
+        "contiguous",
+        "lift_fresh",
     }
 )
 
@@ -1005,6 +1043,8 @@ class Tracer(TorchDispatchMode):
         # PyTorch unroll every gate product of every step (a training trace needs the unrolled
         # products: their backward is what it counts).
         self.shortcut_recurrent = not real
+        # id(meta tensor) -> (the tensor, kept alive so its id stays its own; its CPU values)
+        self.literals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # --- bookkeeping -----------------------------------------------------------------------
     def known(self, t: Any) -> bool:
@@ -1041,10 +1081,14 @@ class Tracer(TorchDispatchMode):
         name = unique_name(base, self.taken)
         self.taken.add(name)
         shape = shape_of(t)
+        op = Constant(shape=shape, source=source)
+        value = None if source else self.literal_value(t)
+        if value is not None:
+            op = Constant.of(value)
         self.nodes.append(
             Node(
                 name=name,
-                op=Constant(shape=shape, source=source),
+                op=op,
                 inputs=[],
                 input_shapes=[],
                 output_shape=shape,
@@ -1055,6 +1099,78 @@ class Tracer(TorchDispatchMode):
         )
         self.bind(t, name)
         return name
+
+    # --- constants made of literals ---------------------------------------------------------
+    def literal_value(self, t: torch.Tensor) -> np.ndarray | None:
+        """The values of a tensor the model made from literals alone (None if unknown or not
+        representable in NumPy): on meta, the copy :meth:`evaluate_literals` computed."""
+        value = t if self.real else self.literal_of(t)
+        if value is None or value.dtype in (torch.bfloat16, torch.complex32):
+            return None
+        try:
+            return value.detach().cpu().numpy()
+        except (TypeError, RuntimeError):
+            return None
+
+    def literal_of(self, t: Any) -> torch.Tensor | None:
+        """A real tensor with ``t``'s values, if ``t`` is made from literals: ``t`` itself
+        when it is not on meta (``torch.tensor([...])`` in a forward), else its CPU copy."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        if t.device.type != "meta":
+            return t
+        entry = self.literals.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else None
+
+    def evaluate_literals(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """On meta, run ``func`` again on CPU when every tensor it reads is made from literals
+        (Swin's shifted-window mask: ``x.new_zeros(...)``, slices filled with numbers,
+        ``masked_fill``), so a layer reading the result gets a constant with values. Buffers
+        and parameters are never read here: a checkpoint may change them."""
+        name = func.overloadpacket.__name__
+        flat, spec = tree_flatten((args, kwargs))
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        computable = name not in _RANDOM and sum(t.numel() for t in outs) <= _LITERAL_LIMIT
+        real: list[Any] = []
+        for i, v in enumerate(flat):
+            if isinstance(v, torch.Tensor):
+                if i == 0 and name in CONSTANT_MAKERS:  # only its shape and dtype matter
+                    v = torch.empty(v.shape, dtype=v.dtype)
+                else:
+                    v = self.literal_of(v)
+                computable = computable and v is not None
+            elif isinstance(v, torch.device) and v.type == "meta":
+                v = torch.device("cpu")
+            real.append(v)
+        if not computable:
+            self.forget_literals(func, flat)
+            return
+        real_args, real_kwargs = tree_unflatten(real, spec)
+        try:
+            result = func(*real_args, **real_kwargs)
+        except Exception:  # noqa: BLE001 - no value then; the constant stays without one
+            self.forget_literals(func, flat)
+            return
+        for meta, value in zip(tree_flatten(out)[0], tree_flatten(result)[0]):
+            if isinstance(meta, torch.Tensor) and isinstance(value, torch.Tensor):
+                if meta.device.type == "meta":
+                    self.literals[id(meta)] = (meta, value)
+
+    def forget_literals(self, func: Any, flat: list[Any]) -> None:
+        """An operator that writes into a literal tensor with values we do not know (an
+        activation copied into it) makes it, and the tensor it is a view of, unknown."""
+        schema = getattr(func, "_schema", None)
+        if schema is None:
+            return
+        written = [
+            v
+            for a, v in zip(schema.arguments, flat)
+            if a.alias_info is not None and a.alias_info.is_write
+        ]
+        for t in written:
+            if isinstance(t, torch.Tensor):
+                for key in (id(t), id(t._base)):
+                    self.literals.pop(key, None)
 
     def module_params(self, m: nn.Module, roles: Sequence[str]) -> dict[str, Param]:
         params = {}
@@ -1101,6 +1217,8 @@ class Tracer(TorchDispatchMode):
         out = shortcut(*args) if shortcut is not None and not kwargs else NotImplemented
         if out is NotImplemented:
             out = func(*args, **kwargs)
+        if self.suppress == 0 and not self.real:
+            self.evaluate_literals(func, args, kwargs, out)
         if self.suppress == 0:
             self.operator = f"aten.{func.overloadpacket.__name__}"
             try:
@@ -1132,12 +1250,20 @@ class Tracer(TorchDispatchMode):
         ):
             self.bind(out, self.value_of(first))
             return
+        if first is not None and name in _RESHAPES and self.buffer_view(first, out):
+            return
         if name in CONSTANT_MAKERS:
             return  # zeros_like(x), x.new_zeros(...): values that do not depend on x
         if not any(self.known(t) or id(t) in self.params for t in tensors):
             return  # made from constants and buffers only (zeros, arange, a mask): no layer
-        if name.rstrip("_") in PARAMETER_MATH and self.parameter_arithmetic(tensors, out):
+        if self.parameter_written(func, args, kwargs):
             return
+        if name.rstrip("_") in PARAMETER_MATH:
+            replaced = self.parameter_arithmetic(func, args, kwargs, tensors, out)
+            if replaced is True:
+                return  # marked computed: the result stands for the parameter
+            if isinstance(replaced, tuple):
+                args, kwargs = replaced
         call = Call(self, func, args, kwargs, out)
         rule = ATEN_RULES.get(name, _unknown)
         built = rule(call)
@@ -1146,17 +1272,123 @@ class Tracer(TorchDispatchMode):
             base = f"{module}.{b.op.kind}" if module else b.op.kind
             self.add(b, f"aten.{name}", base)
 
-    def parameter_arithmetic(self, tensors: list[torch.Tensor], out: Any) -> bool:
+    def buffer_view(self, t: torch.Tensor, out: Any) -> bool:
+        """A reshaped buffer (MaxViT's ``relative_position_index.view(-1)``) is the buffer:
+        a layer reading it reads a constant with the buffer's name and the view's shape."""
+        source = self.names.get(id(t))
+        if source is None or id(t) in self.params or self.known(t):
+            return False
+        if not isinstance(out, torch.Tensor) or out.numel() != t.numel():
+            return False
+        if self.real:
+            weakref.finalize(out, self.names.pop, id(out), None)
+        else:
+            self.keep.append(out)
+        self.names[id(out)] = source
+        return True
+
+    def parameter_value(self, t: torch.Tensor, out: torch.Tensor | None = None) -> bool:
+        """Make the parameter (or view of one) ``t`` a value of the graph: an ``expand`` node
+        reading it, bound to ``out`` (a stand-in tensor), or to ``t`` itself when ``out`` is
+        None (a copy of a parameter about to be written into). False when its stored layout
+        is not the one used (a transposed view), which a value cannot say."""
+        ref = self.params[id(t)]
+        if ref.untransposed is not None or ref.computed:
+            return False
+        leaf = ref.name.rsplit(".", 1)[-1]
+        role = "bias" if leaf.startswith("bias") else "weight"
+        target = t if out is None else out
+        built = Built(Expand(shape=ref.shape), [], target, {role: Param(ref.name, ref.shape)})
+        module = self.stack[-1][0] if self.stack else ""
+        self.add(built, "parameter", f"{module}.parameter" if module else "parameter")
+        return True
+
+    def parameter_arithmetic(
+        self, func: Any, args: tuple, kwargs: dict, tensors: list[torch.Tensor], out: Any
+    ) -> tuple[tuple, dict] | bool:
         """An element-wise function of one parameter and constants (Swin V2's
-        ``clamp(logit_scale).exp()``) stands for that parameter, as a view does: a few values
-        computed once per call, no layer."""
-        refs = [self.params[id(t)] for t in tensors if id(t) in self.params]
+        ``clamp(logit_scale).exp()``): the parameter becomes a value (an ``expand`` node
+        reading it) and the function a node of its own, so the engine computes what the layer
+        reads. Returns the arguments with the parameter replaced by that value; True when no
+        value can stand in (a transposed view) and the result, marked computed, stands for
+        the parameter (no node); False when this is not arithmetic on one parameter."""
+        refs = [(t, self.params[id(t)]) for t in tensors if id(t) in self.params]
         if any(self.known(t) for t in tensors) or len(refs) != 1:
             return False
-        if not isinstance(out, torch.Tensor) or shape_of(out) != refs[0].shape:
+        if not isinstance(out, torch.Tensor) or shape_of(out) != refs[0][1].shape:
             return False
+        t, ref = refs[0]
+        if any(out is x for x in tensors):
+            return True  # in place, not a copy's part: parameter_written marked it computed
+        stand_in = torch.empty(ref.shape, dtype=t.dtype, device=t.device)
+        if self.parameter_value(t, stand_in):
+            swap = {id(t): stand_in}
+            flat, spec = tree_flatten((args, kwargs))
+            flat = [swap.get(id(v), v) if isinstance(v, torch.Tensor) else v for v in flat]
+            new_args, new_kwargs = tree_unflatten(flat, spec)
+            return tuple(new_args), dict(new_kwargs)
         self.keep_alive(out)
-        self.params[id(out)] = refs[0]
+        name = func.overloadpacket.__name__
+        done = f"{ref.computed}, {name}" if ref.computed else name
+        self.params[id(out)] = ParamRef(ref.name, ref.shape, ref.untransposed, done)
+        return True
+
+    def parameter_written(self, func: Any, args: tuple, kwargs: dict) -> bool:
+        """An operator writing into a parameter's copy in place (Swin V2 zeroes the key third
+        of ``qkv.bias.clone()``). ``zero_``/``fill_`` of a part of a copy: the copy becomes a
+        value (``expand`` of the parameter) and the write a ``where`` over a mask of the
+        written part, so the layers reading the copy read what the model computed; True when
+        recorded so. Any other write marks the copy (and the tensor it is a view of) computed,
+        which the engine refuses."""
+        schema = getattr(func, "_schema", None)
+        if schema is None:
+            return False
+        flat = tree_flatten((args, kwargs))[0]
+        name = func.overloadpacket.__name__
+        written = [
+            v
+            for a, v in zip(schema.arguments, flat)
+            if a.alias_info is not None and a.alias_info.is_write and isinstance(v, torch.Tensor)
+        ]
+        written = [v for v in written if id(v) in self.params]
+        if not written:
+            return False
+        if (
+            len(written) == 1
+            and name in ("zero_", "fill_")
+            and self.fill_copy(name, written[0], flat)
+        ):
+            return True
+        for value in written:
+            for t in (value, value._base):
+                ref = self.params.get(id(t)) if t is not None else None
+                if ref is not None:
+                    done = f"{ref.computed}, {name}" if ref.computed else name
+                    self.params[id(t)] = ParamRef(ref.name, ref.shape, ref.untransposed, done)
+        return False
+
+    def fill_copy(self, name: str, view: torch.Tensor, flat: list[Any]) -> bool:
+        """``copy[a:b].zero_()`` (or ``fill_(v)``) on a contiguous copy of a parameter, as
+        nodes: see :meth:`parameter_written`."""
+        value = flat[1] if len(flat) > 1 else 0.0
+        if not isinstance(value, (int, float, bool)):
+            return False
+        base = view if view._base is None else view._base
+        if id(base) not in self.params or base is view or not base.is_contiguous():
+            return False
+        if isinstance(base, nn.Parameter):
+            return False  # the parameter itself, not a copy: leave it to the refusal
+        if not self.parameter_value(base):
+            return False
+        mask = torch.zeros(base.numel(), dtype=torch.bool)
+        offset = view.storage_offset() - base.storage_offset()
+        mask.as_strided(tuple(view.shape), tuple(view.stride()), offset).fill_(True)
+        mask = mask.reshape(base.shape)
+        op = Binary(function="where", scalars=((1, value),))
+        module = self.stack[-1][0] if self.stack else ""
+        where = f"{module}.where" if module else "where"
+        self.add(Built(op, [mask, base], base), f"aten.{name}", where)
+        self.params.pop(id(view), None)
         return True
 
     def derive(self, name: str, t: torch.Tensor, args: tuple, out: Any) -> None:
@@ -1172,7 +1404,9 @@ class Tracer(TorchDispatchMode):
                 length = 1 if name in ("select", "unbind") else int(piece.shape[dim])
                 index = ":, " * (dim % len(ref.shape)) + f"{start}:{start + length}"
                 self.keep_alive(piece)
-                self.params[id(piece)] = ParamRef(f"{ref.name}[{index}]", shape_of(piece))
+                self.params[id(piece)] = ParamRef(
+                    f"{ref.name}[{index}]", shape_of(piece), computed=ref.computed
+                )
                 start += length
             return
         shape = shape_of(out)
@@ -1180,7 +1414,7 @@ class Tracer(TorchDispatchMode):
         if name in ("t", "transpose", "permute") and len(shape) == 2 and len(ref.shape) == 2:
             untransposed = None if ref.untransposed is not None else ref.shape
         self.keep_alive(out)
-        self.params[id(out)] = ParamRef(ref.name, shape, untransposed)
+        self.params[id(out)] = ParamRef(ref.name, shape, untransposed, ref.computed)
 
     def fused_attention(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """Run SDPA with its inner operators suppressed and record one attention node."""

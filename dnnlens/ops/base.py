@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from typing import Any, ClassVar
 
@@ -46,11 +46,55 @@ def register(cls: type[Op]) -> type[Op]:
     return cls
 
 
+#: The source formats an operator can be named in, and what a name is in each: an aten
+#: operator (overload packet, ``"addmm"``), a ``torch.nn`` module class (``"Conv2d"``), an
+#: ONNX op type (``"Gemm"``), a spec file's layer key (``"fc"``).
+FORMATS = ("aten", "modules", "onnx", "spec")
+
+
+@dataclass(frozen=True)
+class Names:
+    """What an operator stands for in each source format: name -> the variant it means (an
+    activation's function, a pool's mode, ``None`` when the operator has one form). The
+    importers build their dispatch tables from these (:func:`names_in`), so the operator's
+    module is the one place that says which names it covers; an importer only says how it
+    reads the arguments of each operator class."""
+
+    aten: Mapping[str, Any] = field(default_factory=dict)
+    modules: Mapping[str, Any] = field(default_factory=dict)
+    onnx: Mapping[str, Any] = field(default_factory=dict)
+    spec: Mapping[str, Any] = field(default_factory=dict)
+
+
+def names_in(source: str) -> dict[str, tuple[type[Op], Any]]:
+    """Every name of ``source`` (one of :data:`FORMATS`) the registered operators claim:
+    name -> (operator class, variant). A name claimed twice is a bug (TypeError)."""
+    if source not in FORMATS:
+        raise ValueError(f"unknown source format {source!r}: use one of {', '.join(FORMATS)}")
+    table: dict[str, tuple[type[Op], Any]] = {}
+    for cls in REGISTRY.values():
+        for name, variant in getattr(cls.NAMES, source).items():
+            if name in table and table[name][0] is not cls:
+                raise TypeError(
+                    f"{source} name {name!r} claimed by {table[name][0].__name__} and "
+                    f"{cls.__name__}"
+                )
+            table[name] = (cls, variant)
+    return table
+
+
+def variants(source: str, cls: type[Op]) -> dict[str, Any]:
+    """The names of ``source`` that ``cls`` claims, with their variants."""
+    return dict(getattr(cls.NAMES, source))
+
+
 @dataclass(frozen=True)
 class Op:
     """Base operator. Subclasses are frozen dataclasses and set ``KIND``."""
 
     KIND: ClassVar[str] = ""
+    #: The names this operator stands for in each source format (see :class:`Names`).
+    NAMES: ClassVar[Names] = Names()
     #: True for operators that only re-label memory (reshape, flatten, eval dropout).
     IS_VIEW: ClassVar[bool] = False
 
@@ -111,7 +155,7 @@ class Op:
         when they can. The engine asks every node before it runs anything, so a network the
         kernels do not cover is refused up front rather than half-way through."""
         if not type(self).has_kernel():
-            return f"no kernel for operator {self.kind!r}"
+            return f"dnnlens has no loop nest for {self.kind!r} yet"
         return None
 
     def buffers(self) -> dict[str, str]:
@@ -193,7 +237,8 @@ class Unknown(Op):
         return self.observed_shape
 
     def kernel_gap(self, input_shapes, params):
-        return f"{self.target or 'this operator'} has no rule (and no kernel) in dnnlens"
+        # The engine's message already names the layer and ``target``: say only why.
+        return "dnnlens has no rule for it, so its costs are unknown too"
 
 
 def as_pair(values: Sequence[int], fill: int = 1) -> tuple[int, int]:

@@ -25,6 +25,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Names,
     Op,
     as_pair,
     as_triple,
@@ -70,6 +71,22 @@ def same_padding(
 @dataclass(frozen=True)
 class Conv(Op):
     KIND: ClassVar[str] = "conv"
+    NAMES: ClassVar[Names] = Names(
+        aten={"convolution": None},
+        modules={
+            name: None
+            for name in (
+                "Conv1d",
+                "Conv2d",
+                "Conv3d",
+                "ConvTranspose1d",
+                "ConvTranspose2d",
+                "ConvTranspose3d",
+            )
+        },
+        onnx={"Conv": None, "ConvTranspose": None},
+        spec={"conv": None, "convtranspose": None},
+    )
 
     stride: tuple[int, ...] = (1, 1)
     padding: Pads = ((0, 0), (0, 0))  # (begin, end) per spatial dimension

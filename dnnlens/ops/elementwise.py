@@ -22,6 +22,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Names,
     Op,
     compiled_kernel,
     contiguous,
@@ -197,6 +198,52 @@ class Activation(Op):
     a function that does not take them."""
 
     KIND: ClassVar[str] = "activation"
+    #: variant: the activation's ``function``
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            **{name: name for name in ACTIVATIONS},
+            **{f"{name}_": name for name in ACTIVATIONS},
+            **{name: "clamp" for name in ("clamp_min", "clamp_max", "clamp_min_", "clamp_max_")},
+        },
+        modules={
+            "ReLU": "relu",
+            "ReLU6": "relu6",
+            "LeakyReLU": "leaky_relu",
+            "ELU": "elu",
+            "SELU": "selu",
+            "GELU": "gelu",
+            "SiLU": "silu",
+            "Sigmoid": "sigmoid",
+            "Tanh": "tanh",
+            "Hardswish": "hardswish",
+            "Hardsigmoid": "hardsigmoid",
+            "Hardtanh": "hardtanh",
+            "Mish": "mish",
+            "Softplus": "softplus",
+        },
+        onnx={
+            "Relu": "relu",
+            "Sigmoid": "sigmoid",
+            "Tanh": "tanh",
+            "Exp": "exp",
+            "Log": "log",
+            "Sqrt": "sqrt",
+            "Neg": "neg",
+            "Abs": "abs",
+            "Erf": "erf",
+            "Reciprocal": "reciprocal",
+            "Softplus": "softplus",
+            "Elu": "elu",
+            "Selu": "selu",
+            "LeakyRelu": "leaky_relu",
+            "HardSigmoid": "hardsigmoid",
+            "HardSwish": "hardswish",
+            "Gelu": "gelu",
+            "Mish": "mish",
+            "Clip": "clamp",
+        },
+        spec={name: name for name in sorted(ACTIVATIONS)},
+    )
     function: str = "relu"
     alpha: float | None = None  # leaky_relu slope; elu/celu/selu alpha; hardsigmoid slope
     beta: float | None = None  # softplus beta; hardsigmoid offset
@@ -485,6 +532,27 @@ class Binary(Op):
     """
 
     KIND: ClassVar[str] = "binary"
+    #: variant: ``(function, rounding_mode, swapped)``; swapped: ``rsub(a, b)`` is b - a
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            **{name: (name, None, False) for name in BINARY},
+            **{f"{name}_": (name, None, False) for name in BINARY},
+            "floor_divide": ("div", "floor", False),
+            "floor_divide_": ("div", "floor", False),
+            "rsub": ("sub", None, True),
+        },
+        onnx={
+            "Add": "add",
+            "Sub": "sub",
+            "Mul": "mul",
+            "Div": "div",
+            "Pow": "pow",
+            "Max": "maximum",
+            "Min": "minimum",
+            "Where": "where",
+        },
+        spec={name: name for name in sorted(BINARY - {"where"})},
+    )
     function: str = "add"
     scalars: tuple[tuple[int, Scalar], ...] = ()
     param_positions: tuple[int, ...] = ()
@@ -607,6 +675,13 @@ class Binary(Op):
 @dataclass(frozen=True)
 class Softmax(Op):
     KIND: ClassVar[str] = "softmax"
+    #: variant: ``log`` (log-softmax)
+    NAMES: ClassVar[Names] = Names(
+        aten={"_softmax": False, "_safe_softmax": False, "_log_softmax": True},
+        modules={"Softmax": False, "LogSoftmax": True},
+        onnx={"Softmax": False, "LogSoftmax": True},
+        spec={"softmax": False, "logsoftmax": True},
+    )
     axis: int = -1
     log: bool = False
 

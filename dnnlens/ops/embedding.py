@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, compiled_kernel, contiguous, register, torch_tensors
+from dnnlens.ops.base import Names, Op, compiled_kernel, contiguous, register, torch_tensors
 
 prange = range  # numba.prange once the loop nests are compiled (see base.compiled_kernel)
 
@@ -66,6 +66,7 @@ def _check_indices(indices: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Embedding(Op):
     KIND: ClassVar[str] = "embedding"
+    NAMES: ClassVar[Names] = Names(aten={"embedding": None}, modules={"Embedding": None})
     padding_idx: int | None = None  # only changes training (its row gets no gradient)
 
     def output_shape(self, input_shapes, params):
@@ -113,6 +114,7 @@ class Gather(Op):
     axis, as ``x[:, 0]``)."""
 
     KIND: ClassVar[str] = "gather"
+    NAMES: ClassVar[Names] = Names(aten={"index": None}, onnx={"Gather": None})
     axis: int = 0
     index_values: tuple[int, ...] | None = None
     index_shape: tuple[int, ...] = ()

@@ -17,6 +17,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Names,
     Op,
     check_fits,
     compiled_kernel,
@@ -31,6 +32,9 @@ prange = range  # numba.prange once the loop nests are compiled (see base.compil
 @dataclass(frozen=True)
 class Linear(Op):
     KIND: ClassVar[str] = "fc"
+    NAMES: ClassVar[Names] = Names(
+        modules={"Linear": None}, onnx={"Gemm": None}, spec={"fc": None}
+    )
 
     def output_shape(self, input_shapes, params):
         x = input_shapes[0]

@@ -28,6 +28,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Names,
     Op,
     compiled_kernel,
     contiguous,
@@ -65,6 +66,14 @@ class MatMul(Op):
     """``a @ b`` (mm, bmm, baddbmm, matmul); either operand may be a parameter."""
 
     KIND: ClassVar[str] = "matmul"
+    #: variant: "mm" (a product), "addmm" (a product plus an addend, aten's first argument)
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            **{name: "mm" for name in ("mm", "bmm", "mv", "dot")},
+            **{name: "addmm" for name in ("addmm", "baddbmm", "addmv")},
+        },
+        onnx={"MatMul": None},
+    )
     weight_operand: int | None = None  # 0 or 1 when one operand is params["weight"]
     weight_transposed: bool = False  # the product uses params["weight"] transposed (2-d)
 
@@ -173,6 +182,18 @@ class Attention(Op):
     """
 
     KIND: ClassVar[str] = "attention"
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            name: None
+            for name in (
+                "_scaled_dot_product_flash_attention_for_cpu",
+                "_scaled_dot_product_flash_attention",
+                "_scaled_dot_product_efficient_attention",
+                "_scaled_dot_product_cudnn_attention",
+            )
+        },
+        onnx={"Attention": None},
+    )
     causal: bool = False  # query l sees keys s <= l (PyTorch's lower-left triangle)
     has_mask: bool = False  # a 4th input: boolean (True = attend) or added to the scores
     scale: float | None = None  # None: 1 / sqrt(E)

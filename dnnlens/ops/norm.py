@@ -23,6 +23,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Names,
     Op,
     compiled_kernel,
     contiguous,
@@ -55,6 +56,23 @@ REDUCTIONS = frozenset(
 @dataclass(frozen=True)
 class Norm(Op):
     KIND: ClassVar[str] = "norm"
+    #: variant: the normalisation's ``function``
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            "native_batch_norm": "batchnorm",
+            "_native_batch_norm_legit_no_training": "batchnorm",
+            "native_layer_norm": "layernorm",
+            "native_group_norm": "groupnorm",
+        },
+        modules={
+            **{f"BatchNorm{d}d": "batchnorm" for d in (1, 2, 3)},
+            "LayerNorm": "layernorm",
+            "GroupNorm": "groupnorm",
+            **{f"InstanceNorm{d}d": "instancenorm" for d in (1, 2, 3)},
+        },
+        onnx={"BatchNormalization": "batchnorm", "LayerNormalization": "layernorm"},
+        spec={"batchnorm": "batchnorm", "layernorm": "layernorm"},
+    )
 
     function: str = "batchnorm"
     normalized_shape: tuple[int, ...] = ()  # layer norm: the trailing dimensions normalised
@@ -266,6 +284,14 @@ class Reduce(Op):
     """A reduction over ``dims`` (``x.mean([2, 3])``: global average pooling written by hand)."""
 
     KIND: ClassVar[str] = "reduce"
+    #: variant: the reduction's ``function``
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            **{name: name for name in ("mean", "sum", "amax", "amin", "var", "std")},
+            "linalg_vector_norm": "norm",
+        },
+        onnx={"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "amax", "ReduceMin": "amin"},
+    )
     function: str = "mean"
     dims: tuple[int, ...] = ()  # empty: every dimension
     keepdim: bool = False

@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, register, torch_tensors
+from dnnlens.ops.base import Names, Op, register, torch_tensors
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
@@ -42,6 +42,7 @@ def source_positions(size: int, begin: int, end: int, mode: str) -> np.ndarray:
 @dataclass(frozen=True)
 class Pad(Op):
     KIND: ClassVar[str] = "pad"
+    NAMES: ClassVar[Names] = Names(aten={"constant_pad_nd": None})
     pads: tuple[tuple[int, int], ...] = ()  # (begin, end) per dimension, first to last
     mode: str = "constant"
     value: float = 0.0  # constant mode's fill
@@ -122,6 +123,7 @@ class Roll(Op):
     ``dims`` the flattened tensor rolls."""
 
     KIND: ClassVar[str] = "roll"
+    NAMES: ClassVar[Names] = Names(aten={"roll": None})
     shifts: tuple[int, ...] = (0,)
     dims: tuple[int, ...] = ()
 

@@ -20,6 +20,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Names,
     Op,
     as_pair,
     compiled_kernel,
@@ -55,6 +56,28 @@ class Pool(Op):
     """Windowed pooling; ``mode`` is ``"max"`` or ``"avg"``."""
 
     KIND: ClassVar[str] = "pool"
+    #: variant: the pooling ``mode`` (spec files: None, the key ``pool`` takes a mode setting)
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            **{
+                name: "max"
+                for name in (
+                    "max_pool2d_with_indices",
+                    "max_pool3d_with_indices",
+                    "max_pool2d",
+                    "max_pool1d",
+                )
+            },
+            "avg_pool2d": "avg",
+            "avg_pool3d": "avg",
+        },
+        modules={
+            **{f"MaxPool{d}d": "max" for d in (1, 2, 3)},
+            **{f"AvgPool{d}d": "avg" for d in (1, 2, 3)},
+        },
+        onnx={"MaxPool": "max", "AveragePool": "avg"},
+        spec={"pool": None, "maxpool": "max", "avgpool": "avg"},
+    )
 
     mode: str = "max"
     kernel: tuple[int, ...] = (2, 2)
@@ -212,6 +235,21 @@ class AdaptivePool(Op):
     """PyTorch's adaptive pooling (and ONNX's global pooling, ``output_size`` all ones)."""
 
     KIND: ClassVar[str] = "adaptivepool"
+    #: variant: the pooling ``mode``
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            "_adaptive_avg_pool2d": "avg",
+            "_adaptive_avg_pool3d": "avg",
+            "adaptive_max_pool2d": "max",
+            "adaptive_max_pool3d": "max",
+        },
+        modules={
+            **{f"AdaptiveAvgPool{d}d": "avg" for d in (1, 2, 3)},
+            **{f"AdaptiveMaxPool{d}d": "max" for d in (1, 2, 3)},
+        },
+        onnx={"GlobalAveragePool": "avg", "GlobalMaxPool": "max"},
+        spec={"adaptivepool": None, "globalpool": None},
+    )
 
     mode: str = "avg"
     output_size: tuple[int, ...] = (1, 1)

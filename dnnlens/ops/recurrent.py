@@ -34,7 +34,15 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ModelError, ShapeError
-from dnnlens.ops.base import Op, compiled_kernel, contiguous, register, torch_tensors, weight_count
+from dnnlens.ops.base import (
+    Names,
+    Op,
+    compiled_kernel,
+    contiguous,
+    register,
+    torch_tensors,
+    weight_count,
+)
 from dnnlens.shapes import Shape
 
 #: Gate matrices per mode (rows of ``weight_ih`` are ``GATES * hidden_size``).
@@ -52,6 +60,9 @@ class Recurrent(Op):
     """
 
     KIND: ClassVar[str] = "recurrent"
+    NAMES: ClassVar[Names] = Names(
+        modules={name: None for name in ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")}
+    )
     mode: str = "lstm"  # rnn_tanh, rnn_relu, gru, lstm
     hidden_size: int = 1
     num_layers: int = 1

@@ -17,6 +17,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Names,
     Op,
     compiled_kernel,
     contiguous,
@@ -31,6 +32,7 @@ prange = range  # numba.prange once the loop nests are compiled (see base.compil
 @dataclass(frozen=True)
 class CumSum(Op):
     KIND: ClassVar[str] = "cumsum"
+    NAMES: ClassVar[Names] = Names(aten={"cumsum": None})
     axis: int = 0
     exclusive: bool = False  # ONNX: the sum of the values strictly before
     reverse: bool = False  # ONNX: sum from the end of the axis

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from dnnlens.errors import ShapeError
-from dnnlens.ops.base import Op, register, torch_tensors
+from dnnlens.ops.base import Names, Op, register, torch_tensors
 
 
 def resolve_shape(target: tuple[int, ...], numel: int, source: tuple[int, ...]) -> tuple[int, ...]:
@@ -39,6 +39,24 @@ class Reshape(Op):
     a kernel running a different batch keeps dimension 0 when ``keeps_batch``."""
 
     KIND: ClassVar[str] = "reshape"
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            name: None
+            for name in (
+                "view",
+                "_unsafe_view",
+                "reshape",
+                "unsqueeze",
+                "squeeze",
+                "flatten",
+                "unflatten",
+                "view_as",
+            )
+        },
+        modules={"Flatten": None, "Unflatten": None},
+        onnx={name: None for name in ("Flatten", "Reshape", "Squeeze", "Unsqueeze")},
+        spec={"flatten": "flatten", "reshape": "reshape"},  # variant: the builder's form
+    )
     IS_VIEW: ClassVar[bool] = True
 
     shape: tuple[int, ...] = (-1,)
@@ -83,6 +101,11 @@ class Permute(Op):
     """transpose/permute: a view in PyTorch (the copy, if any, shows as ``copy``)."""
 
     KIND: ClassVar[str] = "permute"
+    NAMES: ClassVar[Names] = Names(
+        aten={"permute": None, "transpose": None, "t": None},
+        onnx={"Transpose": None},
+        spec={"permute": None},
+    )
     IS_VIEW: ClassVar[bool] = True
     dims: tuple[int, ...] = (0,)
 
@@ -114,6 +137,22 @@ class Slice(Op):
     """``x[..., start:stop:step, ...]`` along one axis (a view). ``keep_dim=False`` is a select."""
 
     KIND: ClassVar[str] = "slice"
+    #: variant: how the source slices (one piece, one index, several pieces, a sequence)
+    NAMES: ClassVar[Names] = Names(
+        aten={
+            "slice": "slice",
+            "select": "select",
+            "split": "split",
+            "split_with_sizes": "split",
+            "unbind": "split",
+        },
+        onnx={
+            "Slice": "slice",
+            "Split": "split",
+            "SplitToSequence": "split_to_sequence",
+            "SequenceAt": "sequence_at",
+        },
+    )
     IS_VIEW: ClassVar[bool] = True
     axis: int = 0
     start: int = 0
@@ -162,6 +201,7 @@ class Expand(Op):
     """Broadcast a tensor to a larger shape without copying (a view)."""
 
     KIND: ClassVar[str] = "expand"
+    NAMES: ClassVar[Names] = Names(aten={"expand": None}, onnx={"Expand": None})
     IS_VIEW: ClassVar[bool] = True
     shape: tuple[int, ...] = ()
 
@@ -201,6 +241,9 @@ class Concat(Op):
     """Concatenate along ``axis``; inputs may be activations or parameters (ViT's class token)."""
 
     KIND: ClassVar[str] = "concat"
+    NAMES: ClassVar[Names] = Names(
+        aten={"cat": None}, onnx={"Concat": None}, spec={"concat": None}
+    )
     axis: int = 1
 
     def output_shape(self, input_shapes, params):
@@ -238,6 +281,7 @@ class Copy(Op):
     """An explicit copy (``contiguous`` after a permute, ``clone``): reads, writes every value."""
 
     KIND: ClassVar[str] = "copy"
+    NAMES: ClassVar[Names] = Names(aten={"clone": None, "_to_copy": None})
 
     def output_shape(self, input_shapes, params):
         return tuple(input_shapes[0])
@@ -255,6 +299,14 @@ class Dropout(Op):
     """Dropout: the identity at inference, so a view that moves nothing."""
 
     KIND: ClassVar[str] = "dropout"
+    NAMES: ClassVar[Names] = Names(
+        modules={
+            name: None
+            for name in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout")
+        },
+        onnx={"Dropout": None},
+        spec={"dropout": None},
+    )
     IS_VIEW: ClassVar[bool] = True
     p: float = 0.5
 
