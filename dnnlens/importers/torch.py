@@ -1688,6 +1688,20 @@ def import_torch(
     The graph's ``declared_params`` lists every parameter of the model once (used or not).
     Buffers are never parameters. Raises ModelError if the model rejects the input.
     """
+    # Under torch.inference_mode() PyTorch skips the decomposition of composite operators
+    # (linear, matmul, softmax, adaptive_avg_pool2d reach the tracer whole): trace as a
+    # caller outside it would, so the graph does not depend on where import_torch is called.
+    with torch.inference_mode(False):
+        return _import_torch(model, input_shape, example_inputs, kwargs, real)
+
+
+def _import_torch(
+    model: nn.Module,
+    input_shape: tuple[int, ...] | None,
+    example_inputs: Any,
+    kwargs: dict | None,
+    real: bool,
+) -> Graph:
     if not isinstance(model, nn.Module):
         raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
     args, kw = _meta_inputs(input_shape, example_inputs, kwargs, real)
