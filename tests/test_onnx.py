@@ -276,3 +276,62 @@ def test_dynamic_dims_need_input(tmp_path, capsys):
 def test_missing_file(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         import_onnx(tmp_path / "absent.onnx")
+
+
+# --- parameters the TorchScript exporter merges by value --------------------------------------
+MERGED_NET = """
+import sys, warnings, torch
+warnings.simplefilter("ignore")
+torch.manual_seed(0)
+
+class Merged(torch.nn.Module):
+    # Three zero biases (equal values: the exporter keeps one) and b's weight *tied* to a's.
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Linear(8, 8) for _ in range(3))
+        for layer in (self.a, self.b, self.c):
+            torch.nn.init.zeros_(layer.bias)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+model = Merged().eval()
+print(sum(p.numel() for p in model.parameters()))  # a tied weight once, as PyTorch counts
+torch.onnx.export(model, (torch.randn(1, 8),), sys.argv[1], dynamo=False)
+"""
+
+
+def test_parameters_the_torchscript_exporter_merged_by_value_count_as_pytorch_counts(tmp_path):
+    """The exporter writes the zero biases of b and c as ``Identity`` of a's (their values are
+    equal), keeping their names: three parameters, as PyTorch counts, not one; the tied weight
+    stays one parameter. Truth: ``sum(p.numel() for p in model.parameters())`` in the
+    exporting process (a child: the exporter leaves tracing state behind)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "merged.onnx"
+    done = subprocess.run(
+        [sys.executable, "-c", MERGED_NET, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    pytorch_params = int(done.stdout.split()[-1])
+    assert pytorch_params == 8 * 8 + 3 * 8 + 8 * 8  # two weights (one tied), three biases
+    model = onnx.load(str(path))
+    assert sum(n.op_type == "Identity" for n in model.graph.node) == 2  # the premise
+    graph, weights = import_onnx(path)
+    assert analyze(graph).totals.params == pytorch_params
+    biases = sorted(p.name for node in graph for role, p in node.params.items() if role == "bias")
+    assert biases == ["a.bias", "b.bias", "c.bias"]
+    import onnxruntime
+
+    from dnnlens.engine import run
+
+    x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)  # traced batch
+    session = onnxruntime.InferenceSession(str(path))
+    theirs = session.run(None, {session.get_inputs()[0].name: x})[0]
+    ours = run(graph, weights, x, engine="reference").logits
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -428,9 +428,28 @@ def _try_fold(node, ctx: _Ctx) -> bool:
         ctx.consts[name] = Const(array)
     if params and op not in ("Shape", "Size"):
         source = ctx.consts[params[0]]
-        ctx.consts[node.output[0]].origin = source.origin
+        ctx.consts[node.output[0]].origin = _merged_parameter(node) or source.origin
         ctx.consts[node.output[0]].transposed = source.transposed ^ transpose_2d
     return True
+
+
+def _merged_parameter(node) -> str | None:
+    """The name of a parameter the TorchScript exporter merged into an equal one, or None.
+
+    In eval mode that exporter keeps one initializer per distinct *value*: a parameter equal
+    to an earlier one (the zero biases and unit norm weights of a freshly initialised model)
+    is written as a top-level ``Identity`` of the kept initializer whose output keeps the
+    dropped parameter's state-dict name (``features.12.expand3x3.bias =
+    Identity(features.10.expand1x1.bias)``). It is a parameter of its own in the model;
+    weights *tied* in PyTorch (one tensor) are instead read directly, with no Identity.
+    Identities inside a module (``/layer1/Identity``) or of generated values are not merges.
+    """
+    out = node.output[0]
+    if node.op_type != "Identity" or "/" in node.name or _name_scopes(node) is not None:
+        return None
+    if out.startswith(("/", "onnx::")) or out == node.input[0]:
+        return None
+    return out
 
 
 def _attr_value(attr) -> Any:
