@@ -296,29 +296,62 @@ class Merged(torch.nn.Module):
     def forward(self, x):
         return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
 
-model = Merged().eval()
+class Folded(torch.nn.Module):
+    # Two conv + batch norm pairs: the exporter folds each norm into its conv, whose new
+    # biases (beta - mean * gamma / sqrt(var + eps) = 0 for fresh norms) are equal.
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))).flatten(1)
+
+model = {"merged": Merged, "folded": Folded}[sys.argv[2]]().eval()
+shape = {"merged": (1, 8), "folded": (1, 3, 8, 8)}[sys.argv[2]]
 print(sum(p.numel() for p in model.parameters()))  # a tied weight once, as PyTorch counts
-torch.onnx.export(model, (torch.randn(1, 8),), sys.argv[1], dynamo=False)
+torch.onnx.export(model, (torch.randn(shape),), sys.argv[1], dynamo=False)
 """
+
+
+def export_merged(path: Path, which: str) -> int:
+    """Export MERGED_NET's ``which`` model with the TorchScript exporter in a child process
+    (it leaves tracing state behind); returns PyTorch's parameter count of the model."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", MERGED_NET, str(path), which],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return int(done.stdout.split()[-1])
+
+
+def assert_runs_like_onnxruntime(path: Path, graph, weights) -> None:
+    import onnxruntime
+
+    from dnnlens.engine import run
+
+    session = onnxruntime.InferenceSession(str(path))
+    first = session.get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal(first.shape).astype(np.float32)
+    theirs = session.run(None, {first.name: x})[0]
+    ours = run(graph, weights, x, engine="reference").logits
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_parameters_the_torchscript_exporter_merged_by_value_count_as_pytorch_counts(tmp_path):
     """The exporter writes the zero biases of b and c as ``Identity`` of a's (their values are
     equal), keeping their names: three parameters, as PyTorch counts, not one; the tied weight
     stays one parameter. Truth: ``sum(p.numel() for p in model.parameters())`` in the
-    exporting process (a child: the exporter leaves tracing state behind)."""
-    import subprocess
-    import sys
-
+    exporting process."""
     path = tmp_path / "merged.onnx"
-    done = subprocess.run(
-        [sys.executable, "-c", MERGED_NET, str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    pytorch_params = int(done.stdout.split()[-1])
+    pytorch_params = export_merged(path, "merged")
     assert pytorch_params == 8 * 8 + 3 * 8 + 8 * 8  # two weights (one tied), three biases
     model = onnx.load(str(path))
     assert sum(n.op_type == "Identity" for n in model.graph.node) == 2  # the premise
@@ -326,12 +359,19 @@ def test_parameters_the_torchscript_exporter_merged_by_value_count_as_pytorch_co
     assert analyze(graph).totals.params == pytorch_params
     biases = sorted(p.name for node in graph for role, p in node.params.items() if role == "bias")
     assert biases == ["a.bias", "b.bias", "c.bias"]
-    import onnxruntime
+    assert_runs_like_onnxruntime(path, graph, weights)
 
-    from dnnlens.engine import run
 
-    x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)  # traced batch
-    session = onnxruntime.InferenceSession(str(path))
-    theirs = session.run(None, {session.get_inputs()[0].name: x})[0]
-    ours = run(graph, weights, x, engine="reference").logits
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+def test_equal_biases_of_folded_batch_norms_are_one_parameter_each(tmp_path):
+    """Folded into the convs, the two norms' 2 x 4 parameters each become one zero bias of 4
+    per conv, equal, so the exporter keeps one and names the other by an Identity; the file
+    holds 3*4*3*3 + 4*4*3*3 weights and 4 + 4 biases."""
+    path = tmp_path / "folded.onnx"
+    pytorch_params = export_merged(path, "folded")
+    assert pytorch_params == 3 * 4 * 3 * 3 + 4 * 4 * 3 * 3 + 2 * (4 + 4)
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node].count("BatchNormalization") == 0  # folded
+    assert sum(n.op_type == "Identity" for n in model.graph.node) == 1  # the premise
+    graph, weights = import_onnx(path)
+    assert analyze(graph).totals.params == 3 * 4 * 3 * 3 + 4 * 4 * 3 * 3 + 4 + 4
+    assert_runs_like_onnxruntime(path, graph, weights)

@@ -440,14 +440,16 @@ def _merged_parameter(node) -> str | None:
     to an earlier one (the zero biases and unit norm weights of a freshly initialised model)
     is written as a top-level ``Identity`` of the kept initializer whose output keeps the
     dropped parameter's state-dict name (``features.12.expand3x3.bias =
-    Identity(features.10.expand1x1.bias)``). It is a parameter of its own in the model;
-    weights *tied* in PyTorch (one tensor) are instead read directly, with no Identity.
-    Identities inside a module (``/layer1/Identity``) or of generated values are not merges.
+    Identity(features.10.expand1x1.bias)``), or its own generated name for a weight it made
+    (the equal zero biases of convolutions it folded batch norms into: ``onnx::Conv_251 =
+    Identity(onnx::Conv_239)``). It is a parameter of its own in the model; weights *tied* in
+    PyTorch (one tensor) are instead read directly, with no Identity. Identities inside a
+    module (``/layer1/Identity``, output ``/layer1/Identity_output_0``) are not merges.
     """
     out = node.output[0]
     if node.op_type != "Identity" or "/" in node.name or _name_scopes(node) is not None:
         return None
-    if out.startswith(("/", "onnx::")) or out == node.input[0]:
+    if out.startswith("/") or out == node.input[0]:
         return None
     return out
 
