@@ -375,3 +375,60 @@ def test_equal_biases_of_folded_batch_norms_are_one_parameter_each(tmp_path):
     graph, weights = import_onnx(path)
     assert analyze(graph).totals.params == 3 * 4 * 3 * 3 + 4 * 4 * 3 * 3 + 4 + 4
     assert_runs_like_onnxruntime(path, graph, weights)
+
+
+# --- Gather of an activation by constant or computed indices ----------------------------------
+def _gather_model(indices: np.ndarray | None):
+    """x (2, 3, 4) -> Reshape (2, 12) -> Gather along axis 1 by ``indices`` (an initializer),
+    or by a second graph input ``i`` (int64, (2, 2)) when ``indices`` is None."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array([2, 12], np.int64), "shape")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])]
+    if indices is None:
+        inputs.append(helper.make_tensor_value_info("i", TensorProto.INT64, [2, 2]))
+        out_shape = [2, 2, 2]
+    else:
+        inits.append(numpy_helper.from_array(indices, "i"))
+        out_shape = [2, *indices.shape]
+    return _tiny_model(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+            helper.make_node("Gather", ["flat", "i"], ["y"], axis=1),
+            helper.make_node("Relu", ["y"], ["z"]),
+        ],
+        inputs,
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [
+        np.array([[0, 5, 11], [-1, -12, 3]], np.int64),  # 2-d, negative counts from the end
+        np.arange(12, dtype=np.int32).reshape(1, 12, 1),  # every position (dynamo's as_strided)
+        None,  # indices computed at run time: a second input
+    ],
+    ids=["constant-2d", "as-strided", "input"],
+)
+def test_gather_of_an_activation_runs_like_onnxruntime(tmp_path, indices):
+    """The dynamo exporter writes convnext's ``as_strided`` (before its classifier's layer
+    norm) as a Gather of every position by a constant (1, 768, 1, 1) index tensor: once an
+    unknown op the engine refused."""
+    import onnxruntime
+
+    from dnnlens.engine import prepare
+
+    path = tmp_path / "gather.onnx"
+    onnx.save(_gather_model(indices), str(path))
+    graph, weights = import_onnx(path)
+    assert [n.kind for n in graph] == ["flatten", "gather", "relu"]  # (2, 3, 4) -> (2, 12)
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)}
+    if indices is None:
+        feed["i"] = np.array([[11, 0], [-3, 4]], np.int64)
+    theirs = onnxruntime.InferenceSession(str(path)).run(None, feed)[0]
+    for engine in ("reference", "compiled"):
+        ours = prepare(graph, weights, engine).run(feed).logits
+        np.testing.assert_array_equal(ours, theirs)  # a copy: exact

@@ -45,6 +45,7 @@ from dnnlens.ops import (
     Dropout,
     Embedding,
     Expand,
+    Gather,
     Linear,
     MatMul,
     Norm,
@@ -1064,6 +1065,19 @@ def _gather(ctx: _Ctx, node) -> None:
         index %= x[axis % len(x)]
         keep = ctx.consts[indices].array.ndim > 0
         _emit(ctx, node, Slice(axis=axis, start=index, stop=index + 1, keep_dim=keep), [data], {})
+        return
+    if data not in ctx.consts and indices in ctx.consts:
+        # A constant index list (the dynamo exporter writes ``as_strided`` as a Reshape to
+        # 1-d and a Gather of every position): the indices are kept in the operator.
+        array = ctx.consts[indices].array
+        if array.dtype.kind not in "iu":
+            return _unknown(ctx, node, f"indices of dtype {array.dtype}")
+        values = tuple(int(v) for v in array.reshape(-1))
+        op = Gather(axis=axis, index_values=values, index_shape=tuple(array.shape))
+        _emit(ctx, node, op, [data], {})
+        return
+    if data not in ctx.consts and indices not in ctx.consts:
+        _emit(ctx, node, Gather(axis=axis), [data, indices], {})
         return
     _unknown(ctx, node)
 
