@@ -432,3 +432,39 @@ def test_gather_of_an_activation_runs_like_onnxruntime(tmp_path, indices):
     for engine in ("reference", "compiled"):
         ours = prepare(graph, weights, engine).run(feed).logits
         np.testing.assert_array_equal(ours, theirs)  # a copy: exact
+
+
+def test_a_view_of_a_parameter_is_that_parameter(tmp_path):
+    """A learned (4, 6) table reshaped to (2, 2, 6) and permuted to (6, 2, 2) before it is
+    added (as the dynamo exporter writes swin's relative position bias): one parameter of 24
+    values, and the sum onnxruntime computes. Once a 'used before it is computed' error."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((4, 6)).astype(np.float32)
+    model = _tiny_model(
+        [
+            helper.make_node("Reshape", ["table", "shape"], ["view"]),
+            helper.make_node("Transpose", ["view"], ["bias"], perm=[2, 0, 1]),
+            helper.make_node("Add", ["x", "bias"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 6, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 6, 2, 2])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([2, 2, 6], np.int64), "shape"),
+        ],
+    )
+    path = tmp_path / "view.onnx"
+    onnx.save(model, str(path))
+    graph, weights = import_onnx(path)
+    assert [n.kind for n in graph] == ["add"]
+    assert analyze(graph).totals.params == 4 * 6
+    assert [p.name for p in graph.params().values()] == ["table"]
+    x = rng.standard_normal((3, 6, 2, 2)).astype(np.float32)
+    theirs = onnxruntime.InferenceSession(str(path)).run(None, {"x": x})[0]
+    from dnnlens.engine import prepare
+
+    for engine in ("reference", "compiled"):
+        np.testing.assert_array_equal(prepare(graph, weights, engine).run(x).logits, theirs)

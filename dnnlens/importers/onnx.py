@@ -421,8 +421,13 @@ def _try_fold(node, ctx: _Ctx) -> bool:
         return False
     params = [n for n in names if ctx.is_param(n)]
     transpose_2d = op == "Transpose" and len(params) == 1 and ctx.consts[params[0]].array.ndim == 2
+    # A view of a parameter is that parameter (the dynamo exporter folds swin's relative
+    # position bias lookup into an initializer, then reshapes it), as in the torch importer.
+    views = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
+    view = op in views and params == [node.input[0]]
     if params and op not in PASS_THROUGH and op not in ("Shape", "Size") and not transpose_2d:
-        return False  # an op on a parameter is a layer of its own (Expand of a class token)
+        if not view:
+            return False  # an op on a parameter is a layer of its own (Expand of a class token)
     arrays = [ctx.consts[n].array if n else None for n in node.input]
     outputs = _evaluate(node, [a for a in arrays if a is not None], ctx.opset)
     for name, array in zip(node.output, outputs):
