@@ -468,3 +468,48 @@ def test_a_view_of_a_parameter_is_that_parameter(tmp_path):
 
     for engine in ("reference", "compiled"):
         np.testing.assert_array_equal(prepare(graph, weights, engine).run(x).logits, theirs)
+
+
+def test_swin_export_patterns_run_like_onnxruntime(tmp_path):
+    """What swin_t's exports need, in small: a Pad by amounts computed from constants (ONNX's
+    shape inference then gives up, so a later Shape must fold on our shape), a mask built by
+    ScatterND from the exporter's float constants (which look like parameters), and a Pow of
+    two constants; all folded or run, none a parameter."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, values, dtype=np.int64):
+        return numpy_helper.from_array(np.array(values, dtype), name)
+
+    model = _tiny_model(
+        [
+            helper.make_node("Add", ["half_pads", "half_pads"], ["pads"]),  # W: 2 before, 2 after
+            helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+            helper.make_node("Shape", ["padded"], ["padded_shape"]),
+            helper.make_node("ConstantOfShape", ["padded_shape"], ["zeros"]),
+            helper.make_node("ScatterND", ["zeros", "where", "updates"], ["mask"]),
+            helper.make_node("Pow", ["two", "three"], ["eight"]),
+            helper.make_node("Mul", ["mask", "eight"], ["scaled"]),
+            helper.make_node("Add", ["padded", "scaled"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 7])],
+        [
+            const("half_pads", [0, 0, 0, 1, 0, 0, 0, 1]),
+            const("where", [[0, 1, 2, 2], [0, 0, 2, 6]]),  # two positions of (1, 2, 3, 7)
+            const("updates", [0.5, -1.5], np.float32),
+            const("two", 2.0, np.float32),
+            const("three", 3.0, np.float32),
+        ],
+    )
+    path = tmp_path / "swin-patterns.onnx"
+    onnx.save(model, str(path))
+    graph, weights = import_onnx(path)
+    assert [n.kind for n in graph] == ["pad_reflect", "add"]
+    assert analyze(graph).totals.params == 0 and analyze(graph).warnings == []
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    theirs = onnxruntime.InferenceSession(str(path)).run(None, {"x": x})[0]
+    from dnnlens.engine import prepare
+
+    for engine in ("reference", "compiled"):
+        np.testing.assert_array_equal(prepare(graph, weights, engine).run(x).logits, theirs)

@@ -50,6 +50,7 @@ from dnnlens.ops import (
     MatMul,
     Norm,
     Op,
+    Pad,
     Permute,
     Pool,
     Reduce,
@@ -140,6 +141,8 @@ FOLDABLE = frozenset(
         "Or",
         "Split",
         "DequantizeLinear",
+        "ScatterND",
+        "Pow",
     }
 )
 #: Foldable ops that keep a parameter's values (so its name) when they read one.
@@ -425,14 +428,18 @@ def _try_fold(node, ctx: _Ctx) -> bool:
     # position bias lookup into an initializer, then reshapes it), as in the torch importer.
     views = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
     view = op in views and params == [node.input[0]]
-    if params and op not in PASS_THROUGH and op not in ("Shape", "Size") and not transpose_2d:
+    # Shapes of parameters, and ScatterND of constants (swin's shifted-window masks, whose
+    # float updates the exporter stores as initializers that look like parameters), are
+    # constants, not parameters.
+    constant = op in ("Shape", "Size", "ScatterND")
+    if params and op not in PASS_THROUGH and not constant and not transpose_2d:
         if not view:
             return False  # an op on a parameter is a layer of its own (Expand of a class token)
     arrays = [ctx.consts[n].array if n else None for n in node.input]
     outputs = _evaluate(node, [a for a in arrays if a is not None], ctx.opset)
     for name, array in zip(node.output, outputs):
         ctx.consts[name] = Const(array)
-    if params and op not in ("Shape", "Size"):
+    if params and not constant:
         source = ctx.consts[params[0]]
         ctx.consts[node.output[0]].origin = _merged_parameter(node) or source.origin
         ctx.consts[node.output[0]].transposed = source.transposed ^ transpose_2d
@@ -624,6 +631,8 @@ def _emit(
     )
     ctx.alias[out_value] = name
     ctx.values[name] = out_value
+    # Where ONNX's inference gave up (a Pad by folded amounts), later Shape ops fold on ours.
+    ctx.shapes.setdefault(out_value, tuple(out))
     return name
 
 
@@ -1227,6 +1236,51 @@ def _expand(ctx: _Ctx, node) -> None:
     _emit(ctx, node, Expand(shape=tuple(target)), [x], {})
 
 
+#: ONNX Pad modes -> dnnlens's (PyTorch's names).
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+def _pad_arguments(ctx: _Ctx, node) -> tuple[list[int], float, list[int] | None] | None:
+    """``(pads, value, axes)``: attributes up to opset 10, constant inputs from 11; None when
+    one of them is computed at run time."""
+    attrs = _attrs(node)
+    if ctx.opset < 11:
+        return [int(p) for p in attrs.get("pads", [])], float(attrs.get("value", 0.0)), None
+    values: list[np.ndarray | None] = []
+    for value in node.input[1:4] if len(node.input) > 1 else []:
+        if value and value not in ctx.consts:
+            return None
+        values.append(ctx.consts[value].array if value else None)
+    pads, fill, axes = (values + [None, None, None])[:3]
+    if pads is None:
+        return None
+    return (
+        [int(p) for p in pads.reshape(-1)],
+        float(fill.reshape(-1)[0]) if fill is not None and fill.size else 0.0,
+        [int(a) for a in axes.reshape(-1)] if axes is not None else None,
+    )
+
+
+def _pad(ctx: _Ctx, node) -> None:
+    """ONNX ``pads`` (all begins, then all ends, for ``axes`` or every axis) as one (begin,
+    end) pair per dimension."""
+    mode = PAD_MODES.get(str(_attrs(node).get("mode", "constant")))
+    arguments = _pad_arguments(ctx, node)
+    if mode is None or arguments is None:
+        return _unknown(ctx, node, "pads computed at run time" if mode else "an unknown mode")
+    pads, fill, axes = arguments
+    rank = len(ctx.graph.shape_of(_ir(ctx, node.input[0])))
+    axes = [a % rank for a in axes] if axes is not None else list(range(rank))
+    if len(pads) != 2 * len(axes):
+        raise ModelError(
+            f"{ctx.path}: Pad node {node.name!r} has {len(pads)} pads for {len(axes)} axes"
+        )
+    pairs = [(0, 0)] * rank
+    for i, axis in enumerate(axes):
+        pairs[axis] = (pads[i], pads[i + len(axes)])
+    _emit(ctx, node, Pad(pads=tuple(pairs), mode=mode, value=fill), [node.input[0]], {})
+
+
 def _dropout(ctx: _Ctx, node) -> None:
     training = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if training is not None and (
@@ -1273,6 +1327,7 @@ RULES: dict[str, Callable[..., None]] = {
     "Slice": _slice,
     "Split": _split,
     "Expand": _expand,
+    "Pad": _pad,
     "SplitToSequence": _split_to_sequence,
     "SequenceAt": _sequence_at,
     "Dropout": _dropout,
