@@ -513,3 +513,28 @@ def test_swin_export_patterns_run_like_onnxruntime(tmp_path):
 
     for engine in ("reference", "compiled"):
         np.testing.assert_array_equal(prepare(graph, weights, engine).run(x).logits, theirs)
+
+
+def test_a_constant_node_that_cannot_be_computed_is_one_line(tmp_path, capsys):
+    """A ScatterND of constants (folded at import) with an index out of range: one
+    ModelError line naming the node, not a traceback from onnx's evaluator."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = _tiny_model(
+        [
+            helper.make_node("ScatterND", ["zeros", "where", "updates"], ["mask"], name="mask"),
+            helper.make_node("Add", ["x", "mask"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        [
+            numpy_helper.from_array(np.zeros((2, 3), np.float32), "zeros"),
+            numpy_helper.from_array(np.array([[5, 0]], np.int64), "where"),  # row 5 of 2
+            numpy_helper.from_array(np.array([1.0], np.float32), "updates"),
+        ],
+    )
+    path = tmp_path / "bad-scatter.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="ScatterND node 'mask' cannot be computed"):
+        import_onnx(path)
+    assert_cli_error(capsys, ["analyze", str(path)], "cannot be computed")

@@ -436,7 +436,14 @@ def _try_fold(node, ctx: _Ctx) -> bool:
         if not view:
             return False  # an op on a parameter is a layer of its own (Expand of a class token)
     arrays = [ctx.consts[n].array if n else None for n in node.input]
-    outputs = _evaluate(node, [a for a in arrays if a is not None], ctx.opset)
+    try:
+        outputs = _evaluate(node, [a for a in arrays if a is not None], ctx.opset)
+    except Exception as exc:  # noqa: BLE001 - onnx's evaluator raises anything on bad values
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{ctx.path}: the {op} node {node.name or op!r} cannot be computed from its "
+            f"constant inputs: {reason}"
+        ) from None
     for name, array in zip(node.output, outputs):
         ctx.consts[name] = Const(array)
     if params and not constant:
