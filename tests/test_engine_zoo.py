@@ -97,6 +97,9 @@ def test_every_classification_model_runs_in_our_engine_like_pytorch(name):
 # --- the same models exported to ONNX, against onnxruntime --------------------------------
 #: Exported and verified in every test run (both exporters, about 15 s of CPU each).
 QUICK_EXPORTS = {"squeezenet1_0"}
+#: Not named by the issue, but their exports needed importer rules (a Gather of constant
+#: indices; Pad, folded masks, views of parameters): docs/engine-zoo.md.
+MORE_EXPORTS = ["convnext_tiny", "swin_t"]
 EXPORTERS = ["dynamo", "torchscript"]
 EXPORT = """
 import json, sys, warnings, torch, torchvision
@@ -137,7 +140,9 @@ def export_marks(name: str) -> list[pytest.MarkDecorator]:
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", [pytest.param(n, marks=export_marks(n)) for n in NAMED])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=export_marks(n)) for n in NAMED + MORE_EXPORTS]
+)
 def test_named_model_exported_to_onnx_runs_like_onnxruntime(name, exporter, tmp_path):
     pytest.importorskip("onnxruntime")
     path, pytorch = exported(name, exporter, tmp_path)
@@ -146,11 +151,12 @@ def test_named_model_exported_to_onnx_runs_like_onnxruntime(name, exporter, tmp_
         result = verified(path)
     assert result.reference == "onnxruntime"
     assert_meets_the_bar(result)
-    if exporter == "torchscript" and not pytorch["batch_norms"]:
+    if exporter == "torchscript" and not pytorch["batch_norms"] and name != "swin_t":
         # The file holds every parameter (those the exporter merged with an equal one under
         # their own names), so it reads PyTorch's count. Not so where the exporter folds batch
-        # norms into the convolutions (both exporters do), nor for the dynamo exporter's
-        # default optimiser, which also drops all-zero biases (docs/engine-zoo.md).
+        # norms into the convolutions (both exporters do) or a table lookup into its result
+        # (swin_t's relative position bias), nor for the dynamo exporter's default optimiser,
+        # which also drops all-zero biases (docs/engine-zoo.md).
         assert analyze(graph_from_file(str(path))).totals.params == pytorch["params"]
 
 
