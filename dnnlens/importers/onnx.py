@@ -50,6 +50,7 @@ from dnnlens.ops import (
     MatMul,
     Norm,
     Op,
+    Pad,
     Permute,
     Pool,
     Reduce,
@@ -113,6 +114,8 @@ FOLDABLE = frozenset(
         "Or",
         "Split",
         "DequantizeLinear",
+        "ScatterND",
+        "Pow",
     }
 )
 #: Foldable ops that keep a parameter's values (so its name) when they read one.
@@ -394,17 +397,54 @@ def _try_fold(node, ctx: _Ctx) -> bool:
         return False
     params = [n for n in names if ctx.is_param(n)]
     transpose_2d = op == "Transpose" and len(params) == 1 and ctx.consts[params[0]].array.ndim == 2
-    if params and op not in PASS_THROUGH and op not in ("Shape", "Size") and not transpose_2d:
-        return False  # an op on a parameter is a layer of its own (Expand of a class token)
+    # A view of a parameter is that parameter (the dynamo exporter folds swin's relative
+    # position bias lookup into an initializer, then reshapes it), as in the torch importer.
+    views = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
+    view = op in views and params == [node.input[0]]
+    # Shapes of parameters, and ScatterND of constants (swin's shifted-window masks, whose
+    # float updates the exporter stores as initializers that look like parameters), are
+    # constants, not parameters.
+    constant = op in ("Shape", "Size", "ScatterND")
+    if params and op not in PASS_THROUGH and not constant and not transpose_2d:
+        if not view:
+            return False  # an op on a parameter is a layer of its own (Expand of a class token)
     arrays = [ctx.consts[n].array if n else None for n in node.input]
-    outputs = _evaluate(node, [a for a in arrays if a is not None], ctx.opset)
+    try:
+        outputs = _evaluate(node, [a for a in arrays if a is not None], ctx.opset)
+    except Exception as exc:  # noqa: BLE001 - onnx's evaluator raises anything on bad values
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{ctx.path}: the {op} node {node.name or op!r} cannot be computed from its "
+            f"constant inputs: {reason}"
+        ) from None
     for name, array in zip(node.output, outputs):
         ctx.consts[name] = Const(array)
-    if params and op not in ("Shape", "Size"):
+    if params and not constant:
         source = ctx.consts[params[0]]
-        ctx.consts[node.output[0]].origin = source.origin
+        ctx.consts[node.output[0]].origin = _merged_parameter(node) or source.origin
         ctx.consts[node.output[0]].transposed = source.transposed ^ transpose_2d
     return True
+
+
+def _merged_parameter(node) -> str | None:
+    """The name of a parameter the TorchScript exporter merged into an equal one, or None.
+
+    In eval mode that exporter keeps one initializer per distinct *value*: a parameter equal
+    to an earlier one (the zero biases and unit norm weights of a freshly initialised model)
+    is written as a top-level ``Identity`` of the kept initializer whose output keeps the
+    dropped parameter's state-dict name (``features.12.expand3x3.bias =
+    Identity(features.10.expand1x1.bias)``), or its own generated name for a weight it made
+    (the equal zero biases of convolutions it folded batch norms into: ``onnx::Conv_251 =
+    Identity(onnx::Conv_239)``). It is a parameter of its own in the model; weights *tied* in
+    PyTorch (one tensor) are instead read directly, with no Identity. Identities inside a
+    module (``/layer1/Identity``, output ``/layer1/Identity_output_0``) are not merges.
+    """
+    out = node.output[0]
+    if node.op_type != "Identity" or "/" in node.name or _name_scopes(node) is not None:
+        return None
+    if out.startswith("/") or out == node.input[0]:
+        return None
+    return out
 
 
 def _attr_value(attr) -> Any:
@@ -571,6 +611,8 @@ def _emit(
     )
     ctx.alias[out_value] = name
     ctx.values[name] = out_value
+    # Where ONNX's inference gave up (a Pad by folded amounts), later Shape ops fold on ours.
+    ctx.shapes.setdefault(out_value, tuple(out))
     return name
 
 
@@ -1018,6 +1060,19 @@ def _gather(ctx: _Ctx, node) -> None:
         keep = ctx.consts[indices].array.ndim > 0
         _emit(ctx, node, Slice(axis=axis, start=index, stop=index + 1, keep_dim=keep), [data], {})
         return
+    if data not in ctx.consts and indices in ctx.consts:
+        # A constant index list (the dynamo exporter writes ``as_strided`` as a Reshape to
+        # 1-d and a Gather of every position): the indices are kept in the operator.
+        array = ctx.consts[indices].array
+        if array.dtype.kind not in "iu":
+            return _unknown(ctx, node, f"indices of dtype {array.dtype}")
+        values = tuple(int(v) for v in array.reshape(-1))
+        op = Gather(axis=axis, index_values=values, index_shape=tuple(array.shape))
+        _emit(ctx, node, op, [data], {})
+        return
+    if data not in ctx.consts and indices not in ctx.consts:
+        _emit(ctx, node, Gather(axis=axis), [data, indices], {})
+        return
     _unknown(ctx, node)
 
 
@@ -1161,6 +1216,51 @@ def _expand(ctx: _Ctx, node) -> None:
     _emit(ctx, node, Expand(shape=tuple(target)), [x], {})
 
 
+#: ONNX Pad modes -> dnnlens's (PyTorch's names).
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+def _pad_arguments(ctx: _Ctx, node) -> tuple[list[int], float, list[int] | None] | None:
+    """``(pads, value, axes)``: attributes up to opset 10, constant inputs from 11; None when
+    one of them is computed at run time."""
+    attrs = _attrs(node)
+    if ctx.opset < 11:
+        return [int(p) for p in attrs.get("pads", [])], float(attrs.get("value", 0.0)), None
+    values: list[np.ndarray | None] = []
+    for value in node.input[1:4] if len(node.input) > 1 else []:
+        if value and value not in ctx.consts:
+            return None
+        values.append(ctx.consts[value].array if value else None)
+    pads, fill, axes = (values + [None, None, None])[:3]
+    if pads is None:
+        return None
+    return (
+        [int(p) for p in pads.reshape(-1)],
+        float(fill.reshape(-1)[0]) if fill is not None and fill.size else 0.0,
+        [int(a) for a in axes.reshape(-1)] if axes is not None else None,
+    )
+
+
+def _pad(ctx: _Ctx, node) -> None:
+    """ONNX ``pads`` (all begins, then all ends, for ``axes`` or every axis) as one (begin,
+    end) pair per dimension."""
+    mode = PAD_MODES.get(str(_attrs(node).get("mode", "constant")))
+    arguments = _pad_arguments(ctx, node)
+    if mode is None or arguments is None:
+        return _unknown(ctx, node, "pads computed at run time" if mode else "an unknown mode")
+    pads, fill, axes = arguments
+    rank = len(ctx.graph.shape_of(_ir(ctx, node.input[0])))
+    axes = [a % rank for a in axes] if axes is not None else list(range(rank))
+    if len(pads) != 2 * len(axes):
+        raise ModelError(
+            f"{ctx.path}: Pad node {node.name!r} has {len(pads)} pads for {len(axes)} axes"
+        )
+    pairs = [(0, 0)] * rank
+    for i, axis in enumerate(axes):
+        pairs[axis] = (pads[i], pads[i + len(axes)])
+    _emit(ctx, node, Pad(pads=tuple(pairs), mode=mode, value=fill), [node.input[0]], {})
+
+
 def _dropout(ctx: _Ctx, node) -> None:
     training = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if training is not None and (
@@ -1199,6 +1299,7 @@ _ONNX_READERS: dict[type[Op], Callable[[Any], Callable[..., None]]] = {
     Concat: lambda _: _concat,
     Softmax: lambda _: _softmax,
     Gather: lambda _: _gather,
+    Pad: lambda _: _pad,
     Slice: lambda how: {
         "slice": _slice,
         "split": _split,

@@ -42,7 +42,7 @@ def source_positions(size: int, begin: int, end: int, mode: str) -> np.ndarray:
 @dataclass(frozen=True)
 class Pad(Op):
     KIND: ClassVar[str] = "pad"
-    NAMES: ClassVar[Names] = Names(aten={"constant_pad_nd": None})
+    NAMES: ClassVar[Names] = Names(aten={"constant_pad_nd": None}, onnx={"Pad": None})
     pads: tuple[tuple[int, int], ...] = ()  # (begin, end) per dimension, first to last
     mode: str = "constant"
     value: float = 0.0  # constant mode's fill
