@@ -25,6 +25,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Launch,
     Op,
     as_pair,
     as_triple,
@@ -763,11 +764,37 @@ def bind_conv_relu_maxpool(
     pool_stride: tuple[int, ...],
 ) -> Callable[[np.ndarray], np.ndarray]:
     """:func:`conv_relu_maxpool_compiled` for inputs of shape ``x_shape``, with every size and
-    kernel choice made once (the engine calls it image after image).
+    kernel choice made once (the engine calls it image after image): the
+    :func:`conv_relu_maxpool_launch`, or conv, ReLU and pool one after the other where the
+    fused kernels do not apply."""
+    launch = conv_relu_maxpool_launch(
+        x_shape, x_dtype, weight, bias, attrs, pool_kernel, pool_stride
+    )
+    if launch is not None:
+        return launch
+    from dnnlens.ops.pool import Pool
+
+    pool = Pool(kernel=tuple(pool_kernel), stride=tuple(pool_stride))
+    dtype = np.result_type(x_dtype, weight)
+    weight = np.ascontiguousarray(weight, dtype)
+    return lambda x: pool.compiled([np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)], {})
+
+
+def conv_relu_maxpool_launch(
+    x_shape: tuple[int, ...],
+    x_dtype: np.dtype,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    attrs: Conv2dAttrs,
+    pool_kernel: tuple[int, ...],
+    pool_stride: tuple[int, ...],
+) -> Launch | None:
+    """The fused kernel's call for inputs of shape ``x_shape`` (None where it does not apply:
+    grouped convolution, a width stride, a height stride on few images).
 
     Batches of at least ``LANES`` images run with images side by side in the vector lanes;
     smaller ones (a lane per image would leave most of each vector empty) run image by image,
-    vectorised along the output positions (stride 1), or unfused."""
+    vectorised along the output positions (stride 1)."""
     n, _, height, width = x_shape
     cout, _, kh_size, kw_size = weight.shape
     ho, wo = attrs.output_size(height, width, kh_size, kw_size)
@@ -778,12 +805,7 @@ def bind_conv_relu_maxpool(
     weight = np.ascontiguousarray(weight, dtype)
     (top, _), (left, _) = attrs.padding
     if attrs.groups != 1 or attrs.stride[1] != 1 or (n < LANES and attrs.stride[0] != 1):
-        from dnnlens.ops.pool import Pool
-
-        pool = Pool(kernel=(pkh, pkw), stride=(psh, psw))
-        return lambda x: pool.compiled(
-            [np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)], {}
-        )
+        return None
     if n < LANES:
         macs = n * cout * ho * wo * weight[0].size
         kernel = planes_kernel(kw_size, attrs.dilation[1], macs >= PARALLEL_MIN_WORK)
@@ -791,10 +813,4 @@ def bind_conv_relu_maxpool(
     else:
         kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES)
         sizes = (top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh, psw, wo)
-
-    def call(x: np.ndarray) -> np.ndarray:
-        out = np.empty(shape, dtype)
-        kernel(np.ascontiguousarray(x, dtype), weight, bias, out, *sizes)
-        return out
-
-    return call
+    return Launch(kernel, (weight, bias), sizes, shape, np.dtype(dtype))

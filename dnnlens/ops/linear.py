@@ -7,7 +7,6 @@ MACs: ``prod(leading dims) * in * out`` (for a ``(N, in)`` input: ``N * in * out
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
@@ -17,6 +16,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Launch,
     Op,
     check_fits,
     compiled_kernel,
@@ -147,7 +147,7 @@ def linear_compiled(
 
 def bind_linear(
     rows: int, x_dtype: np.dtype, weight: np.ndarray, bias: np.ndarray | None, relu: bool = False
-) -> Callable[[np.ndarray], np.ndarray]:
+) -> Launch:
     """:func:`linear_compiled` for ``(rows, in)`` inputs with the kernel chosen once (the
     engine calls it image after image)."""
     dtype = np.result_type(x_dtype, weight)
@@ -156,10 +156,4 @@ def bind_linear(
     weight = np.ascontiguousarray(weight, dtype)
     macs = rows * weight.size  # M*out * in
     kernel = compiled_kernel(linear_loops, parallel=macs >= PARALLEL_MIN_WORK)
-
-    def call(x: np.ndarray) -> np.ndarray:
-        out = np.empty((rows, out_features), dtype=dtype)
-        kernel(np.ascontiguousarray(x, dtype), weight, bias, out, relu)
-        return out
-
-    return call
+    return Launch(kernel, (weight, bias), (relu,), (rows, out_features), np.dtype(dtype))
