@@ -679,6 +679,10 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
         the plane at a fixed offset ``kh*dh*wp + kw*dw`` from it, so the loop over all output
         positions is one contiguous, vectorised run (the ``wp - wo`` columns past each row's
         end are computed and ignored). Four output channels at a time share each load.
+
+        The pooling is vectorised the same way: ``wide[p]`` = the max over the window whose
+        top-left is conv output ``p``, for every ``p`` in one run (a pass per window offset);
+        the pooled outputs are then picked from it (every ``psh``-th row, ``psw``-th column).
         """
         n_images, cin, height, width = x.shape
         cout, _, kh_size, _ = weight.shape
@@ -690,9 +694,13 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
             planes = np.zeros((cin, hp * wp + wp), dtype=out.dtype)
             for ci in range(cin):
                 for h in range(max(0, -top), min(height, hp - top)):
+                    source = x[n, ci, h]
+                    target = planes[ci, (top + h) * wp + left :]
                     for w in range(max(0, -left), min(width, wp - left)):
-                        planes[ci, (top + h) * wp + left + w] = x[n, ci, h, w]
+                        target[w] = source[w]
             conv = np.empty((4, run), dtype=out.dtype)
+            span = run - (pkh - 1) * wp - (pkw - 1)  # window tops inside the conv output
+            wide = np.empty(span, dtype=out.dtype)
             last = cout - 1
             for quad in range((cout + 3) // 4):
                 co0 = 4 * quad
@@ -716,16 +724,21 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
                                 total3 += w3[kw] * value
                             acc0[p], acc1[p] = total0, total1
                             acc2[p], acc3[p] = total2, total3
-                for c in range(4):
-                    co = min(co0 + c, last)
+                for c in range(min(4, cout - co0)):
+                    conv_c = conv[c]
+                    for p in range(span):
+                        wide[p] = conv_c[p]
+                    for i in range(pkh):
+                        for k in range(pkw):
+                            candidates = conv_c[i * wp + k :]
+                            # (a select, not max(): max's NaN branch stays scalar)
+                            for p in range(span):
+                                wide[p] = candidates[p] if candidates[p] > wide[p] else wide[p]
+                    target = out[n, co0 + c]
                     for pr in range(po):
                         for pc in range(qo):
-                            best = conv[c, pr * psh * wp + pc * psw]
-                            for i in range(pkh):
-                                for k in range(pkw):
-                                    value = conv[c, (pr * psh + i) * wp + pc * psw + k]
-                                    best = value if value > best else best
-                            out[n, co, pr, pc] = best if best > 0 else 0
+                            best = wide[pr * psh * wp + pc * psw]
+                            target[pr, pc] = best if best > 0 else 0
 
     return conv_relu_maxpool_planes
 
