@@ -519,18 +519,28 @@ class Plan:
         if runs < PROGRAM_AFTER_RUNS:
             return None
         program = None
-        if batch is not None and batch <= PROGRAM_MAX_BATCH and key in self._seen:
+        if (
+            batch is not None
+            and batch <= PROGRAM_MAX_BATCH
+            and key in self._seen
+            and not self._states  # a recurrent layer's final states: the general path
+        ):
+            calls = [
+                bound or self._general_call(step, batch)
+                for step, bound in zip(self.steps, self._bound[key])
+            ]
             program = build_program(
-                self.steps,
-                self._seen[key],
-                self._bound[key],
-                list(self.graph.inputs),
-                list(self.graph.outputs),
+                self.steps, self._seen[key], calls, list(self.graph.inputs), self.graph.outputs
             )
         self._programs[key] = program
         if program is not None and program.whole is not None and len(key) == 1:
             self._fast[key[0]] = program
         return program
+
+    def _general_call(self, step: Step, batch: int) -> Callable[[list[np.ndarray]], np.ndarray]:
+        """A step with no bound kernel as a call, for a program to run between its segments."""
+        engine = self.engine
+        return lambda xs: run_step(step, dict(zip(step.inputs, xs)), {}, engine, batch)
 
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> EngineResult:
         """The graph on ``inputs``: a batch ``(N, ...)`` of any N, or a dict by input name.

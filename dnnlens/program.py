@@ -327,8 +327,8 @@ def build(
     graph_outputs: Sequence[str],
 ) -> Program | None:
     """The program for a plan's ``steps``, given the input shapes and dtypes each step ``seen``
-    on the run that bound ``calls`` (a step's bound call, None where it has none). None if a
-    step has neither a kernel launch nor a bound call, or nothing would be compiled."""
+    on the run that bound ``calls`` (each step's call on the general path, taken where a step
+    has no kernel launch). None if a step has neither, or nothing would be compiled."""
     pieces = []
     for index, step in enumerate(steps):
         if index not in seen:
