@@ -46,7 +46,7 @@ from dnnlens.ops import (
     RecurrentState,
     Reshape,
 )
-from dnnlens.program import PROGRAM_AFTER_RUNS, PROGRAM_MAX_BATCH, NonFiniteInput, Program
+from dnnlens.program import PROGRAM_AFTER_RUNS, PROGRAM_MAX_BATCH, Program
 from dnnlens.program import build as build_program
 
 ENGINES = ("compiled", "reference")
@@ -551,11 +551,9 @@ class Plan:
         the axis where each holds the batch."""
         if isinstance(inputs, np.ndarray):  # a compiled program for this shape: one call
             program = self._fast.get(inputs.shape)
-            if program is not None and inputs.dtype == program.whole.dtypes[0]:
-                try:
-                    return EngineResult(program.run({program.whole.inputs[0]: inputs}))
-                except NonFiniteInput:
-                    pass  # the general path's check names the problem
+            outputs = program.run_whole(inputs) if program is not None else None
+            if outputs is not None:
+                return EngineResult(outputs)
         values: dict[str, np.ndarray] = _graph_inputs(self.graph, inputs)
         batch = next(iter(values.values())).shape[0] if values else None
         if (

@@ -174,7 +174,7 @@ def segment_source(segment: Segment, slices: Mapping[int, list[str]], name: str)
     for value in segment.checked:  # a NaN or Inf anywhere makes the sum NaN or Inf
         lines.append(f"    if not np.isfinite({var[value]}.sum()):")
         lines.append("        raise NonFiniteInput('a graph input holds a NaN or an Inf')")
-    kernels = {}
+    kernels: dict[int, str] = {}
     for piece in segment.pieces:
         x = var[piece.inputs[0]]
         out = var[piece.output] = f"v{piece.index}"
@@ -218,7 +218,7 @@ def compile_segment(segment: Segment, dtype: np.dtype) -> None:
     """Generate, write and compile the segment's function (or load it, if compiled before)."""
     segment.arena, slices = _arena(segment, dtype)
     body = segment_source(segment, slices, "segment")
-    kernels = {}
+    kernels: dict[int, tuple[int, Any]] = {}
     for piece in segment.pieces:
         if piece.launch is not None:
             kernels.setdefault(id(piece.launch.kernel), (piece.index, piece.launch.kernel))
@@ -297,6 +297,18 @@ class Program:
     def calls(self) -> int:
         """Python-to-compiled-code calls per run."""
         return len(self.parts)
+
+    def run_whole(self, x: np.ndarray) -> dict[str, np.ndarray] | None:
+        """The graph outputs from its one input ``x``, when the program is one compiled call
+        taking ``x``'s dtype; None to take the general path (also when ``x`` holds a NaN or an
+        Inf: the general path's check names the input and counts them)."""
+        whole = self.whole
+        if whole is None or x.dtype != whole.dtypes[0]:
+            return None
+        try:
+            return self.run({whole.inputs[0]: x})
+        except NonFiniteInput:
+            return None
 
     def run(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph outputs from the graph inputs (``values`` is filled as it goes)."""
