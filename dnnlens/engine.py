@@ -18,6 +18,10 @@ as written:
 * in the compiled engine a conv -> relu -> max-pool chain whose intermediate values nobody
   else reads runs as one fused kernel, and so does an fc followed by a ReLU.
 
+In the compiled engine a small batch (up to ``PROGRAM_MAX_BATCH`` images) run again and again
+at the same shape becomes a :class:`dnnlens.program.Program`: the steps' bound kernels called
+in turn by one generated, compiled function, so one image costs one call into compiled code.
+
 Verification against PyTorch and onnxruntime lives in :mod:`dnnlens.verify`.
 """
 
