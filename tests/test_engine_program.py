@@ -143,3 +143,38 @@ def test_a_nan_in_the_input_is_refused_by_the_programmed_path_too():
     x[0, 0, 3, 4] = np.inf
     with pytest.raises(DataError, match="NaN or Inf"):
         plan.run(x)
+
+
+class Residual(nn.Module):
+    """fc -> relu -> fc with a batch norm folded in, plus the input (an add: no kernel launch),
+    and two graph outputs: segments whose inputs and outputs are read across the add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(12, 12), nn.Linear(12, 12), nn.Linear(12, 4)
+        self.bn = nn.BatchNorm1d(12)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.bn(self.fc2(torch.relu(self.fc1(x)))) + x
+        return self.fc3(torch.relu(h)), h
+
+
+def test_residual_network_with_two_outputs_matches_pytorch():
+    torch.manual_seed(2)
+    model = Residual().eval()
+    plan = engine.prepare(import_torch(model, (1, 12)), model)
+    rng = np.random.default_rng(2)
+    for _ in range(PROGRAM_AFTER_RUNS + 2):
+        x = rng.standard_normal((2, 12)).astype(np.float32)
+        got = list(plan.run(x).outputs.values())
+        with torch.inference_mode():
+            truth = copy.deepcopy(model).double()(torch.from_numpy(x).double())
+        for ours, theirs in zip(got, truth, strict=True):
+            np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-5, atol=1e-5)
+    program = plan._programs[((2, 12),)]
+    assert program is not None
+    assert [type(part).__name__ for part in program.parts][0] == "Segment"
+    assert program.calls > 1  # the add runs between compiled segments
