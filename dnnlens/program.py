@@ -204,14 +204,21 @@ def cache_folder() -> Path:
 
 
 def _kernel_identity(kernel: Any) -> str:
-    """What a kernel's machine code depends on: its Python code and closure constants."""
+    """What a kernel's machine code depends on: its closure constants and the whole module it
+    comes from (the constants and helpers it reads there are compiled in too), plus the
+    package's own version and Numba's."""
+    import numba
+
+    import dnnlens
+
     fn = kernel.py_func
     cells = tuple(c.cell_contents for c in (fn.__closure__ or ()))
     try:
-        source = inspect.getsource(fn)
-    except OSError:  # pragma: no cover - kernels live in files
+        source = inspect.getsource(sys.modules[fn.__module__])
+    except (OSError, KeyError, TypeError):  # pragma: no cover - kernels live in files
         source = fn.__code__.co_code.hex()
-    return f"{fn.__module__}.{fn.__qualname__}{cells!r}\n{source}"
+    versions = f"{getattr(dnnlens, '__version__', '')} numba {numba.__version__}"
+    return f"{fn.__module__}.{fn.__qualname__}{cells!r} {versions}\n{source}"
 
 
 def compile_segment(segment: Segment, dtype: np.dtype) -> None:
