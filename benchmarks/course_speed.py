@@ -64,7 +64,10 @@ def one_at_a_time(
     return len(images) / (time.perf_counter() - start)
 
 
-def onnx_session(model: torch.nn.Module, folder: str):  # type: ignore[no-untyped-def]
+def onnx_session(
+    model: torch.nn.Module, folder: str, threads: int = THREADS
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The model exported to ONNX and run by ONNX Runtime's CPU provider on ``threads``."""
     import onnxruntime as ort
 
     path = os.path.join(folder, "net.onnx")
@@ -78,7 +81,7 @@ def onnx_session(model: torch.nn.Module, folder: str):  # type: ignore[no-untype
         dynamo=False,
     )
     options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"x": x})[0]
@@ -91,7 +94,12 @@ def contenders(
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
-    found = {"PyTorch eager": eager, "ONNX Runtime": onnx_session(model, folder)}
+    found = {
+        "PyTorch eager": eager,
+        "ONNX Runtime": onnx_session(model, folder),
+        # one image is too little work to share out: ONNX Runtime on one thread may be faster
+        "ONNX Runtime, 1 thread": onnx_session(model, folder, threads=1),
+    }
     if compiled:
         try:
             fast = torch.compile(model)
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {_cpu_name()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {THREADS} threads")
     print(f"weights: {args.checkpoint or 'seeded (torch.manual_seed(0))'}")
     print(f"ours: prepare + compile/load for the shapes used {warm:.1f} s (apart from below)")
-    print(f"{'':26}{'batched img/s (best batch)':>30}{'one image per call img/s':>28}")
+    print(f"{'':26}{'batched img/s (best batch)':>34}{'one image per call img/s':>28}")
     rates_b, rates_s = {}, {}
     for name in runs:
         b = min(sizes, key=lambda s, name=name: best_batched[name, s])
