@@ -12,7 +12,8 @@ are the segment's inputs and one flat array (the *arena*) holding every weight o
 segment, so the dispatcher unboxes two or three arrays, not two per layer; each weight is a
 slice of it reshaped at a fixed offset, and the values between the steps are allocated inside
 (no Python objects). A step with no such kernel (any operator but the fused conv -> relu ->
-max-pool, the fc and a reshape, so far) runs as before, by its bound call, between segments.
+max-pool, the fc and a reshape, so far) runs as before (its bound call, or the general path)
+between segments.
 
 The generated function is written to a file in the cache folder and compiled with Numba's disk
 cache, so a second process with the same network shapes loads it instead of compiling it
