@@ -555,10 +555,10 @@ def conv2d_compiled(
 LANES = 16
 
 
-def make_conv_relu_maxpool(kw_size: int, tap_step: int):
-    """The fused loop nest with ``kw_size`` and ``tap_step`` as closure variables, which Numba
-    compiles as constants: the taps' loop unrolls and its loads get fixed offsets (Numba's
-    disk cache keys on their values)."""
+def make_conv_relu_maxpool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int):
+    """The fused loop nest with ``kw_size``, ``tap_step`` and the pool window as closure
+    variables, which Numba compiles as constants: the taps' and the window's loops unroll and
+    their loads get fixed offsets (Numba's disk cache keys on their values)."""
 
     def conv_relu_maxpool_loops(
         x, weight, bias, out, top, left, sh, dh, pkh, pkw, psh, psw, wo
@@ -632,17 +632,19 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
                                     acc2[j], acc3[j] = total2, total3
                     # max over the window for every conv column (not only every psw-th: the
                     # loop stays one contiguous, vectorised run); the scatter below picks them
+                    # in one pass: the window's pool_kh*pool_kw (compile-time) loads per
+                    # vector, one store
                     for c in range(4):
                         wide = pooled[min(co0 + c, cout - 1), pr]
+                        conv_c = conv[c]
                         for j in range(run_pooled):
-                            wide[j] = conv[c, 0, j]
-                        for i in range(pkh):
-                            for k in range(pkw):
-                                offset = k * LANES
-                                candidates = conv[c, i, offset:]
-                                # (a select, not max(): max's NaN branch stays scalar)
-                                for j in range(run_pooled):
-                                    wide[j] = candidates[j] if candidates[j] > wide[j] else wide[j]
+                            best = conv_c[0, j]
+                            for i in range(pool_kh):
+                                for k in range(pool_kw):
+                                    value = conv_c[i, j + k * LANES]
+                                    # (a select, not max(): max's NaN branch stays scalar)
+                                    best = value if value > best else best
+                            wide[j] = best
             for lane in range(lanes):  # back to (N, C, H, W), with the ReLU
                 for co in range(cout):
                     for pr in range(po):
@@ -656,11 +658,12 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
 _FUSED: dict[tuple, object] = {}
 
 
-def fused_kernel(kw_size: int, tap_step: int):
+def fused_kernel(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int):
     """:func:`make_conv_relu_maxpool`'s loop nest compiled (once per process and shape)."""
-    key = (kw_size, tap_step)
+    key = (kw_size, tap_step, pool_kh, pool_kw)
     if key not in _FUSED:
-        _FUSED[key] = compiled_kernel(make_conv_relu_maxpool(kw_size, tap_step), parallel=True)
+        loops = make_conv_relu_maxpool(kw_size, tap_step, pool_kh, pool_kw)
+        _FUSED[key] = compiled_kernel(loops, parallel=True)
     return _FUSED[key]
 
 
@@ -824,6 +827,6 @@ def conv_relu_maxpool_launch(
         kernel = planes_kernel(kw_size, attrs.dilation[1], macs >= PARALLEL_MIN_WORK)
         sizes = (top, left, attrs.dilation[0], pkh, pkw, psh, psw, ho, wo)
     else:
-        kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES)
+        kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES, pkh, pkw)
         sizes = (top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh, psw, wo)
     return Launch(kernel, (weight, bias), sizes, shape, np.dtype(dtype))
