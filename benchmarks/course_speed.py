@@ -155,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
                 for b in sizes:
                     took = seconds(lambda p=predict, b=b: batched(p, images, b))
                     best_batched[name, b] = min(best_batched[name, b], took)
+        # one image per call apart, each after a pause: the thread pools the batched runs
+        # woke (PyTorch's, Numba's, ONNX Runtime's) spin a while before they sleep, and on
+        # two cores a spinning thread would halve whoever runs next
+        for _ in range(args.rounds):
+            for name, predict in runs.items():
+                time.sleep(1.0)
                 rate = one_at_a_time(predict, single, budget=2.0)
                 best_single[name] = max(best_single[name], rate)
         reference = runs["PyTorch eager"](images)
