@@ -18,6 +18,10 @@ as written:
 * in the compiled engine a conv -> relu -> max-pool chain whose intermediate values nobody
   else reads runs as one fused kernel, and so does an fc followed by a ReLU.
 
+In the compiled engine a small batch (up to ``PROGRAM_MAX_BATCH`` images) run again and again
+at the same shape becomes a :class:`dnnlens.program.Program`: the steps' bound kernels called
+in turn by one generated, compiled function, so one image costs one call into compiled code.
+
 Verification against PyTorch and onnxruntime lives in :mod:`dnnlens.verify`.
 """
 
@@ -46,6 +50,8 @@ from dnnlens.ops import (
     RecurrentState,
     Reshape,
 )
+from dnnlens.program import PROGRAM_AFTER_RUNS, PROGRAM_MAX_BATCH, Program
+from dnnlens.program import build as build_program
 
 ENGINES = ("compiled", "reference")
 
@@ -487,6 +493,12 @@ class Plan:
             if name not in graph.outputs:
                 self.steps[index].free.append(name)
         self._bound: dict[tuple, list[Callable | None]] = {}
+        # per input shapes: each step's input shapes and dtypes on the run that bound it, and
+        # the program built from them (dnnlens.program) on the next run (None: none fits)
+        self._seen: dict[tuple, dict[int, list[tuple[tuple[int, ...], np.dtype]]]] = {}
+        self._programs: dict[tuple, Program | None] = {}
+        self._fast: dict[tuple[int, ...], Program] = {}  # one input's shape -> its program
+        self._runs: dict[tuple, int] = {}
 
     def _calls(self, values: Mapping[str, np.ndarray]) -> list[Callable | None] | None:
         """The bound kernels for these input shapes (None: do not bind)."""
@@ -497,8 +509,46 @@ class Plan:
         if calls is None:
             if len(self._bound) >= BOUND_SHAPES:
                 self._bound.clear()
+                self._seen.clear()
+                self._programs.clear()
+                self._fast.clear()
+                self._runs.clear()
             calls = self._bound[key] = [None] * len(self.steps)
+            self._seen[key] = {}
         return calls
+
+    def _program(self, key: tuple, batch: int | None) -> Program | None:
+        """The one-call program for these input shapes, built on their PROGRAM_AFTER_RUNS-th
+        run (the first bound every step): only small batches, where the per-call overhead
+        shows."""
+        if key in self._programs:
+            return self._programs[key]
+        runs = self._runs[key] = self._runs.get(key, 1) + 1
+        if runs < PROGRAM_AFTER_RUNS:
+            return None
+        program = None
+        if (
+            batch is not None
+            and batch <= PROGRAM_MAX_BATCH
+            and key in self._seen
+            and not self._states  # a recurrent layer's final states: the general path
+        ):
+            calls = [
+                bound or self._general_call(step, batch)
+                for step, bound in zip(self.steps, self._bound[key])
+            ]
+            program = build_program(
+                self.steps, self._seen[key], calls, list(self.graph.inputs), self.graph.outputs
+            )
+        self._programs[key] = program
+        if program is not None and program.whole is not None and len(key) == 1:
+            self._fast[key[0]] = program
+        return program
+
+    def _general_call(self, step: Step, batch: int) -> Callable[[list[np.ndarray]], np.ndarray]:
+        """A step with no bound kernel as a call, for a program to run between its segments."""
+        engine = self.engine
+        return lambda xs: run_step(step, dict(zip(step.inputs, xs)), {}, engine, batch)
 
     def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> EngineResult:
         """The graph on ``inputs``: a batch ``(N, ...)`` of any N, or a dict by input name.
@@ -507,6 +557,11 @@ class Plan:
         batch 1 that moves the batch behind the sequence) runs in chunks of the batch it was
         traced at, since its reshapes name the traced batch; values are then joined along
         the axis where each holds the batch."""
+        if isinstance(inputs, np.ndarray):  # a compiled program for this shape: one call
+            program = self._fast.get(inputs.shape)
+            outputs = program.run_whole(inputs) if program is not None else None
+            if outputs is not None:
+                return EngineResult(outputs)
         values: dict[str, np.ndarray] = _graph_inputs(self.graph, inputs)
         batch = next(iter(values.values())).shape[0] if values else None
         if (
@@ -543,6 +598,14 @@ class Plan:
 
     def _run_values(self, values: dict[str, np.ndarray], batch: int | None) -> EngineResult:
         calls = self._calls(values)
+        shapes_seen = None
+        if calls is not None:
+            key = tuple(v.shape for v in values.values())
+            shapes_seen = self._seen.get(key)
+            if shapes_seen:  # bound on an earlier run: run as one program?
+                program = self._program(key, batch)
+                if program is not None:
+                    return EngineResult(program.run(values))
         for index, step in enumerate(self.steps):
             call = calls[index] if calls is not None else None
             if step.kind == "state":
@@ -563,6 +626,8 @@ class Plan:
                 values[step.output] = run_step(step, values, {}, self.engine, batch)
                 if calls is not None:  # bind on this first, checked, run
                     calls[index] = bind_step(step, seen)
+                    if shapes_seen is not None:
+                        shapes_seen[index] = [(a.shape, a.dtype) for a in seen]
             else:
                 values[step.output] = call([values[name] for name in step.inputs])
             if not self.keep_activations:

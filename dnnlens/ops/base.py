@@ -300,6 +300,25 @@ def compiled_kernel(fn, parallel: bool = False):
     return kernel
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One compiled kernel call with everything but its input decided at bind time:
+    ``kernel(x, *arrays, out, *scalars)`` writes ``out`` (``out_shape``, ``dtype``) from ``x``
+    (C-contiguous, ``dtype``). The engine calls it image after image; :mod:`dnnlens.program`
+    strings several together into one compiled call."""
+
+    kernel: Any  # a Numba dispatcher (see compiled_kernel)
+    arrays: tuple[np.ndarray, ...]  # weights packed once, C-contiguous, ``dtype``
+    scalars: tuple[int | float | bool, ...]
+    out_shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = np.empty(self.out_shape, self.dtype)
+        self.kernel(np.ascontiguousarray(x, self.dtype), *self.arrays, out, *self.scalars)
+        return out
+
+
 #: Work (multiply-accumulates or values) below which a kernel runs on one core.
 PARALLEL_MIN_WORK = 1_000_000
 

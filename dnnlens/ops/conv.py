@@ -25,6 +25,7 @@ import numpy as np
 from dnnlens.errors import ShapeError
 from dnnlens.ops.base import (
     PARALLEL_MIN_WORK,
+    Launch,
     Names,
     Op,
     as_pair,
@@ -571,10 +572,10 @@ def conv2d_compiled(
 LANES = 16
 
 
-def make_conv_relu_maxpool(kw_size: int, tap_step: int):
-    """The fused loop nest with ``kw_size`` and ``tap_step`` as closure variables, which Numba
-    compiles as constants: the taps' loop unrolls and its loads get fixed offsets (Numba's
-    disk cache keys on their values)."""
+def make_conv_relu_maxpool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int):
+    """The fused loop nest with ``kw_size``, ``tap_step`` and the pool window as closure
+    variables, which Numba compiles as constants: the taps' and the window's loops unroll and
+    their loads get fixed offsets (Numba's disk cache keys on their values)."""
 
     def conv_relu_maxpool_loops(
         x, weight, bias, out, top, left, sh, dh, pkh, pkw, psh, psw, wo
@@ -648,17 +649,19 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
                                     acc2[j], acc3[j] = total2, total3
                     # max over the window for every conv column (not only every psw-th: the
                     # loop stays one contiguous, vectorised run); the scatter below picks them
+                    # in one pass: the window's pool_kh*pool_kw (compile-time) loads per
+                    # vector, one store
                     for c in range(4):
                         wide = pooled[min(co0 + c, cout - 1), pr]
+                        conv_c = conv[c]
                         for j in range(run_pooled):
-                            wide[j] = conv[c, 0, j]
-                        for i in range(pkh):
-                            for k in range(pkw):
-                                offset = k * LANES
-                                candidates = conv[c, i, offset:]
-                                # (a select, not max(): max's NaN branch stays scalar)
-                                for j in range(run_pooled):
-                                    wide[j] = candidates[j] if candidates[j] > wide[j] else wide[j]
+                            best = conv_c[0, j]
+                            for i in range(pool_kh):
+                                for k in range(pool_kw):
+                                    value = conv_c[i, j + k * LANES]
+                                    # (a select, not max(): max's NaN branch stays scalar)
+                                    best = value if value > best else best
+                            wide[j] = best
             for lane in range(lanes):  # back to (N, C, H, W), with the ReLU
                 for co in range(cout):
                     for pr in range(po):
@@ -672,11 +675,12 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int):
 _FUSED: dict[tuple, object] = {}
 
 
-def fused_kernel(kw_size: int, tap_step: int):
+def fused_kernel(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int):
     """:func:`make_conv_relu_maxpool`'s loop nest compiled (once per process and shape)."""
-    key = (kw_size, tap_step)
+    key = (kw_size, tap_step, pool_kh, pool_kw)
     if key not in _FUSED:
-        _FUSED[key] = compiled_kernel(make_conv_relu_maxpool(kw_size, tap_step), parallel=True)
+        loops = make_conv_relu_maxpool(kw_size, tap_step, pool_kh, pool_kw)
+        _FUSED[key] = compiled_kernel(loops, parallel=True)
     return _FUSED[key]
 
 
@@ -695,6 +699,10 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
         the plane at a fixed offset ``kh*dh*wp + kw*dw`` from it, so the loop over all output
         positions is one contiguous, vectorised run (the ``wp - wo`` columns past each row's
         end are computed and ignored). Four output channels at a time share each load.
+
+        The pooling is vectorised the same way: ``wide[p]`` = the max over the window whose
+        top-left is conv output ``p``, for every ``p`` in one run (a pass per window offset);
+        the pooled outputs are then picked from it (every ``psh``-th row, ``psw``-th column).
         """
         n_images, cin, height, width = x.shape
         cout, _, kh_size, _ = weight.shape
@@ -706,9 +714,13 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
             planes = np.zeros((cin, hp * wp + wp), dtype=out.dtype)
             for ci in range(cin):
                 for h in range(max(0, -top), min(height, hp - top)):
+                    source = x[n, ci, h]
+                    target = planes[ci, (top + h) * wp + left :]
                     for w in range(max(0, -left), min(width, wp - left)):
-                        planes[ci, (top + h) * wp + left + w] = x[n, ci, h, w]
+                        target[w] = source[w]
             conv = np.empty((4, run), dtype=out.dtype)
+            span = run - (pkh - 1) * wp - (pkw - 1)  # window tops inside the conv output
+            wide = np.empty(span, dtype=out.dtype)
             last = cout - 1
             for quad in range((cout + 3) // 4):
                 co0 = 4 * quad
@@ -732,16 +744,21 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
                                 total3 += w3[kw] * value
                             acc0[p], acc1[p] = total0, total1
                             acc2[p], acc3[p] = total2, total3
-                for c in range(4):
-                    co = min(co0 + c, last)
+                for c in range(min(4, cout - co0)):
+                    conv_c = conv[c]
+                    for p in range(span):
+                        wide[p] = conv_c[p]
+                    for i in range(pkh):
+                        for k in range(pkw):
+                            candidates = conv_c[i * wp + k :]
+                            # (a select, not max(): max's NaN branch stays scalar)
+                            for p in range(span):
+                                wide[p] = candidates[p] if candidates[p] > wide[p] else wide[p]
+                    target = out[n, co0 + c]
                     for pr in range(po):
                         for pc in range(qo):
-                            best = conv[c, pr * psh * wp + pc * psw]
-                            for i in range(pkh):
-                                for k in range(pkw):
-                                    value = conv[c, (pr * psh + i) * wp + pc * psw + k]
-                                    best = value if value > best else best
-                            out[n, co, pr, pc] = best if best > 0 else 0
+                            best = wide[pr * psh * wp + pc * psw]
+                            target[pr, pc] = best if best > 0 else 0
 
     return conv_relu_maxpool_planes
 
@@ -780,11 +797,37 @@ def bind_conv_relu_maxpool(
     pool_stride: tuple[int, ...],
 ) -> Callable[[np.ndarray], np.ndarray]:
     """:func:`conv_relu_maxpool_compiled` for inputs of shape ``x_shape``, with every size and
-    kernel choice made once (the engine calls it image after image).
+    kernel choice made once (the engine calls it image after image): the
+    :func:`conv_relu_maxpool_launch`, or conv, ReLU and pool one after the other where the
+    fused kernels do not apply."""
+    launch = conv_relu_maxpool_launch(
+        x_shape, x_dtype, weight, bias, attrs, pool_kernel, pool_stride
+    )
+    if launch is not None:
+        return launch
+    from dnnlens.ops.pool import Pool
+
+    pool = Pool(kernel=tuple(pool_kernel), stride=tuple(pool_stride))
+    dtype = np.result_type(x_dtype, weight)
+    weight = np.ascontiguousarray(weight, dtype)
+    return lambda x: pool.compiled([np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)], {})
+
+
+def conv_relu_maxpool_launch(
+    x_shape: tuple[int, ...],
+    x_dtype: np.dtype,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    attrs: Conv2dAttrs,
+    pool_kernel: tuple[int, ...],
+    pool_stride: tuple[int, ...],
+) -> Launch | None:
+    """The fused kernel's call for inputs of shape ``x_shape`` (None where it does not apply:
+    grouped convolution, a width stride, a height stride on few images).
 
     Batches of at least ``LANES`` images run with images side by side in the vector lanes;
     smaller ones (a lane per image would leave most of each vector empty) run image by image,
-    vectorised along the output positions (stride 1), or unfused."""
+    vectorised along the output positions (stride 1)."""
     n, _, height, width = x_shape
     cout, _, kh_size, kw_size = weight.shape
     ho, wo = attrs.output_size(height, width, kh_size, kw_size)
@@ -795,23 +838,12 @@ def bind_conv_relu_maxpool(
     weight = np.ascontiguousarray(weight, dtype)
     (top, _), (left, _) = attrs.padding
     if attrs.groups != 1 or attrs.stride[1] != 1 or (n < LANES and attrs.stride[0] != 1):
-        from dnnlens.ops.pool import Pool
-
-        pool = Pool(kernel=(pkh, pkw), stride=(psh, psw))
-        return lambda x: pool.compiled(
-            [np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)], {}
-        )
+        return None
     if n < LANES:
         macs = n * cout * ho * wo * weight[0].size
         kernel = planes_kernel(kw_size, attrs.dilation[1], macs >= PARALLEL_MIN_WORK)
         sizes = (top, left, attrs.dilation[0], pkh, pkw, psh, psw, ho, wo)
     else:
-        kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES)
+        kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES, pkh, pkw)
         sizes = (top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh, psw, wo)
-
-    def call(x: np.ndarray) -> np.ndarray:
-        out = np.empty(shape, dtype)
-        kernel(np.ascontiguousarray(x, dtype), weight, bias, out, *sizes)
-        return out
-
-    return call
+    return Launch(kernel, (weight, bias), sizes, shape, np.dtype(dtype))
