@@ -15,6 +15,7 @@ convolution scatters every input value through its kernel:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
@@ -520,6 +521,9 @@ TAP_TILE = 256
 #: A tile's positions are computed in whole blocks of this many (one AVX-512 register of
 #: float32), so the vectorised loop has no scalar remainder; the packed input carries slack.
 TAP_BLOCK = 16
+#: Jobs are shared out over the cores in this many chunks at most, each with accumulators of
+#: its own (enough chunks that a core slowed by other work leaves little idle at the end).
+TAP_CHUNKS = 256
 
 
 @dataclass(frozen=True)
@@ -655,12 +659,12 @@ def conv_taps_loops(
     output's shape) and a clamp to ``[lower, upper]`` (ReLU: ``[0, inf]``).
 
     Jobs ``(tile of TAP_TILE positions, block of TAP_ROWS output channels)`` are shared out
-    over the cores, tile-major (a tile's input stays in the core's cache for all blocks), so
+    over the cores in chunks, tile-major (a tile's input stays in the core's cache for all blocks), so
     one image keeps both busy. A job's accumulators stay in the L1 cache; each pass over
     them adds ``TAPS_PER_PASS`` taps to all four channels: the 16 weights are loop-invariant
     scalars (broadcast registers), the loop over positions vectorises, and each value loaded
     serves four multiply-adds. Depthwise (one input channel per output channel): a block is
-    one channel, its taps added one by one (it is memory-bound anyway)."""
+    one channel (memory-bound: no more reuse to be had)."""
     blocks = channel.shape[0]
     n_images, cout, ho, wo = out.shape
     groups = offsets.shape[0]
@@ -669,60 +673,66 @@ def conv_taps_loops(
     blocks_per_group = blocks // groups
     run = ((n_images - 1) * hq + ho - 1) * wq + wo
     tiles = -(-run // TAP_TILE)
-    for job in prange(tiles * blocks):
-        tile, block = job // blocks, job % blocks
-        group = block // blocks_per_group
-        p0 = tile * TAP_TILE
-        m = min(TAP_TILE, run - p0)
-        m = -(-m // TAP_BLOCK) * TAP_BLOCK
+    jobs = tiles * blocks
+    chunks = min(jobs, TAP_CHUNKS)
+    for chunk in prange(chunks):
         acc = np.empty((4, TAP_TILE + TAP_BLOCK), dtype=out.dtype)  # (rows not 1 KiB apart)
         a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
-        for r in range(4):
-            co = channel[block, r]
-            start = bias[co] if co >= 0 else 0
-            for p in range(m):
-                acc[r, p] = start
-        x = packed[p0:]
-        taps = offsets[group]
-        if depthwise:
-            for k in range(taps.shape[0]):
-                row, wk = x[taps[k] :], weights[block, k // 4, (k % 4) * 4]
+        for job in range(chunk * jobs // chunks, (chunk + 1) * jobs // chunks):
+            tile, block = job // blocks, job % blocks
+            group = block // blocks_per_group
+            p0 = tile * TAP_TILE
+            m = min(TAP_TILE, run - p0)
+            m = -(-m // TAP_BLOCK) * TAP_BLOCK
+            for r in range(4):
+                co = channel[block, r]
+                start = bias[co] if co >= 0 else 0
                 for p in range(m):
-                    a0[p] += wk * row[p]
-        else:
-            for step in range(passes):
-                w = weights[block, step]
-                k = step * 4
-                w00, w01, w02, w03 = w[0], w[1], w[2], w[3]
-                w10, w11, w12, w13 = w[4], w[5], w[6], w[7]
-                w20, w21, w22, w23 = w[8], w[9], w[10], w[11]
-                w30, w31, w32, w33 = w[12], w[13], w[14], w[15]
-                x0, x1 = x[taps[k] :], x[taps[k + 1] :]
-                x2, x3 = x[taps[k + 2] :], x[taps[k + 3] :]
-                for p in range(m):
-                    v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
-                    a0[p] += (w00 * v0 + w10 * v1) + (w20 * v2 + w30 * v3)
-                    a1[p] += (w01 * v0 + w11 * v1) + (w21 * v2 + w31 * v3)
-                    a2[p] += (w02 * v0 + w12 * v1) + (w22 * v2 + w32 * v3)
-                    a3[p] += (w03 * v0 + w13 * v1) + (w23 * v2 + w33 * v3)
-        # epilogue: each row (of wq positions) the tile touches back to (n, oh, ow)
-        for r in range(rows):
-            co = channel[block, r]
-            if co < 0:
-                continue
-            for line in range(p0 // wq, (p0 + m - 1) // wq + 1):
-                n, oh = line // hq, line % hq
-                if oh >= ho or n >= n_images:
+                    acc[r, p] = start
+            x = packed[p0:]
+            taps = offsets[group]
+            if depthwise:  # the block's one channel, 4 taps per pass
+                for step in range(passes):
+                    w, k = weights[block, step], step * 4
+                    w0, w1, w2, w3 = w[0], w[4], w[8], w[12]
+                    x0, x1 = x[taps[k] :], x[taps[k + 1] :]
+                    x2, x3 = x[taps[k + 2] :], x[taps[k + 3] :]
+                    for p in range(m):
+                        a0[p] += (w0 * x0[p] + w1 * x1[p]) + (w2 * x2[p] + w3 * x3[p])
+            else:
+                for step in range(passes):
+                    w = weights[block, step]
+                    k = step * 4
+                    w00, w01, w02, w03 = w[0], w[1], w[2], w[3]
+                    w10, w11, w12, w13 = w[4], w[5], w[6], w[7]
+                    w20, w21, w22, w23 = w[8], w[9], w[10], w[11]
+                    w30, w31, w32, w33 = w[12], w[13], w[14], w[15]
+                    x0, x1 = x[taps[k] :], x[taps[k + 1] :]
+                    x2, x3 = x[taps[k + 2] :], x[taps[k + 3] :]
+                    for p in range(m):
+                        v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
+                        a0[p] += (w00 * v0 + w10 * v1) + (w20 * v2 + w30 * v3)
+                        a1[p] += (w01 * v0 + w11 * v1) + (w21 * v2 + w31 * v3)
+                        a2[p] += (w02 * v0 + w12 * v1) + (w22 * v2 + w32 * v3)
+                        a3[p] += (w03 * v0 + w13 * v1) + (w23 * v2 + w33 * v3)
+            # epilogue: each row (of wq positions) the tile touches back to (n, oh, ow)
+            for r in range(rows):
+                co = channel[block, r]
+                if co < 0:
                     continue
-                first = max(line * wq, p0)
-                last = min(line * wq + wo, p0 + m)
-                target, extra = out[n, co, oh], residual[n, co, oh]
-                for p in range(first, last):
-                    value = acc[r, p - p0]
-                    if add_residual:
-                        value += extra[p - line * wq]
-                    value = lower if value < lower else value
-                    target[p - line * wq] = upper if value > upper else value
+                for line in range(p0 // wq, (p0 + m - 1) // wq + 1):
+                    n, oh = line // hq, line % hq
+                    if oh >= ho or n >= n_images:
+                        continue
+                    first = max(line * wq, p0)
+                    last = min(line * wq + wo, p0 + m)
+                    target, extra = out[n, co, oh], residual[n, co, oh]
+                    for p in range(first, last):
+                        value = acc[r, p - p0]
+                        if add_residual:
+                            value += extra[p - line * wq]
+                        value = lower if value < lower else value
+                        target[p - line * wq] = upper if value > upper else value
 
 
 def bind_conv2d(
@@ -752,20 +762,33 @@ def bind_conv2d(
     shape = (n, cout, geometry.ho, geometry.wo)
     macs = prod(shape) * cin_per_group * kh_size * kw_size
     parallel = macs >= PARALLEL_MIN_WORK
-    pack = compiled_kernel(pack_input_loops, parallel=parallel)
+    # copying is quick: a parallel region (whose start costs more than the copy on a busy
+    # machine) only for large inputs
+    pack = compiled_kernel(pack_input_loops, parallel=prod(x_shape) >= 4 * PARALLEL_MIN_WORK)
     conv = compiled_kernel(conv_taps_loops, parallel=parallel)
     sizes = (top, left, *attrs.stride, phase_rows, phase_cols, geometry.hq, geometry.wq)
     lower, upper = float(lower), float(upper)
 
+    # The packed input is kept from call to call: every call writes the same places, so its
+    # padding stays zero, and a large buffer is neither faulted in nor zeroed again. A call
+    # that finds it in use (another thread) packs into a buffer of its own.
+    kept = [np.zeros(geometry.buffer(cin), dtype)]
+    lock = threading.Lock()
+
     def call(x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
-        packed = np.zeros(geometry.buffer(cin), dtype)
-        pack(np.ascontiguousarray(x, dtype), packed, *sizes)
-        out = np.empty(shape, dtype)
-        extra = out if residual is None else np.ascontiguousarray(residual, dtype)
-        conv(
-            packed, offsets, weights, channel, bias, extra, out, lower, upper, geometry.hq,
-            geometry.wq, depthwise, residual is not None,
-        )
+        mine = lock.acquire(blocking=False)
+        try:
+            packed = kept[0] if mine else np.zeros(geometry.buffer(cin), dtype)
+            pack(np.ascontiguousarray(x, dtype), packed, *sizes)
+            out = np.empty(shape, dtype)
+            extra = out if residual is None else np.ascontiguousarray(residual, dtype)
+            conv(
+                packed, offsets, weights, channel, bias, extra, out, lower, upper, geometry.hq,
+                geometry.wq, depthwise, residual is not None,
+            )
+        finally:
+            if mine:
+                lock.release()
         return out
 
     return call
