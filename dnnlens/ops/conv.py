@@ -549,8 +549,10 @@ class TapGeometry:
 
     @property
     def plane(self) -> int:
-        """Values in one phase plane of one input channel (all images)."""
-        return self.images * self.hq * self.wq
+        """Values from one phase plane of one input channel (all images) to the next:
+        rounded up to whole blocks, so that taps of different channels at the same (kh, kw),
+        summed in one pass, are equally aligned."""
+        return -(-self.images * self.hq * self.wq // TAP_BLOCK) * TAP_BLOCK
 
     @property
     def run(self) -> int:
@@ -581,40 +583,53 @@ def tap_geometry(x_shape: tuple[int, ...], kernel: tuple[int, int], attrs: Conv2
     return TapGeometry(phases, n, hq, wq, ho, wo)
 
 
+def tap_order(cin_per_group: int, kh_size: int, kw_size: int) -> list[tuple[int, int, int]]:
+    """The taps ``(ci, kh, kw)`` in the order the kernel sums them: input channels in groups
+    of ``TAPS_PER_PASS``, and within a group every (kh, kw) for all its channels, so that a
+    pass reads several channels at one kernel position (equally aligned loads) and a group's
+    few input rows stay in the L1 cache over its passes."""
+    order = []
+    for first in range(0, cin_per_group, TAPS_PER_PASS):
+        for kh in range(kh_size):
+            for kw in range(kw_size):
+                last = min(first + TAPS_PER_PASS, cin_per_group)
+                order += [(ci, kh, kw) for ci in range(first, last)]
+    return order
+
+
 def tap_offsets(geometry: TapGeometry, weight_shape, attrs: Conv2dAttrs) -> np.ndarray:
-    """``offsets[g, k]``: where tap ``k`` (input channel of group ``g``, kh, kw; channel
-    outermost) reads in the packed input, relative to the output position; padded with
-    zeros (a valid place to read) to whole passes of ``TAPS_PER_PASS``."""
+    """``offsets[g, k]``: where tap ``k`` (of group ``g``, in :func:`tap_order`) reads in the
+    packed input, relative to the output position; padded with zeros (a valid place to
+    read) to whole passes of ``TAPS_PER_PASS``."""
     cout, cin_per_group, kh_size, kw_size = weight_shape
     (sh, sw), (dh, dw) = attrs.stride, attrs.dilation
     phase_index = {phase: i for i, phase in enumerate(geometry.phases)}
     taps = cin_per_group * kh_size * kw_size
     offsets = np.zeros((attrs.groups, -(-taps // TAPS_PER_PASS) * TAPS_PER_PASS), np.int64)
     for g in range(attrs.groups):
-        k = 0
-        for ci in range(cin_per_group):
-            for kh in range(kh_size):
-                for kw in range(kw_size):
-                    phase = phase_index[(kh * dh % sh, kw * dw % sw)]
-                    plane = (g * cin_per_group + ci) * len(geometry.phases) + phase
-                    row, col = kh * dh // sh, kw * dw // sw
-                    offsets[g, k] = plane * geometry.plane + row * geometry.wq + col
-                    k += 1
+        for k, (ci, kh, kw) in enumerate(tap_order(cin_per_group, kh_size, kw_size)):
+            phase = phase_index[(kh * dh % sh, kw * dw % sw)]
+            plane = (g * cin_per_group + ci) * len(geometry.phases) + phase
+            row, col = kh * dh // sh, kw * dw // sw
+            offsets[g, k] = plane * geometry.plane + row * geometry.wq + col
     return offsets
 
 
 def pack_tap_weights(weight: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
     """``weight (Cout, Cin/groups, Kh, Kw)`` in the order :func:`conv_taps_loops` reads it:
     ``packed[block, pass, t*TAP_ROWS + r]`` is output channel ``r`` of the block (blocks of
-    ``TAP_ROWS`` channels, none straddling two groups) times tap ``pass*TAPS_PER_PASS + t``;
-    missing channels and taps are zeros. Also the output channel of every block row (-1:
+    ``TAP_ROWS`` channels, none straddling two groups) times tap ``pass*TAPS_PER_PASS + t``
+    (in :func:`tap_order`); missing channels and taps are zeros. Also the output channel of every block row (-1:
     none)."""
     cout, cin_per_group, kh_size, kw_size = weight.shape
     taps = cin_per_group * kh_size * kw_size
     passes = -(-taps // TAPS_PER_PASS)
     cout_per_group = cout // groups
     blocks = -(-cout_per_group // TAP_ROWS)
-    flat = weight.reshape(groups, cout_per_group, taps)
+    order = [
+        (ci * kh_size + kh) * kw_size + kw for ci, kh, kw in tap_order(*weight.shape[1:])
+    ]
+    flat = weight.reshape(groups, cout_per_group, taps)[:, :, order]
     packed = np.zeros((groups, blocks * TAP_ROWS, passes * TAPS_PER_PASS), weight.dtype)
     packed[:, :cout_per_group, :taps] = flat
     packed = packed.reshape(groups, blocks, TAP_ROWS, passes, TAPS_PER_PASS)
@@ -625,9 +640,9 @@ def pack_tap_weights(weight: np.ndarray, groups: int) -> tuple[np.ndarray, np.nd
 
 
 def pack_input_loops(
-    x, packed, top, left, sh, sw, phase_rows, phase_cols, hq, wq
+    x, packed, top, left, sh, sw, phase_rows, phase_cols, hq, wq, plane
 ):  # pragma: no cover - compiled
-    """x ``(N, Cin, H, W)`` -> ``packed[((ci*phases + f)*N + n)*hq*wq + i*wq + j] =
+    """x ``(N, Cin, H, W)`` -> ``packed[(ci*phases + f)*plane + (n*hq + i)*wq + j] =
     x_padded[n, ci, i*sh + a_f, j*sw + b_f]`` (``packed`` comes zeroed: the padding)."""
     n_images, cin, height, width = x.shape
     phases = phase_rows.shape[0]
@@ -635,7 +650,7 @@ def pack_input_loops(
         ci, n = job // n_images, job % n_images
         for f in range(phases):
             a, b = phase_rows[f], phase_cols[f]
-            start = ((ci * phases + f) * n_images + n) * hq * wq
+            start = (ci * phases + f) * plane + n * hq * wq
             # columns j whose padded column j*sw + b - left falls inside the image
             first = max(0, -(-(left - b) // sw))
             last = min(wq, (width - 1 + left - b) // sw + 1)
@@ -766,7 +781,9 @@ def bind_conv2d(
     # machine) only for large inputs
     pack = compiled_kernel(pack_input_loops, parallel=prod(x_shape) >= 4 * PARALLEL_MIN_WORK)
     conv = compiled_kernel(conv_taps_loops, parallel=parallel)
-    sizes = (top, left, *attrs.stride, phase_rows, phase_cols, geometry.hq, geometry.wq)
+    sizes = (
+        top, left, *attrs.stride, phase_rows, phase_cols, geometry.hq, geometry.wq, geometry.plane
+    )
     lower, upper = float(lower), float(upper)
 
     # The packed input is kept from call to call: every call writes the same places, so its
