@@ -82,10 +82,10 @@ def whole_models(names: list[str], batches: list[int], seconds: float, peak: flo
             x = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
             tx = torch.from_numpy(x)
 
-            def ours():
+            def ours(plan=plan, x=x):
                 return plan.run(x).logits
 
-            def theirs():
+            def theirs(model=model, tx=tx):
                 with torch.no_grad():
                     return model(tx)
 
@@ -139,8 +139,10 @@ def layer_table(args, peak: float) -> None:
     from dnnlens.ops.conv import Conv2dAttrs, bind_conv2d
 
     print(f"{args.model}, batch {args.batch}")
-    header = f"| layer | input | kernel | MMAC | ours GMAC/s | ours % peak | torch GMAC/s | torch % peak | ours/torch |"
-    print(header)
+    print(
+        "| layer | input | kernel | MMAC | ours GMAC/s | ours % peak | torch GMAC/s "
+        "| torch % peak | ours/torch |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(0)
     total = {"ours": 0.0, "torch": 0.0}
@@ -154,15 +156,17 @@ def layer_table(args, peak: float) -> None:
         macs = out.size * weight[0].size
         tx, tw = torch.from_numpy(x), conv.weight.detach()
 
-        def theirs():
+        def theirs(tx=tx, tw=tw, c=conv):
             with torch.no_grad():
-                return F.relu(F.conv2d(tx, tw, None, conv.stride, conv.padding, conv.dilation, conv.groups))
+                return F.relu(F.conv2d(tx, tw, None, c.stride, c.padding, c.dilation, c.groups))
 
         got, truth = out, theirs().numpy()
         assert np.allclose(got, truth, rtol=1e-3, atol=1e-3), name
         times = {"ours": float("inf"), "torch": float("inf")}
         for _ in range(3):  # alternate, so both see the same machine
-            times["ours"] = min(times["ours"], best_seconds(lambda: ours(x), args.seconds / 3))
+            times["ours"] = min(
+                times["ours"], best_seconds(lambda o=ours, x=x: o(x), args.seconds / 3)
+            )
             times["torch"] = min(times["torch"], best_seconds(theirs, args.seconds / 3))
         for who in total:
             total[who] += times[who]
@@ -176,7 +180,8 @@ def layer_table(args, peak: float) -> None:
             f"{times['torch'] / times['ours']:.2f} |",
             flush=True,
         )
-    print(f"sum of distinct layers: ours {total['ours'] * 1e3:.1f} ms, torch {total['torch'] * 1e3:.1f} ms")
+    ours_ms, torch_ms = total["ours"] * 1e3, total["torch"] * 1e3
+    print(f"sum of distinct layers: ours {ours_ms:.1f} ms, torch {torch_ms:.1f} ms")
 
 
 if __name__ == "__main__":

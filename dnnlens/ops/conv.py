@@ -619,16 +619,14 @@ def pack_tap_weights(weight: np.ndarray, groups: int) -> tuple[np.ndarray, np.nd
     """``weight (Cout, Cin/groups, Kh, Kw)`` in the order :func:`conv_taps_loops` reads it:
     ``packed[block, pass, t*TAP_ROWS + r]`` is output channel ``r`` of the block (blocks of
     ``TAP_ROWS`` channels, none straddling two groups) times tap ``pass*TAPS_PER_PASS + t``
-    (in :func:`tap_order`); missing channels and taps are zeros. Also the output channel of every block row (-1:
-    none)."""
+    (in :func:`tap_order`); missing channels and taps are zeros. Also the output channel
+    of every block row (-1: none)."""
     cout, cin_per_group, kh_size, kw_size = weight.shape
     taps = cin_per_group * kh_size * kw_size
     passes = -(-taps // TAPS_PER_PASS)
     cout_per_group = cout // groups
     blocks = -(-cout_per_group // TAP_ROWS)
-    order = [
-        (ci * kh_size + kh) * kw_size + kw for ci, kh, kw in tap_order(*weight.shape[1:])
-    ]
+    order = [(ci * kh_size + kh) * kw_size + kw for ci, kh, kw in tap_order(*weight.shape[1:])]
     flat = weight.reshape(groups, cout_per_group, taps)[:, :, order]
     packed = np.zeros((groups, blocks * TAP_ROWS, passes * TAPS_PER_PASS), weight.dtype)
     packed[:, :cout_per_group, :taps] = flat
@@ -665,7 +663,18 @@ def pack_input_loops(
 
 
 def conv_taps_loops(
-    packed, offsets, weights, channel, bias, residual, out, lower, upper, hq, wq, depthwise,
+    packed,
+    offsets,
+    weights,
+    channel,
+    bias,
+    residual,
+    out,
+    lower,
+    upper,
+    hq,
+    wq,
+    depthwise,
     add_residual,
 ):  # pragma: no cover - compiled
     """Any 2-d convolution as ``out[co, P] = bias[co] + sum over taps k of weight[co, k] *
@@ -674,12 +683,12 @@ def conv_taps_loops(
     output's shape) and a clamp to ``[lower, upper]`` (ReLU: ``[0, inf]``).
 
     Jobs ``(tile of TAP_TILE positions, block of TAP_ROWS output channels)`` are shared out
-    over the cores in chunks, tile-major (a tile's input stays in the core's cache for all blocks), so
-    one image keeps both busy. A job's accumulators stay in the L1 cache; each pass over
-    them adds ``TAPS_PER_PASS`` taps to all four channels: the 16 weights are loop-invariant
-    scalars (broadcast registers), the loop over positions vectorises, and each value loaded
-    serves four multiply-adds. Depthwise (one input channel per output channel): a block is
-    one channel (memory-bound: no more reuse to be had)."""
+    over the cores in chunks, tile-major (a tile's input stays in the core's cache for all
+    blocks), so one image keeps both busy. A job's accumulators stay in the L1 cache; each
+    pass over them adds ``TAPS_PER_PASS`` taps to all four channels: the 16 weights are
+    loop-invariant scalars (broadcast registers), the loop over positions vectorises, and
+    each value loaded serves four multiply-adds. Depthwise (one input channel per output
+    channel): a block is one channel (memory-bound: no more reuse to be had)."""
     blocks = channel.shape[0]
     n_images, cout, ho, wo = out.shape
     groups = offsets.shape[0]
@@ -782,7 +791,14 @@ def bind_conv2d(
     pack = compiled_kernel(pack_input_loops, parallel=prod(x_shape) >= 4 * PARALLEL_MIN_WORK)
     conv = compiled_kernel(conv_taps_loops, parallel=parallel)
     sizes = (
-        top, left, *attrs.stride, phase_rows, phase_cols, geometry.hq, geometry.wq, geometry.plane
+        top,
+        left,
+        *attrs.stride,
+        phase_rows,
+        phase_cols,
+        geometry.hq,
+        geometry.wq,
+        geometry.plane,
     )
     lower, upper = float(lower), float(upper)
 
@@ -800,8 +816,19 @@ def bind_conv2d(
             out = np.empty(shape, dtype)
             extra = out if residual is None else np.ascontiguousarray(residual, dtype)
             conv(
-                packed, offsets, weights, channel, bias, extra, out, lower, upper, geometry.hq,
-                geometry.wq, depthwise, residual is not None,
+                packed,
+                offsets,
+                weights,
+                channel,
+                bias,
+                extra,
+                out,
+                lower,
+                upper,
+                geometry.hq,
+                geometry.wq,
+                depthwise,
+                residual is not None,
             )
         finally:
             if mine:
