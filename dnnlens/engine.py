@@ -266,12 +266,16 @@ def _is_relu(node: Node | None, source: Node) -> bool:
 
 #: Activations that are a clamp to ``[lower, upper]`` (None: that side unbounded), which the
 #: general conv kernel applies as it writes each output.
-_CLAMPS = {"relu": (0.0, None), "relu6": (0.0, 6.0)}
+_CLAMPS: dict[str, tuple[float | None, float | None]] = {
+    "relu": (0.0, None),
+    "relu6": (0.0, 6.0),
+}
 
 
 def clamp_bounds(node: Node | None, source: Node) -> tuple[float, float] | None:
-    """``(lower, upper)`` if ``node`` is a floating-point clamp of ``source``'s output alone
-    (ReLU, ReLU6, hardtanh, clamp), else None."""
+    """``(lower, upper)`` if ``node`` is a clamp of ``source``'s output alone (ReLU, ReLU6,
+    hardtanh, clamp), else None. (A conv's output is floating-point, so a clamp's integer
+    bounds change nothing of its type.)"""
     if node is None or not isinstance(node.op, Activation) or node.inputs != [source.name]:
         return None
     op = node.op
@@ -279,8 +283,6 @@ def clamp_bounds(node: Node | None, source: Node) -> tuple[float, float] | None:
         lower, upper = _CLAMPS[op.function]
     elif op.function in ("hardtanh", "clamp"):
         lower, upper = op.lower, op.upper
-        if op.function == "clamp" and not any(isinstance(b, float) for b in (lower, upper)):
-            return None  # clamp(x, 0) keeps an integer input integer: leave it alone
     else:
         return None
     return (
@@ -559,10 +561,10 @@ def bind_step(
     if step.kind in ("conv_act", "conv_add") or (
         step.kind == "single" and fusable_general_conv(first) and inputs[0].ndim == 4
     ):
-        kernel = _conv_epilogue_kernel(step, inputs, step.params)
+        conv_kernel = _conv_epilogue_kernel(step, inputs, step.params)
         if step.residual is None:
-            return lambda xs: kernel(xs[0])
-        return lambda xs: kernel(xs[0], xs[1])
+            return lambda xs: conv_kernel(xs[0])
+        return lambda xs: conv_kernel(xs[0], xs[1])
     if isinstance(first.op, Linear) and inputs[0].ndim == 2:
         x, weight, bias, _ = first.op.kernel_args(inputs, step.params)
         kernel = bind_linear(x.shape[0], x.dtype, weight, bias, relu=step.kind == "fc_relu")
