@@ -16,7 +16,11 @@ as written:
 * an inference batch norm (running statistics) whose input is a conv's (or an fc's) output
   that nobody else reads is folded into that conv's weights and bias;
 * in the compiled engine a conv -> relu -> max-pool chain whose intermediate values nobody
-  else reads runs as one fused kernel, and so does an fc followed by a ReLU.
+  else reads runs as one fused kernel, and so does an fc followed by a ReLU;
+* in the compiled engine a 2-d conv followed by a clamping activation (ReLU, ReLU6, hardtanh,
+  clamp) applies it as each output tile is finished, and a conv whose output is added to
+  another value of its shape (a residual connection), optionally followed by such an
+  activation, adds it there too; such a step runs where the add is, once both operands exist.
 
 In the compiled engine a small batch (up to ``PROGRAM_MAX_BATCH`` images) run again and again
 at the same shape becomes a :class:`dnnlens.program.Program`: the steps' bound kernels called
@@ -41,6 +45,7 @@ from dnnlens.errors import CheckpointError, DataError, ModelError, ShapeError, U
 from dnnlens.ir import Graph, Node
 from dnnlens.ops import (
     Activation,
+    Binary,
     Conv,
     Expand,
     Linear,
@@ -234,10 +239,13 @@ class Step:
     node's value is kept."""
 
     nodes: list[Node]
-    kind: str = "single"  # "single", "conv_relu_maxpool", "fc_relu", "batch_expand", "state"
+    # "single", "conv_relu_maxpool", "fc_relu", "conv_act", "conv_add", "batch_expand", "state"
+    kind: str = "single"
     free: list[str] = field(default_factory=list)  # values no later step reads
     folded: Node | None = None  # a batch norm folded into nodes[0]'s weights
     params: dict[str, np.ndarray] = field(default_factory=dict)  # nodes[0]'s, packed
+    residual: str | None = None  # conv_add: the value added to the conv's output
+    clamp: tuple[float, float] | None = None  # conv_act/conv_add: the activation's bounds
 
     @property
     def output(self) -> str:
@@ -245,7 +253,10 @@ class Step:
 
     @property
     def inputs(self) -> list[str]:
-        return self.nodes[0].inputs
+        """The values the step reads: its first node's inputs (and a conv_add's residual)."""
+        if self.residual is None:
+            return self.nodes[0].inputs
+        return [*self.nodes[0].inputs, self.residual]
 
 
 def _only_consumer(graph: Graph, users: dict[str, list[str]], node: Node | None) -> Node | None:
@@ -260,6 +271,57 @@ def _is_relu(node: Node | None, source: Node) -> bool:
         and isinstance(node.op, Activation)
         and node.op.function == "relu"
         and node.inputs == [source.name]
+    )
+
+
+#: Activations that are a clamp to ``[lower, upper]`` (None: that side unbounded), which the
+#: general conv kernel applies as it writes each output.
+_CLAMPS: dict[str, tuple[float | None, float | None]] = {
+    "relu": (0.0, None),
+    "relu6": (0.0, 6.0),
+}
+
+
+def clamp_bounds(node: Node | None, source: Node) -> tuple[float, float] | None:
+    """``(lower, upper)`` if ``node`` is a clamp of ``source``'s output alone (ReLU, ReLU6,
+    hardtanh, clamp), else None. (A conv's output is floating-point, so a clamp's integer
+    bounds change nothing of its type.)"""
+    if node is None or not isinstance(node.op, Activation) or node.inputs != [source.name]:
+        return None
+    op = node.op
+    if op.function in _CLAMPS:
+        lower, upper = _CLAMPS[op.function]
+    elif op.function in ("hardtanh", "clamp"):
+        lower, upper = op.lower, op.upper
+    else:
+        return None
+    return (
+        -np.inf if lower is None else float(lower),
+        np.inf if upper is None else float(upper),
+    )
+
+
+def _residual_add(node: Node | None, source: Node) -> str | None:
+    """The other operand's name if ``node`` adds ``source``'s output to one other value of
+    the same shape (a residual connection), else None."""
+    if node is None or not isinstance(node.op, Binary) or node.op.function != "add":
+        return None
+    if node.op.scalars or node.params or len(node.inputs) != 2:
+        return None
+    if node.inputs.count(source.name) != 1 or len(set(map(tuple, node.input_shapes))) != 1:
+        return None
+    return next(name for name in node.inputs if name != source.name)
+
+
+def fusable_general_conv(conv: Node) -> bool:
+    """Whether a conv runs on the general 2-d kernel that can apply an epilogue."""
+    op = conv.op
+    return (
+        isinstance(op, Conv)
+        and not op.transposed
+        and op.spatial_dims == 2
+        and all(b >= 0 and e >= 0 for b, e in op.padding)
+        and len(conv.output_shape) == 4
     )
 
 
@@ -286,11 +348,17 @@ def plan(
     reads that conv's output (a callable decides per batch-norm node). ``fuse``: each
     conv -> relu -> max-pool chain (2-d, ungrouped conv; unpadded, undilated floor-mode pool;
     no other reader of the conv or relu output) becomes one fused step at the conv's place,
-    and so does each fc -> relu pair whose fc output nobody else reads."""
+    and so does each fc -> relu pair whose fc output nobody else reads; any other 2-d conv
+    takes a clamping activation after it (``conv_act``), or a residual add and optionally a
+    clamp after that (``conv_add``, run at the add's place), into its kernel."""
     users = graph.consumers()
     taken: set[str] = set()
     steps = []
+    deferred: dict[str, Step] = {}  # conv_add steps by the add they run in place of
     for node in graph:
+        if node.name in deferred:
+            steps.append(deferred.pop(node.name))
+            continue
         if node.name in taken:
             continue
         chain: list[Node] = [node]
@@ -316,6 +384,15 @@ def plan(
             ):
                 chain += [relu, pool]
                 kind = "conv_relu_maxpool"
+            elif fusable_general_conv(node):
+                step = _epilogue_step(graph, users, chain, folded, taken)
+                if step is not None:
+                    taken.update(n.name for n in step.nodes)
+                    if step.kind == "conv_add":
+                        deferred[step.nodes[-1 if step.clamp is None else -2].name] = step
+                    else:
+                        steps.append(step)
+                    continue
         elif fuse and isinstance(node.op, Linear):
             relu = _only_consumer(graph, users, last)
             if relu is not None and _is_relu(relu, last):
@@ -324,6 +401,34 @@ def plan(
         taken.update(n.name for n in chain)
         steps.append(Step(chain, kind, folded=folded))
     return steps
+
+
+def _epilogue_step(
+    graph: Graph,
+    users: dict[str, list[str]],
+    chain: list[Node],
+    folded: Node | None,
+    taken: set[str],
+) -> Step | None:
+    """``chain`` (a conv and its folded batch norm) with the clamp, or the residual add (and
+    a clamp after it), that only its output feeds, as one step; None if there is none (or
+    the add already went to the conv on its other side: a ResNet downsampling shortcut)."""
+    last = chain[-1]
+    after = _only_consumer(graph, users, last)
+    if after is not None and after.name in taken:
+        return None
+    bounds = clamp_bounds(after, last)
+    if after is not None and bounds is not None:
+        return Step([*chain, after], "conv_act", folded=folded, clamp=bounds)
+    residual = _residual_add(after, last)
+    if after is None or residual is None:
+        return None
+    nodes = [*chain, after]
+    clamp_node = _only_consumer(graph, users, after)
+    bounds = clamp_bounds(clamp_node, after)
+    if clamp_node is not None and bounds is not None:
+        nodes.append(clamp_node)
+    return Step(nodes, "conv_add", folded=folded, residual=residual, clamp=bounds)
 
 
 def fusable_conv_pool(conv: Node, pool: Node) -> bool:
@@ -397,6 +502,9 @@ def run_step(
         except ShapeError as exc:
             raise ShapeError(f"layer {first.name!r} ({first.kind}): {exc}") from None
         return conv_relu_maxpool_compiled(x, weight, bias, attrs, pool.kernel, pool.stride)
+    if step.kind in ("conv_act", "conv_add"):
+        residual = values[step.residual] if step.residual is not None else None
+        return _conv_epilogue_kernel(step, inputs, params)(inputs[0], residual)
     if step.kind == "fc_relu":
         from dnnlens.ops.linear import linear_compiled
 
@@ -407,6 +515,23 @@ def run_step(
             raise ShapeError(f"layer {first.name!r} ({first.kind}): {exc}") from None
         return linear_compiled(x, weight, bias, relu=True).reshape(*lead, weight.shape[0])
     return run_node(first, inputs, params, engine)
+
+
+def _conv_epilogue_kernel(
+    step: Step, inputs: list[np.ndarray], params: Mapping[str, np.ndarray]
+) -> Callable[..., np.ndarray]:
+    """The general conv kernel bound for a conv step's input shape, with its epilogue (the
+    step's clamp; the residual, if any, is passed to each call)."""
+    from dnnlens.ops.conv import bind_conv2d
+
+    first = step.nodes[0]
+    assert isinstance(first.op, Conv), "only a conv takes an epilogue (see plan)"
+    try:
+        x, weight, bias, attrs = first.op.kernel_args(inputs[:1], params)
+    except ShapeError as exc:
+        raise ShapeError(f"layer {first.name!r} ({first.kind}): {exc}") from None
+    lower, upper = step.clamp if step.clamp is not None else (-np.inf, np.inf)
+    return bind_conv2d(x.shape, x.dtype, weight, bias, attrs, lower, upper)
 
 
 def _conv_and_pool(step: Step) -> tuple[Conv, Pool]:
@@ -443,6 +568,13 @@ def bind_step(
             x.shape, x.dtype, weight, bias, attrs, pool.kernel, pool.stride
         )
         return lambda xs: kernel(xs[0])
+    if step.kind in ("conv_act", "conv_add") or (
+        step.kind == "single" and fusable_general_conv(first) and inputs[0].ndim == 4
+    ):
+        conv_kernel = _conv_epilogue_kernel(step, inputs, step.params)
+        if step.residual is None:
+            return lambda xs: conv_kernel(xs[0])
+        return lambda xs: conv_kernel(xs[0], xs[1])
     if isinstance(first.op, Linear) and inputs[0].ndim == 2:
         x, weight, bias, _ = first.op.kernel_args(inputs, step.params)
         kernel = bind_linear(x.shape[0], x.dtype, weight, bias, relu=step.kind == "fc_relu")

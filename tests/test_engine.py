@@ -122,8 +122,9 @@ def test_conv_relu_pool_chains_are_fused_only_when_nothing_else_reads_them():
     assert kinds[0] == ("conv_relu_maxpool", ["conv1", "relu", "pool"])
     assert kinds[1] == ("conv_relu_maxpool", ["conv2", "relu#2", "pool#2"])
     assert kinds[3] == ("fc_relu", ["fc1", "relu#3"])
-    graph.outputs = ["relu", "fc2"]  # the relu's value is now wanted: no fusion for conv1
-    assert engine.plan(graph)[0].kind == "single"
+    graph.outputs = ["relu", "fc2"]  # the relu's value is now wanted: no pool fused into conv1
+    first = engine.plan(graph)[0]  # (the ReLU still is: its value is the step's output)
+    assert (first.kind, [n.name for n in first.nodes]) == ("conv_act", ["conv1", "relu"])
 
 
 # --- other networks -------------------------------------------------------------------------
@@ -191,6 +192,53 @@ def test_other_networks_match_torch(model_class, engine_name):
 def test_residual_network_really_adds():
     graph = import_torch(Residual(), (1, 1, 28, 28))
     assert "add" in [node.kind for node in graph]
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block (1x1 expand, ReLU6; depthwise 3x3, ReLU6; 1x1 project; + input)
+    after a ResNet downsampling block (both sides of its add are convs), with hardtanh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.down_a, self.down_b = nn.Conv2d(8, 8, 3, 2, 1, bias=False), nn.Conv2d(8, 8, 3, 1, 1)
+        self.shortcut = nn.Sequential(nn.Conv2d(8, 8, 1, 2, bias=False), nn.BatchNorm2d(8))
+        self.expand = nn.Sequential(nn.Conv2d(8, 24, 1, bias=False), nn.BatchNorm2d(24))
+        self.depthwise = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.project = nn.Sequential(nn.Conv2d(24, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.hardtanh(self.stem(x), -0.5, 0.5)
+        x = F.relu(self.down_b(F.relu(self.down_a(x))) + self.shortcut(x))
+        y = F.relu6(self.depthwise(F.relu6(self.expand(x))))
+        x = x + self.project(y)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_conv_epilogues_are_planned_and_match_torch():
+    torch.manual_seed(3)
+    model = InvertedResidual()
+    for module in model.modules():  # running statistics that are not the identity
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    model = model.eval()
+    graph = import_torch(model, (1, 1, 16, 16))
+    steps = [(step.kind, step.clamp, step.residual) for step in engine.plan(graph)]
+    kinds = [kind for kind, _, _ in steps]
+    assert kinds.count("conv_act") == 4  # stem (hardtanh), down_a, expand, depthwise
+    assert kinds.count("conv_add") == 2  # down_b + shortcut (then ReLU), x + project
+    assert (steps[0][1]) == (-0.5, 0.5)
+    assert ("conv_add", (0.0, np.inf)) in [(kind, clamp) for kind, clamp, _ in steps]
+    assert ("conv_act", (0.0, 6.0)) in [(kind, clamp) for kind, clamp, _ in steps]
+    images = torch.randn(5, 1, 16, 16).numpy()
+    plan = engine.prepare(graph, engine.load_weights(model))
+    for batch in (images, images[:1]):
+        for _ in range(2):  # the second call runs the bound kernels
+            np.testing.assert_allclose(
+                plan.run(batch).logits, torch_logits(model, batch), rtol=0, atol=1e-4
+            )
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -464,3 +464,44 @@ def test_fused_conv_relu_maxpool_matches_torch(
     truth = F.max_pool2d(F.relu(conv), pool_k, pool_s).numpy()
     assert got.shape == truth.shape
     np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-5)
+
+
+# --- the general conv kernel's epilogue (issue 12) -----------------------------------------
+CLAMPS = [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-0.5, 0.25)]
+
+
+@FAST
+@given(conv_cases(), st.sampled_from(CLAMPS), st.booleans())
+@example(  # 7x7 stride 2 with asymmetric padding (a ResNet stem, odd size), residual, ReLU
+    conv_case(kernel=(7, 7), stride=(2, 2), padding=((3, 2), (3, 3)), size=(15, 13), cout=5),
+    (0.0, np.inf),
+    True,
+)
+@example(conv_case(cin=6, cout=6, groups=6, size=(9, 8), padding=((1, 1), (1, 1))), (0, 6), True)
+def test_bound_conv_with_epilogue_matches_torch(case, clamp, with_residual):
+    """``bind_conv2d``: clamp(conv + bias [+ residual]) against torch in float64."""
+    from dnnlens.ops.conv import Conv2dAttrs, bind_conv2d
+
+    rng = np.random.default_rng(case["seed"])
+    x = random(rng, case["batch"], case["cin"], *case["size"])
+    weight = random(rng, case["cout"], case["cin"] // case["groups"], *case["kernel"])
+    bias = random(rng, case["cout"]) if case["bias"] else None
+    (top, bottom), (left, right) = case["padding"]
+    conv = F.conv2d(
+        F.pad(torch.from_numpy(x), (left, right, top, bottom)),
+        torch.from_numpy(weight),
+        None if bias is None else torch.from_numpy(bias),
+        stride=case["stride"],
+        dilation=case["dilation"],
+        groups=case["groups"],
+    )
+    residual = random(rng, *conv.shape) if with_residual else None
+    if residual is not None:
+        conv = conv + torch.from_numpy(residual)
+    truth = torch.clamp(conv, *clamp).numpy()
+    attrs = Conv2dAttrs(case["stride"], case["padding"], case["dilation"], case["groups"])
+    kernel = bind_conv2d(x.shape, x.dtype, weight, bias, attrs, *clamp)
+    for _ in range(2):  # the second call reuses the kept packed buffer
+        got = kernel(x, residual)
+        assert got.shape == truth.shape
+        np.testing.assert_allclose(got, truth, rtol=1e-9, atol=1e-10)
