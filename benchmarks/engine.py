@@ -474,9 +474,15 @@ def layer_times(
         inputs = [values[name] for name in step.inputs]
         run = lambda s=step: engine.run_step(s, values, {}, "compiled", batch)  # noqa: E731
         out, first = timed(run)
+        # timed as the plan runs it: bound once (weights packed, sizes decided), then called
+        bound = engine.bind_step(step, inputs)
+        if bound is not None:
+            run = lambda b=bound, xs=inputs: b(xs)  # noqa: E731
+            out, first = timed(run)
         if isinstance(step.nodes[0].op, (Conv, Linear)):
             ours = _best_of(run, first, budget)
-            theirs = _torch_chain(model, step, inputs[0], budget)
+            residual = values[step.residual] if step.residual is not None else None
+            theirs = _torch_chain(model, step, inputs[0], budget, residual)
             name = step.nodes[0].name + "".join(f"+{n.name}" for n in step.nodes[1:])
             node_macs = macs[step.nodes[0].name]
             times.append(
@@ -490,15 +496,23 @@ def layer_times(
 
 
 def _torch_chain(
-    model: torch.nn.Module, step: engine.Step, x: np.ndarray, budget: float
+    model: torch.nn.Module,
+    step: engine.Step,
+    x: np.ndarray,
+    budget: float,
+    residual: np.ndarray | None = None,
 ) -> float | None:
     """PyTorch's time for the nodes of ``step``, each called alone on its input (the first on
-    ``x``, each next one on the previous one's output); None if a node has no PyTorch call."""
+    ``x``, each next one on the previous one's output; a residual add adds ``residual``);
+    None if a node has no PyTorch call."""
     value = torch.from_numpy(np.array(x))
+    other = None if residual is None else torch.from_numpy(np.array(residual))
     total = 0.0
     with torch.inference_mode():
         for node in step.nodes:
             call = _torch_call(model, node)
+            if call is None and other is not None and node.kind == "add":
+                call = lambda v, o=other: torch.add(v, o)  # noqa: E731
             if call is None:
                 return None
             value_in = value
