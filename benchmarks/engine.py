@@ -899,8 +899,10 @@ class Results:
 
     @property
     def busy(self) -> bool:
-        """Whether other processes wanted more than half of the cores during the run."""
-        return max(self.loads) > (os.cpu_count() or 1) / 2
+        """Whether other processes wanted more than half of the cores during the run (the
+        load at the end counts this run's own threads too)."""
+        half = (os.cpu_count() or 1) / 2
+        return self.loads[0] > half or self.loads[-1] - THREADS > half
 
     @property
     def peak(self) -> float:
@@ -981,7 +983,7 @@ def render(r: Results) -> str:
         f"(torch.set_num_threads, Numba, ONNX Runtime intra-op {THREADS} / inter-op 1).",
         "",
         f"Load average (1 minute) {' then '.join(f'{x:.1f}' for x in r.loads)} at the start "
-        "and the end"
+        f"and the end (the end includes this run's own {THREADS} threads)"
         + (
             ": **the machine was busy**, so the ratios mostly measure how each library copes "
             "with sharing its cores; rerun on a quiet machine."
