@@ -230,19 +230,29 @@ def test_real_sigint_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     import sys
     import time
 
+    def as_from_a_shell() -> None:
+        # A child inherits ignored and blocked signals from the test process, whatever an
+        # earlier test left there; a user's shell starts dnnlens with SIGINT delivered.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
     out = tmp_path / "net.pth"
     process = subprocess.Popen(
         [sys.executable, "-m", "dnnlens", "train", "--epochs", "40", "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=as_from_a_shell,
     )
     deadline = time.monotonic() + 120
     while not out.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, (
+        f"exit {process.returncode}; checkpoint written before the signal: {out.exists()}; "
+        f"{sorted(p.name for p in tmp_path.iterdir())}; stderr: {err[-500:]}"
+    )
     assert err.rstrip().endswith(f"continue with: dnnlens train --resume {out}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.pth", "net.pth.resume"]
     done = torch.load(resume_path(out), weights_only=True)["epoch"]
