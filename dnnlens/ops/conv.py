@@ -1097,9 +1097,9 @@ def bind_conv_relu_maxpool(
     from dnnlens.ops.pool import Pool
 
     pool = Pool(kernel=tuple(pool_kernel), stride=tuple(pool_stride))
-    dtype = np.result_type(x_dtype, weight)
-    weight = np.ascontiguousarray(weight, dtype)
-    return lambda x: pool.compiled([np.maximum(conv2d_compiled(x, weight, bias, attrs), 0)], {})
+    # the conv bound once (weights packed now), the ReLU as its clamp, then the pool
+    conv_relu = bind_conv2d(tuple(x_shape), x_dtype, weight, bias, attrs, lower=0.0)
+    return lambda x: pool.compiled([conv_relu(x)], {})
 
 
 def conv_relu_maxpool_launch(
