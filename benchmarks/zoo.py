@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+import dnnlens.verify
 from dnnlens.errors import DnnlensError
 from dnnlens.fileio import atomic_write_text
 from dnnlens.verify import verify
@@ -124,7 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume", action="store_true", help="keep the rows --out already has; run the rest"
     )
+    parser.add_argument(
+        "--layer-budget-gb",
+        type=float,
+        default=6.0,
+        help="GB of intermediate values each side holds at once in a per-layer check "
+        "(fewer: more runs of each side; vit_h_14 makes 14 GB per image)",
+    )
     args = parser.parse_args(argv)
+    dnnlens.verify.LAYER_BUDGET = int(args.layer_budget_gb * 2**30)
     names = args.names or by_macs(
         sorted(torchvision.models.list_models(module=torchvision.models))
     )

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
@@ -682,8 +682,14 @@ class Plan:
         engine = self.engine
         return lambda xs: run_step(step, dict(zip(step.inputs, xs)), {}, engine, batch)
 
-    def run(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> EngineResult:
+    def run(
+        self,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        keep: Collection[str] | None = None,
+    ) -> EngineResult:
         """The graph on ``inputs``: a batch ``(N, ...)`` of any N, or a dict by input name.
+        A plan prepared with ``keep_activations`` returns every node's output, or with
+        ``keep`` only those of the nodes named there (the others are freed as usual).
 
         A graph some of whose values do not keep the batch first (an attention traced at
         batch 1 that moves the batch behind the sequence) runs in chunks of the batch it was
@@ -702,10 +708,16 @@ class Plan:
             and batch != self._traced_batch
             and not self._batch_first
         ):
-            return self._run_in_chunks(values, batch, self._traced_batch)
-        return self._run_values(values, batch)
+            return self._run_in_chunks(values, batch, self._traced_batch, keep)
+        return self._run_values(values, batch, keep)
 
-    def _run_in_chunks(self, values: dict[str, np.ndarray], batch: int, size: int) -> EngineResult:
+    def _run_in_chunks(
+        self,
+        values: dict[str, np.ndarray],
+        batch: int,
+        size: int,
+        keep: Collection[str] | None = None,
+    ) -> EngineResult:
         """``batch`` inputs run ``size`` (the traced batch) at a time."""
         if batch % size:
             raise ShapeError(
@@ -713,7 +725,7 @@ class Plan:
                 f"{size}: give a multiple of {size} inputs, got {batch}"
             )
         parts = [
-            self._run_values({k: v[i : i + size] for k, v in values.items()}, size)
+            self._run_values({k: v[i : i + size] for k, v in values.items()}, size, keep)
             for i in range(0, batch, size)
         ]
         shapes = {node.name: node.output_shape for node in self.graph}
@@ -728,8 +740,15 @@ class Plan:
                 activations[name] = np.concatenate([p.activations[name] for p in parts], axis)
         return EngineResult(outputs, activations)
 
-    def _run_values(self, values: dict[str, np.ndarray], batch: int | None) -> EngineResult:
+    def _run_values(
+        self,
+        values: dict[str, np.ndarray],
+        batch: int | None,
+        keep: Collection[str] | None = None,
+    ) -> EngineResult:
         calls = self._calls(values)
+        kept = set(self.graph.outputs) | set(keep or ()) if self.keep_activations else set()
+        every = self.keep_activations and keep is None
         shapes_seen = None
         if calls is not None:
             key = tuple(v.shape for v in values.values())
@@ -762,14 +781,15 @@ class Plan:
                         shapes_seen[index] = [(a.shape, a.dtype) for a in seen]
             else:
                 values[step.output] = call([values[name] for name in step.inputs])
-            if not self.keep_activations:
+            if not every:
                 for name in step.free:
-                    del values[name]
+                    if name not in kept:
+                        del values[name]
         outputs = {name: values[name] for name in self.graph.outputs}
         activations = (
             {node.name: values[node.name] for node in self.graph if node.name in values}
-            if self.keep_activations
-            else {}
+            if every
+            else {name: values[name] for name in keep or () if name in values}
         )
         return EngineResult(outputs, activations)
 

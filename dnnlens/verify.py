@@ -30,7 +30,7 @@ import os
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,8 @@ DEFAULT_IMAGES = 8
 TORCH_BATCH = 256  # PyTorch eager's best batch size on our 2-core machines (benchmarks/engine.py)
 #: Images per pass of the per-layer check: every layer's value of a chunk is held at once.
 LAYER_CHUNK = {"compiled": 500, "reference": 500}
+#: bytes of intermediate values each side holds at once in the per-layer check
+LAYER_BUDGET = 2 << 30
 #: Timed passes for each throughput when a data set is given (the best one counts).
 THROUGHPUT_REPEATS = 3
 
@@ -334,10 +336,15 @@ def _mark(value: Any, mark: str = _MARK) -> list[Any]:
 
 
 def torch_values(
-    model: torch.nn.Module, images: np.ndarray
-) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
+    model: torch.nn.Module,
+    images: np.ndarray,
+    wanted: Callable[[str, str, int], bool] | None = None,
+) -> tuple[dict[str, list[np.ndarray | None]], dict[str, list[np.ndarray | None]]]:
     """The real model's own intermediate values on ``images``, copied at once (an in-place
-    ReLU after them would overwrite them):
+    ReLU after them would overwrite them); with ``wanted(table, key, call)`` (``"module"``
+    and a module name, or ``"operator"`` and an aten operator's), only those values are
+    copied and the others are None, so a large model's values can be taken a group at a
+    time:
 
     * by module name, one entry per call: the output of every module the torch importer
       makes one node of (forward hooks);
@@ -351,9 +358,16 @@ def torch_values(
 
     from dnnlens.importers.torch import PARAM_VIEWS, PASSTHROUGH, leaf_rule
 
-    modules: dict[str, list[np.ndarray]] = {}
-    operators: dict[str, list[np.ndarray]] = {}
-    inside = [0]  # depth of leaf modules we are in: their inner operators are not nodes
+    modules: dict[str, list[np.ndarray | None]] = {}
+    operators: dict[str, list[np.ndarray | None]] = {}
+    inside = [0]
+
+    def copied(table: str, key: str, tensor: Any) -> None:
+        calls = (modules if table == "module" else operators).setdefault(key, [])
+        keep = wanted is None or wanted(table, key, len(calls))
+        calls.append(tensor.detach().clone().numpy() if keep else None)
+
+    # depth of leaf modules we are in: their inner operators are not nodes
 
     def enter(module: Any, args: Any) -> None:
         inside[0] += 1
@@ -363,7 +377,7 @@ def torch_values(
             inside[0] -= 1
             tensor = _first_tensor(out)
             if tensor is not None and inside[0] == 0:
-                modules.setdefault(name, []).append(tensor.detach().clone().numpy())
+                copied("module", name, tensor)
             _mark(out)
 
         return record
@@ -387,7 +401,7 @@ def torch_values(
         if not any(_marked(t, _MARK) or _marked(t, _PARAM) for t in tensors) and name != "expand":
             return  # made from constants only: not a node
         for tensor in _mark(out):
-            operators.setdefault(name, []).append(tensor.detach().clone().numpy())
+            copied("operator", name, tensor)
 
     handles = []
     for name, module in model.named_modules():
@@ -411,33 +425,47 @@ def torch_values(
     return modules, operators
 
 
-def torch_layer_truth(subject: Subject, images: np.ndarray) -> dict[str, np.ndarray]:
-    """The real model's value for each IR node: a module's output for a node named after
-    the module (``relu#2``: its second call), the k-th output of an aten operator for the
-    k-th node the importer made of that operator."""
-    modules, operators = torch_values(subject.module, images)
-    truth = {}
+def _torch_sources(subject: Subject) -> dict[str, tuple[str, str, int]]:
+    """Where the real model shows each IR node's value: ``("module", name, call)`` for a
+    node named after a module (``relu#2``: its second call), ``("operator", aten name, k)``
+    for the k-th node the importer made of that operator."""
+    sources = {}
     seen: dict[str, int] = {}
     for node in subject.graph:
         if node.source.startswith("nn."):
             base, _, call = node.name.partition("#")
-            index = int(call) - 1 if call.isdigit() else 0
-            values = modules.get(base, [])
+            sources[node.name] = ("module", base, int(call) - 1 if call.isdigit() else 0)
         elif node.source.startswith("aten."):
             name = node.source.removeprefix("aten.")
             index = seen.get(name, 0)
             seen[name] = index + 1
-            values = operators.get(name, [])
-        else:
-            continue
-        if index < len(values):
-            truth[node.name] = values[index]
+            sources[node.name] = ("operator", name, index)
+    return sources
+
+
+def torch_layer_truth(
+    subject: Subject, images: np.ndarray, names: Collection[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The real model's value for each IR node (or for the nodes in ``names``)."""
+    sources = _torch_sources(subject)
+    if names is not None:
+        sources = {name: sources[name] for name in names if name in sources}
+    wanted = set(sources.values())
+    modules, operators = torch_values(subject.module, images, lambda *source: source in wanted)
+    truth = {}
+    for name, (table, key, call) in sources.items():
+        values = (modules if table == "module" else operators).get(key, [])
+        value = values[call] if call < len(values) else None
+        if value is not None:
+            truth[name] = value
     return truth
 
 
-def onnx_layer_truth(subject: Subject, images: np.ndarray) -> dict[str, np.ndarray]:
-    """onnxruntime's value of each IR node's ONNX output, the node outputs exposed as extra
-    graph outputs of an in-memory copy of the model."""
+def onnx_layer_truth(
+    subject: Subject, images: np.ndarray, names: Collection[str] | None = None
+) -> dict[str, np.ndarray]:
+    """onnxruntime's value of each IR node's ONNX output (or of the nodes in ``names``), the
+    node outputs exposed as extra graph outputs of an in-memory copy of the model."""
     import onnx
 
     path = subject.onnx_path
@@ -446,6 +474,8 @@ def onnx_layer_truth(subject: Subject, images: np.ndarray) -> dict[str, np.ndarr
     present = {out.name for out in model.graph.output}
     wanted = {}
     for node_name, value in subject.onnx_values.items():
+        if names is not None and node_name not in names:
+            continue
         if value in present:
             wanted[node_name] = value
         elif value in known:
@@ -458,9 +488,28 @@ def onnx_layer_truth(subject: Subject, images: np.ndarray) -> dict[str, np.ndarr
     return {node_name: outs[value] for node_name, value in wanted.items() if value in outs}
 
 
+def layer_groups(graph: Graph, images: int, budget: int) -> list[list[str]]:
+    """The graph's node names in consecutive groups whose values for ``images`` inputs take
+    at most ``budget`` bytes each (a node larger than that is a group of its own): one
+    group, one run of each side, so a large model is checked without holding all its
+    values at once (vit_h_14 makes about 30 GB of them per image)."""
+    traced = max(next(iter(graph.inputs.values()), (1,))[0] or 1, 1)
+    groups: list[list[str]] = [[]]
+    used = 0
+    for node in graph:
+        size = 4 * max(1, int(np.prod(node.output_shape))) * images // traced
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(node.name)
+        used += size
+    return groups
+
+
 def layer_differences(subject: Subject, images: np.ndarray, engine: str) -> list[LayerDiff]:
     """Each node's largest difference from the reference's own value over ``images`` (in
-    chunks), computed in float64."""
+    chunks, and in groups of nodes whose values fit :data:`LAYER_BUDGET` per side),
+    computed in float64."""
     plan = prepare(subject.graph, subject.weights, engine, keep_activations=True)
     folded = {step.folded.name: step.nodes[0].name for step in plan.steps if step.folded}
     into = {conv: norm for norm, conv in folded.items()}
@@ -469,15 +518,16 @@ def layer_differences(subject: Subject, images: np.ndarray, engine: str) -> list
     step = LAYER_CHUNK[engine]
     for start in range(0, len(images), step):
         chunk = images[start : start + step]
-        ours = plan.run(chunk).activations
-        for name, truth in truth_of(subject, chunk).items():
-            mine = ours.get(name)
-            if mine is None or mine.shape != truth.shape:
-                continue
-            chunk_diff = float(np.max(np.abs(mine.astype(np.float64) - truth), initial=0.0))
-            chunk_scale = float(np.max(np.abs(truth.astype(np.float64)), initial=0.0))
-            old = worst.get(name, [0.0, 0.0])
-            worst[name] = [max(old[0], chunk_diff), max(old[1], chunk_scale)]
+        for group in layer_groups(subject.graph, len(chunk), LAYER_BUDGET):
+            ours = plan.run(chunk, keep=group).activations
+            for name, truth in truth_of(subject, chunk, group).items():
+                mine = ours.pop(name, None)
+                if mine is None or mine.shape != truth.shape:
+                    continue
+                chunk_diff = float(np.max(np.abs(mine.astype(np.float64) - truth), initial=0.0))
+                chunk_scale = float(np.max(np.abs(truth.astype(np.float64)), initial=0.0))
+                old = worst.get(name, [0.0, 0.0])
+                worst[name] = [max(old[0], chunk_diff), max(old[1], chunk_scale)]
     rows = []
     for node in subject.graph:
         diff, scale = worst.get(node.name, (None, None))

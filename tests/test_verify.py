@@ -74,8 +74,11 @@ def export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     return path
 
 
-def test_scalar_constants_of_an_onnx_export_are_kept(tmp_path):
+@pytest.mark.parametrize("budget", [None, 1], ids=["all-at-once", "a-node-at-a-time"])
+def test_scalar_constants_of_an_onnx_export_are_kept(tmp_path, monkeypatch, budget):
     pytest.importorskip("onnxruntime")
+    if budget is not None:  # each node's value taken on a run of its own (large models)
+        monkeypatch.setattr("dnnlens.verify.LAYER_BUDGET", budget)
     torch.manual_seed(0)
     path = export(ScaledFc(), (1, 12), tmp_path / "scaled.onnx")
     result = verify(path, images=16)
@@ -90,8 +93,11 @@ def test_scalar_constants_of_an_onnx_export_are_kept(tmp_path):
     )
 
 
+@pytest.mark.parametrize("budget", [None, 1], ids=["all-at-once", "a-node-at-a-time"])
 @pytest.mark.parametrize("engine_name", ["compiled", "reference"])
-def test_batch_norm_is_checked_against_the_modules_own_outputs(engine_name):
+def test_batch_norm_is_checked_against_the_modules_own_outputs(engine_name, budget, monkeypatch):
+    if budget is not None:  # each node's value taken on a run of its own (large models)
+        monkeypatch.setattr("dnnlens.verify.LAYER_BUDGET", budget)
     torch.manual_seed(1)
     model = ConvBnNet().eval()
     result = verify(model, input_shape=(1, 3, 8, 8), images=12, engine=engine_name)
@@ -106,6 +112,31 @@ def test_batch_norm_is_checked_against_the_modules_own_outputs(engine_name):
         assert not rows[name].note, rows[name]
         assert rows[name].max_abs_diff is not None, rows[name]
         assert rows[name].max_abs_diff <= 1e-5 * max(1.0, rows[name].max_abs_reference)
+
+
+def test_a_large_models_values_are_taken_a_group_at_a_time(monkeypatch):
+    """Under a budget each side holds only one group's values: the reference copies only
+    the values asked for, and our plan returns only the nodes kept."""
+    import dnnlens.verify as verify_module
+
+    copies: list[int] = []
+    real = verify_module.torch_values
+
+    def counted(*args, **kwargs):
+        modules, operators = real(*args, **kwargs)
+        tables = [*modules.values(), *operators.values()]
+        copies.append(sum(value is not None for calls in tables for value in calls))
+        return modules, operators
+
+    monkeypatch.setattr(verify_module, "torch_values", counted)
+    monkeypatch.setattr(verify_module, "LAYER_BUDGET", 1)
+    torch.manual_seed(1)
+    result = verify(ConvBnNet().eval(), input_shape=(1, 3, 8, 8), images=4)
+    compared = [layer for layer in result.layers if layer.max_abs_diff is not None]
+    # one run per node, each copying at most that node's value (the flatten has none of
+    # its own in the real model: a view)
+    assert len(copies) == len(result.layers) == 7 and max(copies) == 1, copies
+    assert len(compared) == sum(copies) == 6
 
 
 def test_a_model_without_a_kernel_is_refused_before_anything_runs():
