@@ -55,6 +55,7 @@ from dnnlens.ops import (
     RecurrentState,
     Reshape,
 )
+from dnnlens.ops.base import Buffers, reusing
 from dnnlens.program import PROGRAM_AFTER_RUNS, PROGRAM_MAX_BATCH, Program
 from dnnlens.program import build as build_program
 
@@ -631,6 +632,7 @@ class Plan:
         self._programs: dict[tuple, Program | None] = {}
         self._fast: dict[tuple[int, ...], Program] = {}  # one input's shape -> its program
         self._runs: dict[tuple, int] = {}
+        self._buffers = Buffers()  # freed outputs, reused by the next steps and runs
 
     def _calls(self, values: Mapping[str, np.ndarray]) -> list[Callable | None] | None:
         """The bound kernels for these input shapes (None: do not bind)."""
@@ -645,6 +647,7 @@ class Plan:
                 self._programs.clear()
                 self._fast.clear()
                 self._runs.clear()
+                self._buffers.clear()
             calls = self._bound[key] = [None] * len(self.steps)
             self._seen[key] = {}
         return calls
@@ -747,8 +750,6 @@ class Plan:
         keep: Collection[str] | None = None,
     ) -> EngineResult:
         calls = self._calls(values)
-        kept = set(self.graph.outputs) | set(keep or ()) if self.keep_activations else set()
-        every = self.keep_activations and keep is None
         shapes_seen = None
         if calls is not None:
             key = tuple(v.shape for v in values.values())
@@ -756,7 +757,21 @@ class Plan:
             if shapes_seen:  # bound on an earlier run: run as one program?
                 program = self._program(key, batch)
                 if program is not None:
-                    return EngineResult(program.run(values))
+                    with reusing(self._buffers):
+                        return EngineResult(program.run(values, self._buffers))
+        with reusing(self._buffers if calls is not None else None):
+            return self._run_steps(values, batch, calls, shapes_seen, keep)
+
+    def _run_steps(
+        self,
+        values: dict[str, np.ndarray],
+        batch: int | None,
+        calls: list[Callable | None] | None,
+        shapes_seen: dict[int, list[tuple[tuple[int, ...], np.dtype]]] | None,
+        keep: Collection[str] | None,
+    ) -> EngineResult:
+        kept = set(self.graph.outputs) | set(keep or ()) if self.keep_activations else set()
+        every = self.keep_activations and keep is None
         for index, step in enumerate(self.steps):
             call = calls[index] if calls is not None else None
             if step.kind == "state":
@@ -784,7 +799,10 @@ class Plan:
             if not every:
                 for name in step.free:
                     if name not in kept:
-                        del values[name]
+                        value = values.pop(name)
+                        if calls is not None:
+                            self._buffers.give(value)
+                        del value
         outputs = {name: values[name] for name in self.graph.outputs}
         activations = (
             {node.name: values[node.name] for node in self.graph if node.name in values}

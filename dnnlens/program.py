@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from dnnlens.ops import Conv, Linear, Pool, Reshape
-from dnnlens.ops.base import Launch
+from dnnlens.ops.base import Buffers, Launch
 
 #: Batches up to this size get a program: above it the kernels' own time hides the per-call
 #: overhead (and the batched kernels, shared out over the cores, take longest to compile).
@@ -295,6 +295,13 @@ class Program:
     def __init__(self, parts: list[Segment | Piece], outputs: list[str]) -> None:
         self.parts = parts
         self.outputs = outputs
+        # the values each part reads for the last time (not outputs): dropped after it, so
+        # a run holds no more than the general path does and their buffers can be reused
+        last_reader = {name: i for i, part in enumerate(parts) for name in part.inputs}
+        self.free_after: list[list[str]] = [[] for _ in parts]
+        for name, index in last_reader.items():
+            if name not in outputs:
+                self.free_after[index].append(name)
         first = parts[0] if parts else None
         #: The single compiled call that is the whole program, if it is one (the fast path).
         self.whole: Segment | None = (
@@ -320,15 +327,18 @@ class Program:
         except NonFiniteInput:
             return None
 
-    def run(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The graph outputs from the graph inputs (``values`` is filled as it goes)."""
+    def run(
+        self, values: dict[str, np.ndarray], buffers: Buffers | None = None
+    ) -> dict[str, np.ndarray]:
+        """The graph outputs from the graph inputs (``values`` is filled as it goes, and
+        values read for the last time leave it, into ``buffers`` if given)."""
         whole = self.whole
         if whole is not None and whole.outputs == self.outputs and len(whole.inputs) == 1:
             x = values[whole.inputs[0]]
             if not x.flags.c_contiguous or x.dtype != whole.dtypes[0]:
                 x = np.ascontiguousarray(x, whole.dtypes[0])
             return dict(zip(self.outputs, whole.fn(x, whole.arena)))
-        for part in self.parts:
+        for part, done in zip(self.parts, self.free_after):
             if isinstance(part, Segment):
                 args = [
                     np.ascontiguousarray(values[name], dtype)
@@ -338,6 +348,11 @@ class Program:
             else:
                 assert part.call is not None, "a piece outside a segment has a bound call"
                 values[part.output] = part.call([values[name] for name in part.inputs])
+            for name in done:
+                value = values.pop(name)
+                if buffers is not None:
+                    buffers.give(value)
+                del value
         return {name: values[name] for name in self.outputs}
 
 

@@ -241,6 +241,40 @@ def test_conv_epilogues_are_planned_and_match_torch():
             )
 
 
+def test_reused_output_buffers_never_change_a_value_still_in_use():
+    """Batches of 64 (outputs over Buffers.SMALLEST, past the one-call program's batch): the
+    plan reuses freed outputs on later steps and runs, but never one a view still reads
+    (the flatten before the fc is a view of the pool's output), and never one it returned."""
+    from dnnlens.ops.base import Buffers
+
+    torch.manual_seed(5)
+    model = InvertedResidual()
+    model = model.eval()
+    graph = import_torch(model, (1, 1, 16, 16))
+    plan = engine.prepare(graph, engine.load_weights(model))
+    batches = [torch.randn(64, 1, 16, 16).numpy() for _ in range(4)]
+    results = [plan.run(batch).logits for batch in batches]  # binds, then bound, reusing
+    for batch, logits in zip(batches, results):  # earlier results untouched by later runs
+        np.testing.assert_allclose(logits, torch_logits(model, batch), rtol=0, atol=1e-4)
+    kept = sum(len(arrays) for arrays in plan._buffers._free.values())
+    assert kept > 0, "no output was reused: the test would not see a wrong reuse"
+
+    net = Net().eval()  # conv, pool, flatten (a view of the pool's output), fc
+    plan = engine.prepare(import_torch(net, (1, 1, 28, 28)), engine.load_weights(net))
+    images = [torch.randn(64, 1, 28, 28).numpy() for _ in range(3)]
+    for batch in images:
+        np.testing.assert_allclose(plan.run(batch).logits, torch_logits(net, batch), atol=1e-5)
+
+    buffers = Buffers()
+    array = np.ones(Buffers.SMALLEST, np.float32)
+    view = array[:10]
+    buffers.give(array)  # a view still reads it: not taken
+    assert buffers.take(array.shape, array.dtype) is not array
+    del view
+    buffers.give(array)
+    assert buffers.take(array.shape, array.dtype) is array
+
+
 # --- errors -------------------------------------------------------------------------------
 def one_layer_graph(op, input_shape, params, output_shape) -> Graph:
     node = Node(
