@@ -317,6 +317,17 @@ def test_pool2d_matches_torch(case):
     assert_matches(op, [x], {}, truth)
 
 
+def test_max_pool_propagates_nan_like_torch():
+    """A NaN anywhere in a window makes that window's maximum NaN (a padded border too)."""
+    x = np.arange(2 * 3 * 7 * 6, dtype=np.float32).reshape(2, 3, 7, 6)
+    x[0, 1, 0, 0] = x[1, 2, 4, 3] = np.nan
+    op = Pool(kernel=(3, 3), stride=(2, 2), padding=((1, 1), (1, 1)))
+    truth = F.max_pool2d(torch.from_numpy(x), 3, 2, 1).numpy()
+    assert np.isnan(truth).sum() == 3  # one window over the corner, two over (4, 3)
+    for path in PATHS:
+        np.testing.assert_array_equal(getattr(op, path)([x], {}), truth)
+
+
 def test_pool1d_matches_torch():
     x = random(np.random.default_rng(3), 2, 3, 10)
     op = Pool(mode="avg", kernel=(3,), stride=(2,), padding=((1, 1),), dilation=(1,))

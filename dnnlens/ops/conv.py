@@ -35,6 +35,7 @@ from dnnlens.ops.base import (
     compiled_kernel,
     contiguous,
     expect_rank,
+    output_array,
     register,
     torch_tensors,
 )
@@ -556,7 +557,14 @@ class TapGeometry:
     + ow`` reads tap ``(ci, kh, kw)`` at ``P + offset``: the tap's plane start plus ``(kh*dh
     // sh)*wq + kw*dw // sw``. One fixed offset per tap, and the loop over output positions
     (all rows of all images) is one contiguous run; positions past a row's ``wo`` or an
-    image's ``ho`` are computed and dropped."""
+    image's ``ho`` are computed and dropped.
+
+    Neighbours share their padding: a row holds its left padding and the image but only as
+    much right padding as exceeds the left (a tap reading past the row's end lands in the
+    next row's left padding, zeros too), and likewise an image's bottom padding is the next
+    one's top. Fewer positions are dropped: a 7x7 plane with padding 1 computes 8x8
+    positions per image instead of 9x9. The last image has no next one: ``tail`` zero rows
+    follow it in each plane, for its last outputs' reads (not the next plane's values)."""
 
     phases: tuple[tuple[int, int], ...]  # the (a, b) phases some tap reads
     images: int
@@ -564,13 +572,14 @@ class TapGeometry:
     wq: int  # values per row
     ho: int
     wo: int
+    tail: int = 0  # zero rows after the last image
 
     @property
     def plane(self) -> int:
         """Values from one phase plane of one input channel (all images) to the next:
         rounded up to whole blocks, so that taps of different channels at the same (kh, kw),
         summed in one pass, are equally aligned."""
-        return -(-self.images * self.hq * self.wq // TAP_BLOCK) * TAP_BLOCK
+        return -(-(self.images * self.hq + self.tail) * self.wq // TAP_BLOCK) * TAP_BLOCK
 
     @property
     def run(self) -> int:
@@ -581,10 +590,12 @@ class TapGeometry:
     def tiles(self) -> int:
         return -(-self.run // TAP_TILE)
 
-    def buffer(self, cin: int) -> int:
-        """Values in the packed input: the planes, and slack for the last block's reads past
-        the last plane (at most a row and a block)."""
-        return cin * len(self.phases) * self.plane + self.wq + 2 * TAP_BLOCK
+    def buffer(self, cin: int, offsets: np.ndarray) -> int:
+        """Values in the packed input: the planes, and slack for the reads of the last
+        tile's whole blocks at the farthest tap (``offsets``: :func:`tap_offsets`), past
+        the last plane into zeros."""
+        reach = int(offsets.max()) + -(-self.run // TAP_BLOCK) * TAP_BLOCK
+        return max(cin * len(self.phases) * self.plane, reach)
 
 
 def tap_geometry(x_shape: tuple[int, ...], kernel: tuple[int, int], attrs: Conv2dAttrs):
@@ -593,12 +604,17 @@ def tap_geometry(x_shape: tuple[int, ...], kernel: tuple[int, int], attrs: Conv2
     (kh_size, kw_size), (sh, sw), (dh, dw) = kernel, attrs.stride, attrs.dilation
     (top, bottom), (left, right) = attrs.padding
     ho, wo = attrs.output_size(height, width, kh_size, kw_size)
-    hq = -(-(height + top + bottom) // sh)
-    wq = -(-(width + left + right) // sw)
+    # shared padding (see TapGeometry), but room for every output (a kernel shorter than
+    # the padding has outputs that read padding only)
+    hq = max(-(-(top + height + max(0, bottom - top)) // sh), ho)
+    wq = max(-(-(left + width + max(0, right - left)) // sw), wo)
     phases = tuple(
         sorted({(kh * dh % sh, kw * dw % sw) for kh in range(kh_size) for kw in range(kw_size)})
     )
-    return TapGeometry(phases, n, hq, wq, ho, wo)
+    # the last image's outputs read at most min(top, bottom) padded rows past its rows (its
+    # shared bottom padding), and its last row's taps up to a row further
+    tail = -(-min(top, bottom) // sh) + 1
+    return TapGeometry(phases, n, hq, wq, ho, wo, tail)
 
 
 def tap_order(cin_per_group: int, kh_size: int, kw_size: int) -> list[tuple[int, int, int]]:
@@ -674,10 +690,23 @@ def pack_input_loops(
                 h = i * sh + a - top
                 if h < 0 or h >= height:
                     continue
-                source = x[n, ci, h]
-                target = packed[start + i * wq :]
-                for j in range(first, last):
-                    target[j] = source[j * sw + b - left]
+                if last <= first:
+                    continue
+                # views that start where the copy does, and loops from 0: Numba then knows
+                # no index is negative (no wraparound test per value), and strides 1 and 2
+                # spelled out as constants let LLVM vectorise the copy (a plain copy, or a
+                # de-interleave) instead of gathering
+                source = x[n, ci, h, first * sw + b - left :]
+                target = packed[start + i * wq + first : start + i * wq + last]
+                if sw == 1:
+                    for j in range(last - first):
+                        target[j] = source[j]
+                elif sw == 2:
+                    for j in range(last - first):
+                        target[j] = source[2 * j]
+                else:
+                    for j in range(last - first):
+                        target[j] = source[j * sw]
 
 
 def conv_taps_loops(
@@ -768,13 +797,22 @@ def conv_taps_loops(
                         continue
                     first = max(line * wq, p0)
                     last = min(line * wq + wo, p0 + m)
-                    target, extra = out[n, co, oh], residual[n, co, oh]
-                    for p in range(first, last):
-                        value = acc[r, p - p0]
-                        if add_residual:
-                            value += extra[p - line * wq]
-                        value = lower if value < lower else value
-                        target[p - line * wq] = upper if value > upper else value
+                    # views from the first position and a loop from 0 (no index Numba must
+                    # test for wraparound, so the loop vectorises)
+                    column = first - line * wq
+                    target = out[n, co, oh, column:]
+                    extra = residual[n, co, oh, column:]
+                    values = acc[r, first - p0 :]
+                    if add_residual:
+                        for p in range(last - first):
+                            value = values[p] + extra[p]
+                            value = lower if value < lower else value
+                            target[p] = upper if value > upper else value
+                    else:
+                        for p in range(last - first):
+                            value = values[p]
+                            value = lower if value < lower else value
+                            target[p] = upper if value > upper else value
 
 
 def bind_conv2d(
@@ -823,15 +861,16 @@ def bind_conv2d(
     # The packed input is kept from call to call: every call writes the same places, so its
     # padding stays zero, and a large buffer is neither faulted in nor zeroed again. A call
     # that finds it in use (another thread) packs into a buffer of its own.
-    kept = [np.zeros(geometry.buffer(cin), dtype)]
+    length = geometry.buffer(cin, offsets)
+    kept = [np.zeros(length, dtype)]
     lock = threading.Lock()
 
     def call(x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         mine = lock.acquire(blocking=False)
         try:
-            packed = kept[0] if mine else np.zeros(geometry.buffer(cin), dtype)
+            packed = kept[0] if mine else np.zeros(length, dtype)
             pack(np.ascontiguousarray(x, dtype), packed, *sizes)
-            out = np.empty(shape, dtype)
+            out = output_array(shape, dtype)
             extra = out if residual is None else np.ascontiguousarray(residual, dtype)
             conv(
                 packed,

@@ -25,6 +25,7 @@ from dnnlens.ops.base import (
     as_pair,
     compiled_kernel,
     contiguous,
+    output_array,
     register,
     torch_tensors,
 )
@@ -182,23 +183,24 @@ class Pool(Op):
             return self._pool3d(np.asarray(inputs[0]), "compiled")
         x, window, out_size = self.window(inputs)
         if self.mode == "max":
-            padded = window.pad(x, out_size, -np.inf)
             divisor = np.ones(out_size, x.dtype)
         else:
-            padded = window.pad(x, out_size, 0.0)
             divisor = avg_divisor(x.shape[2:], window, out_size, self.count_include_pad)
             divisor = divisor.astype(x.dtype)
-        out = np.empty((*x.shape[:2], *out_size), dtype=x.dtype)
+        out = output_array((*x.shape[:2], *out_size), x.dtype)
         reads = out.size * prod(window.kernel)  # N*C*Ho*Wo * window
-        kernel = compiled_kernel(pool_loops, parallel=reads >= PARALLEL_MIN_WORK)
+        kernel = compiled_kernel(pool_rows_loops, parallel=reads >= PARALLEL_MIN_WORK)
+        (top, _), (left, _) = window.padding
         kernel(
-            padded,
+            contiguous(x),
             divisor,
             out,
             self.mode == "max",
             *window.kernel,
             *window.stride,
             *window.dilation,
+            top,
+            left,
         )
         return self._finish(out)
 
@@ -414,22 +416,59 @@ def avg_pool_reference(
     return total / avg_divisor(x.shape[2:], window, out_size, count_include_pad).astype(x.dtype)
 
 
-def pool_loops(padded, divisor, out, is_max, kh_size, kw_size, sh, sw, dh, dw):  # pragma: no cover
-    """The same loop nest, scalar, for Numba: (image, channel) planes shared out over the cores;
-    ``padded`` already holds the padding (minus infinity for max, zeros for average)."""
-    n_images, channels, ho, wo = out.shape
+def pool_rows_loops(
+    x, divisor, out, is_max, kh_size, kw_size, sh, sw, dh, dw, top, left
+):  # pragma: no cover - compiled
+    """The loop nest for Numba, without a padded copy of the input: (image, channel) planes
+    shared out over the cores. For each output row and each window row ``kh`` inside the
+    input, the input row is copied into a line with its padding (minus infinity for max,
+    zeros for average), reduced over the window's columns at every column (one vectorised
+    run per ``kw``, at stride 1), and every ``sw``-th result joins the output row. Padding
+    rows are skipped: they never win a max and add nothing to a sum (the divisor counts
+    them). A NaN in a window makes its maximum NaN, as in PyTorch."""
+    n_images, channels, height, width = x.shape
+    _, _, ho, wo = out.shape
+    span = (wo - 1) * sw + 1  # columns where a window starts, in the padded line
+    reach = span + (kw_size - 1) * dw
+    fill = -np.inf if is_max else 0.0
     for plane in prange(n_images * channels):
         n, c = plane // channels, plane % channels
+        source, target = x[n, c], out[n, c]
+        row = np.empty(wo, dtype=out.dtype)
+        line = np.full(reach, fill, dtype=out.dtype)
+        wide = np.empty(span, dtype=out.dtype)
+        first, last = max(0, left), min(reach, left + width)  # line columns from the input
         for oh in range(ho):
             for ow in range(wo):
-                result = padded[n, c, oh * sh, ow * sw]
-                for kh in range(kh_size):
-                    for kw in range(kw_size):
-                        value = padded[n, c, oh * sh + kh * dh, ow * sw + kw * dw]
-                        if kh == 0 and kw == 0:
-                            continue
-                        if is_max:
-                            result = max(result, value)
-                        else:
-                            result += value
-                out[n, c, oh, ow] = result / divisor[oh, ow]
+                row[ow] = fill
+            for kh in range(kh_size):
+                h = oh * sh + kh * dh - top
+                if h < 0 or h >= height:
+                    continue
+                values = source[h]
+                for j in range(first, last):
+                    line[j] = values[j - left]
+                for j in range(span):
+                    wide[j] = line[j]
+                for kw in range(1, kw_size):
+                    shifted = line[kw * dw :]
+                    if is_max:
+                        for j in range(span):
+                            value, best = shifted[j], wide[j]
+                            wide[j] = value if (value > best or value != value) else best
+                    else:
+                        for j in range(span):
+                            wide[j] += shifted[j]
+                if is_max:
+                    for ow in range(wo):
+                        value, best = wide[ow * sw], row[ow]
+                        row[ow] = value if (value > best or value != value) else best
+                else:
+                    for ow in range(wo):
+                        row[ow] += wide[ow * sw]
+            if is_max:
+                for ow in range(wo):
+                    target[oh, ow] = row[ow]
+            else:
+                for ow in range(wo):
+                    target[oh, ow] = row[ow] / divisor[oh, ow]
