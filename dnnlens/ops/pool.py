@@ -445,9 +445,11 @@ def pool_rows_loops(
                 h = oh * sh + kh * dh - top
                 if h < 0 or h >= height:
                     continue
-                values = source[h]
-                for j in range(first, last):
-                    line[j] = values[j - left]
+                # views and loops from 0 (Numba then tests no index for wraparound, and
+                # the loops vectorise); the stride-2 pick spelled out as a constant
+                values, into = source[h, first - left :], line[first:last]
+                for j in range(last - first):
+                    into[j] = values[j]
                 for j in range(span):
                     wide[j] = line[j]
                 for kw in range(1, kw_size):
@@ -459,13 +461,23 @@ def pool_rows_loops(
                     else:
                         for j in range(span):
                             wide[j] += shifted[j]
+                if sw == 1:
+                    picked = wide
+                elif sw == 2:
+                    for ow in range(wo):
+                        wide[ow] = wide[2 * ow]  # (in place: ow <= 2*ow)
+                    picked = wide
+                else:
+                    for ow in range(wo):
+                        wide[ow] = wide[ow * sw]
+                    picked = wide
                 if is_max:
                     for ow in range(wo):
-                        value, best = wide[ow * sw], row[ow]
+                        value, best = picked[ow], row[ow]
                         row[ow] = value if (value > best or value != value) else best
                 else:
                     for ow in range(wo):
-                        row[ow] += wide[ow * sw]
+                        row[ow] += picked[ow]
             if is_max:
                 for ow in range(wo):
                     target[oh, ow] = row[ow]
