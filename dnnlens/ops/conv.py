@@ -1040,11 +1040,14 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
         run = (ho - 1) * wp + wo  # from output (0, 0) to (ho-1, wo-1)
         for n in prange(n_images):
             planes = np.zeros((cin, hp * wp + wp), dtype=out.dtype)
+            w_first, w_last = max(0, -left), min(width, wp - left)
             for ci in range(cin):
                 for h in range(max(0, -top), min(height, hp - top)):
-                    source = x[n, ci, h]
-                    target = planes[ci, (top + h) * wp + left :]
-                    for w in range(max(0, -left), min(width, wp - left)):
+                    # views from the first column and a loop from 0: no index Numba must
+                    # test for wraparound, so the copy vectorises
+                    source = x[n, ci, h, w_first:]
+                    target = planes[ci, (top + h) * wp + left + w_first :]
+                    for w in range(w_last - w_first):
                         target[w] = source[w]
             conv = np.empty((4, run), dtype=out.dtype)
             span = run - (pkh - 1) * wp - (pkw - 1)  # window tops inside the conv output
@@ -1084,9 +1087,15 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int):
                                 wide[p] = candidates[p] if candidates[p] > wide[p] else wide[p]
                     target = out[n, co0 + c]
                     for pr in range(po):
-                        for pc in range(qo):
-                            best = wide[pr * psh * wp + pc * psw]
-                            target[pr, pc] = best if best > 0 else 0
+                        picked, pooled = wide[pr * psh * wp :], target[pr]
+                        if psw == 2:  # a constant stride: a de-interleave, not a gather
+                            for pc in range(qo):
+                                best = picked[2 * pc]
+                                pooled[pc] = best if best > 0 else 0
+                        else:
+                            for pc in range(qo):
+                                best = picked[pc * psw]
+                                pooled[pc] = best if best > 0 else 0
 
     return conv_relu_maxpool_planes
 

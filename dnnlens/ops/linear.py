@@ -156,13 +156,32 @@ def linear_loops(x, weight, bias, out, relu):  # pragma: no cover - compiled
                 out[first + 1, o] = total1
                 out[first + 2, o] = total2
                 out[first + 3, o] = total3
-        else:  # the last, partial block: one row at a time
+        else:  # the last, partial block (one image: all of it): a row at a time, four
+            # outputs per pass (5 loads for 4 multiply-adds: the weights stream once)
             for m in range(first, rows):
-                for o in range(out_features):
+                row, target = x[m], out[m]
+                quads = out_features // 4 * 4
+                for o in range(0, quads, 4):
+                    w0, w1, w2, w3 = weight[o], weight[o + 1], weight[o + 2], weight[o + 3]
+                    total0, total1 = bias[o], bias[o + 1]
+                    total2, total3 = bias[o + 2], bias[o + 3]
+                    for i in range(in_features):
+                        value = row[i]
+                        total0 += w0[i] * value
+                        total1 += w1[i] * value
+                        total2 += w2[i] * value
+                        total3 += w3[i] * value
+                    if relu:
+                        total0, total1 = max(total0, 0.0), max(total1, 0.0)
+                        total2, total3 = max(total2, 0.0), max(total3, 0.0)
+                    target[o], target[o + 1] = total0, total1
+                    target[o + 2], target[o + 3] = total2, total3
+                for o in range(quads, out_features):
+                    w0 = weight[o]
                     total = bias[o]
                     for i in range(in_features):
-                        total += weight[o, i] * x[m, i]
-                    out[m, o] = max(total, 0.0) if relu else total
+                        total += w0[i] * row[i]
+                    target[o] = max(total, 0.0) if relu else total
 
 
 def linear_compiled(
