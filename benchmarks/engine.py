@@ -142,12 +142,12 @@ def race(
     slow: float,
 ) -> tuple[dict[str, Timing], dict[str, object]]:
     """Time each of ``runs`` (each processes ``images`` images per call): one warm-up call
-    each, then ``repeats`` rounds in which the contenders take turns, so that a disturbance
-    hits them alike; the best pass counts. A contender stops early once its passes have taken
-    ``budget`` seconds (after one pass). One whose warm-up took more than ``slow`` seconds is
-    not run again: that call is its measurement (flagged; the caller has compiled its kernels
-    beforehand, so the call is a run, not a compile). Returns the timings and each
-    contender's warm-up output."""
+    each, then ``repeats`` rounds in which the contenders take turns (in an order that
+    rotates), so that a disturbance hits them alike; the best pass counts. A contender
+    stops early once its passes have taken ``budget`` seconds (after one pass). One whose
+    warm-up took more than ``slow`` seconds is not run again: that call is its measurement
+    (flagged; the caller has compiled its kernels beforehand, so the call is a run, not a
+    compile). Returns the timings and each contender's warm-up output."""
     outputs, best, passes, spent = {}, {}, {}, {}
     for name, run in runs.items():
         outputs[name], best[name] = timed(run)
@@ -155,8 +155,14 @@ def race(
     active = [name for name in runs if best[name] <= slow]
     if active:
         best.update({name: float("inf") for name in active})
-    for _ in range(repeats):
-        for name in list(active):
+    for round_ in range(repeats):
+        # the order rotates from round to round: a contender's worker threads may still be
+        # spinning when the next one starts (ONNX Runtime's do by default), and no one
+        # should always be the one to follow them
+        turn = round_ % len(active) if active else 0
+        for name in active[turn:] + active[:turn]:
+            if name not in active:
+                continue
             _, seconds = timed(runs[name])
             best[name] = min(best[name], seconds)
             passes[name] += 1
