@@ -1021,11 +1021,12 @@ def render(r: Results) -> str:
         "",
         f"Course network: {r.weights}; {r.data}. resnet18 and mobilenet_v2: torchvision, "
         "weights=None, seed 0, eval mode, seeded random 224x224 images. Each contender "
-        "warmed up, then best of several passes, the contenders taking turns in each round. "
-        "Batched: every contender at its best batch size of those tried (its by-batch rates "
-        "below); one image per call: a Python loop calling it on each image and taking the "
-        "predicted class, as the course notebook does. ONNX Runtime runs an export by "
-        "torch.onnx.export (TorchScript exporter, opset 17, free batch dimension).",
+        "warmed up, then best of several passes, the contenders taking turns in each round "
+        "(in an order that rotates from round to round). Batched: every contender at its "
+        "best batch size of those tried (its by-batch rates below); one image per call: a "
+        "Python loop calling it on each image and taking the predicted class, as the course "
+        "notebook does. ONNX Runtime runs an export by torch.onnx.export (TorchScript "
+        "exporter, opset 17, free batch dimension).",
         "",
         "### Throughput",
         "",
