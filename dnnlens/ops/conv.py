@@ -932,19 +932,26 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: i
         run = wo * LANES  # one conv output row of the whole block
         run_pooled = (wo - pkw + 1) * LANES  # columns where a pooling window can start
         n_blocks = (n_images + LANES - 1) // LANES
+        x_flat, out_flat = x.reshape(-1), out.reshape(-1)  # (both C-contiguous: see Launch)
         for block in prange(n_blocks):
             first = block * LANES
             lanes = min(LANES, n_images - first)
             x_block = np.zeros((cin, rows_in * row_length), dtype=out.dtype)
-            for lane in range(lanes):
-                for ci in range(cin):
-                    for h in range(max(0, -top), min(height, rows_in - top)):
-                        # row views, so the inner indices are plainly non-negative (no
-                        # negative-index fix-up per value)
-                        source = x[first + lane, ci, h]
-                        target = x_block[ci, (top + h) * row_length + left * LANES + lane :]
-                        for w in range(max(0, -left), min(width, wp - left)):
-                            target[w * LANES] = source[w]
+            # into the lanes by flat unsigned indices: no view made per row (each costs
+            # more than copying the row's few values), no wraparound test per value
+            w_first, w_last = max(0, -left), min(width, wp - left)
+            for ci in range(cin):
+                block_ci = x_block[ci]
+                for h in range(max(0, -top), min(height, rows_in - top)):
+                    row_at = (top + h) * row_length + (left + w_first) * LANES
+                    for lane in range(lanes):
+                        source = np.uint64((((first + lane) * cin + ci) * height + h) * width)
+                        target = np.uint64(row_at + lane)
+                        for w in range(w_last - w_first):
+                            at = np.uint64(w)
+                            block_ci[target + at * np.uint64(LANES)] = x_flat[
+                                source + np.uint64(w_first) + at
+                            ]
             conv = np.empty((4, pkh, run), dtype=out.dtype)
             pooled = np.empty((cout, po, run_pooled), dtype=out.dtype)
             for quad in range((cout + 3) // 4):
@@ -990,12 +997,15 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: i
                                     # (a select, not max(): max's NaN branch stays scalar)
                                     best = value if value > best else best
                             wide[j] = best
-            for lane in range(lanes):  # back to (N, C, H, W), with the ReLU
-                for co in range(cout):
-                    for pr in range(po):
+            for co in range(cout):  # back to (N, C, H, W), with the ReLU
+                for pr in range(po):
+                    pooled_row = pooled[co, pr]
+                    for lane in range(lanes):
+                        target = np.uint64((((first + lane) * cout + co) * po + pr) * qo)
                         for pc in range(qo):
-                            value = pooled[co, pr, pc * psw * LANES + lane]
-                            out[first + lane, co, pr, pc] = value if value > 0 else 0
+                            at = np.uint64(pc)
+                            value = pooled_row[at * np.uint64(psw * LANES) + np.uint64(lane)]
+                            out_flat[target + at] = value if value > 0 else 0
 
     return conv_relu_maxpool_loops
 
