@@ -26,6 +26,7 @@ rewritten; it takes the place of the issue-3 section). Run it on a quiet machine
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -488,7 +489,7 @@ def layer_times(
         # output faults in every page: conv1 at batch 32 took 2.5x as long)
         bound = engine.bind_step(step, inputs)
         if bound is not None:
-            out, first = timed(lambda b=bound, xs=inputs: b(xs))
+            out, first = timed(functools.partial(bound, inputs))
             run = _reusing_output(bound, inputs)
         if isinstance(step.nodes[0].op, (Conv, Linear)):
             ours = _best_of(run, first, budget)
