@@ -360,14 +360,12 @@ def torch_values(
 
     modules: dict[str, list[np.ndarray | None]] = {}
     operators: dict[str, list[np.ndarray | None]] = {}
-    inside = [0]
+    inside = [0]  # depth of leaf modules we are in: their inner operators are not nodes
 
     def copied(table: str, key: str, tensor: Any) -> None:
         calls = (modules if table == "module" else operators).setdefault(key, [])
         keep = wanted is None or wanted(table, key, len(calls))
         calls.append(tensor.detach().clone().numpy() if keep else None)
-
-    # depth of leaf modules we are in: their inner operators are not nodes
 
     def enter(module: Any, args: Any) -> None:
         inside[0] += 1
@@ -492,7 +490,7 @@ def layer_groups(graph: Graph, images: int, budget: int) -> list[list[str]]:
     """The graph's node names in consecutive groups whose values for ``images`` inputs take
     at most ``budget`` bytes each (a node larger than that is a group of its own): one
     group, one run of each side, so a large model is checked without holding all its
-    values at once (vit_h_14 makes about 30 GB of them per image)."""
+    values at once (vit_h_14 makes about 14 GB of them per image)."""
     traced = max(next(iter(graph.inputs.values()), (1,))[0] or 1, 1)
     groups: list[list[str]] = [[]]
     used = 0
