@@ -491,7 +491,7 @@ def layer_groups(graph: Graph, images: int, budget: int) -> list[list[str]]:
     at most ``budget`` bytes each (a node larger than that is a group of its own): one
     group, one run of each side, so a large model is checked without holding all its
     values at once (vit_h_14 makes about 14 GB of them per image)."""
-    traced = max(next(iter(graph.inputs.values()), (1,))[0] or 1, 1)
+    traced = next(iter(graph.inputs.values()), (1,))[0] or 1  # the batch it was traced at
     groups: list[list[str]] = [[]]
     used = 0
     for node in graph:

@@ -977,31 +977,19 @@ _RESHAPES = frozenset(
     }
 )
 
-#: View operators: applied to a parameter they give a view of it (no node).
-PARAM_VIEWS = frozenset(
-    {
-        "t",
-        "transpose",
-        "permute",
-        "view",
-        "_unsafe_view",
-        "reshape",
-        "unsqueeze",
-        "squeeze",
-        "flatten",
-        "unflatten",
-        "alias",
-        "detach",
-        "slice",
-        "select",
-        "split",
-        "split_with_sizes",
-        "unbind",
-        "clone",
-        "_to_copy",
-        "lift_fresh",
-    }
-)
+#: View operators: applied to a parameter they give a view of it (no node): the reshapes
+#: (but ``contiguous``), transposes, slices, splits and ``_to_copy``.
+PARAM_VIEWS = (_RESHAPES - {"contiguous"}) | {
+    "t",
+    "transpose",
+    "permute",
+    "slice",
+    "select",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "_to_copy",
+}
 
 
 # ---------------------------------------------------------------------------------------------

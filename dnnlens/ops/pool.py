@@ -461,26 +461,19 @@ def pool_rows_loops(
                     else:
                         for j in range(span):
                             wide[j] += shifted[j]
-                if sw == 1:
-                    picked = wide
-                elif sw == 2:
+                # every sw-th window start to the front of ``wide`` (in place: ow <= ow*sw)
+                if sw == 2:
                     for ow in range(wo):
-                        wide[ow] = wide[2 * ow]  # (in place: ow <= 2*ow)
-                    picked = wide
-                else:
+                        wide[ow] = wide[2 * ow]
+                elif sw > 2:
                     for ow in range(wo):
                         wide[ow] = wide[ow * sw]
-                    picked = wide
                 if is_max:
                     for ow in range(wo):
-                        value, best = picked[ow], row[ow]
+                        value, best = wide[ow], row[ow]
                         row[ow] = value if (value > best or value != value) else best
                 else:
                     for ow in range(wo):
-                        row[ow] += picked[ow]
-            if is_max:
-                for ow in range(wo):
-                    target[oh, ow] = row[ow]
-            else:
-                for ow in range(wo):
-                    target[oh, ow] = row[ow] / divisor[oh, ow]
+                        row[ow] += wide[ow]
+            for ow in range(wo):  # (a max pool's divisor is 1)
+                target[oh, ow] = row[ow] / divisor[oh, ow]
