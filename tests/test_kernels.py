@@ -477,6 +477,28 @@ def test_fused_conv_relu_maxpool_matches_torch(
     np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_at_mobilenet_sizes_matches_torch(stride):
+    """The depthwise kernel on a MobileNetV2 layer (96 channels of 112x112, ReLU6): over a
+    million multiply-adds, so its jobs are shared out over the cores; float32 as in use."""
+    from dnnlens.ops.conv import Conv2dAttrs, bind_conv2d
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 96, 112, 112)).astype(np.float32)
+    weight = rng.standard_normal((96, 1, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(96).astype(np.float32)
+    attrs = Conv2dAttrs((stride, stride), ((1, 1), (1, 1)), (1, 1), 96)
+    got = bind_conv2d(x.shape, x.dtype, weight, bias, attrs, 0.0, 6.0)(x)
+    truth = F.conv2d(
+        *(torch.from_numpy(a).double() for a in (x, weight, bias)),
+        stride=stride,
+        padding=1,
+        groups=96,
+    )
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, torch.clamp(truth, 0, 6).numpy(), rtol=1e-5, atol=1e-5)
+
+
 # --- the general conv kernel's epilogue (issue 12) -----------------------------------------
 CLAMPS = [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-0.5, 0.25)]
 
@@ -489,6 +511,21 @@ CLAMPS = [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-0.5, 0.25)]
     True,
 )
 @example(conv_case(cin=6, cout=6, groups=6, size=(9, 8), padding=((1, 1), (1, 1))), (0, 6), True)
+@example(  # depthwise with strides, dilations and padding all unequal, two images
+    conv_case(
+        batch=2,
+        cin=5,
+        cout=5,
+        groups=5,
+        kernel=(3, 5),
+        size=(11, 12),
+        stride=(2, 3),
+        dilation=(2, 1),
+        padding=((3, 0), (1, 2)),
+    ),
+    (-0.5, 0.25),
+    True,
+)
 def test_bound_conv_with_epilogue_matches_torch(case, clamp, with_residual):
     """``bind_conv2d``: clamp(conv + bias [+ residual]) against torch in float64."""
     from dnnlens.ops.conv import Conv2dAttrs, bind_conv2d

@@ -721,7 +721,6 @@ def conv_taps_loops(
     upper,
     hq,
     wq,
-    depthwise,
     add_residual,
 ):  # pragma: no cover - compiled
     """Any 2-d convolution as ``out[co, P] = bias[co] + sum over taps k of weight[co, k] *
@@ -734,13 +733,12 @@ def conv_taps_loops(
     blocks), so one image keeps both busy. A job's accumulators stay in the L1 cache; each
     pass over them adds ``TAPS_PER_PASS`` taps to all four channels: the 16 weights are
     loop-invariant scalars (broadcast registers), the loop over positions vectorises, and
-    each value loaded serves four multiply-adds. Depthwise (one input channel per output
-    channel): a block is one channel (memory-bound: no more reuse to be had)."""
+    each value loaded serves four multiply-adds. (A depthwise conv has a kernel of its own:
+    :func:`make_depthwise`.)"""
     blocks = channel.shape[0]
     n_images, cout, ho, wo = out.shape
     groups = offsets.shape[0]
     passes = weights.shape[1]
-    rows = 1 if depthwise else 4
     blocks_per_group = blocks // groups
     run = ((n_images - 1) * hq + ho - 1) * wq + wo
     tiles = -(-run // TAP_TILE)
@@ -762,32 +760,23 @@ def conv_taps_loops(
                     acc[r, p] = start
             x = packed[p0:]
             taps = offsets[group]
-            if depthwise:  # the block's one channel, 4 taps per pass
-                for step in range(passes):
-                    w, k = weights[block, step], step * 4
-                    w0, w1, w2, w3 = w[0], w[4], w[8], w[12]
-                    x0, x1 = x[taps[k] :], x[taps[k + 1] :]
-                    x2, x3 = x[taps[k + 2] :], x[taps[k + 3] :]
-                    for p in range(m):
-                        a0[p] += (w0 * x0[p] + w1 * x1[p]) + (w2 * x2[p] + w3 * x3[p])
-            else:
-                for step in range(passes):
-                    w = weights[block, step]
-                    k = step * 4
-                    w00, w01, w02, w03 = w[0], w[1], w[2], w[3]
-                    w10, w11, w12, w13 = w[4], w[5], w[6], w[7]
-                    w20, w21, w22, w23 = w[8], w[9], w[10], w[11]
-                    w30, w31, w32, w33 = w[12], w[13], w[14], w[15]
-                    x0, x1 = x[taps[k] :], x[taps[k + 1] :]
-                    x2, x3 = x[taps[k + 2] :], x[taps[k + 3] :]
-                    for p in range(m):
-                        v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
-                        a0[p] += (w00 * v0 + w10 * v1) + (w20 * v2 + w30 * v3)
-                        a1[p] += (w01 * v0 + w11 * v1) + (w21 * v2 + w31 * v3)
-                        a2[p] += (w02 * v0 + w12 * v1) + (w22 * v2 + w32 * v3)
-                        a3[p] += (w03 * v0 + w13 * v1) + (w23 * v2 + w33 * v3)
+            for step in range(passes):
+                w = weights[block, step]
+                k = step * 4
+                w00, w01, w02, w03 = w[0], w[1], w[2], w[3]
+                w10, w11, w12, w13 = w[4], w[5], w[6], w[7]
+                w20, w21, w22, w23 = w[8], w[9], w[10], w[11]
+                w30, w31, w32, w33 = w[12], w[13], w[14], w[15]
+                x0, x1 = x[taps[k] :], x[taps[k + 1] :]
+                x2, x3 = x[taps[k + 2] :], x[taps[k + 3] :]
+                for p in range(m):
+                    v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
+                    a0[p] += (w00 * v0 + w10 * v1) + (w20 * v2 + w30 * v3)
+                    a1[p] += (w01 * v0 + w11 * v1) + (w21 * v2 + w31 * v3)
+                    a2[p] += (w02 * v0 + w12 * v1) + (w22 * v2 + w32 * v3)
+                    a3[p] += (w03 * v0 + w13 * v1) + (w23 * v2 + w33 * v3)
             # epilogue: each row (of wq positions) the tile touches back to (n, oh, ow)
-            for r in range(rows):
+            for r in range(4):
                 co = channel[block, r]
                 if co < 0:
                     continue
@@ -815,6 +804,119 @@ def conv_taps_loops(
                             target[p] = upper if value > upper else value
 
 
+# --- depthwise 2-d convolution (issue 12) -------------------------------------------------
+#: (image, channel) jobs of a depthwise conv are shared out over the cores in at most this
+#: many chunks, each with a padded plane of its own.
+DEPTHWISE_CHUNKS = 64
+
+
+def make_depthwise(kh_size: int, kw_size: int, sh: int, sw: int, dh: int, dw: int):
+    """The depthwise loop nest with the kernel size, stride and dilation as closure
+    variables, which Numba compiles as constants (see :func:`depthwise_kernel`): the taps'
+    loops unroll, and a stride of 2 reads every other value (a de-interleave, which LLVM
+    vectorises) instead of a gather."""
+
+    def depthwise_loops(
+        x, weight, bias, residual, out, top, left, lower, upper, add_residual
+    ):  # pragma: no cover - compiled
+        """A depthwise conv (one input channel per output channel) with its epilogue:
+        ``out[n, c] = clamp(bias[c] + sum over taps of weight[c, kh*Kw + kw] *
+        x_padded[n, c, oh*sh + kh*dh, ow*sw + kw*dw] [+ residual[n, c]], lower, upper)``.
+
+        A depthwise conv does ``Kh*Kw`` multiply-adds per input value: memory-bound, so it
+        reads its input once and where it lies. Each (image, channel) job copies its plane,
+        padded, into a buffer that stays in the L1/L2 cache (the chunk's jobs all write the
+        same places, so the padding, zeroed once, stays zero), then sums the taps for every
+        output position: with stride 1 over the whole plane in one run (output ``(oh, ow)``
+        at ``oh*wp + ow``, each tap at a fixed offset from it; the ``wp - wo`` positions past
+        each row's end are computed and dropped), otherwise a row at a time."""
+        n_images, channels, height, width = x.shape
+        _, _, ho, wo = out.shape
+        hp = (ho - 1) * sh + (kh_size - 1) * dh + 1  # padded rows and columns read
+        wp = (wo - 1) * sw + (kw_size - 1) * dw + 1
+        h_first, h_last = max(0, -top), min(height, hp - top)
+        w_first, w_last = max(0, -left), min(width, wp - left)
+        whole = sh == 1 and sw == 1  # (a compile-time constant)
+        run = (ho - 1) * wp + wo if whole else wo  # positions summed in one pass
+        passes, lines = (1, ho) if whole else (ho, 1)  # and the output rows each covers
+        jobs = n_images * channels
+        chunks = min(jobs, DEPTHWISE_CHUNKS)
+        for chunk in prange(chunks):
+            plane = np.zeros(hp * wp, dtype=out.dtype)
+            acc = np.empty(run, dtype=out.dtype)
+            for job in range(chunk * jobs // chunks, (chunk + 1) * jobs // chunks):
+                n, c = job // channels, job % channels
+                for h in range(h_first, h_last):
+                    # views from the first column and loops from 0: no index Numba must
+                    # test for wraparound, so the copies and sums vectorise
+                    source = x[n, c, h, w_first:]
+                    target = plane[(top + h) * wp + left + w_first :]
+                    for w in range(w_last - w_first):
+                        target[w] = source[w]
+                taps, start = weight[c], bias[c]
+                for oh in range(passes):
+                    for p in range(run):
+                        acc[p] = start
+                    for kh in range(kh_size):
+                        row = plane[(oh * sh + kh * dh) * wp :]
+                        for p in range(run):
+                            total = acc[p]
+                            for kw in range(kw_size):
+                                total += taps[kh * kw_size + kw] * row[p * sw + kw * dw]
+                            acc[p] = total
+                    for r in range(lines):  # the epilogue, a row at a time
+                        line = oh + r
+                        values = acc[r * wp :]
+                        target, extra = out[n, c, line], residual[n, c, line]
+                        for p in range(wo):
+                            value = values[p] + extra[p] if add_residual else values[p]
+                            value = lower if value < lower else value
+                            target[p] = upper if value > upper else value
+
+    return depthwise_loops
+
+
+_DEPTHWISE: dict[tuple, object] = {}
+
+
+def depthwise_kernel(kernel: tuple[int, int], attrs: Conv2dAttrs, parallel: bool):
+    """:func:`make_depthwise`'s loop nest compiled (once per process and shape)."""
+    key = (*kernel, *attrs.stride, *attrs.dilation, parallel)
+    if key not in _DEPTHWISE:
+        loops = make_depthwise(*kernel, *attrs.stride, *attrs.dilation)
+        _DEPTHWISE[key] = compiled_kernel(loops, parallel=parallel)
+    return _DEPTHWISE[key]
+
+
+def bind_depthwise(
+    x_shape: tuple[int, ...],
+    dtype: np.dtype,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    attrs: Conv2dAttrs,
+    lower: float,
+    upper: float,
+) -> Callable[..., np.ndarray]:
+    """:func:`bind_conv2d` for a depthwise conv (``Cout == groups == Cin``)."""
+    n, channels, height, width = x_shape
+    _, _, kh_size, kw_size = weight.shape
+    ho, wo = attrs.output_size(height, width, kh_size, kw_size)
+    shape = (n, channels, ho, wo)
+    taps = np.ascontiguousarray(weight.reshape(channels, kh_size * kw_size), dtype)
+    macs = prod(shape) * kh_size * kw_size
+    kernel = depthwise_kernel((kh_size, kw_size), attrs, parallel=macs >= PARALLEL_MIN_WORK)
+    (top, _), (left, _) = attrs.padding
+
+    def call(x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        out = output_array(shape, dtype)
+        extra = out if residual is None else np.ascontiguousarray(residual, dtype)
+        x = np.ascontiguousarray(x, dtype)
+        kernel(x, taps, bias, extra, out, top, left, lower, upper, residual is not None)
+        return out
+
+    return call
+
+
 def bind_conv2d(
     x_shape: tuple[int, ...],
     x_dtype: np.dtype,
@@ -831,11 +933,13 @@ def bind_conv2d(
     n, cin, _, _ = x_shape
     cout, cin_per_group, kh_size, kw_size = weight.shape
     dtype = np.result_type(x_dtype, weight)
+    bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+    lower, upper = float(lower), float(upper)
+    if cin_per_group == 1 and cout == attrs.groups == cin:
+        return bind_depthwise(x_shape, dtype, weight, bias, attrs, lower, upper)
     geometry = tap_geometry(x_shape, (kh_size, kw_size), attrs)
     offsets = tap_offsets(geometry, weight.shape, attrs)
     weights, channel = pack_tap_weights(np.asarray(weight, dtype), attrs.groups)
-    bias = np.zeros(cout, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
-    depthwise = cin_per_group == 1 and cout == attrs.groups
     phase_rows = np.array([a for a, _ in geometry.phases], np.int64)
     phase_cols = np.array([b for _, b in geometry.phases], np.int64)
     (top, _), (left, _) = attrs.padding
@@ -856,7 +960,6 @@ def bind_conv2d(
         geometry.wq,
         geometry.plane,
     )
-    lower, upper = float(lower), float(upper)
 
     # The packed input is kept from call to call: every call writes the same places, so its
     # padding stays zero, and a large buffer is neither faulted in nor zeroed again. A call
@@ -884,7 +987,6 @@ def bind_conv2d(
                 upper,
                 geometry.hq,
                 geometry.wq,
-                depthwise,
                 residual is not None,
             )
         finally:
