@@ -417,7 +417,16 @@ def _pct(value: float | None) -> str:
 
 
 # --- per layer ----------------------------------------------------------------------------
-def _best_of(call: Callable[[], object], first: float, budget: float, calls: int = 5) -> float:
+#: Calls per layer and contender in the per-layer tables, at most (within the layer budget).
+#: A layer at batch 1 takes a millisecond or two, where one interruption on this shared
+#: machine moves a call by tens of percent: five calls left some layers' best 20% slow for
+#: both contenders alike in one run of two, 25 give each more chances of a quiet one.
+LAYER_CALLS = 25
+
+
+def _best_of(
+    call: Callable[[], object], first: float, budget: float, calls: int = LAYER_CALLS
+) -> float:
     """The best of ``first`` and further calls while ``budget`` seconds last (none when the
     first call alone took longer)."""
     best, spent, count = first, first, 1
@@ -467,7 +476,8 @@ def layer_times(
     :func:`dnnlens.engine.run_step`) on its real input, against the PyTorch calls of the
     nodes it covers run alone, one after the other, on the same input (a fused or folded
     step against the sum of the layers it covers). The values come from one pass of our plan
-    over seeded random images; each call is timed best of a few within ``budget``."""
+    over seeded random images; each is timed best of up to LAYER_CALLS calls within
+    ``budget`` seconds."""
     shape = (batch, 3, 224, 224)
     with torch.inference_mode(False):  # see network()
         graph = import_torch(model, shape)
@@ -891,6 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         anchor=anchor,
         checks=checks,
         layers=layers,
+        layer_budget=cfg.layer_budget,
         compiles=compiles,
         minutes=(time.perf_counter() - began) / 60,
         loads=loads,
@@ -917,6 +928,7 @@ class Results:
     anchor: dict[str, float]
     checks: list[str]
     layers: dict[int, list[LayerTime]]
+    layer_budget: float  # seconds per layer and contender in the per-layer tables
     compiles: dict[str, tuple[float, float]]
     minutes: float
     loads: list[float]  # the 1-minute load average at the start and at the end
@@ -1065,7 +1077,8 @@ def render(r: Results) -> str:
             "Each conv/fc step of our compiled plan (a batch norm folded into its conv, a "
             "ReLU or pool fused after it) run alone on its real input, against PyTorch's "
             "modules for the same layers run alone, one after the other, on the same input "
-            "(a fused step against the sum of the layers it covers). Ours reuses its output "
+            "(a fused step against the sum of the layers it covers), each the best of up to "
+            f"{LAYER_CALLS} calls within {r.layer_budget:g} s. Ours reuses its output "
             "buffer from call to call, as the plan's runs do; PyTorch allocates its outputs "
             "as its eager runs do. GMAC/s and the fraction of peak count the conv's or fc's "
             "own MACs.",
