@@ -280,7 +280,13 @@ class AdaptivePool(Op):
         if gap:
             raise NotImplementedError(gap)
         x = np.asarray(inputs[0])
-        self.output_shape([tuple(x.shape)], {})  # raises ShapeError on a wrong rank
+        out_shape = self.output_shape([tuple(x.shape)], {})  # a ShapeError on a wrong rank
+        if all(size == 1 for size in self.output_size):
+            # global pooling: one window, the whole of each (image, channel)'s values, which
+            # in a C-contiguous input are one row already (the per-axis passes would copy the
+            # input twice to move each axis last: most of their time)
+            rows = one_axis(x.reshape(x.shape[0] * x.shape[1], -1), 1, self.mode == "max")
+            return rows.reshape(out_shape)
         for axis, size in enumerate(self.output_size, start=2):
             moved = np.moveaxis(x, axis, -1)
             rows = one_axis(moved.reshape(-1, moved.shape[-1]), size, self.mode == "max")
