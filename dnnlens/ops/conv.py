@@ -1002,114 +1002,193 @@ def bind_conv2d(
 LANES = 16
 
 
+def lanes_in(x_flat, first, lanes, cin, height, width, x_block, top, left, wp):  # pragma: no cover
+    """Images ``first`` to ``first + lanes - 1`` of x (``(N, Cin, H, W)``, flattened) into
+    the vector lanes, padded: ``x_block[ci, (top + h)*wp*LANES + (left + w)*LANES + lane]``
+    (``x_block`` comes zeroed: the padding). By flat unsigned indices: no view made per row
+    (each costs more than copying the row's few values), no wraparound test per value."""
+    rows_in = x_block.shape[1] // (wp * LANES)
+    w_first, w_last = max(0, -left), min(width, wp - left)
+    for ci in range(cin):
+        block_ci = x_block[ci]
+        for h in range(max(0, -top), min(height, rows_in - top)):
+            row_at = (top + h) * wp * LANES + (left + w_first) * LANES
+            for lane in range(lanes):
+                source = np.uint64((((first + lane) * cin + ci) * height + h) * width)
+                target = np.uint64(row_at + lane)
+                for w in range(w_last - w_first):
+                    at = np.uint64(w)
+                    block_ci[target + at * np.uint64(LANES)] = x_flat[
+                        source + np.uint64(w_first) + at
+                    ]
+
+
+def lanes_out(pooled, out_flat, first, lanes, psw, qo):  # pragma: no cover - compiled
+    """The block's pooled maxima (``pooled[co, pr, col*LANES + lane]``, every conv column)
+    back to ``(N, Cout, Po, Qo)`` (flattened), every ``psw``-th column, with the ReLU."""
+    cout, po, _ = pooled.shape
+    for co in range(cout):
+        for pr in range(po):
+            pooled_row = pooled[co, pr]
+            for lane in range(lanes):
+                target = np.uint64((((first + lane) * cout + co) * po + pr) * qo)
+                for pc in range(qo):
+                    at = np.uint64(pc)
+                    value = pooled_row[at * np.uint64(psw * LANES) + np.uint64(lane)]
+                    out_flat[target + at] = value if value > 0 else 0
+
+
+def lanes_next(pooled, x_block, top, left, wp, psw, qo):  # pragma: no cover - compiled
+    """The block's pooled maxima, with the ReLU, into the next fused conv's padded lanes
+    (``x_block``, zeroed: see :func:`lanes_in`), without leaving the lanes: each pooled
+    value of all the block's images is one run of ``LANES`` values in both."""
+    cout, po, _ = pooled.shape
+    for co in range(cout):
+        for pr in range(po):
+            source_row = pooled[co, pr]
+            target_row = x_block[co, ((top + pr) * wp + left) * LANES :]
+            for pc in range(qo):
+                source = source_row[pc * psw * LANES :]
+                target = target_row[pc * LANES :]
+                for lane in range(LANES):
+                    value = source[lane]
+                    target[lane] = value if value > 0 else 0
+
+
+def make_lanes_conv_pool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int):
+    """The fused conv's arithmetic on one block of images in the lanes, with ``kw_size``,
+    ``tap_step`` and the pool window as closure variables, which Numba compiles as
+    constants: the taps' and the window's loops unroll and their loads get fixed offsets
+    (Numba's disk cache keys on their values)."""
+
+    def lanes_conv_pool(
+        x_block, weight, bias, pooled, wp, sh, dh, pkh, psh, wo
+    ):  # pragma: no cover
+        """Conv (width stride 1) -> max-pool of the block in ``x_block`` (see
+        :func:`lanes_in`) into ``pooled[co, pr, col*LANES + lane]``: the window's maximum
+        at every conv column ``col`` where one can start (the caller picks every
+        ``psw``-th; ReLU commutes with max, so it comes after).
+
+        One conv output row of all the block's images is one contiguous run of
+        ``wo*LANES`` values: the loop along it (``j``) vectorises with every lane a
+        different image. For each ``j`` a kernel row's ``kw_size`` taps (unrolled) are
+        summed in registers for four output channels at once: each input vector loaded
+        serves four multiply-adds, and the weights stay in registers for the whole run.
+        (Channels past the last are computed again as the last one.) Only the ``pkh`` conv
+        rows one pooled row needs are kept. ``tap_step`` = width dilation * LANES, the
+        distance between taps."""
+        cout, cin, kh_size, _ = weight.shape
+        _, po, run_pooled = pooled.shape
+        row_length = wp * LANES
+        run = wo * LANES  # one conv output row of the whole block
+        conv = np.empty((4, pkh, run), dtype=pooled.dtype)
+        for quad in range((cout + 3) // 4):
+            co0 = 4 * quad
+            last = cout - 1
+            co1, co2, co3 = min(co0 + 1, last), min(co0 + 2, last), min(co0 + 3, last)
+            for pr in range(po):
+                for i in range(pkh):
+                    for j in range(run):
+                        conv[0, i, j], conv[1, i, j] = bias[co0], bias[co1]
+                        conv[2, i, j], conv[3, i, j] = bias[co2], bias[co3]
+                    row = (pr * psh + i) * sh
+                    for ci in range(cin):
+                        for kh in range(kh_size):
+                            x_row = x_block[ci, (row + kh * dh) * row_length :]
+                            w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
+                            w2, w3 = weight[co2, ci, kh], weight[co3, ci, kh]
+                            acc0, acc1 = conv[0, i], conv[1, i]
+                            acc2, acc3 = conv[2, i], conv[3, i]
+                            for j in range(run):
+                                total0, total1 = acc0[j], acc1[j]
+                                total2, total3 = acc2[j], acc3[j]
+                                for kw in range(kw_size):
+                                    value = x_row[j + kw * tap_step]
+                                    total0 += w0[kw] * value
+                                    total1 += w1[kw] * value
+                                    total2 += w2[kw] * value
+                                    total3 += w3[kw] * value
+                                acc0[j], acc1[j] = total0, total1
+                                acc2[j], acc3[j] = total2, total3
+                # max over the window for every conv column (not only every psw-th: the
+                # loop stays one contiguous, vectorised run): the window's pool_kh*pool_kw
+                # (compile-time) loads per vector, one store
+                for c in range(4):
+                    wide = pooled[min(co0 + c, cout - 1), pr]
+                    conv_c = conv[c]
+                    for j in range(run_pooled):
+                        best = conv_c[0, j]
+                        for i in range(pool_kh):
+                            for k in range(pool_kw):
+                                value = conv_c[i, j + k * LANES]
+                                # (a select, not max(): max's NaN branch stays scalar)
+                                best = value if value > best else best
+                        wide[j] = best
+
+    return lanes_conv_pool
+
+
+def lanes_block_rows(height: int, wo: int, kh_size: int, kw_size: int, attrs, pool) -> tuple:
+    """For a fused conv in the lanes: the padded rows and row width (``wp`` values per
+    lane) a block holds, for inputs ``height`` high whose conv output is ``wo`` wide, with
+    ``pool`` = ``(pkh, psh, po)``."""
+    pkh, psh, po = pool
+    sh, dh = attrs.stride[0], attrs.dilation[0]
+    rows_in = ((po - 1) * psh + pkh - 1) * sh + dh * (kh_size - 1) + 1
+    wp = wo + attrs.dilation[1] * (kw_size - 1)
+    return rows_in, wp
+
+
 def make_conv_relu_maxpool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int):
-    """The fused loop nest with ``kw_size``, ``tap_step`` and the pool window as closure
-    variables, which Numba compiles as constants: the taps' and the window's loops unroll and
-    their loads get fixed offsets (Numba's disk cache keys on their values)."""
+    """The fused kernel for batches: :func:`lanes_in`, :func:`make_lanes_conv_pool`'s
+    arithmetic and :func:`lanes_out` on each block of ``LANES`` images."""
+    load, store = lanes_piece(lanes_in), lanes_piece(lanes_out)
+    conv_pool = lanes_conv_pool_kernel(kw_size, tap_step, pool_kh, pool_kw)
 
     def conv_relu_maxpool_loops(
-        x, weight, bias, out, top, left, sh, dh, pkh, pkw, psh, psw, wo
+        x, weight, bias, out, top, left, sh, dh, pkh, psh, psw, rows_in, wp, wo
     ):  # pragma: no cover - compiled
         """Fused conv (width stride 1) -> relu -> max-pool for Numba, images in the vector lanes.
 
         x ``(N, Cin, H, W)``, weight ``(Cout, Cin, Kh, Kw)``, bias ``(Cout,)`` -> out
-        ``(N, Cout, Po, Qo)``. Blocks of ``LANES`` images are shared out over the cores. Each block
-        is copied, padded, into ``x_block[ci, row*row_length + col*LANES + lane]``, so one conv
-        output row of all the block's images is one contiguous run of ``wo*LANES`` values: the loop
-        along it (``j``) vectorises with every lane a different image.
-
-        For each ``j`` a kernel row's ``kw_size`` taps (a compile-time constant, so unrolled; see
-        :func:`fused_kernel`) are summed in registers for four output channels at once: each
-        input vector loaded serves four multiply-adds, and the weights stay in registers for the
-        whole run. (Channels past the last are computed again as the last one.) Only the ``pkh``
-        conv rows one pooled row needs are kept; ReLU commutes with max, so it is applied after
-        pooling. ``tap_step`` (compile-time) = width dilation * LANES, the distance between taps.
-        """
+        ``(N, Cout, Po, Qo)``. Blocks of ``LANES`` images are shared out over the cores: each
+        copied, padded, into the lanes, convolved and pooled there, and copied back."""
         n_images, cin, height, width = x.shape
-        cout, _, kh_size, _ = weight.shape
+        cout = weight.shape[0]
         _, _, po, qo = out.shape
-        rows_in = ((po - 1) * psh + pkh - 1) * sh + dh * (kh_size - 1) + 1
-        wp = wo + (tap_step // LANES) * (kw_size - 1)
-        row_length = wp * LANES
-        run = wo * LANES  # one conv output row of the whole block
-        run_pooled = (wo - pkw + 1) * LANES  # columns where a pooling window can start
+        run_pooled = (wo - pool_kw + 1) * LANES  # columns where a pooling window can start
         n_blocks = (n_images + LANES - 1) // LANES
         x_flat, out_flat = x.reshape(-1), out.reshape(-1)  # (both C-contiguous: see Launch)
         for block in prange(n_blocks):
             first = block * LANES
             lanes = min(LANES, n_images - first)
-            x_block = np.zeros((cin, rows_in * row_length), dtype=out.dtype)
-            # into the lanes by flat unsigned indices: no view made per row (each costs
-            # more than copying the row's few values), no wraparound test per value
-            w_first, w_last = max(0, -left), min(width, wp - left)
-            for ci in range(cin):
-                block_ci = x_block[ci]
-                for h in range(max(0, -top), min(height, rows_in - top)):
-                    row_at = (top + h) * row_length + (left + w_first) * LANES
-                    for lane in range(lanes):
-                        source = np.uint64((((first + lane) * cin + ci) * height + h) * width)
-                        target = np.uint64(row_at + lane)
-                        for w in range(w_last - w_first):
-                            at = np.uint64(w)
-                            block_ci[target + at * np.uint64(LANES)] = x_flat[
-                                source + np.uint64(w_first) + at
-                            ]
-            conv = np.empty((4, pkh, run), dtype=out.dtype)
+            x_block = np.zeros((cin, rows_in * wp * LANES), dtype=out.dtype)
+            load(x_flat, first, lanes, cin, height, width, x_block, top, left, wp)
             pooled = np.empty((cout, po, run_pooled), dtype=out.dtype)
-            for quad in range((cout + 3) // 4):
-                co0 = 4 * quad
-                last = cout - 1
-                co1, co2, co3 = min(co0 + 1, last), min(co0 + 2, last), min(co0 + 3, last)
-                for pr in range(po):
-                    for i in range(pkh):
-                        for j in range(run):
-                            conv[0, i, j], conv[1, i, j] = bias[co0], bias[co1]
-                            conv[2, i, j], conv[3, i, j] = bias[co2], bias[co3]
-                        row = (pr * psh + i) * sh
-                        for ci in range(cin):
-                            for kh in range(kh_size):
-                                x_row = x_block[ci, (row + kh * dh) * row_length :]
-                                w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
-                                w2, w3 = weight[co2, ci, kh], weight[co3, ci, kh]
-                                acc0, acc1 = conv[0, i], conv[1, i]
-                                acc2, acc3 = conv[2, i], conv[3, i]
-                                for j in range(run):
-                                    total0, total1 = acc0[j], acc1[j]
-                                    total2, total3 = acc2[j], acc3[j]
-                                    for kw in range(kw_size):
-                                        value = x_row[j + kw * tap_step]
-                                        total0 += w0[kw] * value
-                                        total1 += w1[kw] * value
-                                        total2 += w2[kw] * value
-                                        total3 += w3[kw] * value
-                                    acc0[j], acc1[j] = total0, total1
-                                    acc2[j], acc3[j] = total2, total3
-                    # max over the window for every conv column (not only every psw-th: the
-                    # loop stays one contiguous, vectorised run); the scatter below picks them
-                    # in one pass: the window's pool_kh*pool_kw (compile-time) loads per
-                    # vector, one store
-                    for c in range(4):
-                        wide = pooled[min(co0 + c, cout - 1), pr]
-                        conv_c = conv[c]
-                        for j in range(run_pooled):
-                            best = conv_c[0, j]
-                            for i in range(pool_kh):
-                                for k in range(pool_kw):
-                                    value = conv_c[i, j + k * LANES]
-                                    # (a select, not max(): max's NaN branch stays scalar)
-                                    best = value if value > best else best
-                            wide[j] = best
-            for co in range(cout):  # back to (N, C, H, W), with the ReLU
-                for pr in range(po):
-                    pooled_row = pooled[co, pr]
-                    for lane in range(lanes):
-                        target = np.uint64((((first + lane) * cout + co) * po + pr) * qo)
-                        for pc in range(qo):
-                            at = np.uint64(pc)
-                            value = pooled_row[at * np.uint64(psw * LANES) + np.uint64(lane)]
-                            out_flat[target + at] = value if value > 0 else 0
+            conv_pool(x_block, weight, bias, pooled, wp, sh, dh, pkh, psh, wo)
+            store(pooled, out_flat, first, lanes, psw, qo)
 
     return conv_relu_maxpool_loops
+
+
+_LANES_PIECES: dict[object, object] = {}
+
+
+def lanes_piece(fn):
+    """A block-level piece of the lanes kernels compiled (serial: the kernels calling it
+    share the blocks out over the cores)."""
+    if fn not in _LANES_PIECES:
+        _LANES_PIECES[fn] = compiled_kernel(fn, parallel=False)
+    return _LANES_PIECES[fn]
+
+
+def lanes_conv_pool_kernel(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int):
+    """:func:`make_lanes_conv_pool` compiled (once per process and shape)."""
+    key = ("lanes", kw_size, tap_step, pool_kh, pool_kw)
+    if key not in _LANES_PIECES:
+        loops = make_lanes_conv_pool(kw_size, tap_step, pool_kh, pool_kw)
+        _LANES_PIECES[key] = compiled_kernel(loops, parallel=False)
+    return _LANES_PIECES[key]
 
 
 _FUSED: dict[tuple, object] = {}
@@ -1300,5 +1379,6 @@ def conv_relu_maxpool_launch(
         sizes = (top, left, attrs.dilation[0], psh, ho, wo)
     else:
         kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES, pkh, pkw)
-        sizes = (top, left, attrs.stride[0], attrs.dilation[0], pkh, pkw, psh, psw, wo)
+        rows_in, wp = lanes_block_rows(height, wo, kh_size, kw_size, attrs, (pkh, psh, shape[2]))
+        sizes = (top, left, attrs.stride[0], attrs.dilation[0], pkh, psh, psw, rows_in, wp, wo)
     return Launch(kernel, (weight, bias), sizes, shape, np.dtype(dtype))
