@@ -25,6 +25,8 @@ as written:
 In the compiled engine a small batch (up to ``PROGRAM_MAX_BATCH`` images) run again and again
 at the same shape becomes a :class:`dnnlens.program.Program`: the steps' bound kernels called
 in turn by one generated, compiled function, so one image costs one call into compiled code.
+A larger batch does where fused convs follow each other: the program strings them together
+with the images kept in the vector lanes between them.
 
 Verification against PyTorch and onnxruntime lives in :mod:`dnnlens.verify`.
 """
@@ -56,7 +58,7 @@ from dnnlens.ops import (
     Reshape,
 )
 from dnnlens.ops.base import Buffers, reusing
-from dnnlens.program import PROGRAM_AFTER_RUNS, PROGRAM_MAX_BATCH, Program
+from dnnlens.program import PROGRAM_AFTER_RUNS, Program
 from dnnlens.program import build as build_program
 
 ENGINES = ("compiled", "reference")
@@ -664,7 +666,6 @@ class Plan:
         program = None
         if (
             batch is not None
-            and batch <= PROGRAM_MAX_BATCH
             and key in self._seen
             and not self._states  # a recurrent layer's final states: the general path
         ):
@@ -673,7 +674,12 @@ class Plan:
                 for step, bound in zip(self.steps, self._bound[key])
             ]
             program = build_program(
-                self.steps, self._seen[key], calls, list(self.graph.inputs), self.graph.outputs
+                self.steps,
+                self._seen[key],
+                calls,
+                list(self.graph.inputs),
+                self.graph.outputs,
+                batch,
             )
         self._programs[key] = program
         if program is not None and program.whole is not None and len(key) == 1:

@@ -41,6 +41,7 @@ from dnnlens.ops.base import Buffers, Launch
 
 #: Batches up to this size get a program: above it the kernels' own time hides the per-call
 #: overhead (and the batched kernels, shared out over the cores, take longest to compile).
+#: Larger batches get one only where fused convs can be strung together (:func:`lanes_chains`).
 PROGRAM_MAX_BATCH = 15
 
 #: A program is built on this run of the same input shapes: building one compiles (a second
@@ -65,10 +66,29 @@ class Piece:
     launch: Launch | None = None
     view: tuple[int, ...] | None = None
     call: Callable[[list[np.ndarray]], np.ndarray] | None = None
+    #: fused convs for batches strung together, the images kept in the lanes between them
+    #: (see :func:`lanes_chains`); their launches, first to last
+    chain: list[Launch] | None = None
 
     @property
     def compiled(self) -> bool:
-        return self.launch is not None or self.view is not None
+        return self.launch is not None or self.view is not None or self.chain is not None
+
+    @property
+    def launches(self) -> list[Launch]:
+        if self.chain is not None:
+            return self.chain
+        return [self.launch] if self.launch is not None else []
+
+    @property
+    def kernels(self) -> list[Any]:
+        """The compiled functions its generated code calls."""
+        if self.chain is None:
+            return [launch.kernel for launch in self.launches]
+        from dnnlens.ops.conv import lanes_in, lanes_next, lanes_out, lanes_piece
+
+        pieces = [lanes_piece(lanes_in), lanes_piece(lanes_next), lanes_piece(lanes_out)]
+        return pieces + [launch.detail.conv_pool for launch in self.chain]
 
 
 def compose(step: Any, index: int, seen: Sequence[tuple[tuple[int, ...], np.dtype]]) -> Piece:
@@ -96,6 +116,87 @@ def compose(step: Any, index: int, seen: Sequence[tuple[tuple[int, ...], np.dtyp
     elif step.kind == "single" and isinstance(first.op, Reshape):
         piece.view = tuple(first.op.reference([x], {}).shape)
     return piece
+
+
+# --- fused convs strung together, the images kept in the lanes ------------------------------
+def lanes_chains(
+    pieces: list[Piece], readers: Mapping[str, list[int]], graph_outputs: Sequence[str]
+) -> list[Piece]:
+    """``pieces`` with each run of two or more fused convs for batches (each reading the one
+    before it, whose output nothing else reads) as one piece: per block of ``LANES`` images,
+    each conv's pooled output goes straight into the next one's padded lanes
+    (:func:`dnnlens.ops.conv.lanes_next`) instead of out to ``(N, C, H, W)`` and back in: a
+    transpose each way saved, and each block's values stay in the core's caches from the
+    first conv to the last."""
+    out: list[Piece] = []
+    for piece in pieces:
+        before = out[-1] if out else None
+        joins = (
+            before is not None
+            and _lanes(piece)
+            and (before.chain is not None or _lanes(before))
+            and piece.inputs == [before.output]
+            and readers.get(before.output) == [piece.index]
+            and before.output not in graph_outputs
+        )
+        if before is not None and joins and piece.launch is not None:
+            chain = [*before.launches, piece.launch]
+            out[-1] = Piece(piece.index, list(before.inputs), piece.output, chain=chain)
+        else:
+            out.append(piece)
+    return out
+
+
+def _lanes(piece: Piece) -> bool:
+    from dnnlens.ops.conv import LanesStep
+
+    return piece.launch is not None and isinstance(piece.launch.detail, LanesStep)
+
+
+def _chain_source(piece: Piece, names: Mapping[int, str]) -> str:
+    """A chain as a function ``chain<index>(x, w0, b0, w1, b1, ..., out)`` of its own: blocks
+    of ``LANES`` images shared out over the cores, each taken into the lanes once, through
+    every conv, and out once."""
+    from dnnlens.ops.conv import LANES, lanes_in, lanes_next, lanes_out, lanes_piece
+
+    chain = piece.chain
+    assert chain is not None
+    steps = [launch.detail for launch in chain]
+    dtype = f"np.{chain[0].dtype.name}"
+    n = chain[0].out_shape[0]
+    load, move, store = (names[id(lanes_piece(f))] for f in (lanes_in, lanes_next, lanes_out))
+    weights = ", ".join(f"w{i}, b{i}" for i in range(len(chain)))
+    first = steps[0]
+    lines = [
+        f"@{JIT}, parallel=True)",
+        f"def chain{piece.index}(x, {weights}, out):",
+        "    x_flat, out_flat = x.reshape(-1), out.reshape(-1)",
+        f"    for block in numba.prange({-(-n // LANES)}):",
+        f"        first = block * {LANES}",
+        f"        lanes = min({LANES}, {n} - first)",
+        f"        x0 = np.zeros(({first.cin}, {first.rows_in * first.wp * LANES}), {dtype})",
+        f"        {load}(x_flat, first, lanes, {first.cin}, {first.height}, {first.width}, x0, "
+        f"{first.top}, {first.left}, {first.wp})",
+    ]
+    for i, step in enumerate(steps):
+        lines += [
+            f"        p{i} = np.empty(({step.cout}, {step.po}, {step.run_pooled}), {dtype})",
+            f"        {names[id(step.conv_pool)]}(x{i}, w{i}, b{i}, p{i}, {step.wp}, {step.sh}, "
+            f"{step.dh}, {step.pkh}, {step.psh}, {step.wo})",
+        ]
+        if i + 1 < len(steps):
+            after = steps[i + 1]
+            lines += [
+                f"        x{i + 1} = np.zeros(({after.cin}, {after.rows_in * after.wp * LANES}), "
+                f"{dtype})",
+                f"        {move}(p{i}, x{i + 1}, {after.top}, {after.left}, {after.wp}, "
+                f"{step.psw}, {step.qo})",
+            ]
+    last = steps[-1]
+    lines.append(
+        f"        {store}(p{len(steps) - 1}, out_flat, first, lanes, {last.psw}, {last.qo})"
+    )
+    return "\n".join(lines) + "\n\n\n"
 
 
 # --- segments -----------------------------------------------------------------------------
@@ -145,10 +246,10 @@ def _arena(segment: Segment, dtype: np.dtype) -> tuple[np.ndarray, dict[int, lis
     its arrays as slices of it (offsets rounded up to 16 values: 64-byte steps)."""
     chunks, slices, offset = [], {}, 0
     for piece in segment.pieces:
-        if piece.launch is None:
+        if not piece.launches:
             continue
         exprs = []
-        for array in piece.launch.arrays:
+        for array in (a for launch in piece.launches for a in launch.arrays):
             start = -(-offset // 16) * 16
             chunks.append((start, array))
             exprs.append(f"arena[{start}:{start + array.size}].reshape({tuple(array.shape)!r})")
@@ -168,29 +269,44 @@ def _literal(value: object) -> str:
     return repr(float(value))  # type: ignore[arg-type]
 
 
-def segment_source(segment: Segment, slices: Mapping[int, list[str]], name: str) -> str:
-    """The generated function: each piece's kernel called on the value before it."""
+#: The decorator of every generated function (a chain adds ``parallel=True``: only it, since
+#: Numba would also share out a segment's other array expressions, such as the input check's
+#: sum, each a parallel region of its own).
+JIT = (
+    "numba.njit(cache=True, fastmath={'reassoc', 'contract'}, error_model='numpy', "
+    "boundscheck=False"
+)
+
+
+def segment_source(
+    segment: Segment, slices: Mapping[int, list[str]], name: str, names: Mapping[int, str]
+) -> str:
+    """The generated functions, decorated: ``name``, each piece's kernel called on the value
+    before it (``names``: each kernel's name in the module, by ``id``), after the function of
+    each chain it calls."""
     var = {value: f"in{i}" for i, value in enumerate(segment.inputs)}
-    lines = [f"def {name}({', '.join(var[v] for v in segment.inputs)}, arena):"]
+    helpers: list[str] = []
+    lines = [f"@{JIT})", f"def {name}({', '.join(var[v] for v in segment.inputs)}, arena):"]
     for value in segment.checked:  # a NaN or Inf anywhere makes the sum NaN or Inf
         lines.append(f"    if not np.isfinite({var[value]}.sum()):")
         lines.append("        raise NonFiniteInput('a graph input holds a NaN or an Inf')")
-    kernels: dict[int, str] = {}
     for piece in segment.pieces:
         x = var[piece.inputs[0]]
         out = var[piece.output] = f"v{piece.index}"
         if piece.view is not None:
             lines.append(f"    {out} = {x}.reshape({piece.view!r})")
             continue
-        launch = piece.launch
-        assert launch is not None, "a segment holds compiled pieces only"
-        kernel = kernels.setdefault(id(launch.kernel), f"k{piece.index}")
-        args = [x, *slices[piece.index], out, *(_literal(s) for s in launch.scalars)]
-        lines.append(f"    {out} = np.empty({launch.out_shape!r}, np.{launch.dtype.name})")
-        lines.append(f"    {kernel}({', '.join(args)})")
+        last = piece.launches[-1]
+        lines.append(f"    {out} = np.empty({last.out_shape!r}, np.{last.dtype.name})")
+        if piece.chain is not None:
+            helpers.append(_chain_source(piece, names))
+            lines.append(f"    chain{piece.index}({x}, {', '.join(slices[piece.index])}, {out})")
+            continue
+        args = [x, *slices[piece.index], out, *(_literal(s) for s in last.scalars)]
+        lines.append(f"    {names[id(last.kernel)]}({', '.join(args)})")
     results = "".join(f"{var[v]}, " for v in segment.outputs)
     lines.append(f"    return ({results})")
-    return "\n".join(lines) + "\n"
+    return "".join(helpers) + "\n".join(lines) + "\n"
 
 
 # --- compiling, with a disk cache ---------------------------------------------------------
@@ -225,11 +341,12 @@ def _kernel_identity(kernel: Any) -> str:
 def compile_segment(segment: Segment, dtype: np.dtype) -> None:
     """Generate, write and compile the segment's function (or load it, if compiled before)."""
     segment.arena, slices = _arena(segment, dtype)
-    body = segment_source(segment, slices, "segment")
     kernels: dict[int, tuple[int, Any]] = {}
     for piece in segment.pieces:
-        if piece.launch is not None:
-            kernels.setdefault(id(piece.launch.kernel), (piece.index, piece.launch.kernel))
+        for kernel in piece.kernels:
+            kernels.setdefault(id(kernel), (len(kernels), kernel))
+    names = {key: f"k{index}" for key, (index, _) in kernels.items()}
+    body = segment_source(segment, slices, "segment", names)
     identity = body + "".join(_kernel_identity(k) for _, k in kernels.values())
     digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
     module_name = f"dnnlens_program_{digest}"
@@ -245,11 +362,7 @@ def compile_segment(segment: Segment, dtype: np.dtype) -> None:
             "",
             "",
         ]
-        decorator = (
-            "@numba.njit(cache=True, fastmath={'reassoc', 'contract'}, error_model='numpy', "
-            "boundscheck=False)"
-        )
-        source = "\n".join(header) + decorator + "\n" + body
+        source = "\n".join(header) + body
         _SLOTS[digest] = {index: kernel for index, kernel in kernels.values()}
         module = _load(module_name, source)
         _LOADED[module_name] = module
@@ -374,10 +487,13 @@ def build(
     calls: Sequence[Callable[[list[np.ndarray]], np.ndarray] | None],
     graph_inputs: Sequence[str],
     graph_outputs: Sequence[str],
+    batch: int,
 ) -> Program | None:
-    """The program for a plan's ``steps``, given the input shapes and dtypes each step ``seen``
-    on the run that bound ``calls`` (each step's call on the general path, taken where a step
-    has no kernel launch). None if a step has neither, or nothing would be compiled."""
+    """The program for a plan's ``steps`` on ``batch`` images, given the input shapes and
+    dtypes each step ``seen`` on the run that bound ``calls`` (each step's call on the general
+    path, taken where a step has no kernel launch). None if a step has neither, or nothing
+    would be compiled, or the batch is larger than ``PROGRAM_MAX_BATCH`` and no fused convs
+    can be strung together (see :func:`lanes_chains`)."""
     pieces = []
     for index, step in enumerate(steps):
         if index not in seen:
@@ -390,6 +506,13 @@ def build(
         pieces.append(piece)
     if not any(p.compiled for p in pieces):
         return None
+    every_reader: dict[str, list[int]] = {}
+    for piece in pieces:
+        for name in piece.inputs:
+            every_reader.setdefault(name, []).append(piece.index)
+    pieces = lanes_chains(pieces, every_reader, graph_outputs)
+    if batch > PROGRAM_MAX_BATCH and not any(p.chain is not None for p in pieces):
+        return None
     readers: dict[str, int] = {}
     for piece in pieces:
         for name in piece.inputs:
@@ -400,7 +523,7 @@ def build(
         return later | set(graph_outputs)
 
     parts = segments_of(pieces, needed_after)
-    dtype_of = {p.output: p.launch.dtype for p in pieces if p.launch is not None}
+    dtype_of = {p.output: p.launches[-1].dtype for p in pieces if p.launches}
     for index, shapes in seen.items():
         for name, (_, dtype) in zip(steps[index].inputs, shapes):
             dtype_of.setdefault(name, np.dtype(dtype))
@@ -412,7 +535,7 @@ def build(
                 for name, dtype in zip(part.inputs, part.dtypes)
                 if name in graph_inputs and dtype.kind in "fc"
             ]
-            dtypes = {p.launch.dtype for p in part.pieces if p.launch is not None}
+            dtypes = {launch.dtype for p in part.pieces for launch in p.launches}
             if len(dtypes) > 1:
                 return None  # one arena per program: mixed precisions keep the general path
             compile_segment(part, dtypes.pop() if dtypes else np.dtype(np.float32))

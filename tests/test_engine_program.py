@@ -89,6 +89,80 @@ class WithGelu(nn.Module):
         return n.fc2(nn.functional.gelu(n.fc1(x.flatten(1))))
 
 
+class ThreeConvs(nn.Module):
+    """Three fused convs in a row, each of its own geometry: padding, a width dilation, a
+    height stride, a 3-wide pool with stride 2, input rows the next conv never reads (conv3
+    reads 5 of conv2's 7 pooled rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 5, 3, padding=1)
+        self.conv2 = nn.Conv2d(5, 6, (5, 3), padding=(2, 0), dilation=(1, 2))
+        self.conv3 = nn.Conv2d(6, 3, 3, stride=(2, 1))
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = nn.functional.max_pool2d
+        x = pool(torch.relu(self.conv1(x)), 2)  # (N, 5, 15, 13)
+        x = pool(torch.relu(self.conv2(x)), 3, 2)  # (N, 6, 7, 4)
+        x = pool(torch.relu(self.conv3(x)), 2)  # (N, 3, 1, 1)
+        return self.fc(x.flatten(1))
+
+
+class TwoOutputs(nn.Module):
+    """The course network that also returns conv1's pooled output: that value must leave the
+    lanes, so conv1 and conv2 are not strung together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Net()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.net
+        first = n.pool(torch.relu(n.conv1(x)))
+        x = n.pool(torch.relu(n.conv2(first)))
+        return n.fc2(torch.relu(n.fc1(x.flatten(1)))), first
+
+
+def chained(program: Program) -> list[int]:
+    """How many fused convs each chain of the program strings together."""
+    return [
+        len(piece.chain)
+        for part in program.parts
+        if isinstance(part, Segment)
+        for piece in part.pieces
+        if piece.chain is not None
+    ]
+
+
+@pytest.mark.parametrize("batch", [16, 37])  # one whole block; two and a partial one
+def test_batched_course_network_keeps_the_images_in_the_lanes(batch):
+    """A batch of the course network: conv1 and conv2 strung together (conv1's output never
+    leaves the lanes), against PyTorch."""
+    plan, program = programmed(Net(), (batch, 1, 28, 28), seed=batch)
+    assert program.calls == 1 and chained(program) == [2]
+
+
+def test_three_fused_convs_of_different_shapes_string_together():
+    _, program = programmed(ThreeConvs(), (35, 2, 30, 26), seed=5)
+    assert chained(program) == [3]
+
+
+def test_a_large_batch_with_nothing_to_string_together_keeps_the_general_path():
+    model = TwoOutputs().eval()
+    graph = import_torch(model, (1, 1, 28, 28))
+    plan = engine.prepare(graph, model)
+    x = np.random.default_rng(2).standard_normal((20, 1, 28, 28)).astype(np.float32)
+    double = copy.deepcopy(model).double()
+    with torch.inference_mode():
+        logits, first = (t.numpy() for t in double(torch.from_numpy(x).double()))
+    for _ in range(PROGRAM_AFTER_RUNS + 2):
+        outputs = list(plan.run(x).outputs.values())
+        np.testing.assert_allclose(outputs[0], logits, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(outputs[1], first, rtol=1e-4, atol=1e-4)
+    assert plan._programs.get((x.shape,)) is None
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_course_network_runs_as_one_compiled_call(batch):
     plan, program = programmed(Net(), (batch, 1, 28, 28), seed=batch)

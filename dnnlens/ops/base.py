@@ -315,6 +315,9 @@ class Launch:
     scalars: tuple[int | float | bool, ...]
     out_shape: tuple[int, ...]
     dtype: np.dtype
+    #: what a program needs to fuse this call with its neighbours (a fused conv for batches:
+    #: :class:`dnnlens.ops.conv.LanesStep`), or None
+    detail: Any = None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = output_array(self.out_shape, self.dtype)

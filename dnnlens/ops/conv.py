@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -1041,10 +1041,13 @@ def lanes_out(pooled, out_flat, first, lanes, psw, qo):  # pragma: no cover - co
 def lanes_next(pooled, x_block, top, left, wp, psw, qo):  # pragma: no cover - compiled
     """The block's pooled maxima, with the ReLU, into the next fused conv's padded lanes
     (``x_block``, zeroed: see :func:`lanes_in`), without leaving the lanes: each pooled
-    value of all the block's images is one run of ``LANES`` values in both."""
+    value of all the block's images is one run of ``LANES`` values in both. (Rows and
+    columns the next conv never reads are left out, as :func:`lanes_in` does.)"""
     cout, po, _ = pooled.shape
+    rows_in = x_block.shape[1] // (wp * LANES)
+    qo = min(qo, wp - left)
     for co in range(cout):
-        for pr in range(po):
+        for pr in range(min(po, rows_in - top)):
             source_row = pooled[co, pr]
             target_row = x_block[co, ((top + pr) * wp + left) * LANES :]
             for pc in range(qo):
@@ -1137,6 +1140,32 @@ def lanes_block_rows(height: int, wo: int, kh_size: int, kw_size: int, attrs, po
     rows_in = ((po - 1) * psh + pkh - 1) * sh + dh * (kh_size - 1) + 1
     wp = wo + attrs.dilation[1] * (kw_size - 1)
     return rows_in, wp
+
+
+@dataclass(frozen=True)
+class LanesStep:
+    """A fused conv for batches as a kernel stringing several together needs it (see
+    :mod:`dnnlens.program`): its arithmetic (:func:`make_lanes_conv_pool`, compiled), its
+    input ``(cin, height, width)`` and the block layout and sizes its pieces take."""
+
+    conv_pool: Any
+    cin: int
+    height: int
+    width: int
+    top: int
+    left: int
+    sh: int
+    dh: int
+    pkh: int
+    psh: int
+    psw: int
+    rows_in: int
+    wp: int
+    wo: int
+    cout: int
+    po: int
+    qo: int
+    run_pooled: int
 
 
 def make_conv_relu_maxpool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int):
@@ -1378,7 +1407,29 @@ def conv_relu_maxpool_launch(
         )
         sizes = (top, left, attrs.dilation[0], psh, ho, wo)
     else:
-        kernel = fused_kernel(kw_size, attrs.dilation[1] * LANES, pkh, pkw)
+        tap_step = attrs.dilation[1] * LANES
+        kernel = fused_kernel(kw_size, tap_step, pkh, pkw)
         rows_in, wp = lanes_block_rows(height, wo, kh_size, kw_size, attrs, (pkh, psh, shape[2]))
         sizes = (top, left, attrs.stride[0], attrs.dilation[0], pkh, psh, psw, rows_in, wp, wo)
+        detail = LanesStep(
+            conv_pool=lanes_conv_pool_kernel(kw_size, tap_step, pkh, pkw),
+            cin=x_shape[1],
+            height=height,
+            width=width,
+            top=top,
+            left=left,
+            sh=attrs.stride[0],
+            dh=attrs.dilation[0],
+            pkh=pkh,
+            psh=psh,
+            psw=psw,
+            rows_in=rows_in,
+            wp=wp,
+            wo=wo,
+            cout=cout,
+            po=shape[2],
+            qo=shape[3],
+            run_pooled=(wo - pkw + 1) * LANES,  # columns where a pooling window can start
+        )
+        return Launch(kernel, (weight, bias), sizes, shape, np.dtype(dtype), detail)
     return Launch(kernel, (weight, bias), sizes, shape, np.dtype(dtype))
