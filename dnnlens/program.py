@@ -287,8 +287,10 @@ def segment_source(
     var = {value: f"in{i}" for i, value in enumerate(segment.inputs)}
     helpers: list[str] = []
     lines = [f"@{JIT})", f"def {name}({', '.join(var[v] for v in segment.inputs)}, arena):"]
-    for value in segment.checked:  # a NaN or Inf anywhere makes the sum NaN or Inf
-        lines.append(f"    if not np.isfinite({var[value]}.sum()):")
+    # A NaN or Inf anywhere makes the sum NaN or Inf. (The flat view's sum vectorises; the
+    # 4-d array's own .sum() walks it index by index: 0.23 ms, not 0.03, for 1000 images.)
+    for value in segment.checked:
+        lines.append(f"    if not np.isfinite({var[value]}.reshape(-1).sum()):")
         lines.append("        raise NonFiniteInput('a graph input holds a NaN or an Inf')")
     for piece in segment.pieces:
         x = var[piece.inputs[0]]
