@@ -459,11 +459,11 @@ class Program:
     ) -> dict[str, np.ndarray]:
         """The graph outputs from the graph inputs (``values`` is filled as it goes, and
         values read for the last time leave it, into ``buffers`` if given)."""
-        whole = self.whole
-        if whole is not None and whole.outputs == self.outputs and len(whole.inputs) == 1:
+        whole, dtype = self.whole, self._whole_dtype
+        if whole is not None and dtype is not None:
             x = values[whole.inputs[0]]
-            if not x.flags.c_contiguous or x.dtype != whole.dtypes[0]:
-                x = np.ascontiguousarray(x, whole.dtypes[0])
+            if not x.flags.c_contiguous or x.dtype != dtype:
+                x = np.ascontiguousarray(x, dtype)
             return dict(zip(self.outputs, whole.fn(x, whole.arena)))
         for part, done in zip(self.parts, self.free_after):
             if isinstance(part, Segment):
