@@ -26,18 +26,16 @@ Each call returns new arrays: a caller keeps the logits it gets.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dnnlens.ops import Conv, Linear, Pool, Reshape
-from dnnlens.ops.base import Buffers, Launch
+from dnnlens.ops.base import Buffers, Launch, load_generated
 
 #: Batches up to this size get a program: above it the kernels' own time hides the per-call
 #: overhead (and the batched kernels, shared out over the cores, take longest to compile).
@@ -315,13 +313,6 @@ def segment_source(
 _LOADED: dict[str, Any] = {}
 
 
-def cache_folder() -> Path:
-    """Where generated programs (and Numba's cache of them) live."""
-    from dnnlens.data import default_cache_dir
-
-    return default_cache_dir() / "programs"
-
-
 def _kernel_identity(kernel: Any) -> str:
     """What a kernel's machine code depends on: its closure constants and the whole module it
     comes from (the constants and helpers it reads there are compiled in too), plus the
@@ -337,7 +328,12 @@ def _kernel_identity(kernel: Any) -> str:
     except (OSError, KeyError, TypeError):  # pragma: no cover - kernels live in files
         source = fn.__code__.co_code.hex()
     versions = f"{getattr(dnnlens, '__version__', '')} numba {numba.__version__}"
-    return f"{fn.__module__}.{fn.__qualname__}{cells!r} {versions}\n{source}"
+    # the compile options too (sets sorted: their order changes from process to process)
+    options = sorted(
+        (name, sorted(value) if isinstance(value, (set, frozenset)) else value)
+        for name, value in kernel.targetoptions.items()
+    )
+    return f"{fn.__module__}.{fn.__qualname__}{cells!r} {options!r} {versions}\n{source}"
 
 
 def compile_segment(segment: Segment, dtype: np.dtype) -> None:
@@ -366,7 +362,7 @@ def compile_segment(segment: Segment, dtype: np.dtype) -> None:
         ]
         source = "\n".join(header) + body
         _SLOTS[digest] = {index: kernel for index, kernel in kernels.values()}
-        module = _load(module_name, source)
+        module = load_generated(module_name, source)
         _LOADED[module_name] = module
     segment.fn = module.segment
 
@@ -377,29 +373,6 @@ _SLOTS: dict[str, dict[int, Any]] = {}
 def _kernel_slot(digest: str, index: int) -> Any:
     """The kernel a generated module names ``k<index>`` (set just before it is imported)."""
     return _SLOTS[digest][index]
-
-
-def _load(module_name: str, source: str) -> Any:
-    """Write ``source`` (atomically, if it is not there yet) and import it."""
-    from dnnlens.fileio import atomic_write_text
-
-    folder = cache_folder()
-    path = folder / f"{module_name}.py"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not path.is_file() or path.read_text() != source:
-            atomic_write_text(path, source)
-    except OSError:  # a read-only cache folder: compile from a temporary file each time
-        import tempfile
-
-        path = Path(tempfile.mkdtemp(prefix="dnnlens-program-")) / f"{module_name}.py"
-        path.write_text(source)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- the program --------------------------------------------------------------------------

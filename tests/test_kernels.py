@@ -203,6 +203,75 @@ def test_linear_matches_torch(lead, batch, features, bias, seed):
     assert_matches(Linear(), [x], weights, truth)
 
 
+def _fc_truth(x, weight, bias, relu):
+    """PyTorch's fc (and ReLU) in float64."""
+    t = F.linear(*(torch.from_numpy(np.asarray(a, np.float64)) for a in (x, weight, bias)))
+    return (t.relu() if relu else t).numpy()
+
+
+@FAST
+@given(
+    rows=st.integers(1, 3),
+    in_features=st.integers(1, 300),
+    out_features=st.integers(64, 300),
+    zeros=st.floats(0.0, 1.0),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@example(rows=1, in_features=392, out_features=256, zeros=0.3, relu=True, seed=0)  # course fc1
+@example(rows=1, in_features=392, out_features=256, zeros=1.0, relu=False, seed=0)  # all zero
+@example(rows=2, in_features=17, out_features=129, zeros=0.0, relu=False, seed=1)  # no zero
+@example(rows=3, in_features=1, out_features=64, zeros=0.5, relu=True, seed=2)
+def test_fc_skipping_zero_inputs_matches_torch(rows, in_features, out_features, zeros, relu, seed):
+    """A few rows with zeros in them (as after a ReLU) take the kernel that skips the zero
+    inputs' weights; whole output blocks of 128, a part block and one past it included."""
+    from dnnlens.ops.linear import bind_linear
+
+    rng = np.random.default_rng(seed)
+    x = np.abs(random(rng, rows, in_features)) * (rng.random((rows, in_features)) >= zeros)
+    weight, bias = random(rng, out_features, in_features), random(rng, out_features)
+    truth = _fc_truth(x, weight, bias, relu)
+    for dtype, tolerance in ((np.float64, 1e-9), (np.float32, 1e-4)):
+        launch = bind_linear(rows, np.dtype(dtype), weight.astype(dtype), bias.astype(dtype), relu)
+        assert launch.kernel.py_func.__name__.startswith("linear_skipping_zeros")
+        got = launch(x.astype(dtype))
+        np.testing.assert_allclose(got, truth, rtol=tolerance, atol=tolerance, err_msg=dtype)
+
+
+def test_fc_skipping_zeros_shares_blocks_out_over_cores():
+    """One image through an fc large enough to run on both cores (2048 -> 1000, resnet-like
+    after its ReLU): each core takes whole blocks of outputs."""
+    from dnnlens.ops.linear import bind_linear
+
+    rng = np.random.default_rng(3)
+    x = np.maximum(random(rng, 1, 2048), 0)
+    weight, bias = random(rng, 1000, 2048), random(rng, 1000)
+    launch = bind_linear(1, np.dtype(np.float64), weight, bias)
+    assert launch.kernel.py_func.__name__ == "linear_skipping_zeros"  # the parallel one
+    np.testing.assert_allclose(launch(x), _fc_truth(x, weight, bias, False), rtol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_fc_skipping_zeros_keeps_nan_and_inf_as_torch_does(bad):
+    """A NaN or Inf input is not skipped; an Inf or NaN weight facing a zero input makes
+    PyTorch's sum NaN (0 * inf), so such weights take the kernel that skips nothing."""
+    from dnnlens.ops.linear import bind_linear
+
+    rng = np.random.default_rng(4)
+    x = np.maximum(random(rng, 1, 50), 0)
+    x[0, 3], x[0, 7] = bad, 0.0
+    weight, bias = random(rng, 100, 50), random(rng, 100)
+    got = bind_linear(1, np.dtype(np.float64), weight, bias)(x)
+    np.testing.assert_allclose(got, _fc_truth(x, weight, bias, False), rtol=1e-9)
+    x[0, 3] = 1.0
+    weight[:, 7] = bad
+    launch = bind_linear(1, np.dtype(np.float64), weight, bias)
+    assert launch.kernel.py_func.__name__.startswith("linear_loops")
+    truth = _fc_truth(x, weight, bias, False)
+    assert np.isnan(truth).all()
+    np.testing.assert_allclose(launch(x), truth, rtol=1e-9)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_linear_length_mismatch_names_both_shapes(path):
     with pytest.raises(ShapeError, match=r"\(3, 391\).*\(256, 392\)"):

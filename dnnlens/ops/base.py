@@ -19,12 +19,14 @@ Counting conventions (stated once, here, and in docs/units.md):
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import prod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -264,15 +266,19 @@ def as_triple(values: Sequence[int], fill: int = 1) -> tuple[int, int, int]:
 _COMPILED: dict[object, object] = {}
 
 
-def compiled_kernel(fn, parallel: bool = False):
+def compiled_kernel(fn, parallel: bool = False, reassociate: bool = True):
     """``fn`` compiled with Numba on first use (Numba imported only then, machine code cached on
     disk). The loop-nest modules write parallel loops with a module-level ``prange = range``
     so they also run uncompiled; it becomes ``numba.prange`` here, before compilation.
 
     ``parallel=False`` compiles a copy named ``<name>_serial`` (Numba's disk cache tells
     functions apart by name, not by compile options): for work too small to share out, where
-    waking a second thread costs more than it saves."""
-    key = (fn, parallel)
+    waking a second thread costs more than it saves.
+
+    ``reassociate=False`` keeps each sum in its written order, for a kernel whose sums must
+    stay in registers: with reordering allowed, LLVM vectorises the loop over the terms
+    instead, with gathers (a function is only ever compiled one way, so no name for it)."""
+    key = (fn, parallel, reassociate)
     kernel = _COMPILED.get(key)
     if kernel is None:
         import types
@@ -295,12 +301,61 @@ def compiled_kernel(fn, parallel: bool = False):
         kernel = numba.njit(
             cache=True,
             parallel=parallel,
-            fastmath={"reassoc", "contract"},
+            fastmath={"reassoc", "contract"} if reassociate else {"contract"},
             error_model="numpy",
             boundscheck=False,
         )(source)
         _COMPILED[key] = kernel
     return kernel
+
+
+def generated_folder() -> Path:
+    """Where generated source (programs, unrolled kernels) and Numba's cache of it live."""
+    from dnnlens.data import default_cache_dir
+
+    return default_cache_dir() / "programs"
+
+
+def load_generated(module_name: str, source: str) -> Any:
+    """Write generated ``source`` (atomically, if it is not there yet) and import it. Numba
+    caches machine code only for functions that come from a file, so generated code gets
+    one too."""
+    from dnnlens.fileio import atomic_write_text
+
+    folder = generated_folder()
+    path = folder / f"{module_name}.py"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text() != source:
+            atomic_write_text(path, source)
+    except OSError:  # a read-only cache folder: compile from a temporary file each time
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="dnnlens-program-")) / f"{module_name}.py"
+        path.write_text(source)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def slp_vectorizer() -> Iterator[None]:
+    """LLVM's SLP vectorizer on for the kernels compiled in this block. Numba turns it off
+    by default (numba PR 8852, for miscompilations it caused elsewhere); a kernel that
+    needs it (its sums in scalar variables that only SLP packs into vector registers) is
+    compiled in here, at bind time, and tested against PyTorch like every kernel."""
+    from numba.core import config
+
+    setting = "SLP_VECTORIZE"  # set from the environment at import: no static attribute
+    before = getattr(config, setting)
+    setattr(config, setting, 1)
+    try:
+        yield
+    finally:
+        setattr(config, setting, before)
 
 
 @dataclass(frozen=True)
