@@ -68,7 +68,7 @@ ENGINES = ("compiled", "reference")
 ENGINE_BATCH = {"compiled": 2048, "reference": 500}
 
 
-@dataclass
+@dataclass(slots=True)
 class EngineResult:
     """What :meth:`Plan.run` returns.
 
