@@ -548,6 +548,39 @@ def test_fused_conv_relu_maxpool_matches_torch(
     np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kernel, dilation, padding",
+    [
+        ((5, 5), (1, 1), ((2, 2), (2, 2))),  # the course's convs: rows 16 and 30 wide, not 18, 32
+        ((3, 3), (1, 2), ((1, 1), (2, 2))),  # a dilated tap reaching into the next row's zeros
+        ((3, 5), (2, 1), ((2, 2), (3, 1))),  # more left padding than right
+        ((3, 5), (1, 1), ((1, 1), (1, 3))),  # more right: the reach past the row sets the width
+        ((3, 3), (1, 1), ((1, 1), (0, 2))),  # none on the left: nothing to share
+    ],
+)
+def test_fused_conv_for_few_images_with_rows_sharing_padding_matches_torch(
+    kernel, dilation, padding
+):
+    """The few-image fused conv keeps each row's right padding in the next row's left
+    padding (:func:`dnnlens.ops.conv.planes_row_width`): taps past a row's end must read
+    zeros there, never the next row's values."""
+    from dnnlens.ops.conv import Conv2dAttrs, conv_relu_maxpool_compiled, planes_row_width
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 14, 13))
+    weight, bias = rng.standard_normal((5, 3, *kernel)), rng.standard_normal(5)
+    (top, bottom), (left, right) = padding
+    attrs = Conv2dAttrs((1, 1), padding, dilation, 1)
+    wo = 13 + left + right - dilation[1] * (kernel[1] - 1)
+    shared = planes_row_width(13, left, wo, kernel[1], dilation[1])
+    assert shared == wo + dilation[1] * (kernel[1] - 1) - min(left, right)
+    got = conv_relu_maxpool_compiled(x, weight, bias, attrs, (2, 2), (2, 2))
+    padded = F.pad(torch.from_numpy(x), (left, right, top, bottom))
+    conv = F.conv2d(padded, torch.from_numpy(weight), torch.from_numpy(bias), dilation=dilation)
+    truth = F.max_pool2d(F.relu(conv), 2, 2).numpy()
+    np.testing.assert_allclose(got, truth, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_conv_at_mobilenet_sizes_matches_torch(stride):
     """The depthwise kernel on a MobileNetV2 layer (96 channels of 112x112, ReLU6): over a
