@@ -1239,7 +1239,7 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int, pool_kh: int, pool_kw: 
     directions."""
 
     def conv_relu_maxpool_planes(
-        x, weight, bias, out, top, left, dh, psh, ho, wo, wp
+        x, weight, bias, out, top, left, dh, psh, ho, wo, wp, cin, cout, kh_size, po, qo
     ):  # pragma: no cover - compiled
         """x ``(N, Cin, H, W)`` -> out ``(N, Cout, Po, Qo)``, one image at a time.
 
@@ -1255,10 +1255,12 @@ def make_conv_relu_maxpool_planes(kw_size: int, dw: int, pool_kh: int, pool_kw: 
         (a constant stride: for 2 a de-interleave, not a gather), with the ReLU. Only the
         conv rows a pooled row reads are compared (a pass over every window position of the
         plane did 3x the work at the course's 2x2 stride 2).
+
+        The sizes come in as arguments, even those the arrays' shapes give (``cin``, ``cout``,
+        ``kh_size``, ``po``, ``qo``): a program's call passes them as constants, and Numba
+        compiles the loops for those trip counts (the course network 2-3% faster per image).
         """
-        n_images, cin, height, width = x.shape
-        cout, _, kh_size, _ = weight.shape
-        _, _, po, qo = out.shape
+        n_images, _, height, width = x.shape
         hp = ho + dh * (kh_size - 1)
         # from output (0, 0) to (ho-1, wo-1), rounded up to whole vectors: the loops over it
         # then have no scalar remainder (5% of the course conv2's time for one image); the
@@ -1418,7 +1420,19 @@ def conv_relu_maxpool_launch(
             kw_size, attrs.dilation[1], (pkh, pkw, psw), macs >= PARALLEL_MIN_WORK
         )
         wp = planes_row_width(width, left, wo, kw_size, attrs.dilation[1])
-        sizes = (top, left, attrs.dilation[0], psh, ho, wo, wp)
+        sizes = (
+            top,
+            left,
+            attrs.dilation[0],
+            psh,
+            ho,
+            wo,
+            wp,
+            x_shape[1],
+            cout,
+            kh_size,
+            *shape[2:],
+        )
     else:
         tap_step = attrs.dilation[1] * LANES
         kernel = fused_kernel(kw_size, tap_step, pkh, pkw)
