@@ -238,6 +238,33 @@ def test_fc_skipping_zero_inputs_matches_torch(rows, in_features, out_features, 
         np.testing.assert_allclose(got, truth, rtol=tolerance, atol=tolerance, err_msg=dtype)
 
 
+@FAST
+@given(
+    rows=st.integers(4, 41),
+    in_features=st.integers(1, 100),
+    out_features=st.integers(1, 70),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@example(rows=1000, in_features=392, out_features=256, relu=True, seed=0)  # course fc1, batched
+@example(rows=7, in_features=3, out_features=33, relu=False, seed=1)  # a part block of each
+@example(rows=8, in_features=16, out_features=16, relu=False, seed=2)  # whole blocks only
+def test_fc_row_blocks_match_torch(rows, in_features, out_features, relu, seed):
+    """Four rows or more take the batched kernel (jobs of 4 rows by 16 outputs): rows past
+    the last whole block of 4 and outputs past the last whole block of 16 included."""
+    from dnnlens.ops.linear import bind_linear
+
+    rng = np.random.default_rng(seed)
+    x = random(rng, rows, in_features)
+    weight, bias = random(rng, out_features, in_features), random(rng, out_features)
+    truth = _fc_truth(x, weight, bias, relu)
+    for dtype, tolerance in ((np.float64, 1e-9), (np.float32, 1e-4)):
+        launch = bind_linear(rows, np.dtype(dtype), weight.astype(dtype), bias.astype(dtype), relu)
+        assert launch.kernel.py_func.__name__.startswith("linear_row_blocks")
+        got = launch(x.astype(dtype))
+        np.testing.assert_allclose(got, truth, rtol=tolerance, atol=tolerance, err_msg=dtype)
+
+
 def test_fc_skipping_zeros_shares_blocks_out_over_cores():
     """One image through an fc large enough to run on both cores (2048 -> 1000, resnet-like
     after its ReLU): each core takes whole blocks of outputs."""

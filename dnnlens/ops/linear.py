@@ -7,6 +7,7 @@ MACs: ``prod(leading dims) * in * out`` (for a ``(N, in)`` input: ``N * in * out
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
@@ -103,121 +104,170 @@ def linear_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None)
     return out
 
 
-#: Rows (images) computed together by the compiled kernel: each weight value loaded serves
-#: all of them, and their sums run in separate registers.
+#: Rows (images) the batched kernel computes together (:func:`row_blocks_source`); fewer rows
+#: than this take the kernels for a few rows.
 ROW_BLOCK = 4
 
 
 def linear_loops(x, weight, bias, out, relu):  # pragma: no cover - compiled
-    """The same loop nest, scalar, for Numba: blocks of ``ROW_BLOCK`` rows shared out over
-    the cores; for four outputs at a time, the dot products of their weight rows with the
-    block's rows (the loop over ``in`` is contiguous in x and in the weights, so it
-    vectorises, its partial sums in registers). With ``relu``, a following ReLU is applied
-    as each result is stored.
-
-    ``weight`` may be wider than ``in`` (rows padded with zeros: see
-    :func:`pad_features`); a block's rows are then copied, zero-padded, to that width, so
-    that the vectorised loop has no scalar remainder."""
+    """The same loop nest for Numba, a row at a time (for a few rows whose zero inputs are
+    not skipped): for four outputs at a time, the dot products of their weight rows with
+    the row (the loop over ``in`` is contiguous in x and in the weights, so it vectorises;
+    the weights stream once). With ``relu``, a following ReLU is applied as each result
+    is stored."""
     rows, in_features = x.shape
-    out_features, width = weight.shape
-    n_blocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
-    for block in prange(n_blocks):
-        first = block * ROW_BLOCK
-        if first + ROW_BLOCK <= rows:
-            if width == in_features:
-                x0, x1, x2, x3 = x[first], x[first + 1], x[first + 2], x[first + 3]
-            else:
-                padded = np.zeros((ROW_BLOCK, width), dtype=x.dtype)
-                for r in range(ROW_BLOCK):
-                    source, target = x[first + r], padded[r]
-                    for i in range(in_features):
-                        target[i] = source[i]
-                x0, x1, x2, x3 = padded[0], padded[1], padded[2], padded[3]
-            target0, target1 = out[first], out[first + 1]
-            target2, target3 = out[first + 2], out[first + 3]
-            quads = out_features // 4 * 4
-            # four outputs of four rows: 8 loads for 16 multiply-adds, the 16 sums in
-            # registers (two outputs at a time took 6 loads for 8: 60% of the peak, now 70%)
-            for o in range(0, quads, 4):
-                w0, w1, w2, w3 = weight[o], weight[o + 1], weight[o + 2], weight[o + 3]
-                a00 = a01 = a02 = a03 = bias[o]
-                a10 = a11 = a12 = a13 = bias[o + 1]
-                a20 = a21 = a22 = a23 = bias[o + 2]
-                a30 = a31 = a32 = a33 = bias[o + 3]
-                for i in range(width):
-                    v0, v1, v2, v3 = x0[i], x1[i], x2[i], x3[i]
-                    u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
-                    a00, a01, a02, a03 = a00 + u0 * v0, a01 + u0 * v1, a02 + u0 * v2, a03 + u0 * v3
-                    a10, a11, a12, a13 = a10 + u1 * v0, a11 + u1 * v1, a12 + u1 * v2, a13 + u1 * v3
-                    a20, a21, a22, a23 = a20 + u2 * v0, a21 + u2 * v1, a22 + u2 * v2, a23 + u2 * v3
-                    a30, a31, a32, a33 = a30 + u3 * v0, a31 + u3 * v1, a32 + u3 * v2, a33 + u3 * v3
-                if relu:
-                    a00, a01, a02, a03 = max(a00, 0.0), max(a01, 0.0), max(a02, 0.0), max(a03, 0.0)
-                    a10, a11, a12, a13 = max(a10, 0.0), max(a11, 0.0), max(a12, 0.0), max(a13, 0.0)
-                    a20, a21, a22, a23 = max(a20, 0.0), max(a21, 0.0), max(a22, 0.0), max(a23, 0.0)
-                    a30, a31, a32, a33 = max(a30, 0.0), max(a31, 0.0), max(a32, 0.0), max(a33, 0.0)
-                target0[o], target0[o + 1], target0[o + 2], target0[o + 3] = a00, a10, a20, a30
-                target1[o], target1[o + 1], target1[o + 2], target1[o + 3] = a01, a11, a21, a31
-                target2[o], target2[o + 1], target2[o + 2], target2[o + 3] = a02, a12, a22, a32
-                target3[o], target3[o + 1], target3[o + 2], target3[o + 3] = a03, a13, a23, a33
-            for o in range(quads, out_features):  # the last outputs, one at a time
-                w0 = weight[o]
-                total0 = total1 = total2 = total3 = bias[o]
-                for i in range(width):
-                    u0 = w0[i]
-                    total0 += u0 * x0[i]
-                    total1 += u0 * x1[i]
-                    total2 += u0 * x2[i]
-                    total3 += u0 * x3[i]
-                if relu:
-                    total0, total1 = max(total0, 0.0), max(total1, 0.0)
-                    total2, total3 = max(total2, 0.0), max(total3, 0.0)
-                target0[o], target1[o], target2[o], target3[o] = total0, total1, total2, total3
-        else:  # the last, partial block (one image: all of it): a row at a time, four
-            # outputs per pass (5 loads for 4 multiply-adds: the weights stream once)
-            for m in range(first, rows):
-                row, target = x[m], out[m]
-                quads = out_features // 4 * 4
-                for o in range(0, quads, 4):
-                    w0, w1, w2, w3 = weight[o], weight[o + 1], weight[o + 2], weight[o + 3]
-                    total0, total1 = bias[o], bias[o + 1]
-                    total2, total3 = bias[o + 2], bias[o + 3]
-                    for i in range(in_features):
-                        value = row[i]
-                        total0 += w0[i] * value
-                        total1 += w1[i] * value
-                        total2 += w2[i] * value
-                        total3 += w3[i] * value
-                    if relu:
-                        total0, total1 = max(total0, 0.0), max(total1, 0.0)
-                        total2, total3 = max(total2, 0.0), max(total3, 0.0)
-                    target[o], target[o + 1] = total0, total1
-                    target[o + 2], target[o + 3] = total2, total3
-                for o in range(quads, out_features):
-                    w0 = weight[o]
-                    total = bias[o]
-                    for i in range(in_features):
-                        total += w0[i] * row[i]
-                    target[o] = max(total, 0.0) if relu else total
+    out_features = weight.shape[0]
+    quads = out_features // 4 * 4
+    for m in range(rows):
+        row, target = x[m], out[m]
+        for o in range(0, quads, 4):
+            w0, w1, w2, w3 = weight[o], weight[o + 1], weight[o + 2], weight[o + 3]
+            total0, total1 = bias[o], bias[o + 1]
+            total2, total3 = bias[o + 2], bias[o + 3]
+            for i in range(in_features):
+                value = row[i]
+                total0 += w0[i] * value
+                total1 += w1[i] * value
+                total2 += w2[i] * value
+                total3 += w3[i] * value
+            if relu:
+                total0, total1 = max(total0, 0.0), max(total1, 0.0)
+                total2, total3 = max(total2, 0.0), max(total3, 0.0)
+            target[o], target[o + 1] = total0, total1
+            target[o + 2], target[o + 3] = total2, total3
+        for o in range(quads, out_features):
+            w0 = weight[o]
+            total = bias[o]
+            for i in range(in_features):
+                total += w0[i] * row[i]
+            target[o] = max(total, 0.0) if relu else total
 
 
-#: Input features of a batched fc's weights are padded with zeros to a multiple of this (one
-#: AVX-512 register of float32).
-FEATURE_BLOCK = 16
+#: Outputs the batched kernel sums at once for each of its ``ROW_BLOCK`` rows: 16 float32
+#: sums, one AVX-512 register per row (32 outputs were no faster and took 3x as long to
+#: compile).
+OUTPUT_BLOCK = 16
+#: Inputs the batched kernel sums into partial sums before adding them to each total.
+SUM_CHUNK = 64
 
 
-def pad_features(weight: np.ndarray) -> np.ndarray:
-    """``weight (out, in)`` with zero columns up to a multiple of ``FEATURE_BLOCK``: with
-    ``in`` = 392 (the course fc1) the vectorised loop's scalar remainder (8 values, each
-    for 16 sums) took 12% of the batched kernel's time. Not for one row at a time, which
-    streams the weights once and would read the zeros too."""
-    out_features, in_features = weight.shape
-    width = -(-in_features // FEATURE_BLOCK) * FEATURE_BLOCK
-    if width == in_features:
-        return weight
-    padded = np.zeros((out_features, width), weight.dtype)
-    padded[:, :in_features] = weight
-    return padded
+def row_blocks_source(relu: bool) -> str:
+    """The batched fc loop nest as Python source: jobs of ``ROW_BLOCK`` rows by
+    ``OUTPUT_BLOCK`` outputs, shared out over the cores. With the weights packed
+    ``(out / 16, in, 16)``, each input ``i`` adds its value in each of the job's rows times
+    the 16 weights of ``i`` (one contiguous load) to that row's 16 sums: the sums stay in
+    registers for the whole loop over ``in``, and no sum is folded across a vector at the
+    end. (The kernel it replaced summed along ``in`` in vectors, four rows by four outputs,
+    and folded each of its 16 vector sums at the end: 79% of the probed peak on the course
+    fc1 for 1000 rows, against 98%.) Scalar sums packed by the SLP vectorizer, as in
+    :func:`skipping_zeros_source`. Rows past the last whole block go through the same
+    code from a zero-padded copy; outputs past the last whole block are stored in ``edge``
+    and copied out."""
+    rows_together, block = ROW_BLOCK, OUTPUT_BLOCK
+    sums = [f"s{r}_{o}" for r in range(rows_together) for o in range(block)]
+    store = "max({}, 0.0)" if relu else "{}"
+
+    parts = [f"p{r}_{o}" for r in range(rows_together) for o in range(block)]
+
+    def add_input(indent: str, i: str) -> list[str]:
+        """Lines adding input ``i`` of the job's rows to their partial sums ``p``."""
+        return [
+            f"{indent}w = weights[{i}]",
+            *(f"{indent}v{r} = row{r}[{i}]" for r in range(rows_together)),
+            *(
+                f"{indent}p{r}_{o} += v{r} * w[{o}]"
+                for r in range(rows_together)
+                for o in range(block)
+            ),
+        ]
+
+    def job(source: str, first: str, target: Callable[[int], str], indent: str) -> list[str]:
+        """Lines summing rows ``first``... of ``source`` for output block ``b``: ``CHUNK``
+        inputs at a time into partial sums ``p``, each chunk's then added to the totals
+        ``s`` (one sum along all the inputs in turn rounded 4-9x worse than PyTorch at
+        2048-4096 inputs; in chunks it is within PyTorch's own error). The chunk's loop
+        has a constant count: with a variable one the kernel ran 10-25% slower."""
+        return [
+            f"{indent}start = bias[b * BLOCK :]",
+            f"{indent}{', '.join(sums)} = "
+            + ", ".join(f"start[{o}]" for _ in range(rows_together) for o in range(block)),
+            f"{indent}weights = packed[b]",
+            *(f"{indent}row{r} = {source}[{first} + {r}]" for r in range(rows_together)),
+            f"{indent}for chunk in range(in_features // CHUNK):",
+            f"{indent}    {', '.join(parts)} = {', '.join('zero' for _ in parts)}",
+            f"{indent}    for k in range(CHUNK):",
+            *add_input(f"{indent}        ", "chunk * CHUNK + k"),
+            *(f"{indent}    {total} += {part}" for total, part in zip(sums, parts)),
+            f"{indent}{', '.join(parts)} = {', '.join('zero' for _ in parts)}",
+            f"{indent}for i in range(in_features // CHUNK * CHUNK, in_features):",
+            *add_input(f"{indent}    ", "i"),
+            *(f"{indent}{total} += {part}" for total, part in zip(sums, parts)),
+            *(f"{indent}t{r} = {target(r)}" for r in range(rows_together)),
+            *(
+                f"{indent}t{r}[{o}] = {store.format(f's{r}_{o}')}"
+                for r in range(rows_together)
+                for o in range(block)
+            ),
+        ]
+
+    def in_out(r: int) -> str:
+        return f"out[first + {r}, b * BLOCK :] if b < whole else edge[first + {r}]"
+
+    def in_tail(r: int) -> str:
+        return f"tail_out[{r}, b * BLOCK :]"
+
+    lines = [
+        "def linear_row_blocks(x, packed, bias, out):  # pragma: no cover - compiled",
+        "    rows, in_features = x.shape",
+        "    n_blocks = packed.shape[0]",
+        "    out_features = out.shape[1]",
+        "    whole = out_features // BLOCK  # output blocks that fit in out",
+        "    blocks_of_rows = rows // ROWS",
+        "    edge = np.empty((rows, BLOCK), out.dtype)",
+        "    zero = np.zeros(1, out.dtype)[0]",
+        "    for job in prange(blocks_of_rows * n_blocks):",
+        "        first = job // n_blocks * ROWS",
+        "        b = job % n_blocks",
+        *job("x", "first", in_out, "        "),
+        "    done = blocks_of_rows * ROWS",
+        "    if done < rows:",
+        "        tail_in = np.zeros((ROWS, in_features), out.dtype)",
+        "        tail_in[: rows - done] = x[done:]",
+        "        tail_out = np.empty((ROWS, n_blocks * BLOCK), out.dtype)",
+        "        for b in range(n_blocks):",
+        *job("tail_in", "0", in_tail, "            "),
+        "        out[done:] = tail_out[: rows - done, :out_features]",
+        "    if whole < n_blocks:",
+        "        out[:done, whole * BLOCK :] = edge[:done, : out_features - whole * BLOCK]",
+    ]
+    header = [
+        '"""Generated by dnnlens.ops.linear.row_blocks_source (do not edit)."""',
+        "import numpy as np",
+        "",
+        "prange = range",
+        f"ROWS = {rows_together}",
+        f"BLOCK = {block}",
+        f"CHUNK = {SUM_CHUNK}",
+        "",
+        "",
+    ]
+    return "\n".join(header + lines) + "\n"
+
+
+_ROW_BLOCKS: dict[tuple[bool, bool], object] = {}
+
+
+def row_blocks_kernel(relu: bool, parallel: bool):
+    """:func:`row_blocks_source` loaded and compiled (once per process; the source and
+    Numba's machine code are cached on disk)."""
+    key = (relu, parallel)
+    if key not in _ROW_BLOCKS:
+        name = f"dnnlens_fc_row_blocks_{ROW_BLOCK}x{OUTPUT_BLOCK}{'_relu' if relu else ''}"
+        module = load_generated(name, row_blocks_source(relu))
+        _ROW_BLOCKS[key] = compiled_kernel(
+            module.linear_row_blocks, parallel=parallel, reassociate=False
+        )
+    return _ROW_BLOCKS[key]
 
 
 #: Outputs the zero-skipping kernel sums at once: 128 float32 sums fill 8 AVX-512 registers,
@@ -336,12 +386,28 @@ def bind_linear(
     macs = rows * weight.size  # M*out * in
     weight = np.ascontiguousarray(weight, dtype)
     parallel = macs >= PARALLEL_MIN_WORK
-    if rows < ROW_BLOCK and out_features >= SKIP_BLOCK // 2 and np.isfinite(weight).all():
-        return _skipping_zeros_launch(rows, weight, bias, relu, parallel)
     if rows >= ROW_BLOCK:
-        weight = pad_features(weight)
-    kernel = compiled_kernel(linear_loops, parallel=parallel)
+        return _row_blocks_launch(rows, weight, bias, relu, parallel)
+    if out_features >= SKIP_BLOCK // 2 and np.isfinite(weight).all():
+        return _skipping_zeros_launch(rows, weight, bias, relu, parallel)
+    kernel = compiled_kernel(linear_loops)  # a few rows: too little to share out
     return Launch(kernel, (weight, bias), (relu,), (rows, out_features), np.dtype(dtype))
+
+
+def _row_blocks_launch(
+    rows: int, weight: np.ndarray, bias: np.ndarray, relu: bool, parallel: bool
+) -> Launch:
+    """The batched kernel (see :func:`row_blocks_source`), compiled here with the SLP
+    vectorizer it needs."""
+    out_features, in_features = weight.shape
+    packed = pack_output_blocks(weight, OUTPUT_BLOCK)
+    padded_bias = np.zeros(packed.shape[0] * OUTPUT_BLOCK, weight.dtype)
+    padded_bias[:out_features] = bias
+    kernel = row_blocks_kernel(relu, parallel)
+    example = np.zeros((rows, in_features), weight.dtype)
+    with slp_vectorizer():  # compiles (or loads) it for these argument types
+        kernel(example, packed, padded_bias, np.empty((rows, out_features), weight.dtype))
+    return Launch(kernel, (packed, padded_bias), (), (rows, out_features), weight.dtype)
 
 
 def _skipping_zeros_launch(
