@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -387,41 +387,28 @@ def bind_linear(
     weight = np.ascontiguousarray(weight, dtype)
     parallel = macs >= PARALLEL_MIN_WORK
     if rows >= ROW_BLOCK:
-        return _row_blocks_launch(rows, weight, bias, relu, parallel)
+        return _packed_launch(row_blocks_kernel(relu, parallel), OUTPUT_BLOCK, rows, weight, bias)
+    # A few rows skip their zero inputs (the course fc1 on one image: about 2.9 us, not
+    # 4.2). Not with infinite or NaN weights: 0 * inf is NaN, a skipped product is not. Not
+    # for fewer outputs than half a block: the course fc2's 10 ran slower.
     if out_features >= SKIP_BLOCK // 2 and np.isfinite(weight).all():
-        return _skipping_zeros_launch(rows, weight, bias, relu, parallel)
+        kernel = skipping_zeros_kernel(relu, parallel)
+        return _packed_launch(kernel, SKIP_BLOCK, rows, weight, bias)
     kernel = compiled_kernel(linear_loops)  # a few rows: too little to share out
     return Launch(kernel, (weight, bias), (relu,), (rows, out_features), np.dtype(dtype))
 
 
-def _row_blocks_launch(
-    rows: int, weight: np.ndarray, bias: np.ndarray, relu: bool, parallel: bool
+def _packed_launch(
+    kernel: Any, block: int, rows: int, weight: np.ndarray, bias: np.ndarray
 ) -> Launch:
-    """The batched kernel (see :func:`row_blocks_source`), compiled here with the SLP
-    vectorizer it needs."""
+    """The call of a generated kernel (:func:`row_blocks_source`,
+    :func:`skipping_zeros_source`): the weights packed in blocks of ``block`` outputs, the
+    bias padded to match, and the kernel compiled here, on zeros of the argument types it
+    will get, with the SLP vectorizer it needs."""
     out_features, in_features = weight.shape
-    packed = pack_output_blocks(weight, OUTPUT_BLOCK)
-    padded_bias = np.zeros(packed.shape[0] * OUTPUT_BLOCK, weight.dtype)
+    packed = pack_output_blocks(weight, block)
+    padded_bias = np.zeros(packed.shape[0] * block, weight.dtype)
     padded_bias[:out_features] = bias
-    kernel = row_blocks_kernel(relu, parallel)
-    example = np.zeros((rows, in_features), weight.dtype)
-    with slp_vectorizer():  # compiles (or loads) it for these argument types
-        kernel(example, packed, padded_bias, np.empty((rows, out_features), weight.dtype))
-    return Launch(kernel, (packed, padded_bias), (), (rows, out_features), weight.dtype)
-
-
-def _skipping_zeros_launch(
-    rows: int, weight: np.ndarray, bias: np.ndarray, relu: bool, parallel: bool
-) -> Launch:
-    """The zero-skipping kernel for a few rows (see :func:`skipping_zeros_source`), compiled
-    here with the SLP vectorizer it needs: 1.4 us instead of 4.2 for the course fc1 on one
-    image. (Not for infinite or NaN weights: ``0 * inf`` is NaN, a skipped product is not.
-    Not for fewer than half a block of outputs: the course fc2's 10 ran slower.)"""
-    out_features, in_features = weight.shape
-    packed = pack_output_blocks(weight, SKIP_BLOCK)
-    padded_bias = np.zeros(packed.shape[0] * SKIP_BLOCK, weight.dtype)
-    padded_bias[:out_features] = bias
-    kernel = skipping_zeros_kernel(relu, parallel)
     example = np.zeros((rows, in_features), weight.dtype)
     with slp_vectorizer():  # compiles (or loads) it for these argument types
         kernel(example, packed, padded_bias, np.empty((rows, out_features), weight.dtype))
