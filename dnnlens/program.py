@@ -440,7 +440,7 @@ class Program:
             x = values[whole.inputs[0]]
             if not x.flags.c_contiguous or x.dtype != dtype:
                 x = np.ascontiguousarray(x, dtype)
-            return dict(zip(self.outputs, whole.fn(x, whole.arena)))
+            return dict(zip(self.outputs, self._whole_fn(x, self._whole_arena)))
         for part, done in zip(self.parts, self.free_after):
             if isinstance(part, Segment):
                 args = [

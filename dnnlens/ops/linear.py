@@ -254,20 +254,25 @@ def row_blocks_source(relu: bool) -> str:
     return "\n".join(header + lines) + "\n"
 
 
-_ROW_BLOCKS: dict[tuple[bool, bool], object] = {}
-
-
 def row_blocks_kernel(relu: bool, parallel: bool):
-    """:func:`row_blocks_source` loaded and compiled (once per process; the source and
-    Numba's machine code are cached on disk)."""
-    key = (relu, parallel)
-    if key not in _ROW_BLOCKS:
-        name = f"dnnlens_fc_row_blocks_{ROW_BLOCK}x{OUTPUT_BLOCK}{'_relu' if relu else ''}"
-        module = load_generated(name, row_blocks_source(relu))
-        _ROW_BLOCKS[key] = compiled_kernel(
-            module.linear_row_blocks, parallel=parallel, reassociate=False
-        )
-    return _ROW_BLOCKS[key]
+    """:func:`row_blocks_source` loaded and compiled (see :func:`generated_kernel`)."""
+    name = f"dnnlens_fc_row_blocks_{ROW_BLOCK}x{OUTPUT_BLOCK}{'_relu' if relu else ''}"
+    return generated_kernel(name, lambda: row_blocks_source(relu), "linear_row_blocks", parallel)
+
+
+_GENERATED: dict[tuple[str, bool], object] = {}
+
+
+def generated_kernel(name: str, source: Callable[[], str], function: str, parallel: bool):
+    """``function`` of the generated module ``name`` (its text from ``source``), compiled
+    without reassociation (see :func:`dnnlens.ops.base.compiled_kernel`): once per process;
+    the source and Numba's machine code are cached on disk."""
+    key = (name, parallel)
+    if key not in _GENERATED:
+        module = load_generated(name, source())
+        kernel = getattr(module, function)
+        _GENERATED[key] = compiled_kernel(kernel, parallel=parallel, reassociate=False)
+    return _GENERATED[key]
 
 
 #: Outputs the zero-skipping kernel sums at once: 128 float32 sums fill 8 AVX-512 registers,
@@ -338,21 +343,11 @@ def skipping_zeros_source(block: int, relu: bool) -> str:
     return "\n".join(header + lines) + "\n"
 
 
-_SKIPPING: dict[tuple[int, bool, bool], object] = {}
-
-
 def skipping_zeros_kernel(relu: bool, parallel: bool):
-    """:func:`skipping_zeros_source` loaded and compiled (once per process; the source and
-    Numba's machine code are cached on disk)."""
-    key = (SKIP_BLOCK, relu, parallel)
-    if key not in _SKIPPING:
-        source = skipping_zeros_source(SKIP_BLOCK, relu)
-        name = f"dnnlens_fc_skipping_zeros_{SKIP_BLOCK}{'_relu' if relu else ''}"
-        module = load_generated(name, source)
-        _SKIPPING[key] = compiled_kernel(
-            module.linear_skipping_zeros, parallel=parallel, reassociate=False
-        )
-    return _SKIPPING[key]
+    """:func:`skipping_zeros_source` loaded and compiled (see :func:`generated_kernel`)."""
+    name = f"dnnlens_fc_skipping_zeros_{SKIP_BLOCK}{'_relu' if relu else ''}"
+    source = lambda: skipping_zeros_source(SKIP_BLOCK, relu)  # noqa: E731
+    return generated_kernel(name, source, "linear_skipping_zeros", parallel)
 
 
 def pack_output_blocks(weight: np.ndarray, block: int) -> np.ndarray:
