@@ -180,7 +180,7 @@ def _chain_source(piece: Piece, names: Mapping[int, str]) -> str:
         lines += [
             f"        p{i} = np.empty(({step.cout}, {step.po}, {step.run_pooled}), {dtype})",
             f"        {names[id(step.conv_pool)]}(x{i}, w{i}, b{i}, p{i}, {step.wp}, {step.sh}, "
-            f"{step.dh}, {step.pkh}, {step.psh}, {step.wo})",
+            f"{step.dh}, {step.pkh}, {step.psh}, {step.wo}, {step.top}, {step.height})",
         ]
         if i + 1 < len(steps):
             after = steps[i + 1]

@@ -608,6 +608,40 @@ def test_fused_conv_for_few_images_with_rows_sharing_padding_matches_torch(
     np.testing.assert_allclose(got, truth, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "kernel_h, stride_h, dilation_h, top, bottom",
+    [
+        (5, 1, 1, 2, 2),  # the course's convs
+        (5, 1, 1, 0, 3),  # none on top, more below: rows near the bottom sum fewer taps
+        (3, 2, 2, 2, 1),  # strided and dilated: the last row in reach is the image's last
+        (2, 1, 1, 3, 1),  # the top rows' windows read padding only: the bias alone
+    ],
+)
+def test_fused_conv_in_the_lanes_skips_padding_rows_exactly(
+    kernel_h, stride_h, dilation_h, top, bottom
+):
+    """The batched fused conv sums, for each conv row, only the kernel rows that read the
+    image (:func:`dnnlens.ops.conv.make_lanes_conv_pool`): with padding of different heights
+    above and below, every row's taps must still be all of the image's."""
+    from dnnlens.ops.conv import LANES, Conv2dAttrs, conv_relu_maxpool_compiled
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((LANES + 3, 2, 13, 9))
+    weight, bias = rng.standard_normal((3, 2, kernel_h, 3)), rng.standard_normal(3)
+    attrs = Conv2dAttrs((stride_h, 1), ((top, bottom), (1, 1)), (dilation_h, 1), 1)
+    got = conv_relu_maxpool_compiled(x, weight, bias, attrs, (2, 2), (1, 2))
+    padded = F.pad(torch.from_numpy(x), (1, 1, top, bottom))
+    conv = F.conv2d(
+        padded,
+        torch.from_numpy(weight),
+        torch.from_numpy(bias),
+        stride=(stride_h, 1),
+        dilation=(dilation_h, 1),
+    )
+    truth = F.max_pool2d(F.relu(conv), 2, (1, 2)).numpy()
+    np.testing.assert_allclose(got, truth, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_conv_at_mobilenet_sizes_matches_torch(stride):
     """The depthwise kernel on a MobileNetV2 layer (96 channels of 112x112, ReLU6): over a

@@ -1065,7 +1065,7 @@ def make_lanes_conv_pool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int
     (Numba's disk cache keys on their values)."""
 
     def lanes_conv_pool(
-        x_block, weight, bias, pooled, wp, sh, dh, pkh, psh, wo
+        x_block, weight, bias, pooled, wp, sh, dh, pkh, psh, wo, top, height
     ):  # pragma: no cover
         """Conv (width stride 1) -> max-pool of the block in ``x_block`` (see
         :func:`lanes_in`) into ``pooled[co, pr, col*LANES + lane]``: the window's maximum
@@ -1095,8 +1095,12 @@ def make_lanes_conv_pool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: int
                         conv[0, i, j], conv[1, i, j] = bias[co0], bias[co1]
                         conv[2, i, j], conv[3, i, j] = bias[co2], bias[co3]
                     row = (pr * psh + i) * sh
+                    # only the kernel rows that read the image, not its top or bottom padding
+                    # (zeros: the course conv2 has 6 of its 70 row taps there)
+                    kh_first = max(0, (top - row + dh - 1) // dh)
+                    kh_last = min(kh_size, (top + height - row + dh - 1) // dh)
                     for ci in range(cin):
-                        for kh in range(kh_size):
+                        for kh in range(kh_first, kh_last):
                             x_row = x_block[ci, (row + kh * dh) * row_length :]
                             w0, w1 = weight[co0, ci, kh], weight[co1, ci, kh]
                             w2, w3 = weight[co2, ci, kh], weight[co3, ci, kh]
@@ -1194,7 +1198,7 @@ def make_conv_relu_maxpool(kw_size: int, tap_step: int, pool_kh: int, pool_kw: i
             x_block = np.zeros((cin, rows_in * wp * LANES), dtype=out.dtype)
             load(x_flat, first, lanes, cin, height, width, x_block, top, left, wp)
             pooled = np.empty((cout, po, run_pooled), dtype=out.dtype)
-            conv_pool(x_block, weight, bias, pooled, wp, sh, dh, pkh, psh, wo)
+            conv_pool(x_block, weight, bias, pooled, wp, sh, dh, pkh, psh, wo, top, height)
             store(pooled, out_flat, first, lanes, psw, qo)
 
     return conv_relu_maxpool_loops
