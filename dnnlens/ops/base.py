@@ -22,7 +22,7 @@ import functools
 import importlib.util
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import prod
@@ -339,6 +339,33 @@ def load_generated(module_name: str, source: str) -> Any:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+_GENERATED: dict[tuple[str, bool], object] = {}
+
+
+def generated_kernel(name: str, source: Callable[[], str], function: str, parallel: bool):
+    """``function`` of the generated module ``name`` (its text from ``source``), compiled
+    without reassociation (see :func:`compiled_kernel`): once per process;
+    the source and Numba's machine code are cached on disk."""
+    key = (name, parallel)
+    if key not in _GENERATED:
+        module = load_generated(name, source())
+        kernel = getattr(module, function)
+        _GENERATED[key] = compiled_kernel(kernel, parallel=parallel, reassociate=False)
+    return _GENERATED[key]
+
+
+def pack_output_blocks(weight: np.ndarray, block: int) -> np.ndarray:
+    """``weight (out, in)`` as ``(blocks, in, block)``: block ``b`` holds outputs
+    ``b*block ...`` for each input, zero past ``out``."""
+    out_features, in_features = weight.shape
+    n_blocks = -(-out_features // block)
+    packed = np.zeros((n_blocks, in_features, block), weight.dtype)
+    for b in range(n_blocks):
+        rows = weight[b * block : (b + 1) * block]
+        packed[b, :, : rows.shape[0]] = rows.T
+    return packed
 
 
 @contextmanager

@@ -22,7 +22,8 @@ from dnnlens.ops.base import (
     Op,
     check_fits,
     compiled_kernel,
-    load_generated,
+    generated_kernel,
+    pack_output_blocks,
     register,
     slp_vectorizer,
     torch_tensors,
@@ -260,21 +261,6 @@ def row_blocks_kernel(relu: bool, parallel: bool):
     return generated_kernel(name, lambda: row_blocks_source(relu), "linear_row_blocks", parallel)
 
 
-_GENERATED: dict[tuple[str, bool], object] = {}
-
-
-def generated_kernel(name: str, source: Callable[[], str], function: str, parallel: bool):
-    """``function`` of the generated module ``name`` (its text from ``source``), compiled
-    without reassociation (see :func:`dnnlens.ops.base.compiled_kernel`): once per process;
-    the source and Numba's machine code are cached on disk."""
-    key = (name, parallel)
-    if key not in _GENERATED:
-        module = load_generated(name, source())
-        kernel = getattr(module, function)
-        _GENERATED[key] = compiled_kernel(kernel, parallel=parallel, reassociate=False)
-    return _GENERATED[key]
-
-
 #: Outputs the zero-skipping kernel sums at once: 128 float32 sums fill 8 AVX-512 registers,
 #: enough independent chains to hide the multiply-add latency (64 and 256 were no faster).
 SKIP_BLOCK = 128
@@ -348,18 +334,6 @@ def skipping_zeros_kernel(relu: bool, parallel: bool):
     name = f"dnnlens_fc_skipping_zeros_{SKIP_BLOCK}{'_relu' if relu else ''}"
     source = lambda: skipping_zeros_source(SKIP_BLOCK, relu)  # noqa: E731
     return generated_kernel(name, source, "linear_skipping_zeros", parallel)
-
-
-def pack_output_blocks(weight: np.ndarray, block: int) -> np.ndarray:
-    """``weight (out, in)`` as ``(blocks, in, block)``: block ``b`` holds outputs
-    ``b*block ...`` for each input, zero past ``out``."""
-    out_features, in_features = weight.shape
-    n_blocks = -(-out_features // block)
-    packed = np.zeros((n_blocks, in_features, block), weight.dtype)
-    for b in range(n_blocks):
-        rows = weight[b * block : (b + 1) * block]
-        packed[b, :, : rows.shape[0]] = rows.T
-    return packed
 
 
 def linear_compiled(
