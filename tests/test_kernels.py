@@ -642,6 +642,49 @@ def test_fused_conv_in_the_lanes_skips_padding_rows_exactly(
     np.testing.assert_allclose(got, truth, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    "batch, cin, cout, kernel, stride, padding, with_residual, size",
+    [
+        (1, 120, 20, 3, 1, 1, True, (9, 11)),  # 1080 taps: 16 whole chunks of 64 and 56 more
+        (2, 70, 18, 1, 2, 0, False, (9, 11)),  # a 1x1 strided: 70 taps, one chunk and 6 more
+        (3, 120, 37, 3, 2, 1, False, (9, 11)),  # strided; 37 channels: a part block of 5
+        (2, 1100, 17, 1, 1, 0, True, (9, 11)),  # a 1x1 conv from many channels
+        (1, 64, 16, 5, (1, 2), 2, False, (9, 11)),  # 5x5, dilated: 1600 taps
+        (2, 120, 33, 3, 1, 1, True, (20, 17)),  # 756 positions: three tiles, the last a part
+    ],
+)
+def test_deep_conv_summed_in_row_blocks_matches_torch(
+    batch, cin, cout, kernel, stride, padding, with_residual, size
+):
+    """A conv from at least GEMM_MIN_CHANNELS input channels runs as row blocks
+    (:func:`dnnlens.ops.conv.row_blocks_conv_source`): output positions by 16 channels, sums
+    in registers. Odd sizes leave part blocks of positions and of channels; the epilogue
+    adds the residual and clamps (ReLU6 here)."""
+    from dnnlens.ops.conv import GEMM_MIN_CHANNELS, Conv2dAttrs, bind_conv2d
+
+    assert cin >= GEMM_MIN_CHANNELS
+    rng = np.random.default_rng(cin + cout)
+    x = rng.standard_normal((batch, cin, *size)).astype(np.float32)
+    weight = (rng.standard_normal((cout, cin, kernel, kernel)) * 0.05).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    dilation = (1, 1) if isinstance(stride, int) else stride
+    stride = stride if isinstance(stride, int) else 1
+    attrs = Conv2dAttrs((stride, stride), ((padding, padding),) * 2, dilation, 1)
+    truth = F.conv2d(
+        *(torch.from_numpy(a).double() for a in (x, weight, bias)),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+    )
+    residual = None
+    if with_residual:
+        residual = rng.standard_normal(truth.shape).astype(np.float32)
+        truth = truth + torch.from_numpy(residual).double()
+    got = bind_conv2d(x.shape, x.dtype, weight, bias, attrs, 0.0, 6.0)(x, residual)
+    assert got.dtype == np.float32 and got.shape == truth.shape
+    np.testing.assert_allclose(got, torch.clamp(truth, 0, 6).numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_conv_at_mobilenet_sizes_matches_torch(stride):
     """The depthwise kernel on a MobileNetV2 layer (96 channels of 112x112, ReLU6): over a
