@@ -810,16 +810,17 @@ def conv_taps_loops(
 # --- deep convolutions as row blocks (issue 12) --------------------------------------------
 #: Output positions and output channels the row-block conv sums at once: 8 positions by 16
 #: channels, 128 sums in 8 AVX-512 registers (and as many partial sums). 4 positions were
-#: slower (each weight vector loaded served 4 multiply-adds, not 8), 12 ran out of registers.
+#: 1-11% slower (each weight vector loaded served 4 multiply-adds, not 8), 12 ran out of
+#: registers (10x slower).
 GEMM_ROWS, GEMM_BLOCK = 8, 16
 #: Taps the row-block conv sums into partial sums before adding them to the totals (as the
 #: batched fc does, see :data:`dnnlens.ops.linear.SUM_CHUNK`: rounding stays within PyTorch's).
 GEMM_CHUNK = 64
 #: A conv (one group) from at least this many input channels takes the row-block kernel.
 #: Measured on resnet18's shapes, alone, against :func:`conv_taps_loops` (2026-11-30): its 3x3
-#: convs from 128 channels on ran at 89-93% of the probed peak, against 60-86%, at batch 1
-#: (5-36% faster) and up to 6% faster at batch 32; the 1x1 and 3x3 strided ones from 64-256
-#: channels 5-50% faster at batch 1 and level to 27% faster at batch 32; the 3x3 from 64
+#: convs from 128 channels on ran at 89-93% of the probed peak, against 69-86%, at batch 1
+#: (9-36% faster) and up to 6% faster at batch 32; the 1x1 and 3x3 strided ones from 64-256
+#: channels 7-50% faster at batch 1 and level to 29% faster at batch 32; the 3x3 from 64
 #: channels at 56x56 level. The stem, 7x7 from 3 channels, ran 10% slower with it. Also
 #: mobilenet_v2's pointwise convs from 64 channels or more: the network 1-2% faster.
 GEMM_MIN_CHANNELS = 64
