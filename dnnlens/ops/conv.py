@@ -737,7 +737,8 @@ def conv_taps_loops(
     pass over them adds ``TAPS_PER_PASS`` taps to all four channels: the 16 weights are
     loop-invariant scalars (broadcast registers), the loop over positions vectorises, and
     each value loaded serves four multiply-adds. (A depthwise conv has a kernel of its own:
-    :func:`make_depthwise`.)"""
+    :func:`make_depthwise`; so has a conv from many channels: :func:`row_blocks_conv_source`.)
+    """
     blocks = channel.shape[0]
     n_images, cout, ho, wo = out.shape
     groups = offsets.shape[0]
@@ -1051,10 +1052,12 @@ def bind_conv2d(
     lower: float = -np.inf,
     upper: float = np.inf,
 ) -> Callable[..., np.ndarray]:
-    """:func:`conv_taps_loops` for inputs of shape ``x_shape`` ``(N, Cin, H, W)``, with the
-    weights packed and every size decided once: ``call(x)`` -> ``clamp(conv(x) + bias)``,
-    ``call(x, residual)`` -> ``clamp(conv(x) + bias + residual)`` (residual of the output's
-    shape), clamped to ``[lower, upper]`` (``(0, inf)``: ReLU; the default: none)."""
+    """:func:`conv_taps_loops` (or, from ``GEMM_MIN_CHANNELS`` input channels on, the row-block
+    kernel of :func:`row_blocks_conv_source`; a depthwise conv: :func:`bind_depthwise`) for
+    inputs of shape ``x_shape`` ``(N, Cin, H, W)``, with the weights packed and every size
+    decided once: ``call(x)`` -> ``clamp(conv(x) + bias)``, ``call(x, residual)`` ->
+    ``clamp(conv(x) + bias + residual)`` (residual of the output's shape), clamped to
+    ``[lower, upper]`` (``(0, inf)``: ReLU; the default: none)."""
     n, cin, _, _ = x_shape
     cout, cin_per_group, kh_size, kw_size = weight.shape
     dtype = np.result_type(x_dtype, weight)
