@@ -737,8 +737,7 @@ def conv_taps_loops(
     pass over them adds ``TAPS_PER_PASS`` taps to all four channels: the 16 weights are
     loop-invariant scalars (broadcast registers), the loop over positions vectorises, and
     each value loaded serves four multiply-adds. (A depthwise conv has a kernel of its own:
-    :func:`make_depthwise`; so has a conv from many channels: :func:`row_blocks_conv_source`.)
-    """
+    :func:`make_depthwise`.)"""
     blocks = channel.shape[0]
     n_images, cout, ho, wo = out.shape
     groups = offsets.shape[0]
