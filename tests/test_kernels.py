@@ -209,6 +209,20 @@ def _fc_truth(x, weight, bias, relu):
     return (t.relu() if relu else t).numpy()
 
 
+def _assert_fc_kernel_matches_torch(kernel_name, x, weight, bias, relu):
+    """The fc bound for ``x``'s rows takes the kernel ``kernel_name`` and matches PyTorch
+    (float64) in float64 and float32."""
+    from dnnlens.ops.linear import bind_linear
+
+    truth = _fc_truth(x, weight, bias, relu)
+    for dtype, tolerance in ((np.float64, 1e-9), (np.float32, 1e-4)):
+        w, b = weight.astype(dtype), bias.astype(dtype)
+        launch = bind_linear(x.shape[0], np.dtype(dtype), w, b, relu)
+        assert launch.kernel.py_func.__name__.startswith(kernel_name)
+        got = launch(x.astype(dtype))
+        np.testing.assert_allclose(got, truth, rtol=tolerance, atol=tolerance, err_msg=dtype)
+
+
 @FAST
 @given(
     rows=st.integers(1, 3),
@@ -225,17 +239,10 @@ def _fc_truth(x, weight, bias, relu):
 def test_fc_skipping_zero_inputs_matches_torch(rows, in_features, out_features, zeros, relu, seed):
     """A few rows with zeros in them (as after a ReLU) take the kernel that skips the zero
     inputs' weights; whole output blocks of 128, a part block and one past it included."""
-    from dnnlens.ops.linear import bind_linear
-
     rng = np.random.default_rng(seed)
     x = np.abs(random(rng, rows, in_features)) * (rng.random((rows, in_features)) >= zeros)
     weight, bias = random(rng, out_features, in_features), random(rng, out_features)
-    truth = _fc_truth(x, weight, bias, relu)
-    for dtype, tolerance in ((np.float64, 1e-9), (np.float32, 1e-4)):
-        launch = bind_linear(rows, np.dtype(dtype), weight.astype(dtype), bias.astype(dtype), relu)
-        assert launch.kernel.py_func.__name__.startswith("linear_skipping_zeros")
-        got = launch(x.astype(dtype))
-        np.testing.assert_allclose(got, truth, rtol=tolerance, atol=tolerance, err_msg=dtype)
+    _assert_fc_kernel_matches_torch("linear_skipping_zeros", x, weight, bias, relu)
 
 
 @FAST
@@ -252,17 +259,10 @@ def test_fc_skipping_zero_inputs_matches_torch(rows, in_features, out_features, 
 def test_fc_row_blocks_match_torch(rows, in_features, out_features, relu, seed):
     """Four rows or more take the batched kernel (jobs of 4 rows by 16 outputs): rows past
     the last whole block of 4 and outputs past the last whole block of 16 included."""
-    from dnnlens.ops.linear import bind_linear
-
     rng = np.random.default_rng(seed)
     x = random(rng, rows, in_features)
     weight, bias = random(rng, out_features, in_features), random(rng, out_features)
-    truth = _fc_truth(x, weight, bias, relu)
-    for dtype, tolerance in ((np.float64, 1e-9), (np.float32, 1e-4)):
-        launch = bind_linear(rows, np.dtype(dtype), weight.astype(dtype), bias.astype(dtype), relu)
-        assert launch.kernel.py_func.__name__.startswith("linear_row_blocks")
-        got = launch(x.astype(dtype))
-        np.testing.assert_allclose(got, truth, rtol=tolerance, atol=tolerance, err_msg=dtype)
+    _assert_fc_kernel_matches_torch("linear_row_blocks", x, weight, bias, relu)
 
 
 def test_fc_skipping_zeros_shares_blocks_out_over_cores():
